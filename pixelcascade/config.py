@@ -1,0 +1,225 @@
+"""Frozen, typed configuration: the UNet, the diffusion process, sampling and training.
+
+Configs are plain frozen dataclasses (nanoGPT's ``GPTConfig`` style). ``apply_overrides`` takes dotted
+``key=value`` strings (``"train.lr=1e-4"``) and checks each value against the field's type, so a typo or
+a wrong type is one clear error, never a silent no-op.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+
+
+class ConfigError(ValueError):
+    """A configuration value that does not fit its field."""
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """The IF UNet (guided-diffusion / ADM family with fused text cross-attention).
+
+    ``attention_resolutions`` are feature-map resolutions in the IF sense (``image_size // r`` is the
+    downsample factor where attention is used); the middle block always has attention.
+    """
+
+    image_size: int = 64
+    in_channels: int = 3
+    out_channels: int = 6  # 3 eps + 3 learned-range variance values
+    model_channels: int = 64
+    channel_mult: tuple[int, ...] = (1, 2, 3, 4)
+    num_res_blocks: tuple[int, ...] = (2, 2, 2, 2)
+    attention_resolutions: tuple[int, ...] = (32, 16, 8)
+    num_head_channels: int = 64
+    encoder_dim: int = 4096  # width of the text encoder's token states
+    encoder_channels: int = 256  # width the text tokens are projected to for cross-attention
+    att_pool_heads: int = 64
+    dropout: float = 0.0
+    efficient_activation: bool = False  # stage II/III: one GELU on the summed embedding
+    scale_skip_connection: bool = False  # stage II/III: ResBlock output * 0.7071
+    disable_self_attentions: tuple[int, ...] = ()  # resolutions whose attention is text-only
+    super_res: bool = False  # SuperResUNet: low-res image concatenated, aug_level embedding
+
+    def __post_init__(self):
+        if len(self.num_res_blocks) != len(self.channel_mult):
+            raise ConfigError(
+                f"num_res_blocks has {len(self.num_res_blocks)} entries but channel_mult has "
+                f"{len(self.channel_mult)}: give one count per level"
+            )
+        if self.image_size % (2 ** (len(self.channel_mult) - 1)):
+            raise ConfigError(
+                f"image_size {self.image_size} is not divisible by 2**{len(self.channel_mult) - 1} "
+                f"(the UNet's {len(self.channel_mult)} levels)"
+            )
+
+    @property
+    def time_embed_dim(self) -> int:
+        return self.model_channels * max(self.channel_mult)
+
+    @property
+    def attention_ds(self) -> tuple[int, ...]:
+        """Downsample factors with attention (IF: ``image_size // resolution``)."""
+        return tuple(self.image_size // r for r in self.attention_resolutions)
+
+    @property
+    def min_divisor(self) -> int:
+        return 2 ** (len(self.channel_mult) - 1)
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    num_timesteps: int = 1000
+    schedule: str = "cosine"  # "cosine" (IF) or "linear"
+    prediction: str = "eps"  # "eps" (IF), "v" or "x0"
+    learned_variance: bool = True  # learned-range interpolation between beta_t and the posterior variance
+    vlb_weight: float = 0.001  # hybrid loss: MSE + vlb_weight * VLB (IF: RESCALED_MSE -> T/1000 = 1 ... x 0.001)
+    min_snr_gamma: float = 0.0  # > 0 enables min-SNR-gamma weighting of the MSE term
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    sampler: str = "ddpm"  # ddpm | ddim | dpmpp_2m
+    num_steps: str = "smart50"  # a respacing preset or a plain count / section string
+    guidance_scale: float = 7.0
+    dyn_thresh_p: float = 0.95
+    dyn_thresh_max: float = 1.5  # 1.5 stage I, 1.0 later stages
+    aug_level: float = 0.25  # super-resolution stages only
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    world: str = "shapes"
+    image_size: int = 32
+    num_images: int = 60000
+    seed: int = 0
+    text_max_length: int = 32
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 200
+    batch_size: int = 64
+    max_steps: int = 10000
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    cfg_dropout: float = 0.1
+    bf16: bool = True
+    seed: int = 0
+    ckpt_every: int = 500
+    val_every: int = 250
+    log_every: int = 25
+    num_threads: int = 0  # 0: torch's default
+    sample_guidance: float = 3.0
+    sample_steps: str = "smart27"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "shapes32"
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    text_encoder: str = "minilm"
+
+
+# --------------------------------------------------------------------------------------------------
+# (de)serialisation and dotted overrides
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_json(cfg) -> str:
+    return json.dumps(to_dict(cfg), sort_keys=True)
+
+
+def _coerce(value, tp, where: str):
+    """Turn ``value`` (JSON-ish or a string from the command line) into type ``tp``, or raise."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{where}: {value!r} fits none of {tp}")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a comma-separated list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], where) for v in value)
+        if len(args) != len(value):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
+        return tuple(_coerce(v, a, where) for v, a in zip(value, args))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        try:
+            f = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+        if f != int(f):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return int(f)
+    if tp is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if tp is str:
+        return str(value)
+    raise ConfigError(f"{where}: unsupported field type {tp}")
+
+
+def from_dict(cls, data: dict, where: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"{where or cls.__name__}: unknown field(s) {sorted(unknown)}; known: {sorted(names)}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}".lstrip(".")) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def apply_overrides(cfg, overrides: list[str]):
+    """Return a copy of ``cfg`` with dotted ``key=value`` overrides applied (``"train.lr=1e-4"``)."""
+    data = to_dict(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.lr=1e-4)")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node, tp = data, type(cfg)
+        for p in parts[:-1]:
+            if not isinstance(node, dict) or p not in node or not isinstance(node[p], dict):
+                raise ConfigError(f"override {key!r}: {p!r} is not a config section")
+            node = node[p]
+        leaf = parts[-1]
+        if leaf not in node:
+            raise ConfigError(f"override {key!r}: no field {leaf!r} here; known: {sorted(node)}")
+        node[leaf] = value.strip()
+        del tp
+    return from_dict(type(cfg), data)

@@ -1,0 +1,306 @@
+"""IF's UNets: ``UNet`` (stage I) and ``SuperResUNet`` (stages II/III).
+
+The ADM/guided-diffusion UNet with IF's text conditioning (deepfloyd_if/model/unet.py), re-implemented with
+the official module names, so an official ``pytorch_model.bin`` loads with ``strict=True``:
+
+* FiLM ResBlocks (``use_scale_shift_norm``), parameter-free resampling (avg-pool / nearest) inside ResBlocks;
+* fused attention: text tokens are projected (``encoder_kv``) and **prepended** to the keys and values of
+  the image self-attention, one softmax over [L text + HW image] keys, no text mask (as the official code);
+* attention pooling of the raw text states into the time embedding (``encoder_pooling``);
+* stage II/III: the (noise-augmented) low-res image is concatenated to x_t, the augmentation timestep is
+  embedded (``aug_proj``) and added, one GELU on the summed embedding, ResBlock outputs scaled by 0.7071;
+* 6 output channels: eps and the learned-range variance interpolation value v in [-1, 1].
+
+Attention runs through ``F.scaled_dot_product_attention``; kernel-1 Conv1d layers run as matmuls on tokens.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import UNetConfig
+from ..nn import GroupNorm32, attention, conv1x1_linear, timestep_embedding, zero_module
+
+SKIP_SCALE = 0.7071  # IF's constant (not exactly 1/sqrt(2)); https://arxiv.org/abs/2104.07636
+
+
+class ResBlock(nn.Module):
+    """GN -> GELU -> [resample] -> conv3x3 -> FiLM(GN) -> GELU -> conv3x3, plus a (1x1) skip."""
+
+    def __init__(self, ch: int, emb_ch: int, out_ch: int, *, dropout: float = 0.0, up: bool = False,
+                 down: bool = False, efficient_activation: bool = False, scale_skip: bool = False):
+        super().__init__()
+        self.up, self.down, self.scale_skip = up, down, scale_skip
+        self.in_layers = nn.Sequential(GroupNorm32(ch), nn.GELU(), nn.Conv2d(ch, out_ch, 3, padding=1))
+        self.emb_layers = nn.Sequential(nn.Identity() if efficient_activation else nn.GELU(),
+                                        nn.Linear(emb_ch, 2 * out_ch))
+        self.out_layers = nn.Sequential(GroupNorm32(out_ch), nn.GELU(), nn.Dropout(dropout),
+                                        zero_module(nn.Conv2d(out_ch, out_ch, 3, padding=1)))
+        self.skip_connection = nn.Identity() if out_ch == ch else nn.Conv2d(ch, out_ch, 1)
+
+    def _resample(self, x: torch.Tensor) -> torch.Tensor:
+        if self.up:
+            return F.interpolate(x, scale_factor=2, mode="nearest")
+        if self.down:
+            return F.avg_pool2d(x, 2)
+        return x
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        norm_in, act_in, conv_in = self.in_layers
+        h = act_in(norm_in(x))  # [B, C, H, W]
+        h = conv_in(self._resample(h))  # [B, C', H', W']
+        x = self._resample(x)
+        scale, shift = self.emb_layers(emb).to(h.dtype)[:, :, None, None].chunk(2, dim=1)  # [B, C', 1, 1]
+        norm_out, act_out, drop, conv_out = self.out_layers
+        h = torch.addcmul(shift, norm_out(h), 1 + scale)  # FiLM: GN(h) * (1 + scale) + shift
+        h = conv_out(drop(act_out(h)))
+        out = self.skip_connection(x) + h
+        return out * SKIP_SCALE if self.scale_skip else out
+
+
+class AttentionBlock(nn.Module):
+    """Self-attention over the image with the text tokens joined to its keys and values (Imagen style)."""
+
+    def __init__(self, ch: int, head_ch: int, encoder_channels: int, *, disable_self_attention: bool = False):
+        super().__init__()
+        if ch % head_ch:
+            raise ValueError(f"attention width {ch} is not divisible by the head width {head_ch}")
+        self.heads, self.head_ch = ch // head_ch, head_ch
+        self.self_attention = not disable_self_attention
+        self.norm = GroupNorm32(ch)
+        self.qkv = nn.Conv1d(ch, 3 * ch if self.self_attention else ch, 1)
+        self.encoder_kv = nn.Conv1d(encoder_channels, 2 * ch, 1)
+        self.norm_encoder = GroupNorm32(encoder_channels)
+        self.proj_out = zero_module(nn.Conv1d(ch, ch, 1))
+
+    def forward(self, x: torch.Tensor, encoder_out: torch.Tensor) -> torch.Tensor:
+        b, c, hgt, wid = x.shape
+        n, d = self.heads, self.head_ch
+        tokens = self.norm(x).reshape(b, c, hgt * wid).transpose(1, 2)  # [B, HW, C]
+        # qkv rows are head-interleaved: [q_h0, k_h0, v_h0, q_h1, ...], 64 rows each
+        qkv = conv1x1_linear(tokens, self.qkv)  # [B, HW, 3C]
+        parts = 3 if self.self_attention else 1
+        qkv = qkv.view(b, hgt * wid, n, parts, d).permute(3, 0, 2, 1, 4)  # [parts, B, n, HW, d]
+        # text: GroupNorm over [B, C_enc, L] (channel groups across all L tokens), then k/v per head
+        text = self.norm_encoder(encoder_out.to(x.dtype)).transpose(1, 2)  # [B, L, C_enc]
+        ekv = conv1x1_linear(text, self.encoder_kv)  # [B, L, 2C]
+        ekv = ekv.view(b, -1, n, 2, d).permute(3, 0, 2, 1, 4)  # [2, B, n, L, d]
+        q = qkv[0]
+        if self.self_attention:
+            k = torch.cat([ekv[0], qkv[1]], dim=2)  # [B, n, L + HW, d]: text tokens first
+            v = torch.cat([ekv[1], qkv[2]], dim=2)
+        else:
+            k, v = ekv[0], ekv[1]
+        a = attention(q, k, v)  # [B, n, HW, d]
+        a = a.transpose(1, 2).reshape(b, hgt * wid, c)  # [B, HW, C]
+        h = conv1x1_linear(a, self.proj_out).transpose(1, 2).reshape(b, c, hgt, wid)
+        return x + h
+
+
+class AttentionPooling(nn.Module):
+    """CLIP-style attention pooling of text tokens to one vector (IF's ``encoder_pooling.1``).
+
+    A class token (mean of the tokens + a learned position) attends over [cls; tokens]; only its output
+    is returned. Computed algebraically without projecting every token (same result, ~30x fewer FLOPs):
+    score_hj = q_h . (W_k,h x_j + b_k,h) = (W_k,h^T q_h) . x_j + q_h . b_k,h, and
+    out_h = sum_j a_hj (W_v,h x_j + b_v,h) = W_v,h (sum_j a_hj x_j) + b_v,h   (softmax weights sum to 1).
+    """
+
+    def __init__(self, heads: int, dim: int):
+        super().__init__()
+        self.heads, self.dim = heads, dim
+        self.positional_embedding = nn.Parameter(torch.randn(1, dim) / dim**0.5)
+        self.k_proj = nn.Linear(dim, dim)
+        self.q_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, length, dim = x.shape
+        n, d = self.heads, dim // self.heads
+        cls = x.mean(dim=1, keepdim=True) + self.positional_embedding.to(x.dtype)  # [B, 1, D]
+        xs = torch.cat([cls, x], dim=1)  # [B, L+1, D]
+        q = self.q_proj(cls[:, 0]).view(b, n, d)  # [B, n, d]
+        wk = self.k_proj.weight.view(n, d, dim)  # [n, d, D]
+        qk = torch.einsum("bnd,ndD->bnD", q, wk)  # [B, n, D] = W_k,h^T q_h
+        qb = (q * self.k_proj.bias.view(n, d)).sum(-1, keepdim=True)  # [B, n, 1]
+        scores = (torch.einsum("bnD,blD->bnl", qk, xs) + qb) / math.sqrt(d)  # [B, n, L+1]
+        w = torch.softmax(scores.float(), dim=-1).to(x.dtype)
+        z = torch.einsum("bnl,blD->bnD", w, xs)  # [B, n, D] attention-weighted tokens
+        wv = self.v_proj.weight.view(n, d, dim)  # [n, d, D]
+        out = torch.einsum("bnD,ndD->bnd", z, wv) + self.v_proj.bias.view(n, d)  # [B, n, d]
+        return out.reshape(b, dim)
+
+
+class UNet(nn.Module):
+    """IF stage I UNet. ``forward(x, t, text_emb)`` -> [B, out_channels, H, W] (eps and variance values)."""
+
+    def __init__(self, cfg: UNetConfig):
+        super().__init__()
+        self.cfg = cfg
+        mc, ted = cfg.model_channels, cfg.time_embed_dim
+        attn_ds, no_self = cfg.attention_ds, tuple(cfg.image_size // r for r in cfg.disable_self_attentions)
+        res = dict(emb_ch=ted, dropout=cfg.dropout, efficient_activation=cfg.efficient_activation,
+                   scale_skip=cfg.scale_skip_connection)
+
+        def attn(ch, ds):
+            return AttentionBlock(ch, cfg.num_head_channels, cfg.encoder_channels,
+                                  disable_self_attention=ds in no_self)
+
+        self.time_embed = nn.Sequential(nn.Linear(mc, ted), nn.GELU(), nn.Linear(ted, ted))
+        ch = mc * cfg.channel_mult[0]
+        self.input_blocks = nn.ModuleList([nn.ModuleList([nn.Conv2d(cfg.in_channels, ch, 3, padding=1)])])
+        skip_chs, ds = [ch], 1
+        for level, mult in enumerate(cfg.channel_mult):
+            for _ in range(cfg.num_res_blocks[level]):
+                layers = [ResBlock(ch, out_ch=mc * mult, **res)]
+                ch = mc * mult
+                if ds in attn_ds:
+                    layers.append(attn(ch, ds))
+                self.input_blocks.append(nn.ModuleList(layers))
+                skip_chs.append(ch)
+            if level != len(cfg.channel_mult) - 1:
+                self.input_blocks.append(nn.ModuleList([ResBlock(ch, out_ch=ch, down=True, **res)]))
+                skip_chs.append(ch)
+                ds *= 2
+        self.middle_block = nn.ModuleList([ResBlock(ch, out_ch=ch, **res), attn(ch, ds), ResBlock(ch, out_ch=ch, **res)])
+        self.output_blocks = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
+            for i in range(cfg.num_res_blocks[level] + 1):
+                layers = [ResBlock(ch + skip_chs.pop(), out_ch=mc * mult, **res)]
+                ch = mc * mult
+                if ds in attn_ds:
+                    layers.append(attn(ch, ds))
+                if level and i == cfg.num_res_blocks[level]:
+                    layers.append(ResBlock(ch, out_ch=ch, up=True, **res))
+                    ds //= 2
+                self.output_blocks.append(nn.ModuleList(layers))
+        self.out = nn.Sequential(GroupNorm32(ch), nn.GELU(),
+                                 zero_module(nn.Conv2d(mc * cfg.channel_mult[0], cfg.out_channels, 3, padding=1)))
+        self.encoder_pooling = nn.Sequential(nn.LayerNorm(cfg.encoder_dim),
+                                             AttentionPooling(cfg.att_pool_heads, cfg.encoder_dim),
+                                             nn.Linear(cfg.encoder_dim, ted), nn.LayerNorm(ted))
+        self.encoder_proj = (nn.Identity() if cfg.encoder_dim == cfg.encoder_channels
+                             else nn.Linear(cfg.encoder_dim, cfg.encoder_channels))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.time_embed[0].weight.dtype
+
+    # -- inputs -----------------------------------------------------------------------------------
+    def check_inputs(self, x: torch.Tensor, text_emb: torch.Tensor) -> None:
+        cfg = self.cfg
+        expect_in = cfg.in_channels - (3 if cfg.super_res else 0)
+        if x.ndim != 4 or x.shape[1] != expect_in:
+            raise ValueError(f"x must be [B, {expect_in}, H, W]; got {tuple(x.shape)}")
+        div = cfg.min_divisor
+        if x.shape[2] % div or x.shape[3] % div:
+            raise ValueError(
+                f"image size {x.shape[2]}x{x.shape[3]} cannot be divided by {div} (this UNet has "
+                f"{len(cfg.channel_mult)} levels): use a height and width that are multiples of {div}"
+            )
+        if text_emb.ndim != 3 or text_emb.shape[-1] != cfg.encoder_dim:
+            raise ValueError(
+                f"text_emb must be [B, L, {cfg.encoder_dim}] for this model (encoder_dim={cfg.encoder_dim}); "
+                f"got {tuple(text_emb.shape)}: encode the prompt with the text encoder the model was trained with"
+            )
+        if text_emb.shape[0] != x.shape[0]:
+            raise ValueError(f"batch mismatch: x has {x.shape[0]} images, text_emb {text_emb.shape[0]} prompts")
+
+    def encode_text(self, text_emb: torch.Tensor, pooled_text_emb: torch.Tensor | None = None):
+        """Text-only work of a forward pass, reusable across sampling steps (IF's ``use_cache``).
+
+        Returns (encoder_out [B, C_enc, L] for cross-attention, encoder_pool [B, ted] for the embedding).
+        ``pooled_text_emb`` (IF's ``timestep_text_emb``, e.g. a style prompt) feeds the pooling path only.
+        """
+        text_emb = text_emb.to(self.dtype)
+        encoder_out = self.encoder_proj(text_emb).transpose(1, 2)  # [B, C_enc, L]
+        pool_src = text_emb if pooled_text_emb is None else pooled_text_emb.to(self.dtype)
+        return encoder_out, self.encoder_pooling(pool_src)  # [B, ted]
+
+    # -- forward ------------------------------------------------------------------------------------
+    def _run(self, h: torch.Tensor, emb: torch.Tensor, encoder_out: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for block in self.input_blocks:
+            h = _apply(block, h, emb, encoder_out)
+            skips.append(h)
+        h = _apply(self.middle_block, h, emb, encoder_out)
+        for block in self.output_blocks:
+            h = _apply(block, torch.cat([h, skips.pop()], dim=1), emb, encoder_out)
+        return self.out(h)
+
+    def _embed(self, t: torch.Tensor, encoder_pool: torch.Tensor, extra: torch.Tensor | None = None):
+        emb = self.time_embed(timestep_embedding(t, self.cfg.model_channels).to(self.dtype))  # [B, ted]
+        emb = emb + encoder_pool.to(emb.dtype)
+        if extra is not None:
+            emb = emb + extra.to(emb.dtype)
+        return F.gelu(emb) if self.cfg.efficient_activation else emb
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, text_emb: torch.Tensor | None = None, *,
+                text_cond: tuple[torch.Tensor, torch.Tensor] | None = None,
+                pooled_text_emb: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [B, 3, H, W]; t: [B] float timesteps in [0, 999]; text_emb: [B, L, encoder_dim].
+
+        ``text_cond`` (from ``encode_text``) replaces ``text_emb`` to skip the text work.
+        """
+        if text_cond is None:
+            self.check_inputs(x, text_emb)
+            text_cond = self.encode_text(text_emb, pooled_text_emb)
+        encoder_out, encoder_pool = text_cond
+        t = _as_batch(t, x)
+        return self._run(x.to(self.dtype), self._embed(t, encoder_pool), encoder_out)
+
+
+class SuperResUNet(UNet):
+    """IF stage II/III UNet: x_t concatenated with the (already noise-augmented) up-sampled low-res image.
+
+    ``forward(x, t, text_emb, low_res=..., aug_t=...)`` where ``low_res`` is [B, 3, H, W] at x's size (the
+    pipeline up-samples and noises it, see ``diffusion.guidance.noise_augment``) and ``aug_t`` [B] are the
+    integer augmentation timesteps (``int(aug_level * 1000)``).
+    """
+
+    def __init__(self, cfg: UNetConfig):
+        super().__init__(cfg)
+        mc, ted = cfg.model_channels, cfg.time_embed_dim
+        self.aug_proj = nn.Sequential(nn.Linear(mc, ted), nn.GELU(), nn.Linear(ted, ted))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, text_emb: torch.Tensor | None = None, *,
+                low_res: torch.Tensor, aug_t: torch.Tensor,
+                text_cond: tuple[torch.Tensor, torch.Tensor] | None = None,
+                pooled_text_emb: torch.Tensor | None = None) -> torch.Tensor:
+        if low_res.shape[0] != x.shape[0] or low_res.shape[1] != 3 or low_res.shape[2:] != x.shape[2:]:
+            raise ValueError(
+                f"low_res must be the up-sampled, noise-augmented image at x's size {tuple(x.shape)}; got "
+                f"{tuple(low_res.shape)} (up-sample it with diffusion.guidance.noise_augment)"
+            )
+        if text_cond is None:
+            self.check_inputs(x, text_emb)
+            text_cond = self.encode_text(text_emb, pooled_text_emb)
+        encoder_out, encoder_pool = text_cond
+        t, aug_t = _as_batch(t, x), _as_batch(aug_t, x)
+        aug_emb = self.aug_proj(timestep_embedding(aug_t, self.cfg.model_channels).to(self.dtype))
+        h = torch.cat([x, low_res.to(x.dtype)], dim=1).to(self.dtype)  # [B, 6, H, W]
+        return self._run(h, self._embed(t, encoder_pool, aug_emb), encoder_out)
+
+
+def _apply(block: nn.ModuleList, h: torch.Tensor, emb: torch.Tensor, encoder_out: torch.Tensor) -> torch.Tensor:
+    for layer in block:
+        if isinstance(layer, ResBlock):
+            h = layer(h, emb)
+        elif isinstance(layer, AttentionBlock):
+            h = layer(h, encoder_out)
+        else:
+            h = layer(h)
+    return h
+
+
+def _as_batch(t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
+    t = torch.as_tensor(t, device=x.device)
+    return t.expand(x.shape[0]) if t.ndim == 0 else t
+
+
+def build_unet(cfg: UNetConfig) -> UNet:
+    return SuperResUNet(cfg) if cfg.super_res else UNet(cfg)
