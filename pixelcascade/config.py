@@ -96,6 +96,7 @@ class DataConfig:
     num_images: int = 60000
     seed: int = 0
     text_max_length: int = 32
+    low_res_size: int = 32  # super-resolution stages: the size the target is down-sampled to
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 
-from .config import ConfigError, UNetConfig, from_dict, to_json
+from .config import ConfigError, DiffusionConfig, SampleConfig, UNetConfig, from_dict, to_json
 from .models.unet import SKIP_SCALE, UNet, build_unet
+from .pipeline import DEFAULT_SAMPLE_I, DEFAULT_SAMPLE_II, Stage
 
 
 class CheckpointError(ValueError):
@@ -395,3 +396,13 @@ def infer_unet_config(sd: dict[str, torch.Tensor]) -> UNetConfig:
                       channel_mult=tuple(w // mc for w in widths), num_res_blocks=tuple(nrb),
                       attention_resolutions=tuple(attn_res), encoder_dim=enc_dim, encoder_channels=enc_ch,
                       efficient_activation=in_ch == 6, scale_skip_connection=in_ch == 6, super_res=in_ch == 6)
+
+
+def load_stage(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Stage:
+    """A stage from a pixelcascade .safetensors file (UNet, diffusion and sampling settings in the metadata)."""
+    unet, meta = load_unet(path, dtype=dtype, device=device)
+    diffusion = from_dict(DiffusionConfig, json.loads(meta["diffusion_config"])) if "diffusion_config" in meta \
+        else DiffusionConfig()
+    default = DEFAULT_SAMPLE_II if unet.cfg.super_res else DEFAULT_SAMPLE_I
+    sample = from_dict(SampleConfig, json.loads(meta["sample_config"])) if "sample_config" in meta else default
+    return Stage(unet=unet, diffusion=diffusion, settings=sample, meta=meta)

@@ -39,7 +39,7 @@ PRESETS: dict[str, UNetConfig] = {
     "if64-t5xxl": UNetConfig(model_channels=64, num_res_blocks=(2, 2, 2, 2), encoder_channels=256,
                              **{**_STAGE_I}),
     # small models for this machine (MiniLM, 384-d tokens)
-    "shapes32-I": UNetConfig(image_size=32, model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=(1, 2, 2),
+    "shapes32-I": UNetConfig(image_size=32, model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=(1, 1, 2),
                              attention_resolutions=(16, 8), num_head_channels=32, encoder_dim=384,
                              encoder_channels=128, att_pool_heads=6),
     "shapes64-II": UNetConfig(image_size=64, in_channels=6, model_channels=32, channel_mult=(1, 2, 4),

