@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny configs mirrored in the official deepfloyd_if code and diffusers."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(2)
+
+
+def tiny_cfg(super_res: bool = False, **kw):
+    from pixelcascade.config import UNetConfig
+    base = dict(image_size=32, in_channels=6 if super_res else 3, model_channels=32, channel_mult=(1, 2, 3),
+                num_res_blocks=(1, 2, 1), attention_resolutions=(16, 8), num_head_channels=16, encoder_dim=48,
+                encoder_channels=96, att_pool_heads=4, super_res=super_res, efficient_activation=super_res,
+                scale_skip_connection=super_res)
+    base.update(kw)
+    return UNetConfig(**base)
+
+
+def official_kwargs(cfg) -> dict:
+    """deepfloyd_if UNetModel kwargs for one of our configs."""
+    return dict(in_channels=cfg.in_channels, model_channels=cfg.model_channels, out_channels=cfg.out_channels,
+                num_res_blocks=list(cfg.num_res_blocks),
+                attention_resolutions=",".join(str(r) for r in cfg.attention_resolutions), activation="gelu",
+                encoder_dim=cfg.encoder_dim, att_pool_heads=cfg.att_pool_heads, encoder_channels=cfg.encoder_channels,
+                image_size=cfg.image_size, channel_mult=",".join(str(m) for m in cfg.channel_mult), num_heads=1,
+                num_head_channels=cfg.num_head_channels, use_scale_shift_norm=True, resblock_updown=True,
+                efficient_activation=cfg.efficient_activation, scale_skip_connection=cfg.scale_skip_connection)
+
+
+@pytest.fixture(scope="session")
+def deepfloyd():
+    """The official model code (deepfloyd_if.model.*), imported quietly."""
+    pytest.importorskip("deepfloyd_if")
+    import io
+    import contextlib
+    with contextlib.redirect_stdout(io.StringIO()):
+        from deepfloyd_if.model import gaussian_diffusion, respace, unet
+    return type("DF", (), {"unet": unet, "respace": respace, "gd": gaussian_diffusion})
+
+
+def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.05) -> torch.nn.Module:
+    """Non-zero weights everywhere (zero-initialised output convs would hide bugs)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+    return model
+
+
+sys.path.insert(0, os.path.dirname(__file__))
