@@ -24,10 +24,21 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm with 32 groups, eps 1e-5, computed in the input dtype (as IF's ``normalization``)."""
+    """GroupNorm with 32 groups, eps 1e-5, computed in the input dtype (as IF's ``normalization``).
+
+    PyTorch's channels-last GroupNorm kernel is slow for small maps with few channels per group (up to 10x at
+    16x16 in bf16); there a round trip through NCHW is cheaper. The result is the same.
+    """
 
     def __init__(self, channels: int):
         super().__init__(32, channels, eps=1e-5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 4 and x.shape[2] * x.shape[3] <= 256 and x.is_contiguous(memory_format=torch.channels_last) \
+                and not x.is_contiguous():
+            y = F.group_norm(x.contiguous(), 32, self.weight, self.bias, self.eps)
+            return y.contiguous(memory_format=torch.channels_last)
+        return F.group_norm(x, 32, self.weight, self.bias, self.eps)
 
 
 def zero_module(module: nn.Module) -> nn.Module:
@@ -42,5 +53,15 @@ def conv1x1_linear(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) v over [B, heads, L, d] tensors, fused (flash kernel on CPU and CUDA)."""
+    """softmax(q k^T / sqrt(d)) v over [B, heads, L, d] tensors.
+
+    ``F.scaled_dot_product_attention`` (flash kernel on CPU and CUDA), except for short CPU sequences
+    (<= 256 queries: the 16x16 and 8x8 maps), where two batched GEMMs and a softmax measure 2-4x faster
+    than the CPU flash kernel, forward and backward. Softmax in fp32 for half-precision inputs.
+    """
+    if q.device.type == "cpu" and q.shape[-2] <= 256:
+        b, n, lq, d = q.shape
+        w = torch.matmul(q, k.transpose(-1, -2)) * (d ** -0.5)  # [B, n, Lq, Lk]
+        w = torch.softmax(w.float(), dim=-1).to(q.dtype) if q.dtype != torch.float32 else torch.softmax(w, -1)
+        return torch.matmul(w, v)  # [B, n, Lq, d]
     return F.scaled_dot_product_attention(q, k, v)

@@ -338,7 +338,9 @@ def training_scene(rng: random.Random, size: int, weights: dict | None = None) -
     tasks = list(weights)
     while True:
         task = rng.choices(tasks, [weights[t] for t in tasks])[0]
-        prompt = rng.choice(_PROMPT_CACHE.setdefault((task, size), all_prompts(task, size)))
+        if (task, size) not in _PROMPT_CACHE:
+            _PROMPT_CACHE[(task, size)] = all_prompts(task, size)
+        prompt = rng.choice(_PROMPT_CACHE[(task, size)])
         if prompt.unseen:
             continue
         scene = scene_for_prompt(prompt, size, rng, allow_unseen=False)

@@ -80,7 +80,7 @@ class AttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor, encoder_out: torch.Tensor) -> torch.Tensor:
         b, c, hgt, wid = x.shape
         n, d = self.heads, self.head_ch
-        tokens = self.norm(x).reshape(b, c, hgt * wid).transpose(1, 2)  # [B, HW, C]
+        tokens = self.norm(x).permute(0, 2, 3, 1).reshape(b, hgt * wid, c)  # [B, HW, C] (free if channels_last)
         # qkv rows are head-interleaved: [q_h0, k_h0, v_h0, q_h1, ...], 64 rows each
         qkv = conv1x1_linear(tokens, self.qkv)  # [B, HW, 3C]
         parts = 3 if self.self_attention else 1
@@ -97,7 +97,7 @@ class AttentionBlock(nn.Module):
             k, v = ekv[0], ekv[1]
         a = attention(q, k, v)  # [B, n, HW, d]
         a = a.transpose(1, 2).reshape(b, hgt * wid, c)  # [B, HW, C]
-        h = conv1x1_linear(a, self.proj_out).transpose(1, 2).reshape(b, c, hgt, wid)
+        h = conv1x1_linear(a, self.proj_out).view(b, hgt, wid, c).permute(0, 3, 1, 2)  # [B, C, H, W] (NHWC memory)
         return x + h
 
 
@@ -185,6 +185,8 @@ class UNet(nn.Module):
                                              nn.Linear(cfg.encoder_dim, ted), nn.LayerNorm(ted))
         self.encoder_proj = (nn.Identity() if cfg.encoder_dim == cfg.encoder_channels
                              else nn.Linear(cfg.encoder_dim, cfg.encoder_channels))
+        self.channels_last = True  # an execution choice, not part of the config: results are the same
+        self.to(memory_format=torch.channels_last)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -223,6 +225,8 @@ class UNet(nn.Module):
 
     # -- forward ------------------------------------------------------------------------------------
     def _run(self, h: torch.Tensor, emb: torch.Tensor, encoder_out: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:  # NHWC: oneDNN's native conv layout, and attention tokens become free views
+            h = h.contiguous(memory_format=torch.channels_last)
         skips = []
         for block in self.input_blocks:
             h = _apply(block, h, emb, encoder_out)
@@ -230,7 +234,7 @@ class UNet(nn.Module):
         h = _apply(self.middle_block, h, emb, encoder_out)
         for block in self.output_blocks:
             h = _apply(block, torch.cat([h, skips.pop()], dim=1), emb, encoder_out)
-        return self.out(h)
+        return self.out(h).contiguous()
 
     def _embed(self, t: torch.Tensor, encoder_pool: torch.Tensor, extra: torch.Tensor | None = None):
         emb = self.time_embed(timestep_embedding(t, self.cfg.model_channels).to(self.dtype))  # [B, ted]
