@@ -101,3 +101,56 @@ def from_uint8(img: np.ndarray) -> torch.Tensor:
 
 def with_overrides(s: SampleConfig, **kw) -> SampleConfig:
     return replace(s, **{k: v for k, v in kw.items() if v is not None})
+
+
+@dataclass
+class Cascade:
+    """Stage I then any number of super-resolution stages, sharing one text encoding."""
+
+    stages: list[Stage]
+    encoder: object  # a text encoder: __call__(texts) -> (text_emb, text_mask), .empty(n)
+
+    def __post_init__(self):
+        if not self.stages:
+            raise PipelineError("a cascade needs at least one stage")
+        if self.stages[0].is_super_res:
+            raise PipelineError("the first stage is a super-resolution model: stage I (text -> image) must run "
+                                "first; pass the stage I model before the stage II one")
+        for i, st in enumerate(self.stages[1:], start=2):
+            if not st.is_super_res:
+                raise PipelineError(f"stage {i} generates from text only: every stage after the first must be a "
+                                    "super-resolution model")
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str], seeds: list[int], *, settings: list[SampleConfig | None] | None = None,
+                 sizes: list[tuple[int, int] | None] | None = None, num_stages: int | None = None,
+                 progress: bool = False) -> list[torch.Tensor]:
+        """Run the first ``num_stages`` stages; returns every stage's images in [-1, 1]."""
+        n = num_stages or len(self.stages)
+        if not 1 <= n <= len(self.stages):
+            raise PipelineError(f"--stages {n}: this cascade has {len(self.stages)} stage(s)")
+        settings = list(settings or []) + [None] * n
+        sizes = list(sizes or []) + [None] * n
+        text_emb, _ = self.encoder(prompts)
+        uncond, _ = self.encoder.empty(len(prompts))
+        bar = None
+        if progress:
+            from tqdm import tqdm
+            total = sum(len(st.denoiser().schedule.respace((settings[i] or st.settings).num_steps))
+                        for i, st in enumerate(self.stages[:n]))
+            bar = tqdm(total=total, desc="sampling", unit="step", leave=False)
+        outs, low = [], None
+        for i, st in enumerate(self.stages[:n]):
+            size = sizes[i]
+            if size is None and low is not None:  # each stage scales by its own native ratio
+                ratio = st.cfg.image_size / self.stages[i - 1].cfg.image_size
+                size = (round(low.shape[2] * ratio), round(low.shape[3] * ratio))
+            h, w = size if size is not None else (None, None)
+            cb = (lambda *a: bar.update(1)) if bar is not None else None
+            img = st.sample(text_emb, uncond, seeds, height=h, width=w, settings=settings[i], low_res=low,
+                            callback=cb)
+            outs.append(img)
+            low = img
+        if bar is not None:
+            bar.close()
+        return outs

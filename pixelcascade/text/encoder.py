@@ -58,6 +58,7 @@ class HFEncoder:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import transformers
         transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
         from transformers import AutoModel, AutoTokenizer, T5EncoderModel
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
         cls = T5EncoderModel if t5 else AutoModel

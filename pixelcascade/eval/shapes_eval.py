@@ -1,0 +1,88 @@
+"""Sample the shapes-world benchmark with a cascade and score it (specs/shapes-world.md)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..data.shapes import TASKS, benchmark_prompts
+from ..utils import atomic_write_text
+from .shapes_score import score_image, summarize
+
+
+def evaluate_shapes(cascade, *, num_stages: int | None = None, per_task: int = 64, seeds: int = 4,
+                    batch_size: int = 64, guidance: float | None = None, steps: str | None = None,
+                    sampler: str | None = None, out_dir: str | Path | None = None, progress: bool = True,
+                    prompt_seed: int = 0) -> dict:
+    """Every benchmark prompt x ``seeds`` seeds through the first ``num_stages`` stages, scored at that size."""
+    from ..pipeline import to_uint8, with_overrides
+    n = num_stages or len(cascade.stages)
+    final = cascade.stages[n - 1]
+    size = final.cfg.image_size
+    prompts = benchmark_prompts(size=size, per_task=per_task, seed=prompt_seed)
+    jobs = [(p, s) for p in prompts for s in range(seeds)]
+    settings = [with_overrides(st.settings, guidance_scale=guidance if i == 0 else None,
+                               num_steps=steps if i == 0 else None, sampler=sampler)
+                for i, st in enumerate(cascade.stages[:n])]
+    results, images = [], []
+    it = range(0, len(jobs), batch_size)
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(it, desc=f"eval shapes ({len(jobs)} images)", unit="batch")
+    for start in it:
+        chunk = jobs[start:start + batch_size]
+        outs = cascade([p.text for p, _ in chunk], [s for _, s in chunk], settings=settings, num_stages=n)
+        imgs = [to_uint8(o) for o in outs]
+        for j, (p, _s) in enumerate(chunk):
+            results.append((p, score_image(imgs[-1][j], p)))
+            images.append([im[j] for im in imgs])
+    report = {"summary": summarize(results), "num_images": len(jobs), "image_size": size, "stages": n,
+              "settings": [dataclasses.asdict(s) for s in settings], "per_task": per_task, "seeds": seeds,
+              "per_prompt": [{"prompt": p.text, "task": p.task, "unseen": p.unseen, "pass": bool(ok)}
+                             for p, ok in results]}
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "report.json", json.dumps(report, indent=2))
+        _sheet(results, images, out / "contact_sheet.png")
+    return report
+
+
+def _sheet(results, images, path: Path, per_task: int = 4) -> None:
+    """A few images per task (seed 0), every stage side by side, captioned with the prompt and PASS/fail."""
+    from .sheets import contact_sheet
+    picks, caps = [], []
+    for task in TASKS:
+        idx = [i for i, (p, _) in enumerate(results) if p.task == task][: per_task * 4: 4]
+        for i in idx:
+            p, ok = results[i]
+            stages = images[i]
+            size = stages[-1].shape[0]
+            for k, im in enumerate(stages):
+                if im.shape[0] != size:  # nearest-upscale earlier stages to the final size
+                    rep = size // im.shape[0]
+                    im = np.repeat(np.repeat(im, rep, 0), rep, 1)
+                picks.append(im)
+                caps.append(f"{'PASS' if ok else 'fail'} {p.text}" + (f" [stage {k + 1}]" if len(stages) > 1 else ""))
+    if picks:
+        scale = max(1, 96 // picks[0].shape[0])
+        contact_sheet(np.stack(picks), caps, path, scale=scale, cols=8 if len(images[0]) == 1 else 8)
+
+
+def format_table(report: dict) -> str:
+    lines = []
+    for split in ("all", "seen", "unseen"):
+        rows = report["summary"].get(split, {})
+        if not rows:
+            continue
+        lines.append(f"[{split}]  {'task':14s} {'acc':>6s}  {'95% CI':>15s}  {'n':>5s}")
+        for task in list(TASKS) + ["overall"]:
+            if task in rows:
+                r = rows[task]
+                ci = r.get("ci95")
+                ci_s = f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+                lines.append(f"{'':8s}{task:14s} {r['accuracy']:6.3f}  {ci_s:>15s}  {r['n']:5d}")
+    return "\n".join(lines)

@@ -1,0 +1,78 @@
+"""The shapes world: the spec's sanity figures for the scorer, the held-out split, the renderer."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from pixelcascade.data.shapes import (TASKS, all_prompts, benchmark_prompts, diameter, make_dataset, render,
+                                      scene_for_prompt, is_unseen_text, training_scene)
+from pixelcascade.eval.shapes_score import score_image, summarize, wilson_interval
+
+
+def _suite(size):
+    rng = random.Random(1)
+    ps = benchmark_prompts(size, 64, 0)
+    return ps, [render(scene_for_prompt(p, size, rng).objects, size) for p in ps]
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_sanity_figures(size):
+    ps, imgs = _suite(size)
+    noise = np.random.default_rng(0)
+    perfect = summarize([(p, score_image(im, p)) for p, im in zip(ps, imgs)])["all"]
+    noisy = summarize([(p, score_image(np.clip(im + noise.normal(0, 16, im.shape), 0, 255).astype(np.uint8), p))
+                       for p, im in zip(ps, imgs)])["all"]
+    blank = summarize([(p, score_image(np.full_like(im, 128), p)) for p, im in zip(ps, imgs)])["all"]
+    rng = random.Random(2)
+    cross = summarize([(p, score_image(im, rng.choice([q for q in ps if q.task == p.task])))
+                       for p, im in zip(ps, imgs)])["all"]
+    assert all(v["accuracy"] == 1.0 for v in perfect.values())
+    assert all(v["accuracy"] == 1.0 for v in noisy.values())
+    assert all(v["accuracy"] == 0.0 for v in blank.values())
+    assert 0.06 <= cross["overall"]["accuracy"] <= 0.22  # spec: "about 13%"
+
+
+def test_geometry_and_prompts():
+    assert diameter(32, 1) == 8 and diameter(64, 2) == 14 and diameter(64, 4) == 12 and diameter(64, 5) == 10
+    assert all_prompts("counting", 32)[-1].text == "four triangles" and all_prompts("counting", 64)[-1].text == "five triangles"
+    assert [p.text for p in all_prompts("single_object")] == ["a circle", "a square", "a triangle"]
+    assert {len(all_prompts(t)) for t in TASKS} >= {3, 6, 9}
+    assert len(benchmark_prompts(32, 64, 0)) == 3 + 6 + 9 + 18 + 36 + 64 + 64
+
+
+def test_render_colours_and_background():
+    from pixelcascade.data.shapes import Obj
+    img = render([Obj("square", "red", 8, 4, 4)], 32)
+    assert tuple(img[0, 0]) == (128, 128, 128) and tuple(img[8, 8]) == (220, 30, 30)
+
+
+def test_training_data_never_shows_the_held_out_split():
+    rng = random.Random(0)
+    for _ in range(1500):
+        scene, caption = training_scene(rng, 32)
+        assert not is_unseen_text(caption)
+        assert not any(o.shape == "triangle" and o.color == "purple" for o in scene.objects)
+        rel = [g.relation[0] for g in scene.prompt.include if g.relation]
+        if rel and rel[0] in ("above", "below"):
+            assert not any(o.color == "cyan" for o in scene.objects)
+
+
+def test_unseen_split_is_reported_apart():
+    ps = benchmark_prompts(32, 64, 0)
+    assert any(p.unseen for p in ps) and any(not p.unseen for p in ps)
+    s = summarize([(p, True) for p in ps])
+    assert s["unseen"] and s["seen"]
+
+
+def test_dataset_is_deterministic():
+    a_img, a_cap = make_dataset(20, 32, seed=5)
+    b_img, b_cap = make_dataset(20, 32, seed=5)
+    assert np.array_equal(a_img, b_img) and a_cap == b_cap
+
+
+def test_wilson_interval():
+    lo, hi = wilson_interval(8, 10)
+    assert lo == pytest.approx(0.490, abs=1e-3) and hi == pytest.approx(0.943, abs=1e-3)
