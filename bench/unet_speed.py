@@ -46,7 +46,8 @@ def build_all(cfg, dtype: torch.dtype, seed: int = 0) -> dict[str, torch.nn.Modu
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             from deepfloyd_if.model.unet import UNetModel
-        kw = dict(in_channels=3, model_channels=cfg.model_channels, out_channels=6, num_res_blocks=list(cfg.num_res_blocks),
+        kw = dict(in_channels=3, model_channels=cfg.model_channels, out_channels=6,
+                  num_res_blocks=list(cfg.num_res_blocks),
                   attention_resolutions=",".join(map(str, cfg.attention_resolutions)), activation="gelu",
                   encoder_dim=cfg.encoder_dim, att_pool_heads=cfg.att_pool_heads, encoder_channels=cfg.encoder_channels,
                   image_size=cfg.image_size, channel_mult=",".join(map(str, cfg.channel_mult)), num_heads=1,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import time
@@ -78,7 +77,13 @@ def load_cascade(model: str | Path, device: str = "cpu", dtype=None, text_encode
     except CheckpointError as e:
         raise UserError(str(e)) from None
     meta = stages[0].meta
-    spec = text_encoder or meta.get("text_encoder", "minilm")
+    spec = text_encoder or meta.get("text_encoder")
+    if spec is None:
+        if stages[0].cfg.encoder_dim == 384:
+            spec = "minilm"
+        else:
+            raise UserError(f"{paths[0]} expects {stages[0].cfg.encoder_dim}-d text states and names no text "
+                            "encoder: pass --text-encoder /path/to/t5-v1_1-xxl (a local folder) for IF weights")
     try:
         encoder = load_encoder(spec, int(meta.get("text_max_length", 77)), device=device)
     except TextEncoderError as e:

@@ -37,8 +37,8 @@ def official_kwargs(cfg) -> dict:
 def deepfloyd():
     """The official model code (deepfloyd_if.model.*), imported quietly."""
     pytest.importorskip("deepfloyd_if")
-    import io
     import contextlib
+    import io
     with contextlib.redirect_stdout(io.StringIO()):
         from deepfloyd_if.model import gaussian_diffusion, respace, unet
     return type("DF", (), {"unet": unet, "respace": respace, "gd": gaussian_diffusion})

@@ -7,8 +7,17 @@ import random
 import numpy as np
 import pytest
 
-from pixelcascade.data.shapes import (TASKS, all_prompts, benchmark_prompts, diameter, make_dataset, render,
-                                      scene_for_prompt, is_unseen_text, training_scene)
+from pixelcascade.data.shapes import (
+    TASKS,
+    all_prompts,
+    benchmark_prompts,
+    diameter,
+    is_unseen_text,
+    make_dataset,
+    render,
+    scene_for_prompt,
+    training_scene,
+)
 from pixelcascade.eval.shapes_score import score_image, summarize, wilson_interval
 
 
@@ -37,7 +46,8 @@ def test_sanity_figures(size):
 
 def test_geometry_and_prompts():
     assert diameter(32, 1) == 8 and diameter(64, 2) == 14 and diameter(64, 4) == 12 and diameter(64, 5) == 10
-    assert all_prompts("counting", 32)[-1].text == "four triangles" and all_prompts("counting", 64)[-1].text == "five triangles"
+    assert all_prompts("counting", 32)[-1].text == "four triangles"
+    assert all_prompts("counting", 64)[-1].text == "five triangles"
     assert [p.text for p in all_prompts("single_object")] == ["a circle", "a square", "a triangle"]
     assert {len(all_prompts(t)) for t in TASKS} >= {3, 6, 9}
     assert len(benchmark_prompts(32, 64, 0)) == 3 + 6 + 9 + 18 + 36 + 64 + 64

@@ -124,7 +124,9 @@ class Schedule:
 
     def posterior(self, x0: torch.Tensor, x_t: torch.Tensor, i: torch.Tensor):
         """q(x_{t-1} | x_t, x0) = N(c1 x0 + c2 x_t, beta~_t): returns (mean, log variance clipped)."""
-        mean = _gather(self.posterior_mean_coef1, i, x_t.ndim) * x0 + _gather(self.posterior_mean_coef2, i, x_t.ndim) * x_t
+        c1 = _gather(self.posterior_mean_coef1, i, x_t.ndim)
+        c2 = _gather(self.posterior_mean_coef2, i, x_t.ndim)
+        mean = c1 * x0 + c2 * x_t
         return mean, _gather(self.posterior_log_variance_clipped, i, x_t.ndim)
 
     def learned_range_log_variance(self, v: torch.Tensor, i: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..data.shapes import BACKGROUND, COLORS, PALETTE, GENEVAL_TASKS, Prompt, diameter
+from ..data.shapes import BACKGROUND, COLORS, GENEVAL_TASKS, PALETTE, Prompt, diameter
 
 _CENTRES = np.array([BACKGROUND] + [PALETTE[c] for c in COLORS], np.float32)  # [7, 3]
 UNKNOWN = -1

@@ -166,7 +166,8 @@ class UNet(nn.Module):
                 self.input_blocks.append(nn.ModuleList([ResBlock(ch, out_ch=ch, down=True, **res)]))
                 skip_chs.append(ch)
                 ds *= 2
-        self.middle_block = nn.ModuleList([ResBlock(ch, out_ch=ch, **res), attn(ch, ds), ResBlock(ch, out_ch=ch, **res)])
+        self.middle_block = nn.ModuleList([ResBlock(ch, out_ch=ch, **res), attn(ch, ds),
+                                           ResBlock(ch, out_ch=ch, **res)])
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
             for i in range(cfg.num_res_blocks[level] + 1):

