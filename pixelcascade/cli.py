@@ -224,6 +224,20 @@ def cmd_train(a) -> int:
     return 0
 
 
+def cmd_export(a) -> int:
+    import torch
+
+    from .convert import CheckpointError
+    from .training.run import export_weights
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[a.dtype]
+    try:
+        path = export_weights(a.run, a.output, dtype)
+    except CheckpointError as e:
+        raise UserError(str(e)) from None
+    print(f"{path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
 # --------------------------------------------------------------------------------------------------
 # eval
 
@@ -303,6 +317,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--time-limit", type=float, help="stop (and checkpoint) after this many seconds")
     t.add_argument("-q", "--quiet", action="store_true")
     t.set_defaults(fn=cmd_train)
+
+    x = sub.add_parser("export", help="ship a run's EMA weights as one small .safetensors file",
+                       description="Cast a run folder's ema.safetensors (config and recipe in its metadata) to "
+                                   "fp16 and write it where `generate --model` can load it.",
+                       epilog="example:\n  pixelcascade export runs/shapes32 -o pixelcascade/weights/shapes/"
+                              "stage1.safetensors", formatter_class=argparse.RawDescriptionHelpFormatter)
+    x.add_argument("run", help="a training run folder (holds ema.safetensors)")
+    x.add_argument("-o", "--output", required=True)
+    x.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"])
+    x.set_defaults(fn=cmd_export)
 
     e = sub.add_parser("eval", help="evaluate a model")
     esub = e.add_subparsers(dest="suite", required=True)

@@ -65,3 +65,20 @@ def test_long_prompt_is_truncated_with_a_warning(tiny_model, tmp_path, capsys):
 def test_help_teaches():
     with pytest.raises(SystemExit):
         main(["generate", "--help"])
+
+
+def test_export_then_eval_shapes(tiny_model, tmp_path, capsys):
+    shipped = tmp_path / "stage1.safetensors"
+    assert main(["export", str(tiny_model.parent), "-o", str(shipped)]) == 0
+    from pixelcascade.convert import read_tensors
+    tensors, meta = read_tensors(shipped)
+    assert all(v.dtype.is_floating_point and v.element_size() == 2 for v in tensors.values())
+    assert "run_config" in meta and "data_recipe" in meta and meta["shipped_dtype"] == "float16"
+    out = tmp_path / "ev"
+    assert main(["eval", "shapes", "--model", str(shipped), "-o", str(out), "--per-task", "2", "--seeds", "1",
+                 "--steps", "3", "-q"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["num_images"] == 7 * 2  # 6 GenEval tasks + composite, 2 prompts each, 1 seed
+    assert (out / "contact_sheet.png").stat().st_size > 0
+    text = capsys.readouterr().out
+    assert "overall" in text and "[seen]" in text

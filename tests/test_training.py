@@ -61,7 +61,7 @@ def test_loss_goes_down_on_a_tiny_problem(tmp_path):
     cfg = _cfg(lr=2e-3)
     t = Trainer(cfg, _data(n=8), tmp_path, progress=False)
     before = t.validate()
-    t.fit(max_steps=40)
+    t.fit(max_steps=25)
     after = t.validate()
     assert np.mean(list(after.values())) < np.mean(list(before.values()))
 

@@ -91,7 +91,10 @@ def train(cfg: RunConfig, out_dir: str | Path, *, cache: Path | None = None, pro
     data = build_train_data(images, captions, encoder, cache, progress)
     val = build_train_data(val_images, val_captions, encoder, cache, progress)
     meta = {"text_encoder": cfg.text_encoder, "text_max_length": cfg.data.text_max_length,
-            "encoder_name": encoder.name}
+            "encoder_name": encoder.name, "command": command,
+            "data_recipe": f"shapes world {cfg.data.image_size}px, {cfg.data.num_images} images rendered with "
+                           f"seed {cfg.data.seed} (pixelcascade.data.shapes.make_dataset), training seed "
+                           f"{cfg.train.seed}"}
     sample_fn = _grid_fn(encoder) if grids else None
     trainer = Trainer(cfg, data, out_dir, val, progress=progress, sample_fn=sample_fn, meta=meta)
     write_recipe(out_dir, cfg, command)
@@ -116,3 +119,16 @@ def _grid_fn(encoder):
         imgs = stage.sample(emb, unc, list(range(len(texts))))
         contact_sheet(imgs, texts, path, scale=3)
     return fn
+
+
+def export_weights(run_dir: str | Path, dest: str | Path, dtype: torch.dtype = torch.float16) -> Path:
+    """Ship a run's final EMA: ``ema.safetensors`` cast to ``dtype`` (fp16 halves the size), metadata kept.
+
+    Loading casts back to the requested dtype (fp32 by default), so shipping fp16 costs < 1e-3 in outputs.
+    """
+    from ..convert import read_tensors, write_safetensors
+    src = Path(run_dir) / "ema.safetensors"
+    tensors, meta = read_tensors(src)
+    meta = dict(meta, shipped_dtype=str(dtype).replace("torch.", ""), source=str(src.name))
+    write_safetensors(dest, {k: v.to(dtype) for k, v in tensors.items()}, meta)
+    return Path(dest)
