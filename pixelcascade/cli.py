@@ -62,7 +62,7 @@ def stage_paths(model: str | Path) -> list[Path]:
 
 
 def load_cascade(model: str | Path, device: str = "cpu", dtype=None, text_encoder: str | None = None,
-                 max_stages: int | None = None):
+                 max_stages: int | None = None, allow_sr_first: bool = False):
     import torch
 
     from .convert import CheckpointError, load_stage
@@ -88,10 +88,19 @@ def load_cascade(model: str | Path, device: str = "cpu", dtype=None, text_encode
         encoder = load_encoder(spec, int(meta.get("text_max_length", 77)), device=device)
     except TextEncoderError as e:
         raise UserError(str(e)) from None
+    if allow_sr_first:
+        return _Stages(stages, encoder)
     try:
         return Cascade(stages, encoder)
     except ValueError as e:
         raise UserError(str(e)) from None
+
+
+class _Stages:
+    """Stages and an encoder without the cascade's ordering checks (upscale runs a stage II on its own)."""
+
+    def __init__(self, stages, encoder):
+        self.stages, self.encoder = stages, encoder
 
 
 def _slug(text: str, n: int = 40) -> str:
@@ -125,16 +134,9 @@ def save_png(img, path: Path, sidecar: dict) -> None:
 # generate
 
 
-def cmd_generate(a) -> int:
-    import dataclasses
-
-    import torch
-
-    from .pipeline import PipelineError, to_uint8, with_overrides
-    from .samplers import SAMPLERS
-    from .text.encoder import TextEncoderError
+def _read_prompts(a) -> list[str]:
     prompts = list(a.prompts)
-    if a.prompts_file:
+    if getattr(a, "prompts_file", None):
         try:
             prompts += [ln.strip() for ln in Path(a.prompts_file).read_text().splitlines() if ln.strip()]
         except OSError as e:
@@ -143,6 +145,38 @@ def cmd_generate(a) -> int:
         raise UserError("no prompt: give one or more prompts, or --prompts-file FILE (one prompt a line)")
     if any(not p.strip() for p in prompts):
         raise UserError("empty prompt: every prompt must describe something (e.g. \"a red circle\")")
+    return prompts
+
+
+def load_image(path: str, what: str = "image"):
+    """An RGB image file as uint8 [H, W, 3]; anything else is one clear error."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+    try:
+        img = Image.open(path)
+        img.load()
+    except FileNotFoundError:
+        raise UserError(f"{what} {path}: no such file") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise UserError(f"{what} {path}: not a readable image ({e})") from None
+    if what == "mask":
+        return np.asarray(img.convert("L"))
+    if img.mode != "RGB":
+        raise UserError(f"{what} {path} is {img.mode}, not RGB: convert it first (e.g. PIL's "
+                        f"Image.open(p).convert('RGB').save(...))")
+    return np.asarray(img)
+
+
+def _run_and_save(a, cascade, prompts: list[str], *, init=None, mask=None, strength: float = 1.0,
+                  low_res=None, extra_sidecar: dict | None = None) -> int:
+    """Sample in batches, save PNG + JSON sidecars, print the paths. Shared by every image command."""
+    import dataclasses
+
+    import torch
+
+    from .pipeline import PipelineError, to_uint8, with_overrides
+    from .samplers import SAMPLERS
+    from .text.encoder import TextEncoderError
     if a.sampler and a.sampler not in SAMPLERS:
         raise UserError(f"--sampler {a.sampler}: unknown; choose one of {', '.join(SAMPLERS)}")
     n_images = len(prompts) * a.num_images
@@ -152,16 +186,11 @@ def cmd_generate(a) -> int:
         raise UserError(f"-o {out} is one PNG but {n_images} images will be made: pass a folder instead")
     _check_writable(out)
     t0 = time.time()
-    device = _device(a.device)
-    torch.set_num_threads(a.threads) if a.threads else None
-    cascade = load_cascade(a.model, device, _dtype(a.dtype), a.text_encoder, max_stages=a.stages)
     n_stages = len(cascade.stages)
-    settings = []
-    for i, st in enumerate(cascade.stages):
-        s = with_overrides(st.settings, sampler=a.sampler, num_steps=a.steps if i == 0 else a.steps_ii,
-                           guidance_scale=a.guidance if i == 0 else a.guidance_ii,
-                           aug_level=a.aug_level if i > 0 else None)
-        settings.append(s)
+    settings = [with_overrides(st.settings, sampler=a.sampler, num_steps=a.steps if i == 0 else a.steps_ii,
+                               guidance_scale=a.guidance if i == 0 else a.guidance_ii,
+                               aug_level=a.aug_level if (i > 0 or low_res is not None) else None)
+                for i, st in enumerate(cascade.stages)]
     all_prompts = [p for p in prompts for _ in range(a.num_images)]
     seeds = [a.seed + i for i in range(len(all_prompts))]
     paths = []
@@ -169,33 +198,98 @@ def cmd_generate(a) -> int:
         warnings.simplefilter("always")
         for start in range(0, len(all_prompts), a.batch_size):
             ps, ss = all_prompts[start:start + a.batch_size], seeds[start:start + a.batch_size]
+            nb = len(ps)
+            kw = {}
+            if init is not None:
+                kw = dict(init_image=init.expand(nb, -1, -1, -1), strength=strength,
+                          mask=None if mask is None else mask.expand(nb, -1, -1, -1))
             try:
-                outs = cascade(ps, ss, settings=settings, num_stages=n_stages, progress=not a.quiet)
+                if low_res is not None:  # upscale: the cascade is one super-resolution stage
+                    emb, _ = cascade.encoder(ps)
+                    unc, _ = cascade.encoder.empty(nb)
+                    st = cascade.stages[0]
+                    scale = a.scale
+                    h, w = (round(low_res.shape[2] * scale), round(low_res.shape[3] * scale))
+                    outs = [st.sample(emb, unc, ss, height=h, width=w, settings=settings[0],
+                                      low_res=low_res.expand(nb, -1, -1, -1))]
+                else:
+                    outs = cascade(ps, ss, settings=settings, num_stages=n_stages, progress=not a.quiet, **kw)
             except (PipelineError, TextEncoderError, ValueError) as e:
                 raise UserError(str(e)) from None
             stage_imgs = [to_uint8(o) for o in outs]
             for j, (p, sd) in enumerate(zip(ps, ss)):
                 k = start + j
                 path = out if single else out / f"{k:04d}-{_slug(p)}.png"
-                side = {"prompt": p, "seed": sd, "model": [str(x) for x in stage_paths(a.model)][:n_stages],
-                        "stages": n_stages, "device": device, "dtype": a.dtype,
+                side = {"prompt": p, "seed": sd, "command": a.command, "model": str(a.model),
+                        "stages": n_stages, "device": a.device, "dtype": a.dtype,
                         "settings": [dataclasses.asdict(s) for s in settings],
-                        "size": list(stage_imgs[-1][j].shape[:2]), "pixelcascade": _version()}
+                        "size": list(stage_imgs[-1][j].shape[:2]), "pixelcascade": _version(),
+                        **(extra_sidecar or {})}
                 save_png(stage_imgs[-1][j], path, side)
-                if a.save_stages:
-                    for si in range(n_stages - 1):
+                if getattr(a, "save_stages", False):
+                    for si in range(len(stage_imgs) - 1):
                         save_png(stage_imgs[si][j], path.with_name(f"{path.stem}-stage{si + 1}.png"),
                                  {**side, "stage": si + 1})
                 paths.append(path)
     for w in caught:
         if "truncated" in str(w.message):
             print(f"warning: {w.message}", file=sys.stderr)
-    dt = time.time() - t0
     for p in paths:
         print(p)
     if not a.quiet:
-        print(f"{len(paths)} image(s) in {dt:.1f} s -> {out if not single else paths[0]}", file=sys.stderr)
+        print(f"{len(paths)} image(s) in {time.time() - t0:.1f} s", file=sys.stderr)
+    del torch
     return 0
+
+
+def cmd_generate(a) -> int:
+    import torch
+    prompts = _read_prompts(a)
+    _check_writable(Path(a.output))
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    cascade = load_cascade(a.model, _device(a.device), _dtype(a.dtype), a.text_encoder, max_stages=a.stages)
+    return _run_and_save(a, cascade, prompts)
+
+
+def cmd_img2img(a) -> int:
+    from .pipeline import from_uint8
+    if not 0.0 < a.strength <= 1.0:
+        raise UserError(f"--strength {a.strength}: must be in (0, 1]; 0.3 keeps most of the image, 1.0 none")
+    img = from_uint8(load_image(a.image))
+    mask = None
+    if a.command == "inpaint":
+        m = load_image(a.mask, "mask")
+        if m.shape[:2] != tuple(img.shape[-2:]):
+            raise UserError(f"mask {a.mask} is {m.shape[1]}x{m.shape[0]} but image {a.image} is "
+                            f"{img.shape[3]}x{img.shape[2]}: the mask must have the image's size (white = repaint)")
+        import torch
+        mask = torch.from_numpy((m > 127).astype("float32"))[None, None]
+    prompts = _read_prompts(a)
+    _check_writable(Path(a.output))
+    cascade = load_cascade(a.model, _device(a.device), _dtype(a.dtype), a.text_encoder, max_stages=a.stages)
+    size = cascade.stages[-1].cfg.image_size if a.stages is None else cascade.stages[a.stages - 1].cfg.image_size
+    from .pipeline import resize
+    init = resize(img, (size, size))
+    if mask is not None:
+        mask = (resize(mask, (size, size), "nearest") > 0.5).float()
+    return _run_and_save(a, cascade, prompts, init=init, mask=mask, strength=a.strength,
+                         extra_sidecar={"init_image": a.image, "strength": a.strength,
+                                        **({"mask": a.mask} if mask is not None else {})})
+
+
+def cmd_upscale(a) -> int:
+    from .pipeline import from_uint8
+    img = from_uint8(load_image(a.image))
+    paths = stage_paths(a.model)
+    sr_path = next((p for p in paths if "stage1" not in p.name), None) if len(paths) > 1 else paths[0]
+    cascade_like = load_cascade(sr_path, _device(a.device), _dtype(a.dtype), a.text_encoder, allow_sr_first=True)
+    if not cascade_like.stages[0].is_super_res:
+        raise UserError(f"{sr_path} is a text-to-image model, not a super-resolution stage: pass a stage II model")
+    a.prompts = [a.prompt]
+    a.num_images, a.stages = 1, 1
+    _check_writable(Path(a.output))
+    return _run_and_save(a, cascade_like, [a.prompt], low_res=img, extra_sidecar={"input_image": a.image})
 
 
 def _version() -> str:
@@ -262,25 +356,8 @@ def cmd_eval_shapes(a) -> int:
 # --------------------------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="pixelcascade",
-        description="Cascaded pixel-space text-to-image diffusion (DeepFloyd IF design): generate, train, evaluate.",
-        epilog="Run `pixelcascade COMMAND --help` for each command's options and examples.")
-    sub = ap.add_subparsers(dest="command", required=True)
-
-    g = sub.add_parser("generate", help="text -> image with the shipped model or your own",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Generate images from prompts. Each PNG gets a JSON sidecar with its prompt, "
-                                   "seed and every setting.",
-                       epilog="examples:\n"
-                              '  pixelcascade generate "three red circles left of a blue square" -o out.png\n'
-                              '  pixelcascade generate "a green triangle" "two squares" -o outs/ --seed 7\n'
-                              "  pixelcascade generate --prompts-file prompts.txt -o outs/ --batch-size 16\n"
-                              '  pixelcascade generate "a cat" --model /models/IF-I-XL --text-encoder /models/t5 '
-                              "--device cuda --dtype fp16 -o cat.png")
-    g.add_argument("prompts", nargs="*", help="one or more prompts")
-    g.add_argument("--prompts-file", help="a text file with one prompt a line")
+def _sampling_args(g: argparse.ArgumentParser) -> None:
+    """The options every image-making command shares."""
     g.add_argument("-o", "--output", default="out.png", help="a .png path for one image, a folder for several")
     g.add_argument("--seed", type=int, default=0, help="seed of the first image; image i gets seed+i")
     g.add_argument("--num-images", type=int, default=1, help="images per prompt")
@@ -301,7 +378,63 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16 (UNet weights)")
     g.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="pixelcascade",
+        description="Cascaded pixel-space text-to-image diffusion (DeepFloyd IF design): generate, train, evaluate.",
+        epilog="Run `pixelcascade COMMAND --help` for each command's options and examples.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="text -> image with the shipped model or your own",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Generate images from prompts. Each PNG gets a JSON sidecar with its prompt, "
+                                   "seed and every setting.",
+                       epilog="examples:\n"
+                              '  pixelcascade generate "three red circles left of a blue square" -o out.png\n'
+                              '  pixelcascade generate "a green triangle" "two squares" -o outs/ --seed 7\n'
+                              "  pixelcascade generate --prompts-file prompts.txt -o outs/ --batch-size 16\n"
+                              '  pixelcascade generate "a cat" --model /models/IF-I-XL --text-encoder /models/t5 '
+                              "--device cuda --dtype fp16 -o cat.png")
+    g.add_argument("prompts", nargs="*", help="one or more prompts")
+    g.add_argument("--prompts-file", help="a text file with one prompt a line")
+    _sampling_args(g)
     g.set_defaults(fn=cmd_generate)
+
+    i2i = sub.add_parser("img2img", help="image-to-image: noise an image part-way, denoise under a new prompt",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         description="IF's image-to-image: the image is resized to each stage's size, noised to "
+                                     "timestep ~strength*999 of the respaced chain and denoised under the prompt.",
+                         epilog='example:\n  pixelcascade img2img in.png "a blue square" --strength 0.6 -o out.png')
+    i2i.add_argument("image", help="an RGB image")
+    i2i.add_argument("prompts", nargs="+", help="the new prompt(s)")
+    i2i.add_argument("--strength", type=float, default=0.7, help="how much to change: (0, 1], 1 = from noise")
+    _sampling_args(i2i)
+    i2i.set_defaults(fn=cmd_img2img)
+
+    inp = sub.add_parser("inpaint", help="repaint the white part of a mask, keep the rest",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         description="IF's inpainting: pixels where the mask is white are generated under the "
+                                     "prompt, the others are re-imposed (clean) at every step. DDPM sampler.",
+                         epilog='example:\n  pixelcascade inpaint in.png mask.png "a red circle" -o out.png')
+    inp.add_argument("image", help="an RGB image")
+    inp.add_argument("mask", help="a mask image of the same size: white = repaint, black = keep")
+    inp.add_argument("prompts", nargs="+")
+    inp.add_argument("--strength", type=float, default=1.0, help="(0, 1]: how noisy the masked area starts")
+    _sampling_args(inp)
+    inp.set_defaults(fn=cmd_img2img)
+
+    up = sub.add_parser("upscale", help="super-resolution of your image with a stage II model",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="Runs the super-resolution stage of --model (stage2 of a cascade folder, or a "
+                                    "stage II file) on an image, optionally guided by a prompt.",
+                        epilog='example:\n  pixelcascade upscale small.png --prompt "two red circles" -o big.png')
+    up.add_argument("image", help="an RGB image (the low-res input)")
+    up.add_argument("--prompt", default="a picture", help="what the image shows (guides the upscaler)")
+    up.add_argument("--scale", type=float, default=2.0, help="output size / input size")
+    _sampling_args(up)
+    up.set_defaults(fn=cmd_upscale)
 
     t = sub.add_parser("train", help="train a stage from a preset plus dotted overrides",
                        formatter_class=argparse.RawDescriptionHelpFormatter,

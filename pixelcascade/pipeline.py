@@ -14,7 +14,7 @@ import torch
 from .config import DiffusionConfig, SampleConfig, UNetConfig
 from .diffusion.denoiser import Denoiser
 from .diffusion.guidance import aug_level_to_t, noise_augment
-from .diffusion.schedule import make_schedule
+from .diffusion.schedule import make_schedule, truncate
 from .samplers import get_sampler
 
 DEFAULT_SAMPLE_I = SampleConfig(sampler="ddpm", num_steps="smart100", guidance_scale=7.0, dyn_thresh_max=1.5)
@@ -47,9 +47,18 @@ class Stage:
     @torch.no_grad()
     def sample(self, text_emb: torch.Tensor, uncond_emb: torch.Tensor | None, seeds: list[int], *,
                height: int | None = None, width: int | None = None, settings: SampleConfig | None = None,
-               low_res: torch.Tensor | None = None, callback=None) -> torch.Tensor:
-        """Images in [-1, 1], [B, 3, H, W]. ``low_res`` ([B, 3, h, w] in [-1, 1]) for super-resolution stages."""
+               low_res: torch.Tensor | None = None, init_image: torch.Tensor | None = None,
+               strength: float = 1.0, mask: torch.Tensor | None = None, callback=None) -> torch.Tensor:
+        """Images in [-1, 1], [B, 3, H, W]. ``low_res`` ([B, 3, h, w] in [-1, 1]) for super-resolution stages.
+
+        ``init_image`` (in [-1, 1], at the output size) with ``strength`` < 1: image-to-image as IF does it, the
+        image noised to timestep ~strength*999 of the respaced chain, then denoised under the prompt.
+        ``mask`` ([B, 1, H, W], 1 = regenerate): inpainting; the other pixels stay the clean ``init_image`` at
+        every step (IF's inpainting); DDPM only.
+        """
         s = settings or self.settings
+        if init_image is not None and height is None:
+            height, width = init_image.shape[-2:]
         h = height or self.cfg.image_size
         w = width or self.cfg.image_size
         div = self.cfg.min_divisor
@@ -83,7 +92,38 @@ class Stage:
                              dyn_thresh_max=s.dyn_thresh_max, **model_kwargs)
         steps = den.schedule.respace(s.num_steps)
         sampler = get_sampler(s.sampler)
-        return sampler(den, x, steps, cond=cond, noise=noise, callback=callback).clamp(-1, 1)
+        extra = {}
+        if init_image is not None:
+            init = init_image.to(device).float()
+            if init.shape != (b, 3, h, w):
+                raise PipelineError(f"init image is {tuple(init.shape[1:])} but this stage makes {(3, h, w)}: "
+                                    "resize the image (or pass matching --height/--width)")
+            steps = truncate(steps, strength)
+            t0 = torch.full((b,), int(steps.timesteps[-1]), dtype=torch.long, device=device)
+            noisy = den.schedule.q_sample(init, t0, x)  # x is this image's first noise draw
+            if mask is not None:
+                mask = mask.to(device).float()
+                if mask.shape[0] != b or mask.shape[-2:] != (h, w):
+                    raise PipelineError(f"mask is {tuple(mask.shape[-2:])} but the image is {(h, w)}: the mask "
+                                        "must have the image's size")
+                if s.sampler != "ddpm":
+                    raise PipelineError("inpainting runs with the ddpm sampler (as IF's); use --sampler ddpm")
+                x = mask * noisy + (1 - mask) * init  # known pixels start (and stay) clean
+                extra["inpaint"] = mask
+            else:
+                x = noisy
+        elif mask is not None:
+            raise PipelineError("a mask needs the image to inpaint (init_image)")
+        return sampler(den, x, steps, cond=cond, noise=noise, callback=callback, **extra).clamp(-1, 1)
+
+
+def resize(x: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    """Resize [B, C, H, W] images (antialiased bilinear) or masks (nearest) to ``size``."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    if mode == "nearest":
+        return torch.nn.functional.interpolate(x, size=size, mode="nearest")
+    return torch.nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -93,7 +133,7 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 def from_uint8(img: np.ndarray) -> torch.Tensor:
     """uint8 [B, H, W, 3] (or [H, W, 3]) -> [-1, 1] float [B, 3, H, W]."""
-    t = torch.from_numpy(np.asarray(img)).float()
+    t = torch.from_numpy(np.array(img)).float()
     if t.ndim == 3:
         t = t[None]
     return t.permute(0, 3, 1, 2) / 127.5 - 1
@@ -124,8 +164,13 @@ class Cascade:
     @torch.no_grad()
     def __call__(self, prompts: list[str], seeds: list[int], *, settings: list[SampleConfig | None] | None = None,
                  sizes: list[tuple[int, int] | None] | None = None, num_stages: int | None = None,
-                 progress: bool = False) -> list[torch.Tensor]:
-        """Run the first ``num_stages`` stages; returns every stage's images in [-1, 1]."""
+                 progress: bool = False, init_image: torch.Tensor | None = None, strength: float = 1.0,
+                 mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Run the first ``num_stages`` stages; returns every stage's images in [-1, 1].
+
+        ``init_image`` ([B, 3, H, W] in [-1, 1]) and ``strength``: image-to-image in every stage, the image
+        resized to each stage's size; with ``mask`` ([B, 1, H, W], 1 = regenerate): inpainting.
+        """
         n = num_stages or len(self.stages)
         if not 1 <= n <= len(self.stages):
             raise PipelineError(f"--stages {n}: this cascade has {len(self.stages)} stage(s)")
@@ -147,8 +192,13 @@ class Cascade:
                 size = (round(low.shape[2] * ratio), round(low.shape[3] * ratio))
             h, w = size if size is not None else (None, None)
             cb = (lambda *a: bar.update(1)) if bar is not None else None
+            init_i = mask_i = None
+            if init_image is not None:
+                hh, ww = (h or st.cfg.image_size), (w or st.cfg.image_size)
+                init_i = resize(init_image, (hh, ww))
+                mask_i = None if mask is None else (resize(mask.float(), (hh, ww), "nearest") > 0.5).float()
             img = st.sample(text_emb, uncond, seeds, height=h, width=w, settings=settings[i], low_res=low,
-                            callback=cb)
+                            init_image=init_i, strength=strength, mask=mask_i, callback=cb)
             outs.append(img)
             low = img
         if bar is not None:

@@ -37,11 +37,12 @@ def _i(i: int, x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def sample_ddpm(denoiser, x: torch.Tensor, steps: Schedule, *, cond, generator=None, callback=None,
-                noise: NoiseFn | None = None, inpaint: tuple[torch.Tensor, torch.Tensor] | None = None):
+                noise: NoiseFn | None = None, inpaint: torch.Tensor | None = None):
     """Ancestral DDPM on a respaced chain (IF's sampler; Ho et al. 2020, Nichol & Dhariwal 2021).
 
     x_{t-1} = mu~(x0_hat, x_t) + 1[t > 0] sigma_t z, with log sigma_t^2 from the learned range (or beta~_t).
-    ``inpaint = (mask, known)``: pixels where mask == 0 are reset to ``known`` at every step (IF inpainting).
+    ``inpaint`` (a mask, 1 = regenerate): x <- (1 - m) x + m x_{t-1}, so pixels outside the mask keep their
+    starting (clean) values at every step, as IF's p_sample.
     """
     n = len(steps)
     for k, i in enumerate(reversed(range(n))):
@@ -53,8 +54,7 @@ def sample_ddpm(denoiser, x: torch.Tensor, steps: Schedule, *, cond, generator=N
         z = _draw(noise, generator, k, x)
         x_new = mean + (float(i > 0) * torch.exp(0.5 * logvar)) * z
         if inpaint is not None:
-            mask, known = inpaint
-            x_new = (1 - mask) * x + mask * x_new
+            x_new = (1 - inpaint) * x + inpaint * x_new
         x = x_new
         if callback is not None:
             callback(k, n, x, pred)

@@ -82,3 +82,43 @@ def test_export_then_eval_shapes(tiny_model, tmp_path, capsys):
     assert (out / "contact_sheet.png").stat().st_size > 0
     text = capsys.readouterr().out
     assert "overall" in text and "[seen]" in text
+
+
+def _write_images(tmp_path):
+    import numpy as np
+    from PIL import Image
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(tmp_path / "in.png")
+    m = np.zeros((32, 32), np.uint8)
+    m[8:24, 8:24] = 255
+    Image.fromarray(m).save(tmp_path / "mask.png")
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "mask16.png")
+    Image.fromarray(np.zeros((32, 32, 4), np.uint8)).save(tmp_path / "rgba.png")
+
+
+def test_inpaint_keeps_the_unmasked_pixels(tiny_model, tmp_path):
+    import numpy as np
+    from PIL import Image
+    _write_images(tmp_path)
+    assert main(["inpaint", str(tmp_path / "in.png"), str(tmp_path / "mask.png"), "a red circle", "--model",
+                 str(tiny_model), "-o", str(tmp_path / "o.png"), "--steps", "6", "-q"]) == 0
+    a = np.asarray(Image.open(tmp_path / "o.png"))
+    outside = np.ones((32, 32), bool)
+    outside[8:24, 8:24] = False
+    assert (a[outside] == 128).all() and (a[~outside] != 128).any()
+    assert main(["img2img", str(tmp_path / "in.png"), "a square", "--strength", "0.5", "--model",
+                 str(tiny_model), "-o", str(tmp_path / "i.png"), "--steps", "6", "-q"]) == 0
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["inpaint", "{d}/in.png", "{d}/mask16.png", "x"], "the mask must have the image's size"),
+    (["img2img", "{d}/rgba.png", "x"], "is RGBA, not RGB"),
+    (["img2img", "{d}/missing.png", "x"], "no such file"),
+    (["img2img", "{d}/in.png", "x", "--strength", "0"], "must be in (0, 1]"),
+    (["upscale", "{d}/in.png"], "not a super-resolution stage"),
+])
+def test_image_command_errors(tiny_model, tmp_path, capsys, args, msg):
+    _write_images(tmp_path)
+    args = [x.format(d=tmp_path) for x in args] + ["--model", str(tiny_model), "-o", str(tmp_path / "o.png")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and msg in err[0]

@@ -150,6 +150,19 @@ class Schedule:
         return Schedule(betas=1.0 - ab / prev, timesteps=np.array(keep, dtype=np.int64))
 
 
+def truncate(steps: Schedule, strength: float) -> Schedule:
+    """The first steps of a respaced chain, up to timestep ``strength * (T - 1)``: where image-to-image starts.
+
+    A prefix of a respaced chain is itself consistent (each beta depends only on the kept step before it).
+    """
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    t_max = strength * (steps.timesteps.max() if len(steps) else 0)
+    k = int((steps.timesteps <= t_max + 1e-9).sum())
+    k = max(k, 1)
+    return Schedule(betas=steps.betas[:k], timesteps=steps.timesteps[:k])
+
+
 def make_schedule(name: str = "cosine", num_timesteps: int = 1000) -> Schedule:
     return Schedule(betas=make_betas(name, num_timesteps), timesteps=np.arange(num_timesteps, dtype=np.int64))
 
