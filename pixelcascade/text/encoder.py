@@ -59,9 +59,10 @@ class HFEncoder:
         import transformers
         transformers.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
-        from transformers import AutoModel, AutoTokenizer, T5EncoderModel
+        from transformers import AutoConfig, AutoModel, AutoTokenizer, T5EncoderModel
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
-        cls = T5EncoderModel if t5 else AutoModel
+        is_t5 = t5 or AutoConfig.from_pretrained(str(path)).model_type in ("t5", "mt5", "umt5")
+        cls = T5EncoderModel if is_t5 else AutoModel  # encoder-decoder folders: the encoder only
         self.model = cls.from_pretrained(str(path), torch_dtype=dtype).to(device).eval()
         self.model.requires_grad_(False)
         self.dim = int(self.model.config.hidden_size if hasattr(self.model.config, "hidden_size")
