@@ -172,8 +172,6 @@ def _run_and_save(a, cascade, prompts: list[str], *, init=None, mask=None, stren
     """Sample in batches, save PNG + JSON sidecars, print the paths. Shared by every image command."""
     import dataclasses
 
-    import torch
-
     from .pipeline import PipelineError, to_uint8, with_overrides
     from .samplers import SAMPLERS
     from .text.encoder import TextEncoderError
@@ -238,7 +236,6 @@ def _run_and_save(a, cascade, prompts: list[str], *, init=None, mask=None, stren
         print(p)
     if not a.quiet:
         print(f"{len(paths)} image(s) in {time.time() - t0:.1f} s", file=sys.stderr)
-    del torch
     return 0
 
 
