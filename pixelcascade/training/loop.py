@@ -17,12 +17,15 @@ import numpy as np
 import torch
 
 from ..config import RunConfig, to_dict, to_json
+from ..convert import write_safetensors
+from ..diffusion.guidance import noise_augment
 from ..diffusion.losses import diffusion_loss, fixed_timesteps_loss
 from ..diffusion.schedule import make_schedule
 from ..models.unet import build_unet
 from ..utils import atomic_write_text
 from .checkpoint import load_checkpoint, save_checkpoint
 from .ema import EMA
+from .sr import degrade
 
 VAL_TIMESTEPS = (50, 250, 500, 750, 950)
 
@@ -99,7 +102,6 @@ class Trainer:
         self.export_ema(self.out / "ema.safetensors")
 
     def export_ema(self, path: Path) -> None:
-        from ..convert import write_safetensors
         meta = {"unet_config": to_json(self.cfg.unet), "diffusion_config": to_json(self.cfg.diffusion),
                 "sample_config": to_json(self.cfg.sample), "run_config": to_json(self.cfg), "step": str(self.step),
                 **{k: str(v) for k, v in self.meta.items()}}
@@ -139,8 +141,6 @@ class Trainer:
     def _sr_inputs(self, x0: torch.Tensor, g: torch.Generator) -> dict:
         """Super-resolution conditioning that matches inference: down-sample the target, up-sample it again
         (bilinear, align_corners=True as IF), noise it to a random aug timestep, feed that timestep."""
-        from ..diffusion.guidance import noise_augment
-        from .sr import degrade
         b = x0.shape[0]
         low = degrade(x0, self.cfg.data.low_res_size)
         aug_t = torch.randint(0, self.cfg.diffusion.num_timesteps, (b,), generator=g)

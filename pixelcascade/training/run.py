@@ -11,7 +11,10 @@ import numpy as np
 import torch
 
 from ..config import DataConfig, DiffusionConfig, RunConfig, SampleConfig, TrainConfig, apply_overrides
+from ..data.shapes import benchmark_prompts
+from ..eval.sheets import contact_sheet
 from ..models.presets import get_preset
+from ..pipeline import Stage
 from ..utils import atomic_path
 from .loop import TrainData, Trainer, write_recipe
 
@@ -105,9 +108,6 @@ def train(cfg: RunConfig, out_dir: str | Path, *, cache: Path | None = None, pro
 def _grid_fn(encoder):
     """At each checkpoint: the EMA model on 16 benchmark prompts, saved as a captioned grid."""
     def fn(trainer: Trainer, path: Path) -> None:
-        from ..data.shapes import benchmark_prompts
-        from ..eval.sheets import contact_sheet
-        from ..pipeline import Stage
         cfg = trainer.cfg
         if cfg.unet.super_res:
             return
