@@ -318,12 +318,13 @@ def cmd_train(a) -> int:
 def cmd_export(a) -> int:
     import torch
 
+    from .config import ConfigError
     from .convert import CheckpointError
     from .training.run import export_weights
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[a.dtype]
     try:
-        path = export_weights(a.run, a.output, dtype)
-    except CheckpointError as e:
+        path = export_weights(a.run, a.output, dtype, a.sample)
+    except (CheckpointError, ConfigError) as e:
         raise UserError(str(e)) from None
     print(f"{path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
@@ -456,6 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("run", help="a training run folder (holds ema.safetensors)")
     x.add_argument("-o", "--output", required=True)
     x.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"])
+    x.add_argument("--sample", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="default sampling settings stored with the weights, e.g. guidance_scale=4 num_steps=smart50")
     x.set_defaults(fn=cmd_export)
 
     e = sub.add_parser("eval", help="evaluate a model")
