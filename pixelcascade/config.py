@@ -151,12 +151,11 @@ def _coerce(value, tp, where: str):
             raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {value!r}")
         return from_dict(tp, value, where)
     if origin in (typing.Union, types.UnionType):
-        errors = []
         for arg in typing.get_args(tp):
             try:
                 return _coerce(value, arg, where)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                pass
         raise ConfigError(f"{where}: {value!r} fits none of {tp}")
     if origin is tuple:
         args = typing.get_args(tp)
@@ -213,7 +212,7 @@ def apply_overrides(cfg, overrides: list[str]):
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.lr=1e-4)")
         key, value = item.split("=", 1)
         parts = key.strip().split(".")
-        node, tp = data, type(cfg)
+        node = data
         for p in parts[:-1]:
             if not isinstance(node, dict) or p not in node or not isinstance(node[p], dict):
                 raise ConfigError(f"override {key!r}: {p!r} is not a config section")
@@ -222,5 +221,4 @@ def apply_overrides(cfg, overrides: list[str]):
         if leaf not in node:
             raise ConfigError(f"override {key!r}: no field {leaf!r} here; known: {sorted(node)}")
         node[leaf] = value.strip()
-        del tp
     return from_dict(type(cfg), data)

@@ -62,6 +62,6 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     if q.device.type == "cpu" and q.shape[-2] <= 256:
         b, n, lq, d = q.shape
         w = torch.matmul(q, k.transpose(-1, -2)) * (d ** -0.5)  # [B, n, Lq, Lk]
-        w = torch.softmax(w.float(), dim=-1).to(q.dtype) if q.dtype != torch.float32 else torch.softmax(w, -1)
+        w = torch.softmax(w.float(), dim=-1).to(q.dtype)  # [B, n, Lq, Lk]
         return torch.matmul(w, v)  # [B, n, Lq, d]
     return F.scaled_dot_product_attention(q, k, v)

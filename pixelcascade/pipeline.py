@@ -14,7 +14,7 @@ import torch
 from .config import DiffusionConfig, SampleConfig, UNetConfig
 from .diffusion.denoiser import Denoiser
 from .diffusion.guidance import aug_level_to_t, noise_augment
-from .diffusion.schedule import make_schedule, truncate
+from .diffusion.schedule import truncate
 from .samplers import get_sampler
 
 DEFAULT_SAMPLE_I = SampleConfig(sampler="ddpm", num_steps="smart100", guidance_scale=7.0, dyn_thresh_max=1.5)
@@ -74,6 +74,7 @@ class Stage:
             return torch.stack([torch.randn(shape[1:], generator=g) for g in gens]).to(device)
 
         x = noise(-1, (b, 3, h, w))
+        den = self.denoiser()
         model_kwargs = {}
         if self.is_super_res:
             if low_res is None:
@@ -82,11 +83,10 @@ class Stage:
             aug_t = aug_level_to_t(s.aug_level, b, device=device)
             aug_noise = noise(-2, (b, 3, h, w))
             model_kwargs = dict(low_res=noise_augment(low_res.to(device).float(), (h, w), aug_t,
-                                                      make_schedule(self.diffusion.schedule), aug_noise),
+                                                      den.schedule, aug_noise),
                                 aug_t=aug_t)
         elif low_res is not None:
             raise PipelineError("this stage generates from text: it takes no low-res image (stage order?)")
-        den = self.denoiser()
         cond = den.condition(text_emb.to(device), None if uncond_emb is None else uncond_emb.to(device),
                              guidance_scale=s.guidance_scale, dyn_thresh_p=s.dyn_thresh_p,
                              dyn_thresh_max=s.dyn_thresh_max, **model_kwargs)

@@ -167,7 +167,7 @@ class Trainer:
         max_steps = max_steps or tc.max_steps
         log_path, val_path = self.out / "train_log.csv", self.out / "val_loss.csv"
         writer = _tensorboard(self.out / "tb")
-        start, t0 = self.step, time.time()
+        t0 = time.time()
         bar = None
         if self.progress:
             from tqdm import tqdm
@@ -207,7 +207,6 @@ class Trainer:
             bar.close()
         if writer:
             writer.close()
-        del start
 
     def _after_checkpoint(self) -> None:
         plot_val_loss(self.out / "val_loss.csv", self.out / "val_loss.png")
