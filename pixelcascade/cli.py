@@ -120,16 +120,6 @@ def _check_writable(path: Path) -> None:
                         "write to") from None
 
 
-def save_png(img, path: Path, sidecar: dict) -> None:
-    """PNG + a JSON sidecar of the same name holding the prompt, seed and every setting; both atomic."""
-    from PIL import Image
-
-    from .utils import atomic_path, atomic_write_text
-    with atomic_path(path) as tmp:
-        Image.fromarray(img).save(tmp, format="PNG")
-    atomic_write_text(path.with_suffix(".json"), json.dumps(sidecar, indent=2, default=str))
-
-
 # --------------------------------------------------------------------------------------------------
 # generate
 
@@ -172,9 +162,10 @@ def _run_and_save(a, cascade, prompts: list[str], *, init=None, mask=None, stren
     """Sample in batches, save PNG + JSON sidecars, print the paths. Shared by every image command."""
     import dataclasses
 
-    from .pipeline import PipelineError, to_uint8, with_overrides
+    from .pipeline import PipelineError, stage_settings, to_uint8, with_overrides
     from .samplers import SAMPLERS
     from .text.encoder import TextEncoderError
+    from .utils import save_png
     if a.sampler and a.sampler not in SAMPLERS:
         raise UserError(f"--sampler {a.sampler}: unknown; choose one of {', '.join(SAMPLERS)}")
     n_images = len(prompts) * a.num_images
@@ -185,10 +176,12 @@ def _run_and_save(a, cascade, prompts: list[str], *, init=None, mask=None, stren
     _check_writable(out)
     t0 = time.time()
     n_stages = len(cascade.stages)
-    settings = [with_overrides(st.settings, sampler=a.sampler, num_steps=a.steps if i == 0 else a.steps_ii,
-                               guidance_scale=a.guidance if i == 0 else a.guidance_ii,
-                               aug_level=a.aug_level if (i > 0 or low_res is not None) else None)
-                for i, st in enumerate(cascade.stages)]
+    if low_res is not None:  # upscale: one super-resolution stage, driven by the stage I flags
+        settings = [with_overrides(cascade.stages[0].settings, sampler=a.sampler, num_steps=a.steps,
+                                   guidance_scale=a.guidance, aug_level=a.aug_level)]
+    else:
+        settings = stage_settings(cascade.stages, sampler=a.sampler, steps=a.steps, steps_ii=a.steps_ii,
+                                  guidance=a.guidance, guidance_ii=a.guidance_ii, aug_level=a.aug_level)
     all_prompts = [p for p in prompts for _ in range(a.num_images)]
     seeds = [a.seed + i for i in range(len(all_prompts))]
     paths = []
@@ -334,20 +327,180 @@ def cmd_export(a) -> int:
 # eval
 
 
-def cmd_eval_shapes(a) -> int:
+def _overrides(a) -> dict:
+    return dict(guidance=a.guidance, guidance_ii=a.guidance_ii, steps=a.steps, steps_ii=a.steps_ii,
+                aug_level=a.aug_level, sampler=a.sampler)
+
+
+def _eval_cascade(a):
     import torch
 
-    from .eval.shapes_eval import evaluate_shapes, format_table
+    from .samplers import SAMPLERS
+    if a.sampler and a.sampler not in SAMPLERS:
+        raise UserError(f"--sampler {a.sampler}: unknown; choose one of {', '.join(SAMPLERS)}")
     if a.threads:
         torch.set_num_threads(a.threads)
-    cascade = load_cascade(a.model, _device(a.device), _dtype(a.dtype), max_stages=a.stages)
+    _check_writable(Path(a.output))
+    return load_cascade(a.model, _device(a.device), _dtype(a.dtype), a.text_encoder, max_stages=a.stages)
+
+
+def _extractor(a, required: bool = True):
+    from .eval.fid import FIDError, InceptionExtractor, load_extractor
+    try:
+        if a.features:
+            return load_extractor(a.features)
+        if a.inception:
+            return InceptionExtractor(a.inception)
+    except FIDError as e:
+        raise UserError(str(e)) from None
+    if required:
+        raise UserError("FID needs features: pass --inception inception-2015-12-05.pt (clean-fid's Inception, a "
+                        "local file) or --features random for a weight-free check")
+    return None
+
+
+def cmd_eval_shapes(a) -> int:
+    from .eval.shapes_eval import evaluate_shapes, format_table
+    cascade = _eval_cascade(a)
     out = Path(a.output)
-    _check_writable(out)
     report = evaluate_shapes(cascade, num_stages=a.stages or len(cascade.stages), per_task=a.per_task,
-                             seeds=a.seeds, batch_size=a.batch_size, guidance=a.guidance, steps=a.steps,
-                             sampler=a.sampler, out_dir=out, progress=not a.quiet)
+                             seeds=a.seeds, batch_size=a.batch_size, out_dir=out, progress=not a.quiet,
+                             **_overrides(a))
     print(format_table(report))
     print(f"report: {out / 'report.json'}  contact sheet: {out / 'contact_sheet.png'}")
+    return 0
+
+
+def cmd_eval_fid(a) -> int:
+    from .eval.fid import FIDError, compute_stats, fid_from_stats, kernel_distance
+    ex = _extractor(a)
+    try:
+        st = compute_stats(a.images, ex, a.batch_size, progress=not a.quiet, ref_size=a.ref_size)
+        out = {"images": a.images, "n": st.n, "extractor": ex.name, "mode": "clean"}
+        if a.save_stats:
+            out["saved_stats"] = str(st.save(a.save_stats))
+        if a.reference:
+            ref = compute_stats(a.reference, ex, a.batch_size, progress=not a.quiet)
+            out.update(reference=a.reference, n_ref=ref.n, fid=fid_from_stats(st, ref))
+            if st.feats is not None and ref.feats is not None:
+                out["kid"] = kernel_distance(st.feats, ref.feats)
+        elif not a.save_stats:
+            raise UserError("give a REFERENCE (folder or .npz) to compare with, or --save-stats FILE.npz")
+    except FIDError as e:
+        raise UserError(str(e)) from None
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_eval_clip(a) -> int:
+    from .eval.clip_score import CLIPScoreError, CLIPScorer, clip_score_folder
+    from .eval.fid import FIDError
+    try:
+        r = clip_score_folder(a.images, CLIPScorer(a.clip, _device(a.device)), a.batch_size, progress=not a.quiet)
+    except (CLIPScoreError, FIDError) as e:
+        raise UserError(str(e)) from None
+    print(json.dumps(r, indent=2))
+    return 0
+
+
+def _default_captions() -> str:
+    from .eval.suites import default_prompts_dir
+    d = default_prompts_dir()
+    if d is None or not (d / "coco_captions_val2017.tsv").is_file():
+        raise UserError("--captions: no default captions file here; pass COCO's captions_val2014.json")
+    return str(d / "coco_captions_val2017.tsv")
+
+
+def _clip(a):
+    if not a.clip:
+        return None
+    from .eval.clip_score import CLIPScoreError, CLIPScorer
+    try:
+        return CLIPScorer(a.clip, _device(a.device))
+    except CLIPScoreError as e:
+        raise UserError(str(e)) from None
+
+
+def cmd_eval_coco(a) -> int:
+    from .eval.coco import run_coco
+    from .eval.fid import FIDError
+    from .pipeline import stage_settings
+    ex = _extractor(a, required=a.ref is not None)
+    clip = _clip(a)
+    captions = a.captions or _default_captions()
+    cascade = _eval_cascade(a)
+    n = a.stages or len(cascade.stages)
+    settings = stage_settings(cascade.stages[:n], **_overrides(a))
+    try:
+        r = run_coco(cascade, captions=captions, out_dir=a.output, num=a.num, seed=a.seed, settings=settings,
+                     num_stages=n, batch_size=a.batch_size, ref=a.ref, extractor=ex, clip=clip,
+                     progress=not a.quiet)
+    except FIDError as e:
+        raise UserError(str(e)) from None
+    print(json.dumps(r, indent=2))
+    return 0
+
+
+def cmd_eval_sweep(a) -> int:
+    from .eval import sweep as sw
+    try:
+        space = sw.parse_space(a.space)
+        points = sw.random_points(space, a.random, a.search_seed) if a.random else sw.grid_points(space)
+    except sw.SweepError as e:
+        raise UserError(str(e)) from None
+    base = {k: v for k, v in _overrides(a).items() if v is not None}
+    cascade = _eval_cascade(a)
+    n = a.stages or len(cascade.stages)
+    if a.metric == "shapes":
+        inner = sw.shapes_metric(cascade, num_stages=n, per_task=a.per_task, seeds=a.seeds,
+                                 batch_size=a.batch_size)
+        metrics = ["overall", "single_object", "two_object", "counting", "colors", "position", "color_attr"]
+    else:
+        from .eval.coco import run_coco
+        from .pipeline import stage_settings
+        ex, clip = _extractor(a, required=a.ref is not None), _clip(a)
+        if ex is None and clip is None:
+            raise UserError("--metric coco needs --ref with --inception (FID) and/or --clip (CLIP score)")
+        captions = a.captions or _default_captions()
+
+        def inner(p):
+            tag = "_".join(f"{k}{v}" for k, v in p.items())
+            r = run_coco(cascade, captions=captions, out_dir=Path(a.output) / tag, num=a.num,
+                         settings=stage_settings(cascade.stages[:n], **p), num_stages=n, batch_size=a.batch_size,
+                         ref=a.ref, extractor=ex, clip=clip, progress=not a.quiet)
+            return {k: r[k] for k in ("fid", "kid", "clip_score") if k in r}
+        metrics = [m for m in ("fid", "clip_score") if (m == "fid" and ex) or (m == "clip_score" and clip)]
+
+    def metric(p):
+        return inner({**base, **p})
+    meta = {"model": a.model, "metric": a.metric, "stages": n, "fixed": base, "space": a.space,
+            "random": a.random, "search_seed": a.search_seed}
+    results = sw.run_sweep(points, metric, a.output, progress=not a.quiet, meta=meta)
+    png = sw.plot_sweep(results, Path(a.output) / "sweep.png", metrics, title=f"{a.model} ({a.metric})")
+    keys = list(results[0]["params"])
+    print("  ".join(f"{k:>10s}" for k in keys) + "  " + "  ".join(f"{m[:10]:>10s}" for m in metrics))
+    for r in results:
+        print("  ".join(f"{r['params'][k]!s:>10s}" for k in keys) + "  " +
+              "  ".join(f"{r['metrics'].get(m, float('nan')):10.3f}" for m in metrics))
+    print(f"sweep: {Path(a.output) / 'sweep.json'}  plot: {png}")
+    return 0
+
+
+def cmd_eval_suite(a) -> int:
+    from .eval.fid import FIDError
+    from .eval.suites import load_suite, run_suite
+    from .pipeline import stage_settings
+    try:
+        suite = load_suite(a.name, a.prompts_dir)
+    except FIDError as e:
+        raise UserError(str(e)) from None
+    cascade = _eval_cascade(a)
+    n = a.stages or len(cascade.stages)
+    r = run_suite(cascade, suite, a.output, per_category=a.per_category, images_per_prompt=a.images_per_prompt,
+                  seed=a.seed, settings=stage_settings(cascade.stages[:n], **_overrides(a)), num_stages=n,
+                  batch_size=a.batch_size, progress=not a.quiet)
+    for cat, path in r["sheets"].items():
+        print(f"{cat}: {path}")
     return 0
 
 
@@ -376,6 +529,29 @@ def _sampling_args(g: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16 (UNet weights)")
     g.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _model_args(g: argparse.ArgumentParser) -> None:
+    """Which model and how to sample it: shared by the eval commands."""
+    g.add_argument("--model", default=str(DEFAULT_MODEL), help="model file/folder (default: the shipped shapes model)")
+    g.add_argument("--text-encoder", help="override the text encoder: 'minilm' or a local HF/T5 folder")
+    g.add_argument("--stages", type=int, help="run this many cascade stages (default: all)")
+    g.add_argument("--guidance", type=float, help="stage I guidance (default: the model's)")
+    g.add_argument("--guidance-ii", type=float, help="guidance of the later stages")
+    g.add_argument("--steps", help="stage I steps: a count or preset (smart27, smart50, ...)")
+    g.add_argument("--steps-ii", help="steps of the later stages")
+    g.add_argument("--aug-level", type=float, help="noise augmentation of the later stages' low-res input")
+    g.add_argument("--sampler", help="ddpm (IF's), ddim or dpmpp_2m")
+    g.add_argument("--device", default="cpu")
+    g.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16 (UNet weights)")
+    g.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def _feature_args(g: argparse.ArgumentParser) -> None:
+    g.add_argument("--inception", help="clean-fid's inception-2015-12-05.pt (a local file)")
+    g.add_argument("--features", help="another feature extractor instead: random[:SEED] (tests, no weights) or "
+                                      "emoji:PATH (the emoji model's); numbers are only comparable within one")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -469,20 +645,109 @@ def build_parser() -> argparse.ArgumentParser:
                                      "with the classical-vision scorer; prints per-task accuracy with 95% "
                                      "intervals, seen and unseen apart, and writes report.json and a contact sheet.",
                          epilog="example:\n  pixelcascade eval shapes -o eval/shapes --stages 1")
-    es.add_argument("--model", default=str(DEFAULT_MODEL))
-    es.add_argument("--stages", type=int, help="evaluate after this many stages (default: all)")
+    _model_args(es)
     es.add_argument("-o", "--output", default="eval/shapes")
-    es.add_argument("--per-task", type=int, default=64)
-    es.add_argument("--seeds", type=int, default=4)
+    es.add_argument("--per-task", type=int, default=64, help="prompts per task (all when a task has fewer)")
+    es.add_argument("--seeds", type=int, default=4, help="images per prompt")
     es.add_argument("--batch-size", type=int, default=64)
-    es.add_argument("--guidance", type=float)
-    es.add_argument("--steps")
-    es.add_argument("--sampler")
-    es.add_argument("--device", default="cpu")
-    es.add_argument("--dtype", default="fp32")
-    es.add_argument("--threads", type=int, default=0)
-    es.add_argument("-q", "--quiet", action="store_true")
     es.set_defaults(fn=cmd_eval_shapes)
+
+    ef = esub.add_parser("fid", help="FID and KID between two image folders (or a folder and saved statistics)",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         description="clean-fid's method: PIL bicubic resize to 299 in float, Inception pool3 "
+                                     "features from a local file, float64 statistics. The Inception file cannot be "
+                                     "downloaded here: fetch inception-2015-12-05.pt (clean-fid's, 95 MB) from\n"
+                                     "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/"
+                                     "inception-2015-12-05.pt",
+                         epilog="examples:\n"
+                                "  pixelcascade eval fid /data/coco/val2014 --ref-size 256 --save-stats coco256.npz "
+                                "--inception inception-2015-12-05.pt\n"
+                                "  pixelcascade eval fid out/coco/images coco256.npz "
+                                "--inception inception-2015-12-05.pt\n"
+                                "  pixelcascade eval fid a/ b/ --features random   # no weights: a seeded random net")
+    ef.add_argument("images", help="a folder of images (generated ones, or the real set with --save-stats)")
+    ef.add_argument("reference", nargs="?", help="a folder of real images or a .npz of saved statistics")
+    _feature_args(ef)
+    ef.add_argument("--save-stats", help="write the statistics of IMAGES to this .npz (reference sets: once)")
+    ef.add_argument("--ref-size", type=int, help="centre-crop + resize IMAGES to this size first (real photos)")
+    ef.add_argument("--batch-size", type=int, default=64)
+    ef.add_argument("-q", "--quiet", action="store_true")
+    ef.set_defaults(fn=cmd_eval_fid)
+
+    ec = esub.add_parser("clip", help="CLIP score of generated images (their sidecars hold the prompts)",
+                         description="Mean cosine between CLIP image and caption embeddings, as IF reports it "
+                                     "(ViT-B/32, not x100). Needs a local CLIP folder in the Hugging Face layout.",
+                         epilog="example: pixelcascade eval clip out/coco/images --clip /models/clip-vit-base-patch32")
+    ec.add_argument("images", help="a folder of PNGs with JSON sidecars (what generate writes)")
+    ec.add_argument("--clip", required=True, help="local CLIP model folder (openai/clip-vit-base-patch32)")
+    ec.add_argument("--batch-size", type=int, default=64)
+    ec.add_argument("--device", default="cpu")
+    ec.add_argument("-q", "--quiet", action="store_true")
+    ec.set_defaults(fn=cmd_eval_clip)
+
+    eo = esub.add_parser("coco", help="zero-shot COCO: N seeded captions -> images (resumable) -> FID, CLIP score",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         description="Draw --num distinct images from a COCO captions file (seeded) with one caption "
+                                     "each, generate one image per caption with seed+row, resuming after a stop, and "
+                                     "score against real-image statistics (make them once with eval fid "
+                                     "--save-stats). The papers use COCO 2014 val (40,504 images) at 256 px.",
+                         epilog="example:\n  pixelcascade eval coco --captions captions_val2014.json --num 30000 "
+                                "-o out/coco --ref coco256.npz --inception inception-2015-12-05.pt "
+                                "--clip /models/clip-vit-base-patch32")
+    _model_args(eo)
+    eo.add_argument("--captions", help="COCO captions (.json annotations, or TSV/CSV with image_id, caption); "
+                                       "default: val2017's from ../shared/prompts")
+    eo.add_argument("--num", type=int, default=30000, help="captions drawn, one per image (default 30000)")
+    eo.add_argument("--seed", type=int, default=0, help="seeds the caption draw; image of row r gets seed+r")
+    eo.add_argument("-o", "--output", default="eval/coco")
+    eo.add_argument("--ref", help="real-image statistics (.npz) or folder; without it only generation runs")
+    _feature_args(eo)
+    eo.add_argument("--clip", help="local CLIP folder: also report the CLIP score")
+    eo.add_argument("--batch-size", type=int, default=16)
+    eo.set_defaults(fn=cmd_eval_coco)
+
+    ew = esub.add_parser("sweep", help="grid or random search over guidance / aug_level on a metric; JSON + PNG",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         description="Evaluate a metric at every point of a grid (NAME=v1,v2,...) or at --random N "
+                                     "points (NAME=lo:hi). NAME: guidance, guidance_ii, aug_level, dyn_thresh_max, "
+                                     "steps, steps_ii, sampler. Metrics: shapes (accuracy, offline), coco (FID + "
+                                     "CLIP score: needs --ref/--inception and --clip). Writes sweep.json (resumes) "
+                                     "and sweep.png: a curve for one parameter, the Pareto front for two metrics.",
+                         epilog="examples:\n"
+                                "  pixelcascade eval sweep --metric shapes guidance=1,2,3,4,6,8 -o eval/sweep-g\n"
+                                "  pixelcascade eval sweep --metric shapes --stages 2 aug_level=0,0.1,0.25,0.5\n"
+                                "  pixelcascade eval sweep --metric coco --random 20 guidance=1:10 guidance_ii=1:8 "
+                                "aug_level=0:0.5 --num 1000 --ref coco256.npz --inception I.pt --clip CLIP/")
+    ew.add_argument("space", nargs="+", help="NAME=v1,v2,... (grid) or NAME=lo:hi (with --random)")
+    ew.add_argument("--metric", default="shapes", choices=["shapes", "coco"])
+    ew.add_argument("--random", type=int, help="random search with this many points instead of the grid")
+    ew.add_argument("--search-seed", type=int, default=0)
+    _model_args(ew)
+    ew.add_argument("-o", "--output", default="eval/sweep")
+    ew.add_argument("--per-task", type=int, default=16, help="shapes: prompts per task at each point")
+    ew.add_argument("--seeds", type=int, default=2, help="shapes: images per prompt at each point")
+    ew.add_argument("--captions", help="coco: captions file")
+    ew.add_argument("--num", type=int, default=1000, help="coco: captions per point (FID-1K by default)")
+    ew.add_argument("--ref", help="coco: real-image statistics")
+    _feature_args(ew)
+    ew.add_argument("--clip", help="coco: local CLIP folder")
+    ew.add_argument("--batch-size", type=int, default=64)
+    ew.set_defaults(fn=cmd_eval_sweep)
+
+    eu = esub.add_parser("suite", help="DrawBench / PartiPrompts / GenEval prompts -> contact sheets per category",
+                         description="Generate a seeded pick of each category's prompts and write one captioned "
+                                     "contact sheet per category, for judging by eye.",
+                         epilog="example: pixelcascade eval suite drawbench --per-category 8 -o eval/drawbench")
+    eu.add_argument("name", help="drawbench, parti, geneval, or a suite file (CSV/TSV with Prompt[, Category], "
+                                 "or GenEval-style JSONL)")
+    eu.add_argument("--prompts-dir", help="folder holding the suite files (default: ../shared/prompts)")
+    eu.add_argument("--per-category", type=int, default=8)
+    eu.add_argument("--images-per-prompt", type=int, default=1)
+    eu.add_argument("--seed", type=int, default=0)
+    _model_args(eu)
+    eu.add_argument("-o", "--output", default="eval/suite")
+    eu.add_argument("--batch-size", type=int, default=16)
+    eu.set_defaults(fn=cmd_eval_suite)
     return ap
 
 

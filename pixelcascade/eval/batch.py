@@ -1,0 +1,62 @@
+"""Generate a list of (name, prompt, seed) jobs into a folder, resumably: finished PNGs are never redone.
+
+Every image is written atomically (PNG, then its JSON sidecar), so a run stopped at any moment leaves only
+whole images; the next run skips every job whose PNG and sidecar both exist and were made with the same
+prompt and seed, and regenerates nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    name: str  # file stem, unique in the folder
+    prompt: str
+    seed: int
+
+
+def _done(out: Path, job: Job) -> bool:
+    png, side = out / f"{job.name}.png", out / f"{job.name}.json"
+    if not (png.is_file() and side.is_file()):
+        return False
+    try:
+        meta = json.loads(side.read_text())
+    except (OSError, ValueError):
+        return False
+    return meta.get("prompt") == job.prompt and meta.get("seed") == job.seed
+
+
+def generate_jobs(cascade, jobs: list[Job], out_dir: str | Path, *, settings=None, num_stages: int | None = None,
+                  batch_size: int = 16, progress: bool = True, sidecar: dict | None = None,
+                  save_stages: bool = False) -> dict:
+    """Run the jobs not yet done, in batches; returns counts {"total", "skipped", "generated"}."""
+    from ..pipeline import to_uint8
+    from ..utils import save_png
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [j for j in jobs if not _done(out, j)]
+    n = num_stages or len(cascade.stages)
+    bar = None
+    if progress and todo:
+        from tqdm import tqdm
+        bar = tqdm(total=len(todo), desc=f"generate -> {out}", unit="img", initial=0)
+    settings_json = [dataclasses.asdict(s) for s in settings] if settings else None
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start:start + batch_size]
+        outs = cascade([j.prompt for j in chunk], [j.seed for j in chunk], settings=settings, num_stages=n)
+        imgs = [to_uint8(o) for o in outs]
+        for k, j in enumerate(chunk):
+            meta = {"prompt": j.prompt, "seed": j.seed, "stages": n, "settings": settings_json, **(sidecar or {})}
+            if save_stages:
+                for si in range(len(imgs) - 1):
+                    save_png(imgs[si][k], out / f"{j.name}-stage{si + 1}.png", {**meta, "stage": si + 1})
+            save_png(imgs[-1][k], out / f"{j.name}.png", meta)
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    return {"total": len(jobs), "skipped": len(jobs) - len(todo), "generated": len(todo)}
