@@ -52,7 +52,8 @@ class Stage:
         """Images in [-1, 1], [B, 3, H, W]. ``low_res`` ([B, 3, h, w] in [-1, 1]) for super-resolution stages.
 
         ``init_image`` (in [-1, 1], at the output size) with ``strength`` < 1: image-to-image as IF does it, the
-        image noised to timestep ~strength*999 of the respaced chain, then denoised under the prompt.
+        image noised to the start of the last ``int(strength * steps)`` steps of the respaced chain (diffusers'
+        convention), then denoised under the prompt.
         ``mask`` ([B, 1, H, W], 1 = regenerate): inpainting; the other pixels stay the clean ``init_image`` at
         every step (IF's inpainting); DDPM only.
         """
@@ -98,7 +99,10 @@ class Stage:
             if init.shape != (b, 3, h, w):
                 raise PipelineError(f"init image is {tuple(init.shape[1:])} but this stage makes {(3, h, w)}: "
                                     "resize the image (or pass matching --height/--width)")
-            steps = truncate(steps, strength)
+            try:
+                steps = truncate(steps, strength)
+            except ValueError as e:
+                raise PipelineError(str(e)) from None
             t0 = torch.full((b,), int(steps.timesteps[-1]), dtype=torch.long, device=device)
             noisy = den.schedule.q_sample(init, t0, x)  # x is this image's first noise draw
             if mask is not None:

@@ -151,15 +151,18 @@ class Schedule:
 
 
 def truncate(steps: Schedule, strength: float) -> Schedule:
-    """The first steps of a respaced chain, up to timestep ``strength * (T - 1)``: where image-to-image starts.
+    """The last ``int(len(steps) * strength)`` steps of a respaced chain: where image-to-image starts.
 
-    A prefix of a respaced chain is itself consistent (each beta depends only on the kept step before it).
+    The convention of diffusers' IF image-to-image and inpainting pipelines (``get_timesteps``): strength 1
+    runs the whole chain from pure noise, strength 0.5 the lower half of its steps. A prefix of a respaced
+    chain is itself consistent (each beta depends only on the kept step before it).
     """
     if not 0.0 < strength <= 1.0:
         raise ValueError(f"strength must be in (0, 1], got {strength}")
-    t_max = strength * (steps.timesteps.max() if len(steps) else 0)
-    k = int((steps.timesteps <= t_max + 1e-9).sum())
-    k = max(k, 1)
+    k = min(int(len(steps) * strength), len(steps))
+    if k < 1:
+        raise ValueError(f"strength {strength} keeps no step of a {len(steps)}-step chain: raise the strength "
+                         f"to at least {1 / len(steps):.3f} or use more steps")
     return Schedule(betas=steps.betas[:k], timesteps=steps.timesteps[:k])
 
 
