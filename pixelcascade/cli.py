@@ -47,7 +47,12 @@ def _dtype(name: str):
 def stage_paths(model: str | Path) -> list[Path]:
     """A .safetensors file (one stage), or a folder of stage1/stage2/... files, or comma-separated files."""
     if isinstance(model, str) and "," in model:
-        return [Path(p).expanduser() for p in model.split(",")]
+        paths = [Path(p).expanduser() for p in model.split(",") if p]
+        for p in paths:
+            if not p.exists():
+                raise UserError(f"--model: stage {p} (of {model}): no such file or folder; list each stage's "
+                                "file or folder, stage I first, separated by commas")
+        return paths
     p = Path(model).expanduser()
     if p.is_dir():
         files = sorted(p.glob("stage*.safetensors"))
@@ -62,36 +67,56 @@ def stage_paths(model: str | Path) -> list[Path]:
 
 
 def load_cascade(model: str | Path, device: str = "cpu", dtype=None, text_encoder: str | None = None,
-                 max_stages: int | None = None, allow_sr_first: bool = False):
+                 max_stages: int | None = None, allow_sr_first: bool = False, offload: bool = False,
+                 stage3: str | None = None):
+    """Stages from ``model`` (+ ``stage3``) and their text encoder. ``offload``: keep every model on the CPU and
+    move each to ``device`` only while it runs (text encoder, then stage after stage)."""
     import torch
 
     from .convert import CheckpointError, load_stage
-    from .pipeline import Cascade
+    from .pipeline import Cascade, PipelineError
+    from .stage3 import SDx4Stage, is_sdx4_folder
     from .text.encoder import TextEncoderError, load_encoder
     dtype = dtype or torch.float32
     paths = stage_paths(model)
+    if stage3:
+        p3 = Path(stage3).expanduser()
+        if not p3.exists():
+            raise UserError(f"--stage3 {p3}: no such file or folder")
+        paths.append(p3)
     if max_stages:
         paths = paths[:max_stages]
+    home = "cpu" if offload else device
     try:
-        stages = [load_stage(p, device=device, dtype=dtype) for p in paths]
-    except CheckpointError as e:
+        stages = [SDx4Stage(p, home, dtype) if is_sdx4_folder(p) else load_stage(p, device=home, dtype=dtype)
+                  for p in paths]
+    except (CheckpointError, PipelineError) as e:
         raise UserError(str(e)) from None
+    if not allow_sr_first and stages[0].is_super_res:
+        raise UserError(f"{paths[0]}: the first stage is a super-resolution model; stage I (text -> image) must run "
+                        "first: list the stage I model before the stage II one")
     meta = stages[0].meta
     spec = text_encoder or meta.get("text_encoder")
     if spec is None:
-        if stages[0].cfg.encoder_dim == 384:
+        if paths[0].is_dir() and (paths[0] / "text_encoder" / "config.json").is_file():
+            spec = str(paths[0])  # a diffusers IF pipeline folder carries its T5
+        elif stages[0].cfg.encoder_dim == 384:
             spec = "minilm"
         else:
             raise UserError(f"{paths[0]} expects {stages[0].cfg.encoder_dim}-d text states and names no text "
                             "encoder: pass --text-encoder /path/to/t5-v1_1-xxl (a local folder) for IF weights")
     try:
-        encoder = load_encoder(spec, int(meta.get("text_max_length", 77)), device=device)
+        encoder = load_encoder(spec, int(meta.get("text_max_length", 77)), device=home)
     except TextEncoderError as e:
         raise UserError(str(e)) from None
+    if getattr(encoder, "dim", None) and not getattr(stages[0], "uses_prompts", False) \
+            and encoder.dim != stages[0].cfg.encoder_dim:
+        raise UserError(f"the text encoder gives {encoder.dim}-d states but {paths[0]} expects "
+                        f"{stages[0].cfg.encoder_dim}-d: pass the encoder the model was trained with (--text-encoder)")
     if allow_sr_first:
         return _Stages(stages, encoder)
     try:
-        return Cascade(stages, encoder)
+        return Cascade(stages, encoder, offload=device if offload and device != "cpu" else None)
     except ValueError as e:
         raise UserError(str(e)) from None
 
@@ -238,7 +263,8 @@ def cmd_generate(a) -> int:
     _check_writable(Path(a.output))
     if a.threads:
         torch.set_num_threads(a.threads)
-    cascade = load_cascade(a.model, _device(a.device), _dtype(a.dtype), a.text_encoder, max_stages=a.stages)
+    cascade = load_cascade(a.model, _device(a.device), _dtype(a.dtype), a.text_encoder, max_stages=a.stages,
+                           offload=a.offload, stage3=a.stage3)
     return _run_and_save(a, cascade, prompts)
 
 
@@ -525,6 +551,10 @@ def _sampling_args(g: argparse.ArgumentParser) -> None:
                    help="a .safetensors stage, a folder of stage*.safetensors, comma-separated stage files, "
                         "or an official IF / diffusers model folder (default: the shipped shapes model)")
     g.add_argument("--text-encoder", help="override the text encoder: 'minilm' or a local HF/T5 folder")
+    g.add_argument("--stage3", help="append a third stage: a local stable-diffusion-x4-upscaler folder (IF's "
+                                    "stage III) or one of our super-resolution .safetensors")
+    g.add_argument("--offload", action="store_true",
+                   help="small GPUs: keep the models on the CPU and move each to --device only while it runs")
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
     g.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16 (UNet weights)")
     g.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
@@ -752,7 +782,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    ap = build_parser()
+    args, extra = ap.parse_known_args(argv)
+    # dotted overrides may also come after the options: train shapes32 -o runs/x train.lr=1e-4
+    if extra and getattr(args, "command", None) == "train" and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = list(args.overrides) + extra
+    elif extra:
+        ap.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.fn(args)
     except UserError as e:

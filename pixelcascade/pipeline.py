@@ -6,6 +6,7 @@ every image has its own seed and its own noise stream, so an image does not depe
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -41,8 +42,18 @@ class Stage:
     def is_super_res(self) -> bool:
         return self.cfg.super_res
 
+    uses_prompts = False  # our stages take text embeddings; external ones (stage3.SDx4Stage) take the prompts
+    scale = None  # output/input size ratio; None: from the native sizes of consecutive stages
+
     def denoiser(self) -> Denoiser:
         return Denoiser(self.unet, self.diffusion)
+
+    def num_steps(self, settings: SampleConfig | None = None) -> int:
+        return len(self.denoiser().schedule.respace((settings or self.settings).num_steps))
+
+    def to(self, device) -> Stage:
+        self.unet.to(device)
+        return self
 
     @torch.no_grad()
     def sample(self, text_emb: torch.Tensor, uncond_emb: torch.Tensor | None, seeds: list[int], *,
@@ -164,6 +175,9 @@ class Cascade:
 
     stages: list[Stage]
     encoder: object  # a text encoder: __call__(texts) -> (text_emb, text_mask), .empty(n)
+    # run on this device one model at a time (text encoder, then each stage), the others parked on the CPU:
+    # what lets IF-I-XL + T5-XXL run on a small GPU. None: every model stays where it was loaded.
+    offload: str | None = None
 
     def __post_init__(self):
         if not self.stages:
@@ -191,31 +205,50 @@ class Cascade:
             raise PipelineError(f"--stages {n}: this cascade has {len(self.stages)} stage(s)")
         settings = list(settings or []) + [None] * n
         sizes = list(sizes or []) + [None] * n
-        text_emb, _ = self.encoder(prompts)
-        uncond, _ = self.encoder.empty(len(prompts))
+        with self._on_device(self.encoder):
+            text_emb, _ = self.encoder(prompts)
+            uncond, _ = self.encoder.empty(len(prompts))
         bar = None
         if progress:
             from tqdm import tqdm
-            total = sum(len(st.denoiser().schedule.respace((settings[i] or st.settings).num_steps))
-                        for i, st in enumerate(self.stages[:n]))
+            total = sum(st.num_steps(settings[i]) for i, st in enumerate(self.stages[:n]))
             bar = tqdm(total=total, desc="sampling", unit="step", leave=False)
         outs, low = [], None
         for i, st in enumerate(self.stages[:n]):
             size = sizes[i]
             if size is None and low is not None:  # each stage scales by its own native ratio
-                ratio = st.cfg.image_size / self.stages[i - 1].cfg.image_size
+                ratio = st.scale if st.scale else st.cfg.image_size / self.stages[i - 1].cfg.image_size
                 size = (round(low.shape[2] * ratio), round(low.shape[3] * ratio))
             h, w = size if size is not None else (None, None)
             cb = (lambda *a: bar.update(1)) if bar is not None else None
-            init_i = mask_i = None
-            if init_image is not None:
-                hh, ww = (h or st.cfg.image_size), (w or st.cfg.image_size)
-                init_i = resize(init_image, (hh, ww))
-                mask_i = None if mask is None else (resize(mask.float(), (hh, ww), "nearest") > 0.5).float()
-            img = st.sample(text_emb, uncond, seeds, height=h, width=w, settings=settings[i], low_res=low,
-                            init_image=init_i, strength=strength, mask=mask_i, callback=cb)
-            outs.append(img)
+            with self._on_device(st):
+                if st.uses_prompts:  # an external stage with its own text encoder (SD x4 upscaler)
+                    img = st.sample_prompts(prompts, seeds, low_res=low, size=(h, w), settings=settings[i],
+                                            callback=cb)
+                else:
+                    init_i = mask_i = None
+                    if init_image is not None:
+                        hh, ww = (h or st.cfg.image_size), (w or st.cfg.image_size)
+                        init_i = resize(init_image, (hh, ww))
+                        mask_i = None if mask is None else (resize(mask.float(), (hh, ww), "nearest") > 0.5).float()
+                    img = st.sample(text_emb, uncond, seeds, height=h, width=w, settings=settings[i], low_res=low,
+                                    init_image=init_i, strength=strength, mask=mask_i, callback=cb)
+            outs.append(img.cpu() if self.offload else img)
             low = img
         if bar is not None:
             bar.close()
         return outs
+
+    @contextmanager
+    def _on_device(self, part):
+        """With ``offload``: move one model to the device for the block, then back to the CPU."""
+        if not self.offload or not hasattr(part, "to"):
+            yield
+            return
+        part.to(self.offload)
+        try:
+            yield
+        finally:
+            part.to("cpu")
+            if str(self.offload).startswith("cuda"):
+                torch.cuda.empty_cache()

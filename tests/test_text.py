@@ -8,27 +8,6 @@ import torch
 from pixelcascade.text.encoder import EmbeddingCache, HFEncoder, T5Encoder, TextEncoderError, load_encoder
 
 
-@pytest.fixture(scope="module")
-def tiny_t5(tmp_path_factory):
-    """A tiny random T5 encoder and a word-level tokenizer, saved like a real local folder."""
-    transformers = pytest.importorskip("transformers")
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    path = tmp_path_factory.mktemp("t5")
-    words = ["<pad>", "</s>", "<unk>"] + "a red circle blue square left of the and two three".split()
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    from tokenizers.processors import TemplateProcessing
-    tok.post_processor = TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
-                                                unk_token="<unk>")
-    fast.save_pretrained(path)
-    cfg = transformers.T5Config(vocab_size=len(words), d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=4,
-                                feed_forward_proj="gated-gelu")
-    torch.manual_seed(0)
-    transformers.T5EncoderModel(cfg).save_pretrained(path)
-    return path
-
-
 def test_t5_encoder_gives_77_tokens_and_mask(tiny_t5):
     enc = T5Encoder(tiny_t5, dtype=torch.float32)
     emb, mask = enc(["A red circle", "two blue squares left of a red circle"])

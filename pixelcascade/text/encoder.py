@@ -46,12 +46,20 @@ def check_prompts(texts: list[str]) -> list[str]:
     return list(texts)
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model", "vocab.txt", "vocab.json")
+
+
 class HFEncoder:
     """Per-token states of a local Hugging Face encoder (BERT-like or T5's encoder)."""
 
     def __init__(self, path: str | Path, max_length: int = 77, dtype: torch.dtype = torch.float32,
                  device: str = "cpu", name: str | None = None, clean: bool = False, t5: bool = False):
         path = Path(path).expanduser()
+        if (path / "text_encoder" / "config.json").is_file():  # a diffusers pipeline folder (IF-I-*: T5 inside)
+            path = path / "text_encoder"
+        tok_path = path
+        if not any((path / f).is_file() for f in _TOKENIZER_FILES) and (path.parent / "tokenizer").is_dir():
+            tok_path = path.parent / "tokenizer"  # diffusers layout: text_encoder/ beside tokenizer/
         if not (path / "config.json").is_file():
             raise TextEncoderError(f"no text encoder at {path}: expected a Hugging Face model folder with "
                                    "config.json (and tokenizer files); models cannot be downloaded here")
@@ -60,7 +68,7 @@ class HFEncoder:
         transformers.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
         from transformers import AutoConfig, AutoModel, AutoTokenizer, T5EncoderModel
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+        self.tokenizer = AutoTokenizer.from_pretrained(str(tok_path))
         is_t5 = t5 or AutoConfig.from_pretrained(str(path)).model_type in ("t5", "mt5", "umt5")
         cls = T5EncoderModel if is_t5 else AutoModel  # encoder-decoder folders: the encoder only
         self.model = cls.from_pretrained(str(path), torch_dtype=dtype).to(device).eval()
@@ -89,6 +97,12 @@ class HFEncoder:
         ids, mask = tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device)
         out = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # [B, L, D]
         return out.float(), mask
+
+    def to(self, device) -> HFEncoder:
+        """Move the model (for offloading between stages); tokens follow it."""
+        self.model.to(device)
+        self.device = str(device)
+        return self
 
     def empty(self, n: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """States of the empty prompt: the unconditional branch of classifier-free guidance (IF's zero_emb)."""
