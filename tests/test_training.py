@@ -71,6 +71,12 @@ def test_resume_refuses_a_different_config(tmp_path):
     other = dataclasses.replace(_cfg(), unet=dataclasses.replace(_cfg().unet, model_channels=64))
     with pytest.raises(RuntimeError, match="another config"):
         Trainer(other, _data(), tmp_path, progress=False)
+    lr = dataclasses.replace(_cfg(), train=dataclasses.replace(_cfg().train, lr=1.0))
+    with pytest.raises(RuntimeError, match="another config"):
+        Trainer(lr, _data(), tmp_path, progress=False)
+    # a longer schedule or another thread count resumes (tuples in the config compare with the saved lists)
+    longer = dataclasses.replace(_cfg(), train=dataclasses.replace(_cfg().train, max_steps=50, num_threads=1))
+    assert Trainer(longer, _data(), tmp_path, progress=False).step == 3
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):

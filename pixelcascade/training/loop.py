@@ -88,8 +88,9 @@ class Trainer:
         state = load_checkpoint(self.ckpt_path)
         if state.get("config") != to_json(self.cfg):
             old = json.loads(state.get("config", "{}"))
-            diff = [k for k in to_dict(self.cfg) if old.get(k) != to_dict(self.cfg)[k]]
-            if any(k != "train" for k in diff) or _train_changed(old.get("train", {}), to_dict(self.cfg)["train"]):
+            new = json.loads(to_json(self.cfg))  # JSON on both sides: tuples and lists compare equal
+            diff = [k for k in new if old.get(k) != new[k]]
+            if any(k != "train" for k in diff) or _train_changed(old.get("train", {}), new["train"]):
                 raise RuntimeError(f"{self.ckpt_path} was written by a run with another config (differs in "
                                    f"{diff}); use a new output folder, or the same config to resume")
         self.model.load_state_dict(state["model"])
