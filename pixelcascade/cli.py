@@ -530,6 +530,42 @@ def cmd_eval_suite(a) -> int:
     return 0
 
 
+def cmd_data_emoji(a) -> int:
+    from .data.emoji import EmojiError, build_emoji_dataset
+    _check_writable(Path(a.output))
+    try:
+        r = build_emoji_dataset(a.output, size=a.size, font=a.font, per_shard=a.per_shard,
+                                heldout_fraction=a.heldout, seed=a.seed, progress=not a.quiet)
+    except EmojiError as e:
+        raise UserError(str(e)) from None
+    print(json.dumps(r, indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_curate(a) -> int:
+    from .data.curate import CurateConfig, CurateError, curate
+    from .data.formats import DataFormatError
+    _check_writable(Path(a.output))
+    cfg = CurateConfig(phash_radius=a.phash_radius, knn=a.knn, near_threshold=a.near_threshold,
+                       compare_size=a.compare_size, max_shift=a.max_shift, min_size=a.min_size,
+                       max_aspect=a.max_aspect, aesthetic_threshold=a.aesthetic_threshold,
+                       aesthetic_model=a.aesthetic_model, workers=a.workers, ray_address=a.ray,
+                       per_shard=a.per_shard)
+    try:
+        r = curate(a.input, a.output, cfg, progress=not a.quiet)
+    except (CurateError, DataFormatError) as e:
+        raise UserError(str(e)) from None
+    rd = r["read"]
+    print(f"{r['images']} images read ({rd['corrupt_images']} corrupt, {rd['truncated_shards']} truncated shards, "
+          f"{rd['unreadable_files']} unreadable files skipped); {r['exact_duplicates']} exact duplicates, "
+          f"{r['near_duplicate_pairs']} near-duplicate pairs in {r['duplicate_clusters']} clusters; "
+          f"dropped by filters: {r['dropped_by_filter'] or 'none'}; kept {r['kept']}")
+    for v in r["valley_check"]:
+        print(f"warning: caption {v['caption']!r} is one image repeated {v['count']} times ({v['share']:.2%})")
+    print(f"data: {Path(a.output) / 'data'}  report: {Path(a.output) / 'report.json'}")
+    return 0
+
+
 # --------------------------------------------------------------------------------------------------
 
 
@@ -666,6 +702,50 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--sample", nargs="*", default=[], metavar="KEY=VALUE",
                    help="default sampling settings stored with the weights, e.g. guidance_scale=4 num_steps=smart50")
     x.set_defaults(fn=cmd_export)
+
+    d = sub.add_parser("data", help="make datasets")
+    dsub = d.add_subparsers(dest="dataset", required=True)
+    de = dsub.add_parser("emoji", help="render every emoji of Noto Color Emoji -> webdataset shards + manifest",
+                         description="Every fully-qualified emoji the font draws (blank glyphs dropped and counted), "
+                                     "captioned with its English name; aliases and its names in 13 other "
+                                     "languages go into the metadata. A seeded 5%% of the emoji are held out.",
+                         epilog="example: pixelcascade data emoji -o data/emoji128 --size 128")
+    de.add_argument("-o", "--output", required=True)
+    de.add_argument("--size", type=int, default=128)
+    de.add_argument("--font", help="NotoColorEmoji.ttf (default: the Debian package's, or setup.sh's copy)")
+    de.add_argument("--per-shard", type=int, default=1000)
+    de.add_argument("--heldout", type=float, default=0.05, help="fraction of emoji whose captions are held out")
+    de.add_argument("--seed", type=int, default=0)
+    de.add_argument("-q", "--quiet", action="store_true")
+    de.set_defaults(fn=cmd_data_emoji)
+
+    cu = sub.add_parser("curate", help="remove exact and near duplicates, filter by size / aspect / aesthetics",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="One streaming pass per shard (decode, pixel hash, perceptual hash, thumbnail, "
+                                    "score), a global duplicate search (faiss: pHash radius + thumbnail kNN, each "
+                                    "candidate verified by aligned block differences), then the kept data as "
+                                    "webdataset shards and report.json, clusters.png, scores.png. INPUT: a folder "
+                                    "of images with .txt captions or a manifest, parquet, or webdataset shards.",
+                        epilog="examples:\n  pixelcascade curate data/emoji128 -o data/emoji128-curated\n"
+                               "  pixelcascade curate laion/ -o laion-clean --aesthetic-threshold 4.5 --workers 16\n"
+                               "  pixelcascade curate s3shards/ -o out --ray auto")
+    cu.add_argument("input")
+    cu.add_argument("-o", "--output", required=True)
+    cu.add_argument("--near-threshold", type=float, default=6.5,
+                    help="largest aligned 8x8-block difference (0-255) of a near duplicate; 0 = exact only")
+    cu.add_argument("--phash-radius", type=int, default=10, help="candidate pairs: pHash Hamming radius")
+    cu.add_argument("--knn", type=int, default=8, help="candidate pairs: nearest thumbnails per image")
+    cu.add_argument("--compare-size", type=int, default=128)
+    cu.add_argument("--max-shift", type=int, default=3, help="alignment search, px at --compare-size")
+    cu.add_argument("--min-size", type=int, default=0, help="drop images with a shorter side below this")
+    cu.add_argument("--max-aspect", type=float, default=0.0, help="drop images more elongated than this")
+    cu.add_argument("--aesthetic-threshold", type=float, help="keep images scoring at least this (IF: 4.5)")
+    cu.add_argument("--aesthetic-model", help="scorer folder (clip/ + mlp.safetensors) when the data has no score")
+    cu.add_argument("--workers", type=int, default=1, help="local processes for the per-shard work")
+    cu.add_argument("--ray", help="a Ray cluster address (or 'auto'): the per-shard work as Ray tasks")
+    cu.add_argument("--per-shard", type=int, default=1000)
+    cu.add_argument("-q", "--quiet", action="store_true")
+    cu.set_defaults(fn=cmd_curate)
 
     e = sub.add_parser("eval", help="evaluate a model")
     esub = e.add_subparsers(dest="suite", required=True)

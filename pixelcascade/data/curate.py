@@ -1,0 +1,441 @@
+"""Curation of image-text data, the IF recipe's first step: exact and near duplicates, caption statistics,
+size/aspect filters and an aesthetic-score threshold, as one streaming pass per shard plus a global step.
+
+1. Per shard (in parallel: local processes, or Ray tasks with ``ray_address``): decode each image (corrupt ones are
+   counted and dropped), its size, a content hash of the decoded pixels (exact duplicates: re-saved files with
+   the same pixels count too), a 64-bit DCT perceptual hash, an 8x8 colour thumbnail, and the aesthetic score
+   (a column of the data, e.g. LAION's, or a scorer model from a local path).
+2. Candidates for near duplicates: pairs within ``phash_radius`` bits (faiss binary range search) plus each image's
+   ``knn`` nearest thumbnails (faiss). Candidates are only candidates: re-encoded, resized and slightly shifted
+   copies look alike to both, but so do different emoji (skin tones, flags of one colour layout).
+3. Verification, the precise step: both images at ``compare_size`` in YCbCr, aligned over shifts of up to
+   ``max_shift`` px, compared by the largest signed mean difference over 8x8 blocks (luma; chroma at half
+   weight, since JPEG subsamples it). Noise from re-encoding averages out inside a block; a real change (a skin
+   tone, a different mouth) moves a whole block. Pairs at most ``near_threshold`` apart are duplicates.
+4. Duplicates are merged into clusters (union-find); each cluster keeps one record (highest aesthetic score, then
+   largest image, then first seen) and the captions of the others go into its ``dup_captions`` metadata.
+5. The kept records are written as webdataset shards + manifest.parquet; ``report.json`` holds every count, the
+   largest clusters, the most repeated captions (the "Valley 002" check: a caption repeated many times on one
+   image), and ``clusters.png`` / ``scores.png`` picture the largest clusters and the score histogram.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from .formats import ReadStats, Record, ShardWriter, read_shard, shard_list
+
+SCORE_COLUMNS = ("aesthetic", "aesthetic_score", "AESTHETIC_SCORE", "score")
+
+
+@dataclasses.dataclass
+class CurateConfig:
+    phash_radius: int = 10  # candidate pairs: Hamming distance of the 64-bit perceptual hashes
+    knn: int = 8  # candidate pairs: nearest thumbnails per image
+    near_threshold: float = 6.5  # verification: max block difference (0-255 scale) of a near duplicate
+    compare_size: int = 128
+    max_shift: int = 3
+    min_size: int = 0  # drop images whose shorter side is below this
+    max_aspect: float = 0.0  # drop images with long/short side above this (0: no limit)
+    aesthetic_threshold: float | None = None  # keep score >= threshold (IF: 4.5 on LAION's score)
+    aesthetic_model: str | None = None  # a local scorer (folder with clip/ and mlp.safetensors)
+    workers: int = 1
+    ray_address: str | None = None
+    per_shard: int = 1000
+    top_captions: int = 20
+
+
+class CurateError(ValueError):
+    pass
+
+
+# --------------------------------------------------------------------------------------------------
+# per-image features
+
+
+def phash(img: np.ndarray) -> np.ndarray:
+    """64-bit DCT perceptual hash (pHash): 32x32 grey, 2-D DCT, the 8x8 lowest frequencies against their median."""
+    from PIL import Image
+    from scipy.fft import dctn
+    g = Image.fromarray(img).convert("L").resize((32, 32), Image.LANCZOS)
+    d = dctn(np.asarray(g, np.float64), norm="ortho")[:8, :8].ravel()
+    return np.packbits(d > np.median(d[1:]))
+
+
+def thumbnail(img: np.ndarray) -> np.ndarray:
+    from PIL import Image
+    return (np.asarray(Image.fromarray(img).resize((8, 8), Image.BOX), np.float32) / 255).ravel()
+
+
+def pixel_hash(img: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(img).tobytes() + str(img.shape).encode()).hexdigest()[:32]
+
+
+def score_of(meta: dict) -> float | None:
+    for c in SCORE_COLUMNS:
+        v = meta.get(c)
+        if isinstance(v, int | float) and np.isfinite(v):
+            return float(v)
+    return None
+
+
+def shard_features(shard: str, cfg: CurateConfig) -> dict:
+    """Step 1 for one shard (runs in a worker process or a Ray task)."""
+    stats = ReadStats()
+    rows = []
+    scorer = AestheticScorer(cfg.aesthetic_model) if cfg.aesthetic_model else None
+    for rec in read_shard(shard, stats):
+        try:
+            img = rec.decode()
+        except ValueError as e:
+            stats.note("corrupt_images", f"{Path(shard).name}:{rec.key}", str(e))
+            continue
+        score = score_of(rec.meta)
+        if scorer is not None:
+            score = scorer([img])[0]
+        rows.append({"key": rec.key, "shard": str(shard), "caption": rec.caption, "h": img.shape[0],
+                     "w": img.shape[1], "hash": pixel_hash(img), "phash": phash(img), "thumb": thumbnail(img),
+                     "score": score})
+    return {"rows": rows, "stats": stats.as_dict()}
+
+
+# --------------------------------------------------------------------------------------------------
+# verification of candidate pairs
+
+
+def _prepare(img: np.ndarray, size: int, pad: int) -> np.ndarray:
+    """Integral image of the YCbCr image at ``size``, edge-padded by ``pad`` px: block means at any offset."""
+    from PIL import Image
+    im = Image.fromarray(img)
+    if im.size != (size, size):  # PIL's bicubic is antialiased when it shrinks: resampling error stays small
+        im = im.resize((size, size), Image.BICUBIC)
+    im = im.convert("YCbCr")
+    a = np.pad(np.asarray(im, np.float64), ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+    ii = np.zeros((a.shape[0] + 1, a.shape[1] + 1, 3))
+    ii[1:, 1:] = a.cumsum(0).cumsum(1)
+    return ii
+
+
+def _block_means(ii: np.ndarray, oy, ox, size: int, block: int) -> np.ndarray:
+    g = np.arange(0, size - block + 1, block)
+    y = np.asarray(oy)[..., None, None] + g[:, None]
+    x = np.asarray(ox)[..., None, None] + g[None, :]
+    s = ii[y + block, x + block] - ii[y, x + block] - ii[y + block, x] + ii[y, x]
+    return s / block**2
+
+
+def block_distance(ia: np.ndarray, ib: np.ndarray, size: int, max_shift: int, block: int = 8,
+                   chroma_weight: float = 0.5) -> float:
+    """min over shifts of the largest |mean difference| over blocks (luma; chroma x ``chroma_weight``)."""
+    r = max_shift
+    shifts = np.array([(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)])
+    ma = _block_means(ia, r + shifts[:, 0], r + shifts[:, 1], size, block)  # [S, g, g, 3]
+    mb = _block_means(ib, np.array([r]), np.array([r]), size, block)  # [1, g, g, 3]
+    d = np.abs(ma - mb)
+    score = np.maximum(d[..., 0].max((1, 2)), chroma_weight * d[..., 1:].max((1, 2, 3)))
+    return float(score.min())
+
+
+class UnionFind:
+    def __init__(self, n):
+        self.p = list(range(n))
+
+    def find(self, a):
+        while self.p[a] != a:
+            self.p[a] = self.p[self.p[a]]
+            a = self.p[a]
+        return a
+
+    def union(self, a, b):
+        a, b = self.find(a), self.find(b)
+        if a != b:
+            self.p[max(a, b)] = min(a, b)
+
+
+# --------------------------------------------------------------------------------------------------
+# the whole job
+
+
+def _map_shards(shards: list[Path], cfg: CurateConfig, progress: bool) -> list[dict]:
+    if cfg.ray_address:
+        try:
+            import ray
+        except ImportError:
+            raise CurateError("--ray needs Ray: pip install ray (or run without --ray for local processes)") from None
+        ray.init(address=cfg.ray_address, ignore_reinit_error=True)
+        task = ray.remote(shard_features)
+        return ray.get([task.remote(str(s), cfg) for s in shards])
+    it = [str(s) for s in shards]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(it), desc="curate: features", unit="shard")
+    out = []
+    if cfg.workers > 1 and len(it) > 1:
+        import multiprocessing as mp
+        from functools import partial
+        with mp.get_context("spawn").Pool(cfg.workers) as pool:
+            for r in pool.imap(partial(shard_features, cfg=cfg), it):
+                out.append(r)
+                if bar is not None:
+                    bar.update(1)
+    else:
+        for s in it:
+            out.append(shard_features(s, cfg))
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    return out
+
+
+def find_duplicates(rows: list[dict], cfg: CurateConfig, loader) -> tuple[UnionFind, dict]:
+    """Exact groups by pixel hash; near-duplicate candidates (pHash radius, thumbnail kNN) verified by
+    ``block_distance``. ``loader(indices) -> {index: image}`` fetches the pixels of candidate images."""
+    import faiss
+    n = len(rows)
+    uf = UnionFind(n)
+    by_hash = defaultdict(list)
+    for i, r in enumerate(rows):
+        by_hash[r["hash"]].append(i)
+    exact_pairs = 0
+    for idx in by_hash.values():
+        for j in idx[1:]:
+            uf.union(idx[0], j)
+            exact_pairs += 1
+    reps = [idx[0] for idx in by_hash.values()]  # near duplicates are searched among distinct pixel contents
+    cand = set()
+    if len(reps) > 1:
+        codes = np.stack([rows[i]["phash"] for i in reps]).astype(np.uint8)
+        bidx = faiss.IndexBinaryFlat(64)
+        bidx.add(codes)
+        lims, _, labels = bidx.range_search(codes, cfg.phash_radius + 1)
+        for q in range(len(reps)):
+            for k in labels[lims[q]:lims[q + 1]]:
+                if k != q:
+                    cand.add((min(q, int(k)), max(q, int(k))))
+        thumbs = np.stack([rows[i]["thumb"] for i in reps]).astype(np.float32)
+        fidx = faiss.IndexFlatL2(thumbs.shape[1])
+        fidx.add(thumbs)
+        _, nn = fidx.search(thumbs, min(cfg.knn + 1, len(reps)))
+        for q in range(len(reps)):
+            for k in nn[q]:
+                if k >= 0 and k != q:
+                    cand.add((min(q, int(k)), max(q, int(k))))
+    needed = sorted({reps[a] for pair in cand for a in pair})
+    images = loader(needed)
+    prepared = {i: _prepare(images[i], cfg.compare_size, cfg.max_shift) for i in needed if i in images}
+    near_pairs, dists = [], []
+    for a, b in sorted(cand):
+        ia, ib = reps[a], reps[b]
+        if ia not in prepared or ib not in prepared:
+            continue
+        d = block_distance(prepared[ia], prepared[ib], cfg.compare_size, cfg.max_shift)
+        dists.append(d)
+        if d <= cfg.near_threshold:
+            uf.union(ia, ib)
+            near_pairs.append((ia, ib, d))
+    info = {"exact_duplicate_images": exact_pairs, "candidate_pairs": len(cand),
+            "near_duplicate_pairs": len(near_pairs), "near_pairs": near_pairs, "candidate_distances": dists}
+    return uf, info
+
+
+def curate(input_path: str | Path, output: str | Path, cfg: CurateConfig | None = None, progress: bool = True) -> dict:
+    cfg = cfg or CurateConfig()
+    out = Path(output)
+    shards = shard_list(input_path)
+    results = _map_shards(shards, cfg, progress)
+    rows = [r for res in results for r in res["rows"]]
+    stats = ReadStats()
+    for res in results:
+        for k, v in res["stats"].items():
+            if k == "problems":
+                stats.problems.extend(v[: max(0, 20 - len(stats.problems))])
+            else:
+                setattr(stats, k, getattr(stats, k) + v)
+    if not rows:
+        raise CurateError(f"{input_path}: no readable image-text records ({stats.as_dict()})")
+    index_of = {(r["shard"], r["key"]): i for i, r in enumerate(rows)}
+
+    def loader(indices):
+        want = defaultdict(set)
+        for i in indices:
+            want[rows[i]["shard"]].add(rows[i]["key"])
+        got = {}
+        for shard, keys in want.items():
+            for rec in read_shard(shard, ReadStats()):
+                if rec.key in keys:
+                    try:
+                        got[index_of[(shard, rec.key)]] = rec.decode()
+                    except ValueError:
+                        pass
+        return got
+
+    uf, dup = find_duplicates(rows, cfg, loader)
+    clusters = defaultdict(list)
+    for i in range(len(rows)):
+        clusters[uf.find(i)].append(i)
+
+    def rank(i):
+        r = rows[i]
+        return (-(r["score"] if r["score"] is not None else -1e9), -(r["h"] * r["w"]), i)
+    keep_of = {}
+    for members in clusters.values():
+        best = min(members, key=rank)
+        keep_of[best] = members
+    # filters on the cluster representatives
+    dropped = Counter()
+    keep = {}
+    for i, members in keep_of.items():
+        r = rows[i]
+        short, long_ = min(r["h"], r["w"]), max(r["h"], r["w"])
+        if cfg.min_size and short < cfg.min_size:
+            dropped["too_small"] += 1
+            continue
+        if cfg.max_aspect and long_ / max(short, 1) > cfg.max_aspect:
+            dropped["aspect"] += 1
+            continue
+        if cfg.aesthetic_threshold is not None:
+            if r["score"] is None:
+                raise CurateError("--aesthetic-threshold needs scores: the data has no score column "
+                                  f"({', '.join(SCORE_COLUMNS)}) and no --aesthetic-model was given")
+            if r["score"] < cfg.aesthetic_threshold:
+                dropped["aesthetic"] += 1
+                continue
+        keep[i] = members
+    # write the kept records, streaming shard by shard
+    keep_keys = {(rows[i]["shard"], rows[i]["key"]): i for i in keep}
+    written = 0
+    with ShardWriter(out / "data", cfg.per_shard) as w:
+        for shard in shards:
+            for rec in read_shard(shard, ReadStats()):
+                i = keep_keys.get((str(shard), rec.key))
+                if i is None:
+                    continue
+                others = sorted({rows[j]["caption"] for j in keep[i] if j != i and rows[j]["caption"]}
+                                - {rec.caption})
+                meta = dict(rec.meta)
+                if others:
+                    meta["dup_captions"] = "|".join(others)
+                meta["cluster_size"] = len(keep[i])
+                w.write(Record(rec.key, rec.image, rec.caption, meta, rec.source))
+                written += 1
+    report = _report(rows, clusters, dup, stats, dropped, written, cfg, input_path, out)
+    _pictures(rows, clusters, loader, out, report)
+    from ..utils import atomic_write_text
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2, ensure_ascii=False, default=float))
+    return report
+
+
+def _report(rows, clusters, dup, stats, dropped, written, cfg, input_path, out) -> dict:
+    multi = sorted((m for m in clusters.values() if len(m) > 1), key=len, reverse=True)
+    caps = Counter(r["caption"] for r in rows if r["caption"])
+    cluster_of = {i: c for c, m in clusters.items() for i in m}
+    top = []
+    for cap, n in caps.most_common(cfg.top_captions):
+        if n < 2:
+            break
+        idx = [i for i, r in enumerate(rows) if r["caption"] == cap]
+        distinct = len({cluster_of[i] for i in idx})
+        top.append({"caption": cap, "count": n, "distinct_images": distinct,
+                    "share": n / len(rows), "one_image_repeated": distinct == 1})
+    scores = [r["score"] for r in rows if r["score"] is not None]
+    return {
+        "input": str(input_path), "output": str(out / "data"), "config": dataclasses.asdict(cfg),
+        "read": stats.as_dict(), "images": len(rows), "kept": written,
+        "exact_duplicates": dup["exact_duplicate_images"],
+        "near_duplicate_pairs": dup["near_duplicate_pairs"], "candidate_pairs_checked": dup["candidate_pairs"],
+        "duplicate_clusters": len(multi), "images_in_clusters": sum(len(m) for m in multi),
+        "removed_as_duplicates": sum(len(m) - 1 for m in multi),
+        "largest_clusters": [{"size": len(m), "captions": sorted({rows[i]["caption"] for i in m})[:8],
+                              "keys": [rows[i]["key"] for i in m[:8]]} for m in multi[:10]],
+        "dropped_by_filter": dict(dropped),
+        "top_repeated_captions": top,
+        "valley_check": [t for t in top if t["one_image_repeated"] and t["count"] >= max(3, 0.001 * len(rows))],
+        "aesthetic": {"n_scored": len(scores), "threshold": cfg.aesthetic_threshold,
+                      "mean": float(np.mean(scores)) if scores else None},
+    }
+
+
+def _pictures(rows, clusters, loader, out: Path, report: dict) -> None:
+    from ..eval.sheets import contact_sheet
+    multi = sorted((m for m in clusters.values() if len(m) > 1), key=len, reverse=True)[:8]
+    if multi:
+        idx = [i for m in multi for i in m[:6]]
+        imgs = loader(idx)
+        from PIL import Image
+        tiles, caps = [], []
+        for m in multi:
+            for k in range(6):
+                if k < len(m) and m[k] in imgs:
+                    tiles.append(np.asarray(Image.fromarray(imgs[m[k]]).resize((64, 64))))
+                    caps.append(rows[m[k]]["caption"][:40])
+                else:
+                    tiles.append(np.full((64, 64, 3), 255, np.uint8))
+                    caps.append("")
+        contact_sheet(np.stack(tiles), caps, out / "clusters.png", scale=1, cols=6,
+                      title="largest duplicate clusters (one row each)")
+        report["clusters_png"] = str(out / "clusters.png")
+    scores = [r["score"] for r in rows if r["score"] is not None]
+    if scores:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from ..utils import atomic_path
+        fig, ax = plt.subplots(figsize=(5, 3), dpi=110)
+        ax.hist(scores, bins=40, color="C0")
+        th = report["config"]["aesthetic_threshold"]
+        if th is not None:
+            ax.axvline(th, color="C3", label=f"threshold {th}")
+            ax.legend()
+        ax.set_xlabel("aesthetic score")
+        ax.set_ylabel("images")
+        fig.tight_layout()
+        with atomic_path(out / "scores.png") as tmp:
+            fig.savefig(tmp, format="png")
+        plt.close(fig)
+        report["scores_png"] = str(out / "scores.png")
+
+
+# --------------------------------------------------------------------------------------------------
+# aesthetic scorer from a local path
+
+
+class AestheticScorer:
+    """LAION's improved aesthetic predictor: an MLP (768 -> 1024 -> 128 -> 64 -> 16 -> 1) on L2-normalised CLIP
+    ViT-L/14 image embeddings. ``path``: a folder with ``clip/`` (a Hugging Face CLIP) and ``mlp.safetensors``
+    (keys layers.{0,2,4,6,7}.weight/bias as in the original sac+logos+ava1-l14-linearMSE.pth)."""
+
+    def __init__(self, path: str | Path):
+        import torch
+        from safetensors.torch import load_file
+
+        from ..eval.clip_score import CLIPScorer
+        p = Path(path).expanduser()
+        if not (p / "mlp.safetensors").is_file():
+            raise CurateError(f"--aesthetic-model {p}: needs mlp.safetensors and clip/ (a local CLIP ViT-L/14)")
+        self.clip = CLIPScorer(p / "clip")
+        sd = load_file(str(p / "mlp.safetensors"))
+        dims = [sd[f"layers.{i}.weight"].shape for i in (0, 2, 4, 6, 7)]
+        layers = []
+        for k, (o, i) in enumerate(dims):
+            layers.append(torch.nn.Linear(i, o))
+            if k < 3:
+                layers.append(torch.nn.Dropout(0.0))
+        self.mlp = torch.nn.Sequential(*layers)
+        self.mlp.load_state_dict({f"{j}.{t}": sd[f"layers.{i}.{t}"] for j, i in
+                                  zip((0, 2, 4, 6, 7), (0, 2, 4, 6, 7)) for t in ("weight", "bias")})
+        self.mlp.eval()
+
+    def __call__(self, images: list[np.ndarray]) -> list[float]:
+        import torch
+        with torch.no_grad():
+            e = self.clip.image_embeddings(images)
+            return [float(v) for v in self.mlp(e).squeeze(-1)]

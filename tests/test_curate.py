@@ -1,0 +1,166 @@
+"""Data formats, the emoji dataset, and curation: planted duplicates are all found, distinct emoji never merged,
+corrupt images and truncated shards counted and skipped."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pixelcascade.data.formats import ReadStats, Record, ShardWriter, read_records, write_folder, write_parquet
+
+HARD = ["person in bed", "supervillain", "slightly frowning face", "slightly smiling face", "white medium square",
+        "white large square", "white medium-small square", "Romania", "Chad", "red heart", "orange heart",
+        "thumbs up", "woman supervillain", "man supervillain", "black medium square", "black large square"]
+
+
+@pytest.fixture(scope="module")
+def emoji128(tmp_path_factory):
+    from pixelcascade.data.emoji import EmojiError, build_emoji_dataset
+    out = tmp_path_factory.mktemp("emoji")
+    try:
+        rep = build_emoji_dataset(out / "all", size=128, progress=False, per_shard=500)
+    except EmojiError as e:
+        pytest.skip(str(e))
+    return out / "all", rep
+
+
+def test_emoji_dataset(emoji128):
+    path, rep = emoji128
+    assert rep["rendered"] > 3500 and rep["blank_dropped"] < 300 and rep["heldout"] > 100
+    recs = {r.caption: r for r in read_records(path)}
+    tone = recs["thumbs up medium skin tone"]  # skin-tone variants kept as their own emoji
+    assert tone.meta["name_de"] == "daumen hoch mittlere hautfarbe" and recs["thumbs up"].meta["split"] in (
+        "train", "heldout")
+    assert "grinning" in recs["grinning face"].meta["aliases"]
+    img = tone.decode()
+    assert img.shape == (128, 128, 3) and (img < 250).any(axis=-1).mean() > 0.2  # something drawn, on white
+
+
+def _jpeg(img, q=90):
+    b = io.BytesIO()
+    Image.fromarray(img).save(b, "JPEG", quality=q)
+    return b.getvalue()
+
+
+def _png(img, level=9):
+    b = io.BytesIO()
+    Image.fromarray(img).save(b, "PNG", compress_level=level)
+    return b.getvalue()
+
+
+def _shift(img, dx, dy):
+    out = np.full_like(img, 255)
+    h, w = img.shape[:2]
+    src = img[max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
+    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = src
+    return out
+
+
+def test_planted_duplicates_found_without_false_merges(emoji128, tmp_path):
+    from pixelcascade.data.curate import CurateConfig, curate, pixel_hash
+    path, _ = emoji128
+    allrecs = list(read_records(path))
+    rng = np.random.default_rng(0)
+    hard = [r for r in allrecs if any(r.caption.startswith(h) for h in HARD)]
+    rest = [allrecs[i] for i in rng.choice(len(allrecs), 300, replace=False)]
+    originals, seen = [], set()
+    for r in hard + rest:  # distinct emoji whose renders differ (some emoji share one picture: those are exact dups)
+        h = pixel_hash(r.decode())
+        if h not in seen and r.key not in {o.key for o in originals}:
+            seen.add(h)
+            originals.append(r)
+    planted = {}
+    kinds = [("exact", lambda im, raw: raw), ("png-reencoded", lambda im, raw: _png(im, 1)),
+             ("jpeg90", lambda im, raw: _jpeg(im, 90)),
+             ("resized96", lambda im, raw: _png(np.asarray(Image.fromarray(im).resize((96, 96), Image.BICUBIC)))),
+             ("resized160", lambda im, raw: _png(np.asarray(Image.fromarray(im).resize((160, 160), Image.BICUBIC)))),
+             ("shifted", lambda im, raw: _png(_shift(im, 3, -2))),
+             ("shifted-jpeg", lambda im, raw: _jpeg(_shift(im, -2, 2)))]
+    src = tmp_path / "planted"
+    with ShardWriter(src, per_shard=150) as w:
+        for r in originals:
+            w.write(Record(r.key, r.image, r.caption, {}))
+        for k, r in enumerate(originals[::4]):
+            kind, fn = kinds[k % len(kinds)]
+            key = f"dup{k:04d}"
+            planted[key] = (r.key, kind)
+            w.write(Record(key, fn(r.decode(), r.image), f"copy of {r.caption}", {}))
+        w.write(Record("broken", b"\x89PNG\r\n\x1a\nnot really a png", "corrupt", {}))
+    # truncate the last shard in the middle of a member
+    last = sorted(src.glob("*.tar"))[-1]
+    (src / "99999.tar").write_bytes(sorted(src.glob("*.tar"))[0].read_bytes()[:5000])
+    assert last.exists()
+    rep = curate(src, tmp_path / "out", CurateConfig(workers=2), progress=False)
+    clusters = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert clusters["read"]["corrupt_images"] == 1 and clusters["read"]["truncated_shards"] == 1
+    # the clusters, from the written data: each kept record carries the captions merged into it
+    kept = list(read_records(tmp_path / "out" / "data"))
+    cluster_of = {}
+    for i, r in enumerate(kept):
+        for c in [r.caption] + [c for c in r.meta.get("dup_captions", "").split("|") if c]:
+            cluster_of[c] = i
+    caption_of = {r.key: r.caption for r in originals}
+    assert all(cluster_of[r.caption] is not None for r in originals)  # every original is kept or represented
+    missed = [(k, kind) for k, (o, kind) in planted.items()
+              if cluster_of.get(f"copy of {caption_of[o]}") != cluster_of[caption_of[o]]]
+    assert not missed, missed
+    per_cluster = {}
+    for r in originals:  # no two distinct originals in one cluster
+        assert cluster_of[r.caption] not in per_cluster, (r.caption, per_cluster.get(cluster_of[r.caption]))
+        per_cluster[cluster_of[r.caption]] = r.caption
+    assert rep["removed_as_duplicates"] >= len(planted)
+    assert (tmp_path / "out" / "clusters.png").is_file()
+
+
+def test_formats_roundtrip(tmp_path):
+    imgs = [np.full((8, 8, 3), i * 20, np.uint8) for i in range(5)]
+    recs = [Record(f"k{i}", _png(im), f"caption {i}", {"aesthetic": 4.0 + i}) for i, im in enumerate(imgs)]
+    with ShardWriter(tmp_path / "wds", per_shard=2) as w:
+        for r in recs:
+            w.write(r)
+    assert len(list((tmp_path / "wds").glob("*.tar"))) == 3
+    back = list(read_records(tmp_path / "wds"))
+    assert [r.caption for r in back] == [r.caption for r in recs] and back[3].meta["aesthetic"] == 7.0
+    write_folder(back, tmp_path / "folder")
+    assert [r.caption for r in read_records(tmp_path / "folder")] == [r.caption for r in recs]
+    rows = [{"key": r.key, "image": r.image, "caption": r.caption, "aesthetic": 4.0 + i} for i, r in enumerate(recs)]
+    write_parquet(rows, tmp_path / "pq" / "a.parquet")
+    pq = list(read_records(tmp_path / "pq"))
+    assert [r.caption for r in pq] == [r.caption for r in recs] and np.array_equal(pq[2].decode(), imgs[2])
+
+
+def test_aesthetic_threshold_and_caption_stats(tmp_path):
+    from pixelcascade.data.curate import CurateConfig, CurateError, curate
+    rng = np.random.default_rng(1)
+    valley = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    rows = []
+    for i in range(40):
+        img = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+        rows.append({"key": f"r{i}", "image": _png(img), "caption": f"photo {i}", "aesthetic": 3.0 + i * 0.05})
+    for i in range(6):  # "Valley 002": one picture under one caption, many times
+        rows.append({"key": f"v{i}", "image": _png(valley), "caption": "Valley 002", "aesthetic": 6.0})
+    write_parquet(rows, tmp_path / "laion.parquet")
+    rep = curate(tmp_path / "laion.parquet", tmp_path / "out", CurateConfig(aesthetic_threshold=4.5), progress=False)
+    assert rep["valley_check"][0]["caption"] == "Valley 002" and rep["valley_check"][0]["count"] == 6
+    assert rep["removed_as_duplicates"] == 5 and rep["dropped_by_filter"]["aesthetic"] == 30
+    assert rep["kept"] == 40 - 30 + 1
+    assert (tmp_path / "out" / "scores.png").is_file()
+    write_parquet([{k: v for k, v in r.items() if k != "aesthetic"} for r in rows], tmp_path / "noscore.parquet")
+    with pytest.raises(CurateError, match="needs scores"):
+        curate(tmp_path / "noscore.parquet", tmp_path / "out2", CurateConfig(aesthetic_threshold=4.5), progress=False)
+
+
+def test_truncated_shard_keeps_earlier_records(tmp_path):
+    with ShardWriter(tmp_path / "w", per_shard=100) as w:
+        for i in range(10):
+            w.write(Record(f"k{i}", _png(np.full((16, 16, 3), i, np.uint8)), f"c{i}", {}))
+    tar = tmp_path / "w" / "00000.tar"
+    data = tar.read_bytes()
+    tar.write_bytes(data[: len(data) // 2])
+    stats = ReadStats()
+    recs = list(read_records(tmp_path / "w", stats))
+    assert 0 < len(recs) < 10 and stats.truncated_shards == 1 and stats.problems[0]["kind"] == "truncated_shards"
