@@ -391,7 +391,7 @@ def cmd_eval_shapes(a) -> int:
     out = Path(a.output)
     report = evaluate_shapes(cascade, num_stages=a.stages or len(cascade.stages), per_task=a.per_task,
                              seeds=a.seeds, batch_size=a.batch_size, out_dir=out, progress=not a.quiet,
-                             **_overrides(a))
+                             language=a.language, **_overrides(a))
     print(format_table(report))
     print(f"report: {out / 'report.json'}  contact sheet: {out / 'contact_sheet.png'}")
     return 0
@@ -760,6 +760,8 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--per-task", type=int, default=64, help="prompts per task (all when a task has fewer)")
     es.add_argument("--seeds", type=int, default=4, help="images per prompt")
     es.add_argument("--batch-size", type=int, default=64)
+    es.add_argument("--language", default="en", choices=["en", "de", "fr", "es"],
+                    help="the prompts in another language (same specs): measures the text encoder")
     es.set_defaults(fn=cmd_eval_shapes)
 
     ef = esub.add_parser("fid", help="FID and KID between two image folders (or a folder and saved statistics)",

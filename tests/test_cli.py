@@ -72,6 +72,10 @@ def test_export_then_eval_shapes(tiny_model, tmp_path, capsys):
     assert (out / "contact_sheet.png").stat().st_size > 0
     text = capsys.readouterr().out
     assert "overall" in text and "[seen]" in text
+    assert main(["eval", "shapes", "--model", str(shipped), "-o", str(tmp_path / "de"), "--per-task", "1",
+                 "--seeds", "1", "--steps", "2", "--language", "de", "-q"]) == 0
+    de = json.loads((tmp_path / "de" / "report.json").read_text())
+    assert de["language"] == "de" and any(p["prompt"].startswith("ein") for p in de["per_prompt"])
 
 
 def _write_images(tmp_path):

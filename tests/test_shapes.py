@@ -86,3 +86,20 @@ def test_dataset_is_deterministic():
 def test_wilson_interval():
     lo, hi = wilson_interval(8, 10)
     assert lo == pytest.approx(0.490, abs=1e-3) and hi == pytest.approx(0.943, abs=1e-3)
+
+
+def test_translated_prompts_keep_their_spec():
+    from pixelcascade.data.shapes import TASKS, all_prompts
+    from pixelcascade.data.shapes_i18n import translate
+    for task in TASKS:
+        for p in all_prompts(task)[:40]:
+            for lang in ("de", "fr", "es"):
+                t = translate(p, lang)
+                assert t.include == p.include and t.exclude == p.exclude and t.unseen == p.unseen
+                assert t.text != p.text and t.english == p.text
+    pos = next(p for p in all_prompts("composite") if p.text == "two red squares left of a blue circle")
+    assert translate(pos, "de").text == "zwei rote Quadrate links von einem blauen Kreis"
+    assert translate(pos, "fr").text == "deux carrés rouges à gauche d'un cercle bleu"
+    assert translate(pos, "es").text == "dos cuadrados rojos a la izquierda de un círculo azul"
+    purple = next(p for p in all_prompts("colors") if p.text == "a purple triangle")
+    assert translate(purple, "de").text == "ein lila Dreieck" and translate(purple, "de").unseen

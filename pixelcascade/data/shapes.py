@@ -53,10 +53,11 @@ class Prompt:
     task: str
     include: tuple  # of Group
     exclude: tuple = ()
+    english: str | None = None  # the English template, for translated prompts (data/shapes_i18n.py)
 
     @property
     def unseen(self) -> bool:
-        return is_unseen_text(self.text)
+        return is_unseen_text(self.english or self.text)
 
 
 @dataclass(frozen=True)

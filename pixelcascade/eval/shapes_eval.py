@@ -15,7 +15,7 @@ from .shapes_score import score_image, summarize
 
 def evaluate_shapes(cascade, *, num_stages: int | None = None, per_task: int = 64, seeds: int = 4,
                     batch_size: int = 64, out_dir: str | Path | None = None, progress: bool = True,
-                    prompt_seed: int = 0, **overrides) -> dict:
+                    prompt_seed: int = 0, language: str = "en", **overrides) -> dict:
     """Every benchmark prompt x ``seeds`` seeds through the first ``num_stages`` stages, scored at that size.
 
     ``overrides``: sampling choices as :func:`pixelcascade.pipeline.stage_settings` takes them (guidance,
@@ -26,6 +26,9 @@ def evaluate_shapes(cascade, *, num_stages: int | None = None, per_task: int = 6
     final = cascade.stages[n - 1]
     size = final.cfg.image_size
     prompts = benchmark_prompts(size=size, per_task=per_task, seed=prompt_seed)
+    if language != "en":  # the same specs in other words: the gap to English measures the text encoder
+        from ..data.shapes_i18n import translate
+        prompts = [translate(p, language) for p in prompts]
     jobs = [(p, s) for p in prompts for s in range(seeds)]
     settings = stage_settings(cascade.stages[:n], **overrides)
     results, images = [], []
@@ -41,6 +44,7 @@ def evaluate_shapes(cascade, *, num_stages: int | None = None, per_task: int = 6
             results.append((p, score_image(imgs[-1][j], p)))
             images.append([im[j] for im in imgs])
     report = {"summary": summarize(results), "num_images": len(jobs), "image_size": size, "stages": n,
+              "language": language,
               "settings": [dataclasses.asdict(s) for s in settings], "per_task": per_task, "seeds": seeds,
               "per_prompt": [{"prompt": p.text, "task": p.task, "unseen": p.unseen, "pass": bool(ok)}
                              for p, ok in results]}
