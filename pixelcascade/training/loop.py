@@ -39,9 +39,16 @@ class TrainData:
     text_table: torch.Tensor  # fp16 [U, L, D]
     null_idx: int  # row of the empty caption (classifier-free guidance's unconditional states)
     captions: list[str] | None = None
+    # several captions per image (the emoji's names in many languages): example i is image image_idx[i] with
+    # caption caption_idx[i]; None: one caption per image, example i is image i
+    image_idx: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.caption_idx)
 
     def batch(self, idx: torch.Tensor, drop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x0 = torch.from_numpy(self.images[idx.numpy()]).permute(0, 3, 1, 2).float() / 127.5 - 1  # [B, 3, H, W]
+        rows_img = idx.numpy() if self.image_idx is None else self.image_idx[idx.numpy()]
+        x0 = torch.from_numpy(self.images[rows_img]).permute(0, 3, 1, 2).float() / 127.5 - 1  # [B, 3, H, W]
         rows = torch.from_numpy(self.caption_idx[idx.numpy()]).long()
         rows = torch.where(drop, torch.full_like(rows, self.null_idx), rows)
         return x0, self.text_table[rows].float()  # [B, L, D]
@@ -75,8 +82,8 @@ class Trainer:
         if self.ckpt_path.exists():
             self._resume()
         g = torch.Generator().manual_seed(10_000 + tc.seed)  # the fixed validation batch and noise
-        n_val = min(64, len(self.val.images))
-        self.val_idx = torch.randperm(len(self.val.images), generator=g)[:n_val]
+        n_val = min(64, len(self.val))
+        self.val_idx = torch.randperm(len(self.val), generator=g)[:n_val]
         self.val_noise = torch.randn((n_val, 3, *self.val.images.shape[1:3]), generator=g)
 
     # -- state ----------------------------------------------------------------------------------------
@@ -112,7 +119,7 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         tc, dc = self.cfg.train, self.cfg.diffusion
         g = step_generator(tc.seed, self.step)
-        idx = torch.randint(0, len(self.data.images), (tc.batch_size,), generator=g)
+        idx = torch.randint(0, len(self.data), (tc.batch_size,), generator=g)
         drop = torch.rand(tc.batch_size, generator=g) < tc.cfg_dropout
         t = torch.randint(0, dc.num_timesteps, (tc.batch_size,), generator=g)
         x0, text = self.data.batch(idx, drop)

@@ -37,6 +37,22 @@ RUN_PRESETS: dict[str, RunConfig] = {
         train=TrainConfig(lr=3e-4, batch_size=32, max_steps=6000, warmup_steps=200, ema_decay=0.999,
                           ckpt_every=250, val_every=250),
     ),
+    # the emoji cascade: stage I at 64 px, stage II 64 -> 128, MiniLM text, the curated emoji set
+    "emoji64": RunConfig(
+        name="emoji64", unet=get_preset("emoji64-I"), diffusion=DiffusionConfig(min_snr_gamma=5.0),
+        sample=SampleConfig(sampler="ddpm", num_steps="smart50", guidance_scale=4.0, dyn_thresh_max=1.5),
+        data=DataConfig(world="emoji", image_size=64, num_images=0, seed=0, text_max_length=24),
+        train=TrainConfig(lr=2e-4, batch_size=32, max_steps=30000, warmup_steps=500, ckpt_every=250,
+                          val_every=250, sample_steps="smart27", sample_guidance=4.0),
+    ),
+    "emoji128-sr": RunConfig(
+        name="emoji128-sr", unet=get_preset("emoji128-II"), diffusion=DiffusionConfig(),
+        sample=SampleConfig(sampler="ddpm", num_steps="smart27", guidance_scale=2.0, dyn_thresh_max=1.0,
+                            aug_level=0.25),
+        data=DataConfig(world="emoji", image_size=128, num_images=0, seed=0, text_max_length=24, low_res_size=64),
+        train=TrainConfig(lr=2e-4, batch_size=16, max_steps=15000, warmup_steps=500, ckpt_every=250,
+                          val_every=250),
+    ),
     "tiny": RunConfig(
         name="tiny", unet=dataclasses.replace(get_preset("tiny"), image_size=32, encoder_dim=384, encoder_channels=32),
         sample=SampleConfig(num_steps="4", guidance_scale=2.0),
@@ -70,6 +86,61 @@ def shapes_images(dc: DataConfig, cache: Path, progress: bool = True) -> tuple[n
     return images, captions
 
 
+def emoji_images(dc: DataConfig, cache: Path, progress: bool = True, split: str = "train"):
+    """The curated emoji set at ``dc.image_size``: (images uint8 [N, S, S, 3], per-image caption lists).
+
+    Rendered at 128 px (``dc.num_images`` > 0: only the first that many emoji), curated with the default
+    settings (exact and near duplicates merged), resized here; cached on disk. ``split``: "train" (English name x8, aliases and the other languages' names once each) or
+    "heldout" (English names only: the captions the model never sees).
+    """
+    from PIL import Image
+
+    from ..data.curate import CurateConfig, curate
+    from ..data.emoji import build_emoji_dataset, heldout
+    from ..data.formats import read_records
+    limit = dc.num_images or None  # 0: every emoji; n: the first n (tests)
+    root = cache / "data" / (f"emoji128-seed{dc.seed}" + (f"-first{limit}" if limit else ""))
+    if not (root / "curated" / "report.json").is_file():
+        if not (root / "raw" / "manifest.parquet").is_file():
+            build_emoji_dataset(root / "raw", size=128, seed=dc.seed, progress=progress, limit=limit)
+        curate(root / "raw", root / "curated", CurateConfig(), progress=progress)
+    images, caps = [], []
+    for rec in read_records(root / "curated" / "data"):
+        held = rec.meta.get("split") == "heldout"
+        if (split == "heldout") != held:
+            continue
+        img = rec.decode()
+        if img.shape[0] != dc.image_size:
+            img = np.asarray(Image.fromarray(img).resize((dc.image_size, dc.image_size), Image.BICUBIC))
+        images.append(img)
+        if split == "heldout":
+            caps.append([rec.meta["name"]])
+        else:
+            names = [rec.meta["name"]] * 8 + [a for a in str(rec.meta.get("aliases") or "").split("|") if a]
+            names += [v for k, v in sorted(rec.meta.items()) if k.startswith("name_") and v]
+            # names of identical emoji merged into this one, except held-out ones (never trained on)
+            names += [c for c in str(rec.meta.get("dup_captions") or "").split("|")
+                      if c and not heldout(c, seed=dc.seed)]
+            caps.append(names)
+    if not images:
+        raise RuntimeError(f"no {split} emoji in {root}")
+    return np.stack(images), caps
+
+
+def build_multi_caption_data(images: np.ndarray, caps: list[list[str]], encoder, cache: Path,
+                             progress: bool = True) -> TrainData:
+    """One example per (image, caption) pair: captions drawn in proportion to how often they are listed."""
+    from ..text.encoder import EmbeddingCache
+    flat = sorted({c for cs in caps for c in cs}) + [""]
+    emb = EmbeddingCache(cache / "text", encoder).get_many(flat, progress=progress)
+    row = {c: i for i, c in enumerate(flat)}
+    table = torch.from_numpy(np.stack([emb[c] for c in flat]))
+    image_idx = np.array([i for i, cs in enumerate(caps) for _ in cs])
+    caption_idx = np.array([row[c] for cs in caps for c in cs])
+    return TrainData(images=images, caption_idx=caption_idx, text_table=table, null_idx=row[""],
+                     captions=[c for cs in caps for c in cs], image_idx=image_idx)
+
+
 def build_train_data(images: np.ndarray, captions: list[str], encoder, cache: Path, progress: bool = True) -> TrainData:
     from ..text.encoder import EmbeddingCache
     emb = EmbeddingCache(cache / "text", encoder).get_many(captions + [""], progress=progress)
@@ -87,17 +158,28 @@ def train(cfg: RunConfig, out_dir: str | Path, *, cache: Path | None = None, pro
     cache = cache or default_cache_dir()
     out_dir = Path(out_dir)
     encoder = load_encoder(cfg.text_encoder, cfg.data.text_max_length)
-    images, captions = shapes_images(cfg.data, cache, progress)
-    n_val = max(1, min(512, len(images) // 20))
-    val_dc = dataclasses.replace(cfg.data, num_images=n_val, seed=cfg.data.seed + 10_000)
-    val_images, val_captions = shapes_images(val_dc, cache, progress)
-    data = build_train_data(images, captions, encoder, cache, progress)
-    val = build_train_data(val_images, val_captions, encoder, cache, progress)
+    if cfg.data.world == "emoji":
+        images, caps = emoji_images(cfg.data, cache, progress)
+        val_images, val_caps = emoji_images(cfg.data, cache, progress, split="heldout")
+        data = build_multi_caption_data(images, caps, encoder, cache, progress)
+        val = build_multi_caption_data(val_images, val_caps, encoder, cache, progress)
+        recipe = (f"emoji: Noto Color Emoji rendered at 128 px (pixelcascade data emoji, seed {cfg.data.seed}), "
+                  f"curated (pixelcascade curate, defaults), resized to {cfg.data.image_size} px; {len(images)} "
+                  f"training emoji, names in 14 languages; validation on the {len(val_images)} held-out emoji; "
+                  f"training seed {cfg.train.seed}")
+    elif cfg.data.world == "shapes":
+        images, captions = shapes_images(cfg.data, cache, progress)
+        n_val = max(1, min(512, len(images) // 20))
+        val_dc = dataclasses.replace(cfg.data, num_images=n_val, seed=cfg.data.seed + 10_000)
+        val_images, val_captions = shapes_images(val_dc, cache, progress)
+        data = build_train_data(images, captions, encoder, cache, progress)
+        val = build_train_data(val_images, val_captions, encoder, cache, progress)
+        recipe = (f"shapes world {cfg.data.image_size}px, {cfg.data.num_images} images rendered with seed "
+                  f"{cfg.data.seed} (pixelcascade.data.shapes.make_dataset), training seed {cfg.train.seed}")
+    else:
+        raise ValueError(f"data.world={cfg.data.world!r}: choose shapes or emoji")
     meta = {"text_encoder": cfg.text_encoder, "text_max_length": cfg.data.text_max_length,
-            "encoder_name": encoder.name, "command": command,
-            "data_recipe": f"shapes world {cfg.data.image_size}px, {cfg.data.num_images} images rendered with "
-                           f"seed {cfg.data.seed} (pixelcascade.data.shapes.make_dataset), training seed "
-                           f"{cfg.train.seed}"}
+            "encoder_name": encoder.name, "command": command, "data_recipe": recipe, "world": cfg.data.world}
     sample_fn = _grid_fn(encoder) if grids else None
     trainer = Trainer(cfg, data, out_dir, val, progress=progress, sample_fn=sample_fn, meta=meta)
     write_recipe(out_dir, cfg, command)
@@ -111,8 +193,11 @@ def _grid_fn(encoder):
         cfg = trainer.cfg
         if cfg.unet.super_res:
             return
-        prompts = random.Random(0).sample(benchmark_prompts(cfg.data.image_size, 64, 0), 16)
-        texts = [p.text for p in prompts]
+        if cfg.data.world == "emoji":
+            texts = ["grinning face", "red heart", "thumbs up", "cat", "rocket", "pizza", "sun", "tree"] * 2
+        else:
+            prompts = random.Random(0).sample(benchmark_prompts(cfg.data.image_size, 64, 0), 16)
+            texts = [p.text for p in prompts]
         emb, _ = encoder(texts)
         unc, _ = encoder.empty(len(texts))
         stage = Stage(unet=trainer.ema.model, diffusion=cfg.diffusion, settings=cfg.sample)
