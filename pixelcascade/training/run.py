@@ -90,8 +90,9 @@ def emoji_images(dc: DataConfig, cache: Path, progress: bool = True, split: str 
     """The curated emoji set at ``dc.image_size``: (images uint8 [N, S, S, 3], per-image caption lists).
 
     Rendered at 128 px (``dc.num_images`` > 0: only the first that many emoji), curated with the default
-    settings (exact and near duplicates merged), resized here; cached on disk. ``split``: "train" (English name x8, aliases and the other languages' names once each) or
-    "heldout" (English names only: the captions the model never sees).
+    settings (exact and near duplicates merged), resized here; cached on disk. ``split``: "train" (English
+    name x8, aliases and the other languages' names once each) or "heldout" (English names only: the
+    captions the model never sees).
     """
     from PIL import Image
 
