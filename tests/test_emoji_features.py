@@ -1,0 +1,46 @@
+"""The emoji feature extractor: trains to tell pictures apart, retrieval finds the right name, FID(x, x) = 0."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pixelcascade.eval.emoji_features import EmojiExtractor, augment, retrieval_accuracy, train_emoji_features
+from pixelcascade.eval.fid import FIDError, Stats, extract_features, fid_from_stats
+
+
+@pytest.fixture(scope="module")
+def pictures():
+    from pixelcascade.data.emoji import EmojiError, Renderer, emoji_entries
+    try:
+        r = Renderer(size=64)
+    except EmojiError as e:
+        pytest.skip(str(e))
+    ents = [e for e in emoji_entries(False) if e["name"] in ("red heart", "blue heart", "grinning face", "cat face",
+                                                             "rocket", "pizza", "sun", "thumbs up")]
+    return np.stack([r.render(e["char"]) for e in ents]), [e["name"] for e in ents]
+
+
+def test_extractor_learns_and_retrieves(pictures, tmp_path):
+    imgs, names = pictures
+    torch.set_num_threads(2)
+    train_emoji_features(imgs, names, tmp_path / "f.safetensors", steps=120, batch_size=32, lr=3e-3, width=16,
+                         progress=False)
+    ex = EmojiExtractor(tmp_path / "f.safetensors")
+    g = torch.Generator().manual_seed(1)
+    x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1
+    damaged = ((augment(x, g) + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+    r = retrieval_accuracy(ex, damaged, names, imgs, [[n] for n in names])
+    assert r["top1"] >= 0.75 and r["chance_top1"] == 1 / len(names)  # damaged copies find their own name
+    wrong = retrieval_accuracy(ex, damaged, names[1:] + names[:1], imgs, [[n] for n in names])
+    assert wrong["top1"] <= 0.25  # and not another one's
+    f = extract_features(list(imgs), ex)
+    assert f.shape == (len(imgs), ex.net.feature_dim)
+    s = Stats.from_features(f, ex.name)
+    assert abs(fid_from_stats(s, s)) < 1e-4  # (8 samples, 256-d: a singular covariance for sqrtm)
+
+
+def test_extractor_file_errors(tmp_path):
+    with pytest.raises(FIDError, match="data emoji-features"):
+        EmojiExtractor(tmp_path / "none.safetensors")
