@@ -52,16 +52,36 @@ def conv1x1_linear(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
     return F.linear(x, conv.weight.squeeze(-1), conv.bias)
 
 
+def _gemm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Two batched GEMMs and a softmax over [N, Lq, d] x [N, Lk, d]; the scale folded into the first GEMM."""
+    n, lq, d = q.shape
+    w = torch.baddbmm(q.new_empty(()).expand(n, lq, k.shape[1]), q, k.transpose(1, 2), beta=0, alpha=d ** -0.5)
+    return torch.bmm(torch.softmax(w, dim=-1).to(v.dtype), v)
+
+
+ATTN_CHUNK_ELEMENTS = 1 << 21  # scores per block (4 MB in bf16): the working set stays in cache
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v over [B, heads, L, d] tensors.
 
-    ``F.scaled_dot_product_attention`` (flash kernel on CPU and CUDA), except for short CPU sequences
-    (<= 256 queries: the 16x16 and 8x8 maps), where two batched GEMMs and a softmax measure 2-4x faster
-    than the CPU flash kernel, forward and backward. Softmax in fp32 for half-precision inputs.
+    ``F.scaled_dot_product_attention`` (flash kernel) on GPUs and for long fp32 sequences on CPU. On CPU,
+    short sequences (<= 256 queries: the 16x16 and 8x8 maps) and every half-precision one run as GEMMs +
+    softmax over blocks of (batch x head, query) rows sized to stay in cache: measured 1.3x faster than the
+    CPU flash kernel for a whole bf16 UNet forward, 2-4x at the short lengths. The CPU softmax kernel
+    accumulates half-precision inputs in fp32 itself, so no fp32 copy of the scores is made.
     """
-    if q.device.type == "cpu" and q.shape[-2] <= 256:
-        b, n, lq, d = q.shape
-        w = torch.matmul(q, k.transpose(-1, -2)) * (d ** -0.5)  # [B, n, Lq, Lk]
-        w = torch.softmax(w.float(), dim=-1).to(q.dtype)  # [B, n, Lq, Lk]
-        return torch.matmul(w, v)  # [B, n, Lq, d]
-    return F.scaled_dot_product_attention(q, k, v)
+    b, n, lq, d = q.shape
+    lk = k.shape[-2]
+    if q.device.type != "cpu" or (lq > 256 and q.dtype == torch.float32):
+        return F.scaled_dot_product_attention(q, k, v)
+    q3, k3, v3 = q.reshape(b * n, lq, d), k.reshape(b * n, lk, d), v.reshape(b * n, lk, d)
+    rows = max(1, ATTN_CHUNK_ELEMENTS // lk)  # (batch x head) * query rows per block
+    cq = min(lq, 256, rows)
+    cb = max(1, rows // cq)
+    if cq >= lq and cb >= b * n:
+        return _gemm_attention(q3, k3, v3).view(b, n, lq, d)
+    out = torch.cat([torch.cat([_gemm_attention(q3[i:i + cb, j:j + cq], k3[i:i + cb], v3[i:i + cb])
+                                for j in range(0, lq, cq)], dim=1)
+                     for i in range(0, b * n, cb)], dim=0)
+    return out.view(b, n, lq, d)

@@ -129,3 +129,19 @@ def test_encode_text_cache_gives_the_same_output():
     x, te, t = torch.randn(2, 3, 32, 32), torch.randn(2, 9, 48), torch.tensor([3.0, 30.0])
     with torch.no_grad():
         assert torch.equal(m(x, t, te), m(x, t, text_cond=m.encode_text(te)))
+
+
+@pytest.mark.parametrize("dtype,lq,lk,tol", [(torch.float32, 200, 77, 1e-5), (torch.float32, 1024, 1101, 1e-5),
+                                             (torch.bfloat16, 1024, 1101, 2e-2), (torch.float16, 300, 90, 5e-3)])
+@pytest.mark.parametrize("chunk", [None, 5000])
+def test_attention_blocks_equal_the_reference(dtype, lq, lk, tol, chunk, monkeypatch):
+    """Our CPU attention (GEMM blocks sized to the cache, uneven last blocks included) against plain math."""
+    import pixelcascade.nn as pnn
+    if chunk:
+        monkeypatch.setattr(pnn, "ATTN_CHUNK_ELEMENTS", chunk)  # many small blocks over batch x head and queries
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 2, n, 32, generator=g) for n in (lq, lk, lk))
+    ref = torch.softmax(q.double() @ k.double().transpose(-1, -2) / 32 ** 0.5, -1) @ v.double()
+    out = pnn.attention(q.to(dtype), k.to(dtype), v.to(dtype))
+    assert out.shape == ref.shape and out.dtype == dtype
+    assert (out.double() - ref).abs().max() < tol

@@ -58,8 +58,8 @@ class ResBlock(nn.Module):
         norm_out, act_out, drop, conv_out = self.out_layers
         h = torch.addcmul(shift, norm_out(h), 1 + scale)  # FiLM: GN(h) * (1 + scale) + shift
         h = conv_out(drop(act_out(h)))
-        out = self.skip_connection(x) + h
-        return out * SKIP_SCALE if self.scale_skip else out
+        h = h.add_(self.skip_connection(x))  # in place on the conv output: autograd needs neither operand
+        return h.mul_(SKIP_SCALE) if self.scale_skip else h
 
 
 class AttentionBlock(nn.Module):
@@ -98,7 +98,7 @@ class AttentionBlock(nn.Module):
         a = attention(q, k, v)  # [B, n, HW, d]
         a = a.transpose(1, 2).reshape(b, hgt * wid, c)  # [B, HW, C]
         h = conv1x1_linear(a, self.proj_out).view(b, hgt, wid, c).permute(0, 3, 1, 2)  # [B, C, H, W] (NHWC memory)
-        return x + h
+        return h.add_(x)
 
 
 class AttentionPooling(nn.Module):
