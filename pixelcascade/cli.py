@@ -419,10 +419,11 @@ def cmd_eval_fid(a) -> int:
 
 
 def cmd_eval_clip(a) -> int:
-    from .eval.clip_score import CLIPScoreError, CLIPScorer, clip_score_folder
+    from .eval.clip_score import CLIPScoreError, clip_score_folder
     from .eval.fid import FIDError
+    scorer = _clip(a)
     try:
-        r = clip_score_folder(a.images, CLIPScorer(a.clip, _device(a.device)), a.batch_size, progress=not a.quiet)
+        r = clip_score_folder(a.images, scorer, a.batch_size, progress=not a.quiet)
     except (CLIPScoreError, FIDError) as e:
         raise UserError(str(e)) from None
     print(json.dumps(r, indent=2))

@@ -218,11 +218,8 @@ def _read_parquet(path: Path, stats: ReadStats, root: Path) -> Iterator[Record]:
                 data = data.get("bytes")
             if data is None and pcol:
                 fp = Path(row[pcol])
-                fp = fp if fp.is_absolute() else root / fp
-                try:
-                    data = fp.read_bytes()
-                except OSError as e:
-                    stats.note("unreadable_files", str(fp), e.strerror or str(e))
+                data = _read_bytes(fp if fp.is_absolute() else root / fp, stats)
+                if data is None:
                     continue
             if data is None:
                 stats.note("unreadable_files", f"{path.name}:{key}", "row without image bytes or path")
@@ -236,38 +233,37 @@ def _jsonable(v) -> bool:
     return isinstance(v, str | int | float | bool) or v is None
 
 
+def _read_bytes(fp: Path, stats: ReadStats) -> bytes | None:
+    try:
+        return fp.read_bytes()
+    except OSError as e:
+        stats.note("unreadable_files", str(fp), e.strerror or str(e))
+        return None
+
+
 def _read_folder(path: Path, stats: ReadStats) -> Iterator[Record]:
-    manifest = None
     if (path / "manifest.parquet").is_file():
         yield from _read_parquet(path / "manifest.parquet", stats, root=path)
         return
     if (path / "manifest.csv").is_file():
         with open(path / "manifest.csv", newline="") as f:
-            manifest = list(csv.DictReader(f))
-    if manifest is not None:
-        for row in manifest:
-            fp = path / (row.get("file") or row.get("path") or "")
-            try:
-                data = fp.read_bytes()
-            except OSError as e:
-                stats.note("unreadable_files", str(fp), e.strerror or str(e))
-                continue
-            stats.records += 1
-            yield Record(fp.stem, data, _caption_of(row), {k: v for k, v in row.items() if k not in ("file", "path")},
-                         source=str(path.name))
+            for row in list(csv.DictReader(f)):
+                fp = path / (row.get("file") or row.get("path") or "")
+                data = _read_bytes(fp, stats)
+                if data is not None:
+                    stats.records += 1
+                    meta = {k: v for k, v in row.items() if k not in ("file", "path")}
+                    yield Record(fp.stem, data, _caption_of(row), meta, source=str(path.name))
         return
     for fp in sorted(q for q in path.rglob("*") if q.suffix.lower() in IMAGE_EXTS):
         txt = fp.with_suffix(".txt")
         cap = txt.read_text().strip() if txt.is_file() else ""
         if not cap:
             stats.note("missing_captions", str(fp), "no sidecar .txt")
-        try:
-            data = fp.read_bytes()
-        except OSError as e:
-            stats.note("unreadable_files", str(fp), e.strerror or str(e))
-            continue
-        stats.records += 1
-        yield Record(str(fp.relative_to(path).with_suffix("")), data, cap, {}, source=path.name)
+        data = _read_bytes(fp, stats)
+        if data is not None:
+            stats.records += 1
+            yield Record(str(fp.relative_to(path).with_suffix("")), data, cap, {}, source=path.name)
 
 
 # --------------------------------------------------------------------------------------------------
