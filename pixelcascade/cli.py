@@ -229,7 +229,12 @@ def _run_and_save(a, cascade, prompts: list[str], *, init=None, mask=None, stren
                     outs = [st.sample(emb, unc, ss, height=h, width=w, settings=settings[0],
                                       low_res=low_res.expand(nb, -1, -1, -1))]
                 else:
-                    outs = cascade(ps, ss, settings=settings, num_stages=n_stages, progress=not a.quiet, **kw)
+                    size = None
+                    if getattr(a, "height", None) or getattr(a, "width", None):
+                        base = cascade.stages[0].cfg.image_size
+                        size = [(a.height or base, a.width or base)]
+                    outs = cascade(ps, ss, settings=settings, num_stages=n_stages, progress=not a.quiet,
+                                   sizes=size, **kw)
             except (PipelineError, TextEncoderError, ValueError) as e:
                 raise UserError(str(e)) from None
             stage_imgs = [to_uint8(o) for o in outs]
@@ -626,6 +631,9 @@ def _sampling_args(g: argparse.ArgumentParser) -> None:
     g.add_argument("--aug-level", type=float, help="noise augmentation of the low-res input of later stages")
     g.add_argument("--sampler", help="ddpm (IF's), ddim or dpmpp_2m")
     g.add_argument("--batch-size", type=int, default=8, help="images sampled together")
+    g.add_argument("--height", type=int, help="stage I height in px (default: the model's size; later stages "
+                                              "scale it by their own ratio)")
+    g.add_argument("--width", type=int, help="stage I width in px (non-square images: give both)")
     g.add_argument("--stages", type=int, help="how many cascade stages to run (default: all the model has)")
     g.add_argument("--save-stages", action="store_true", help="also save every earlier stage's image")
     g.add_argument("--model", default=str(DEFAULT_MODEL),

@@ -116,3 +116,13 @@ def test_image_command_errors(tiny_model, tmp_path, capsys, args, msg):
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and msg in err[0]
+
+
+def test_generate_non_square(tiny_model, tmp_path):
+    from PIL import Image
+    out = tmp_path / "wide.png"
+    assert main(["generate", "a red circle left of a blue square", "--model", str(tiny_model), "-o", str(out),
+                 "--steps", "3", "--height", "16", "--width", "48", "-q"]) == 0
+    assert Image.open(out).size == (48, 16)
+    assert main(["generate", "a", "--model", str(tiny_model), "-o", str(tmp_path / "x.png"), "--height", "17",
+                 "-q"]) == 2  # not a multiple of what the UNet divides by: one clear error
