@@ -46,6 +46,11 @@ PRESETS: dict[str, UNetConfig] = {
                               num_res_blocks=(1, 1, 2), attention_resolutions=(16,), num_head_channels=32,
                               encoder_dim=384, encoder_channels=128, att_pool_heads=6, efficient_activation=True,
                               scale_skip_connection=True, super_res=True),
+    # a third pixel stage of our own for the shapes cascade: 64 -> 128
+    "shapes128-III": UNetConfig(image_size=128, in_channels=6, model_channels=32, channel_mult=(1, 1, 2, 4),
+                                num_res_blocks=(1, 1, 1, 2), attention_resolutions=(16,), num_head_channels=32,
+                                encoder_dim=384, encoder_channels=128, att_pool_heads=6, efficient_activation=True,
+                                scale_skip_connection=True, super_res=True),
     # the emoji cascade (64 px, then 64 -> 128); sized for CPU training
     "emoji64-I": UNetConfig(image_size=64, model_channels=64, channel_mult=(1, 2, 3, 4), num_res_blocks=(1, 1, 2, 2),
                             attention_resolutions=(16, 8), num_head_channels=32, encoder_dim=384,

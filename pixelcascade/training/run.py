@@ -37,6 +37,15 @@ RUN_PRESETS: dict[str, RunConfig] = {
         train=TrainConfig(lr=3e-4, batch_size=32, max_steps=6000, warmup_steps=200, ema_decay=0.999,
                           ckpt_every=250, val_every=250),
     ),
+    "shapes128-sr": RunConfig(
+        name="shapes128-sr", unet=get_preset("shapes128-III"), diffusion=DiffusionConfig(),
+        sample=SampleConfig(sampler="ddpm", num_steps="smart27", guidance_scale=1.0, dyn_thresh_max=1.0,
+                            aug_level=0.25),
+        data=DataConfig(world="shapes", image_size=128, num_images=20000, seed=2, text_max_length=32,
+                        low_res_size=64),
+        train=TrainConfig(lr=3e-4, batch_size=16, max_steps=6000, warmup_steps=200, ema_decay=0.999,
+                          ckpt_every=250, val_every=250),
+    ),
     # the emoji cascade: stage I at 64 px, stage II 64 -> 128, MiniLM text, the curated emoji set
     "emoji64": RunConfig(
         name="emoji64", unet=get_preset("emoji64-I"), diffusion=DiffusionConfig(min_snr_gamma=5.0),
