@@ -331,10 +331,19 @@ def cmd_train(a) -> int:
         raise UserError(f"unknown training preset {a.preset!r}; known: {', '.join(RUN_PRESETS)}") from None
     except ConfigError as e:
         raise UserError(str(e)) from None
+    from .training.checkpoint import ResumeError
+    from .training.loop import ConfigMismatch, resolve_device
+    try:
+        resolve_device(cfg.train.device)
+    except RuntimeError as e:
+        raise UserError(str(e)) from None
     _check_writable(Path(a.output))
     command = "pixelcascade train " + " ".join([a.preset, "-o", a.output] + list(a.overrides))
-    train(cfg, a.output, progress=not a.quiet, max_steps=a.max_steps, time_limit_s=a.time_limit,
-          command=command)
+    try:
+        train(cfg, a.output, progress=not a.quiet, max_steps=a.max_steps, time_limit_s=a.time_limit,
+              command=command)
+    except (ResumeError, ConfigMismatch) as e:
+        raise UserError(str(e)) from None
     print(f"checkpoint and EMA weights in {a.output}")
     return 0
 

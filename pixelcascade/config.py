@@ -118,6 +118,9 @@ class TrainConfig:
     num_threads: int = 0  # 0: torch's default
     sample_guidance: float = 3.0
     sample_steps: str = "smart27"
+    # where the model trains: cpu, cuda, cuda:1, auto. Batches and noise are drawn on the CPU from the step's
+    # generator either way, so a run moved between devices keeps its data order and resumes exactly.
+    device: str = "cpu"
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ def test_generate_is_seeded_and_batch_invariant(tiny_model, tmp_path):
     (["generate", "a", "-o", "/proc/forbidden/x.png"], "cannot write to"),
     (["train", "nopreset", "-o", "/tmp/x"], "unknown training preset"),
     (["train", "tiny", "train.lr=fast", "-o", "/tmp/x"], "expected a number"),
+    (["train", "tiny", "-o", "/tmp/x", "train.device=cuda"], "no CUDA device here"),
 ])
 def test_bad_input_is_one_clear_line(tiny_model, args, msg, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -126,3 +127,9 @@ def test_generate_non_square(tiny_model, tmp_path):
     assert Image.open(out).size == (48, 16)
     assert main(["generate", "a", "--model", str(tiny_model), "-o", str(tmp_path / "x.png"), "--height", "17",
                  "-q"]) == 2  # not a multiple of what the UNet divides by: one clear error
+
+
+def test_resuming_with_another_config_is_one_clear_line(tiny_model, capsys):
+    assert main(["train", "tiny", "-o", str(tiny_model.parent), "train.lr=0.5", "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "another config" in err[0] and "new output folder" in err[0]

@@ -99,7 +99,7 @@ def fixed_timesteps_loss(model_fn, x0: torch.Tensor, noise: torch.Tensor, schedu
     """Validation loss at fixed timesteps with fixed noise and batch: comparable across runs, noise-free."""
     out = {}
     for t_val in timesteps:
-        t = torch.full((x0.shape[0],), t_val, dtype=torch.long)
+        t = torch.full((x0.shape[0],), t_val, dtype=torch.long, device=x0.device)
         x_t = schedule.q_sample(x0, t, noise)
         pred = model_fn(x_t, t)
         out[t_val] = float(diffusion_loss(pred, x0, x_t, t, noise, schedule, cfg)["mse"].mean())

@@ -54,6 +54,18 @@ class TrainData:
         return x0, self.text_table[rows].float()  # [B, L, D]
 
 
+class ConfigMismatch(RuntimeError):
+    """Resuming a run folder with a config that would train another model."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device={name}: no CUDA device here; use train.device=cpu")
+    return torch.device(name)
+
+
 def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
@@ -73,7 +85,8 @@ class Trainer:
         if tc.num_threads:
             torch.set_num_threads(tc.num_threads)
         torch.manual_seed(tc.seed)
-        self.model = build_unet(cfg.unet)
+        self.device = resolve_device(tc.device)
+        self.model = build_unet(cfg.unet).to(self.device)
         self.ema = EMA(self.model, tc.ema_decay)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
         self.schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.num_timesteps)
@@ -98,7 +111,7 @@ class Trainer:
             new = json.loads(to_json(self.cfg))  # JSON on both sides: tuples and lists compare equal
             diff = [k for k in new if old.get(k) != new[k]]
             if any(k != "train" for k in diff) or _train_changed(old.get("train", {}), new["train"]):
-                raise RuntimeError(f"{self.ckpt_path} was written by a run with another config (differs in "
+                raise ConfigMismatch(f"{self.ckpt_path} was written by a run with another config (differs in "
                                    f"{diff}); use a new output folder, or the same config to resume")
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
@@ -113,7 +126,7 @@ class Trainer:
         meta = {"unet_config": to_json(self.cfg.unet), "diffusion_config": to_json(self.cfg.diffusion),
                 "sample_config": to_json(self.cfg.sample), "run_config": to_json(self.cfg), "step": str(self.step),
                 **{k: str(v) for k, v in self.meta.items()}}
-        write_safetensors(path, {k: v.float() for k, v in self.ema.model.state_dict().items()}, meta)
+        write_safetensors(path, {k: v.float().cpu() for k, v in self.ema.model.state_dict().items()}, meta)
 
     # -- one step ---------------------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
@@ -127,11 +140,14 @@ class Trainer:
         low_res_kw = {}
         if self.cfg.unet.super_res:
             low_res_kw = self._sr_inputs(x0, g)
+        dev = self.device
+        x0, text, noise, t = x0.to(dev), text.to(dev), noise.to(dev), t.to(dev)
+        low_res_kw = {k: v.to(dev) for k, v in low_res_kw.items()}
         x_t = self.schedule.q_sample(x0, t, noise)
         for group in self.opt.param_groups:
             group["lr"] = lr_at(self.step, tc.lr, tc.warmup_steps)
         self.model.train()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tc.bf16):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=tc.bf16):
             out = self.model(x_t, t.float(), text, **low_res_kw)
         terms = diffusion_loss(out.float(), x0, x_t, t, noise, self.schedule, dc)
         loss = terms["loss"].mean()
@@ -163,11 +179,14 @@ class Trainer:
         sr_kw = {}
         if self.cfg.unet.super_res:
             sr_kw = self._sr_inputs(x0, torch.Generator().manual_seed(77))
+        dev = self.device
+        x0, text = x0.to(dev), text.to(dev)
+        sr_kw = {k: v.to(dev) for k, v in sr_kw.items()}
 
         def fn(x_t, t):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.train.bf16):
-                return model(x_t, t.float(), text, **sr_kw).float()
-        return fixed_timesteps_loss(fn, x0, self.val_noise, self.schedule, self.cfg.diffusion, VAL_TIMESTEPS)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.cfg.train.bf16):
+                return model(x_t, t.to(dev).float(), text, **sr_kw).float()
+        return fixed_timesteps_loss(fn, x0, self.val_noise.to(dev), self.schedule, self.cfg.diffusion, VAL_TIMESTEPS)
 
     # -- the loop ---------------------------------------------------------------------------------------
     def fit(self, max_steps: int | None = None, time_limit_s: float | None = None) -> None:
@@ -224,7 +243,7 @@ class Trainer:
 
 def _train_changed(old: dict, new: dict) -> bool:
     """Only schedule-extending fields may change on resume (max_steps, cadences, threads)."""
-    free = {"max_steps", "ckpt_every", "val_every", "log_every", "num_threads"}
+    free = {"max_steps", "ckpt_every", "val_every", "log_every", "num_threads", "device"}
     return any(old.get(k) != v for k, v in new.items() if k not in free)
 
 
