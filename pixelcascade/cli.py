@@ -496,6 +496,23 @@ def cmd_eval_sweep(a) -> int:
         inner = sw.shapes_metric(cascade, num_stages=n, per_task=a.per_task, seeds=a.seeds,
                                  batch_size=a.batch_size)
         metrics = ["overall", "single_object", "two_object", "counting", "colors", "position", "color_attr"]
+    elif a.metric == "emoji":
+        from .eval.emoji_features import evaluate_emoji
+        from .eval.fid import FIDError, load_extractor
+        from .pipeline import stage_settings
+        if not a.features:
+            raise UserError("--metric emoji needs --features emoji:PATH (made by `pixelcascade data emoji-features`)")
+        try:
+            ex = load_extractor(a.features if a.features.startswith("emoji:") else f"emoji:{a.features}")
+        except FIDError as e:
+            raise UserError(str(e)) from None
+
+        def inner(p):
+            r = evaluate_emoji(cascade, ex, per_split=a.per_task, batch_size=a.batch_size, num_stages=n,
+                               settings=stage_settings(cascade.stages[:n], **p), progress=not a.quiet)
+            return {"retrieval": r["heldout"]["top1"], "retrieval_train": r["train"]["top1"],
+                    "fid": r["heldout"]["fid"]}
+        metrics = ["retrieval", "retrieval_train"]
     else:
         from .eval.coco import run_coco
         from .pipeline import stage_settings
@@ -899,7 +916,9 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Evaluate a metric at every point of a grid (NAME=v1,v2,...) or at --random N "
                                      "points (NAME=lo:hi). NAME: guidance, guidance_ii, aug_level, dyn_thresh_max, "
                                      "steps, steps_ii, sampler. Metrics: shapes (accuracy, offline), coco (FID + "
-                                     "CLIP score: needs --ref/--inception and --clip). Writes sweep.json (resumes) "
+                                     "CLIP score: needs --ref/--inception and --clip), emoji (retrieval accuracy "
+                                     "of held-out and training names: needs --features emoji:PATH; --per-task "
+                                     "sets the captions per split). Writes sweep.json (resumes) "
                                      "and sweep.png: a curve for one parameter, the Pareto front for two metrics.",
                          epilog="examples:\n"
                                 "  pixelcascade eval sweep --metric shapes guidance=1,2,3,4,6,8 -o eval/sweep-g\n"
@@ -907,7 +926,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "  pixelcascade eval sweep --metric coco --random 20 guidance=1:10 guidance_ii=1:8 "
                                 "aug_level=0:0.5 --num 1000 --ref coco256.npz --inception I.pt --clip CLIP/")
     ew.add_argument("space", nargs="+", help="NAME=v1,v2,... (grid) or NAME=lo:hi (with --random)")
-    ew.add_argument("--metric", default="shapes", choices=["shapes", "coco"])
+    ew.add_argument("--metric", default="shapes", choices=["shapes", "coco", "emoji"])
     ew.add_argument("--random", type=int, help="random search with this many points instead of the grid")
     ew.add_argument("--search-seed", type=int, default=0)
     _model_args(ew)

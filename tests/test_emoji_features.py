@@ -44,3 +44,22 @@ def test_extractor_learns_and_retrieves(pictures, tmp_path):
 def test_extractor_file_errors(tmp_path):
     with pytest.raises(FIDError, match="data emoji-features"):
         EmojiExtractor(tmp_path / "none.safetensors")
+
+
+@pytest.mark.slow
+def test_eval_emoji_and_emoji_sweep_commands(tiny_model, tmp_path, monkeypatch, capsys):
+    """The whole emoji evaluation from the command line (renders and curates the emoji set: ~1 minute)."""
+    import json
+
+    from pixelcascade.cli import main
+    monkeypatch.setenv("PIXELCASCADE_CACHE", str(tmp_path / "cache"))
+    feats = tmp_path / "f.safetensors"
+    assert main(["data", "emoji-features", "-o", str(feats), "--steps", "20", "-q"]) == 0
+    assert main(["eval", "emoji", "--model", str(tiny_model), "--features", str(feats), "--per-split", "4",
+                 "--steps", "2", "-o", str(tmp_path / "ev"), "-q"]) == 0
+    rep = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert rep["heldout"]["n"] == 4 and 0 <= rep["heldout"]["top1"] <= 1 and rep["num_real"] > 3500
+    assert (tmp_path / "ev" / "contact_sheet_heldout.png").is_file()
+    assert main(["eval", "sweep", "--metric", "emoji", "guidance=1,3", "--features", str(feats), "--model",
+                 str(tiny_model), "--per-task", "2", "--steps", "2", "-o", str(tmp_path / "sw"), "-q"]) == 0
+    assert len(json.loads((tmp_path / "sw" / "sweep.json").read_text())["points"]) == 2
