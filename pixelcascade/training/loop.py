@@ -3,6 +3,11 @@
 Every random draw of step k (batch indices, t, noise, text dropout) comes from a generator seeded by
 (seed, k), so a run stopped and resumed from a checkpoint repeats the uninterrupted run exactly: the
 checkpoint holds the weights, EMA, optimizer and step, nothing else is needed.
+
+Data-parallel: launched with ``torchrun --nproc_per_node N`` (any number of processes, CPUs or GPUs), every
+process draws the whole global batch from the same generator and takes rows rank, rank + N, ...; DDP averages
+the gradients. So N processes train the same model as one process with the same batch size (up to the order
+of float sums), and a run can resume on another number of processes. Rank 0 logs, validates and saves.
 """
 
 from __future__ import annotations
@@ -58,11 +63,29 @@ class ConfigMismatch(RuntimeError):
     """Resuming a run folder with a config that would train another model."""
 
 
-def resolve_device(name: str) -> torch.device:
+def dist_info() -> tuple[int, int]:
+    """(rank, world size); joins the process group torchrun set up (WORLD_SIZE > 1), else (0, 1)."""
+    import os
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and os.environ.get("PIXELCASCADE_BACKEND") != "gloo" \
+            else "gloo"
+        dist.init_process_group(backend)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def resolve_device(name: str, rank: int = 0) -> torch.device:
+    """cpu, cuda, cuda:N or auto; under torchrun, plain ``cuda`` means this process's GPU (LOCAL_RANK)."""
+    import os
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"train.device={name}: no CUDA device here; use train.device=cpu")
+    if name == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        name = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
     return torch.device(name)
 
 
@@ -85,10 +108,18 @@ class Trainer:
         if tc.num_threads:
             torch.set_num_threads(tc.num_threads)
         torch.manual_seed(tc.seed)
-        self.device = resolve_device(tc.device)
+        self.rank, self.world = dist_info()
+        if tc.batch_size % self.world:
+            raise ValueError(f"train.batch_size={tc.batch_size} does not split over {self.world} processes: use a "
+                             "multiple of the process count")
+        self.device = resolve_device(tc.device, self.rank)
         self.model = build_unet(cfg.unet).to(self.device)
         self.ema = EMA(self.model, tc.ema_decay)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
+        self.ddp = None
+        if self.world > 1:
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.num_timesteps)
         self.step = 0
         self.ckpt_path = self.out / "checkpoint.pt"
@@ -132,14 +163,16 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         tc, dc = self.cfg.train, self.cfg.diffusion
         g = step_generator(tc.seed, self.step)
-        idx = torch.randint(0, len(self.data), (tc.batch_size,), generator=g)
-        drop = torch.rand(tc.batch_size, generator=g) < tc.cfg_dropout
-        t = torch.randint(0, dc.num_timesteps, (tc.batch_size,), generator=g)
+        b = tc.batch_size  # the global batch: every process draws all of it and keeps its rows
+        mine = slice(self.rank, None, self.world)
+        idx = torch.randint(0, len(self.data), (b,), generator=g)[mine]
+        drop = (torch.rand(b, generator=g) < tc.cfg_dropout)[mine]
+        t = torch.randint(0, dc.num_timesteps, (b,), generator=g)[mine]
         x0, text = self.data.batch(idx, drop)
-        noise = torch.randn(x0.shape, generator=g)
+        noise = torch.randn((b, *x0.shape[1:]), generator=g)[mine]
         low_res_kw = {}
         if self.cfg.unet.super_res:
-            low_res_kw = self._sr_inputs(x0, g)
+            low_res_kw = self._sr_inputs(x0, g, b, mine)
         dev = self.device
         x0, text, noise, t = x0.to(dev), text.to(dev), noise.to(dev), t.to(dev)
         low_res_kw = {k: v.to(dev) for k, v in low_res_kw.items()}
@@ -147,8 +180,9 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = lr_at(self.step, tc.lr, tc.warmup_steps)
         self.model.train()
+        net = self.ddp or self.model
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=tc.bf16):
-            out = self.model(x_t, t.float(), text, **low_res_kw)
+            out = net(x_t, t.float(), text, **low_res_kw)
         terms = diffusion_loss(out.float(), x0, x_t, t, noise, self.schedule, dc)
         loss = terms["loss"].mean()
         self.opt.zero_grad(set_to_none=True)
@@ -162,13 +196,14 @@ class Trainer:
                 "vb": float(terms["vb"].mean()) if "vb" in terms else 0.0, "grad_norm": float(gnorm),
                 "lr": self.opt.param_groups[0]["lr"]}
 
-    def _sr_inputs(self, x0: torch.Tensor, g: torch.Generator) -> dict:
+    def _sr_inputs(self, x0: torch.Tensor, g: torch.Generator, b: int | None = None, mine: slice = slice(None)) -> dict:
         """Super-resolution conditioning that matches inference: down-sample the target, up-sample it again
-        (bilinear, align_corners=True as IF), noise it to a random aug timestep, feed that timestep."""
-        b = x0.shape[0]
+        (bilinear, align_corners=True as IF), noise it to a random aug timestep, feed that timestep.
+        ``b``, ``mine``: draw for the global batch of ``b`` and keep this process's rows."""
+        b = b or x0.shape[0]
         low = degrade(x0, self.cfg.data.low_res_size)
-        aug_t = torch.randint(0, self.cfg.diffusion.num_timesteps, (b,), generator=g)
-        aug_noise = torch.randn(x0.shape, generator=g)
+        aug_t = torch.randint(0, self.cfg.diffusion.num_timesteps, (b,), generator=g)[mine]
+        aug_noise = torch.randn((b, *x0.shape[1:]), generator=g)[mine]
         return {"low_res": noise_augment(low, tuple(x0.shape[-2:]), aug_t, self.schedule, aug_noise), "aug_t": aug_t}
 
     # -- validation -------------------------------------------------------------------------------------
@@ -193,22 +228,29 @@ class Trainer:
         tc = self.cfg.train
         max_steps = max_steps or tc.max_steps
         log_path, val_path = self.out / "train_log.csv", self.out / "val_loss.csv"
-        writer = _tensorboard(self.out / "tb")
+        main = self.rank == 0  # the one process that logs, validates and writes
+        writer = _tensorboard(self.out / "tb") if main else None
         t0 = time.time()
         bar = None
-        if self.progress:
+        if self.progress and main:
             from tqdm import tqdm
             bar = tqdm(total=max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
         acc: dict[str, float] = {}
         last = time.time()
         while self.step < max_steps:
             m = self.train_step()
+            if self.world > 1:  # the logged losses are the global batch's, not this process's rows
+                import torch.distributed as dist
+                keys = ("loss", "mse", "vb")
+                v = torch.tensor([m[k] for k in keys], dtype=torch.float64)
+                dist.all_reduce(v)
+                m.update({k: float(x) / self.world for k, x in zip(keys, v)})
             for k, v in m.items():
                 acc[k] = acc.get(k, 0.0) + v
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{m['loss']:.4f}")
-            if self.step % tc.log_every == 0:
+            if self.step % tc.log_every == 0 and main:
                 n = tc.log_every
                 row = {"step": self.step, **{k: v / n for k, v in acc.items()},
                        "img_per_s": n * tc.batch_size / max(1e-9, time.time() - last), "time": time.time()}
@@ -218,22 +260,32 @@ class Trainer:
                         if k not in ("step", "time"):
                             writer.add_scalar(f"train/{k}", v, self.step)
                 acc, last = {}, time.time()
-            if self.step % tc.val_every == 0 or self.step == max_steps:
+            if (self.step % tc.val_every == 0 or self.step == max_steps) and main:
                 val = self.validate()
                 _append_csv(val_path, {"step": self.step, **{f"t{k}": v for k, v in val.items()}})
                 if writer:
                     for k, v in val.items():
                         writer.add_scalar(f"val/mse_t{k}", v, self.step)
-            if self.step % tc.ckpt_every == 0 or self.step == max_steps:
+            if (self.step % tc.ckpt_every == 0 or self.step == max_steps) and main:
                 self.save()
                 self._after_checkpoint()
-            if time_limit_s and time.time() - t0 > time_limit_s:
-                self.save()
+            if time_limit_s and self._agree(time.time() - t0 > time_limit_s):
+                if main:
+                    self.save()
                 break
         if bar is not None:
             bar.close()
         if writer:
             writer.close()
+
+    def _agree(self, flag: bool) -> bool:
+        """True on every process when it is true on any (so all stop at the same step)."""
+        if self.world == 1:
+            return flag
+        import torch.distributed as dist
+        v = torch.tensor([1.0 if flag else 0.0])
+        dist.all_reduce(v, op=dist.ReduceOp.MAX)
+        return bool(v.item() > 0)
 
     def _after_checkpoint(self) -> None:
         plot_val_loss(self.out / "val_loss.csv", self.out / "val_loss.png")
