@@ -191,8 +191,9 @@ def _run_and_save(a, cascade, prompts: list[str], *, init=None, mask=None, stren
     from .samplers import SAMPLERS
     from .text.encoder import TextEncoderError
     from .utils import save_png
-    if a.sampler and a.sampler not in SAMPLERS:
-        raise UserError(f"--sampler {a.sampler}: unknown; choose one of {', '.join(SAMPLERS)}")
+    for flag, val in (("--sampler", a.sampler), ("--sampler-ii", a.sampler_ii)):
+        if val and val not in SAMPLERS:
+            raise UserError(f"{flag} {val}: unknown; choose one of {', '.join(SAMPLERS)}")
     n_images = len(prompts) * a.num_images
     out = Path(a.output)
     single = out.suffix.lower() == ".png"
@@ -205,8 +206,10 @@ def _run_and_save(a, cascade, prompts: list[str], *, init=None, mask=None, stren
         settings = [with_overrides(cascade.stages[0].settings, sampler=a.sampler, num_steps=a.steps,
                                    guidance_scale=a.guidance, aug_level=a.aug_level)]
     else:
-        settings = stage_settings(cascade.stages, sampler=a.sampler, steps=a.steps, steps_ii=a.steps_ii,
-                                  guidance=a.guidance, guidance_ii=a.guidance_ii, aug_level=a.aug_level)
+        settings = stage_settings(cascade.stages, sampler=a.sampler, sampler_ii=a.sampler_ii, steps=a.steps,
+                                  steps_ii=a.steps_ii, guidance=a.guidance, guidance_ii=a.guidance_ii,
+                                  aug_level=a.aug_level, dyn_thresh_max=a.thresh_max,
+                                  dyn_thresh_max_ii=a.thresh_max_ii)
     all_prompts = [p for p in prompts for _ in range(a.num_images)]
     seeds = [a.seed + i for i in range(len(all_prompts))]
     paths = []
@@ -655,7 +658,10 @@ def _sampling_args(g: argparse.ArgumentParser) -> None:
     g.add_argument("--guidance", type=float, help="stage I classifier-free guidance scale (1 = none)")
     g.add_argument("--guidance-ii", type=float, help="guidance of the later stages")
     g.add_argument("--aug-level", type=float, help="noise augmentation of the low-res input of later stages")
-    g.add_argument("--sampler", help="ddpm (IF's), ddim or dpmpp_2m")
+    g.add_argument("--sampler", help="ddpm (IF's), ddim or dpmpp_2m (every stage, unless --sampler-ii)")
+    g.add_argument("--sampler-ii", help="the later stages' sampler")
+    g.add_argument("--thresh-max", type=float, help="stage I dynamic-thresholding limit (IF: 1.5)")
+    g.add_argument("--thresh-max-ii", type=float, help="the later stages' limit (IF: 1.0)")
     g.add_argument("--batch-size", type=int, default=8, help="images sampled together")
     g.add_argument("--height", type=int, help="stage I height in px (default: the model's size; later stages "
                                               "scale it by their own ratio)")

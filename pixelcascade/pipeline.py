@@ -158,14 +158,17 @@ def with_overrides(s: SampleConfig, **kw) -> SampleConfig:
     return replace(s, **{k: v for k, v in kw.items() if v is not None})
 
 
-def stage_settings(stages, *, sampler: str | None = None, steps: str | None = None, steps_ii: str | None = None,
-                   guidance: float | None = None, guidance_ii: float | None = None, aug_level: float | None = None,
-                   dyn_thresh_max: float | None = None) -> list[SampleConfig]:
-    """Each stage's settings: its shipped defaults, with the user's choices (``*_ii`` for the later stages)."""
-    return [with_overrides(st.settings, sampler=sampler, num_steps=steps if i == 0 else steps_ii,
+def stage_settings(stages, *, sampler: str | None = None, sampler_ii: str | None = None, steps: str | None = None,
+                   steps_ii: str | None = None, guidance: float | None = None, guidance_ii: float | None = None,
+                   aug_level: float | None = None, dyn_thresh_max: float | None = None,
+                   dyn_thresh_max_ii: float | None = None) -> list[SampleConfig]:
+    """Each stage's settings: its shipped defaults, with the user's choices (``*_ii`` for the later stages;
+    ``sampler`` alone sets every stage's)."""
+    return [with_overrides(st.settings, sampler=sampler if i == 0 else (sampler_ii or sampler),
+                           num_steps=steps if i == 0 else steps_ii,
                            guidance_scale=guidance if i == 0 else guidance_ii,
                            aug_level=aug_level if i > 0 else None,
-                           dyn_thresh_max=dyn_thresh_max if i == 0 else None)
+                           dyn_thresh_max=dyn_thresh_max if i == 0 else dyn_thresh_max_ii)
             for i, st in enumerate(stages)]
 
 

@@ -46,14 +46,18 @@ def test_generate_with_if_folders(if_folders, tmp_path, capsys):
     model = f"{if_folders / 'IF-I'},{if_folders / 'IF-II'}"
     out = tmp_path / "a.png"
     assert main(["generate", "a red circle left of a blue square", "--model", model, "-o", str(out),
-                 "--steps", "3", "--steps-ii", "2", "--save-stages", "-q"]) == 0
+                 "--steps", "3", "--steps-ii", "2", "--save-stages", "--sampler-ii", "ddim", "--thresh-max", "1.3",
+                 "-q"]) == 0
     from PIL import Image
     assert Image.open(out).size == (32, 32) and Image.open(tmp_path / "a-stage1.png").size == (16, 16)
     side = json.loads(out.with_suffix(".json").read_text())
     assert side["stages"] == 2 and side["settings"][1]["aug_level"] == 0.25  # IF's stage II default
+    st1, st2 = side["settings"]  # per-stage choices
+    assert (st1["sampler"], st1["dyn_thresh_max"], st2["sampler"], st2["dyn_thresh_max"]) == ("ddpm", 1.3, "ddim", 1.0)
     # the same run with offloading (here to the CPU itself) gives the same image
     assert main(["generate", "a red circle left of a blue square", "--model", model, "-o", str(tmp_path / "b.png"),
-                 "--steps", "3", "--steps-ii", "2", "--offload", "-q"]) == 0
+                 "--steps", "3", "--steps-ii", "2", "--sampler-ii", "ddim", "--thresh-max", "1.3", "--offload",
+                 "-q"]) == 0
     assert Image.open(out).tobytes() == Image.open(tmp_path / "b.png").tobytes()
 
 
