@@ -537,7 +537,8 @@ def cmd_eval_sweep(a) -> int:
     meta = {"model": a.model, "metric": a.metric, "stages": n, "fixed": base, "space": a.space,
             "random": a.random, "search_seed": a.search_seed}
     results = sw.run_sweep(points, metric, a.output, progress=not a.quiet, meta=meta)
-    png = sw.plot_sweep(results, Path(a.output) / "sweep.png", metrics, title=f"{a.model} ({a.metric})")
+    png = sw.plot_sweep(results, Path(a.output) / "sweep.png", metrics,
+                        title=f"{Path(a.model).name} ({a.metric}, stages {n})")
     keys = list(results[0]["params"])
     print("  ".join(f"{k:>10s}" for k in keys) + "  " + "  ".join(f"{m[:10]:>10s}" for m in metrics))
     for r in results:
