@@ -402,6 +402,15 @@ def _extractor(a, required: bool = True):
     return None
 
 
+def _emoji_extractor(path: str):
+    """The emoji feature extractor from PATH or emoji:PATH, a bad file as one clear line."""
+    from .eval.fid import FIDError, load_extractor
+    try:
+        return load_extractor(path if path.startswith("emoji:") else f"emoji:{path}")
+    except FIDError as e:
+        raise UserError(str(e)) from None
+
+
 def cmd_eval_shapes(a) -> int:
     from .eval.shapes_eval import evaluate_shapes, format_table
     cascade = _eval_cascade(a)
@@ -501,14 +510,10 @@ def cmd_eval_sweep(a) -> int:
         metrics = ["overall", "single_object", "two_object", "counting", "colors", "position", "color_attr"]
     elif a.metric == "emoji":
         from .eval.emoji_features import evaluate_emoji
-        from .eval.fid import FIDError, load_extractor
         from .pipeline import stage_settings
         if not a.features:
             raise UserError("--metric emoji needs --features emoji:PATH (made by `pixelcascade data emoji-features`)")
-        try:
-            ex = load_extractor(a.features if a.features.startswith("emoji:") else f"emoji:{a.features}")
-        except FIDError as e:
-            raise UserError(str(e)) from None
+        ex = _emoji_extractor(a.features)
 
         def inner(p):
             r = evaluate_emoji(cascade, ex, per_split=a.per_task, batch_size=a.batch_size, num_stages=n,
@@ -579,23 +584,17 @@ def cmd_data_emoji(a) -> int:
 
 
 def cmd_data_emoji_features(a) -> int:
-    import numpy as np
-
-    from .config import DataConfig
     from .data.emoji import EmojiError
-    from .eval.emoji_features import train_emoji_features
-    from .training.run import default_cache_dir, emoji_images
+    from .eval.emoji_features import reference_emoji, train_emoji_features
     _check_writable(Path(a.output))
     if a.threads:
         import torch
         torch.set_num_threads(a.threads)
-    dc = DataConfig(world="emoji", image_size=64, num_images=0, seed=0)
     try:
-        tr, tr_caps = emoji_images(dc, default_cache_dir(), not a.quiet)
-        ho, ho_caps = emoji_images(dc, default_cache_dir(), not a.quiet, split="heldout")
+        images, tr_caps, ho_caps = reference_emoji(progress=not a.quiet)
     except EmojiError as e:
         raise UserError(str(e)) from None
-    r = train_emoji_features(np.concatenate([tr, ho]), [c[0] for c in tr_caps] + [c[0] for c in ho_caps],
+    r = train_emoji_features(images, [c[0] for c in tr_caps] + [c[0] for c in ho_caps],
                              a.output, steps=a.steps, seed=a.seed, progress=not a.quiet)
     print(json.dumps(r, indent=2))
     return 0
@@ -603,12 +602,8 @@ def cmd_data_emoji_features(a) -> int:
 
 def cmd_eval_emoji(a) -> int:
     from .eval.emoji_features import evaluate_emoji
-    from .eval.fid import FIDError, load_extractor
     from .pipeline import stage_settings
-    try:
-        ex = load_extractor(f"emoji:{a.features}")
-    except FIDError as e:
-        raise UserError(str(e)) from None
+    ex = _emoji_extractor(a.features)
     cascade = _eval_cascade(a)
     n = a.stages or len(cascade.stages)
     r = evaluate_emoji(cascade, ex, per_split=a.per_split, batch_size=a.batch_size, num_stages=n,

@@ -145,6 +145,18 @@ def retrieval_accuracy(extractor: EmojiExtractor, gen: np.ndarray, prompts: list
             "chance_top1": 1 / len(real), "per_prompt": [{"prompt": p, "top1": bool(h)} for p, h in zip(prompts, hit1)]}
 
 
+def reference_emoji(cache: Path | None = None, progress: bool = True):
+    """Every curated emoji picture at 64 px (training then held-out), with its caption lists:
+    (images, train captions, held-out captions). What the extractor learns and the evaluation retrieves from."""
+    from ..config import DataConfig
+    from ..training.run import default_cache_dir, emoji_images
+    cache = cache or default_cache_dir()
+    dc = DataConfig(world="emoji", image_size=64, num_images=0, seed=0)
+    tr_img, tr_caps = emoji_images(dc, cache, progress)
+    ho_img, ho_caps = emoji_images(dc, cache, progress, split="heldout")
+    return np.concatenate([tr_img, ho_img]), tr_caps, ho_caps
+
+
 def evaluate_emoji(cascade, extractor: EmojiExtractor, *, cache: Path | None = None, per_split: int = 100,
                    seed: int = 0, batch_size: int = 32, num_stages: int | None = None, settings=None,
                    out_dir: str | Path | None = None, progress: bool = True) -> dict:
@@ -152,15 +164,9 @@ def evaluate_emoji(cascade, extractor: EmojiExtractor, *, cache: Path | None = N
     accuracy against every real emoji, and FID/KID of the images against the real emoji (extractor features)."""
     from PIL import Image
 
-    from ..config import DataConfig
     from ..pipeline import to_uint8
-    from ..training.run import default_cache_dir, emoji_images
     from .fid import Stats, extract_features, fid_from_stats, kernel_distance
-    cache = cache or default_cache_dir()
-    dc = DataConfig(world="emoji", image_size=64, num_images=0, seed=0)
-    tr_img, tr_caps = emoji_images(dc, cache, progress)
-    ho_img, ho_caps = emoji_images(dc, cache, progress, split="heldout")
-    real = np.concatenate([tr_img, ho_img])
+    real, tr_caps, ho_caps = reference_emoji(cache, progress)
     real_names = [[c[0]] + [n for n in c[1:] if n != c[0]] for c in tr_caps] + ho_caps
     rng = np.random.default_rng(seed)
     picks = {"heldout": [ho_caps[i][0] for i in rng.choice(len(ho_caps), min(per_split, len(ho_caps)), False)],
