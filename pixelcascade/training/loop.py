@@ -277,6 +277,9 @@ class Trainer:
             bar.close()
         if writer:
             writer.close()
+        if self.world > 1:  # nobody leaves while rank 0 still writes the last checkpoint: a gloo peer that
+            import torch.distributed as dist  # exits mid-way aborts the others
+            dist.barrier()
 
     def _agree(self, flag: bool) -> bool:
         """True on every process when it is true on any (so all stop at the same step)."""
