@@ -97,6 +97,8 @@ class DataConfig:
     seed: int = 0
     text_max_length: int = 32
     low_res_size: int = 32  # super-resolution stages: the size the target is down-sampled to
+    # shapes world: the training-task mix, "position=4,composite=2" over data.shapes.TASK_WEIGHTS ("": those)
+    task_weights: str = ""
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,16 @@ class TrainConfig:
     # where the model trains: cpu, cuda, cuda:1, auto. Batches and noise are drawn on the CPU from the step's
     # generator either way, so a run moved between devices keeps its data order and resumes exactly.
     device: str = "cpu"
+    # learning rate after warm-up: "constant", or "cosine" from lr down to lr_min at max_steps
+    lr_schedule: str = "constant"
+    lr_min: float = 0.0
+    # fine-tuning: start a new run from these weights (a run's checkpoint.pt: model and EMA; or an EMA
+    # .safetensors: both from it). The optimizer starts fresh. Ignored when the run folder resumes.
+    init_from: str = ""
+
+    def __post_init__(self):
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ConfigError(f"train.lr_schedule={self.lr_schedule!r}: choose constant or cosine")
 
 
 @dataclass(frozen=True)

@@ -103,3 +103,19 @@ def test_translated_prompts_keep_their_spec():
     assert translate(pos, "es").text == "dos cuadrados rojos a la izquierda de un círculo azul"
     purple = next(p for p in all_prompts("colors") if p.text == "a purple triangle")
     assert translate(purple, "de").text == "ein lila Dreieck" and translate(purple, "de").unseen
+
+
+def test_task_weights_change_the_training_mix():
+    from pixelcascade.data.shapes import TASK_WEIGHTS, parse_task_weights
+    assert parse_task_weights("") == TASK_WEIGHTS
+    w = parse_task_weights("position=4, composite=0")
+    assert w["position"] == 4 and w["composite"] == 0 and w["counting"] == TASK_WEIGHTS["counting"]
+    for bad, msg in (("size=2", "unknown task"), ("position=x", "not task=number"), ("position=-1", "negative")):
+        with pytest.raises(ValueError, match=msg):
+            parse_task_weights(bad)
+    only = {t: 0.0 for t in TASK_WEIGHTS} | {"position": 1.0}
+    _, caps = make_dataset(40, 32, seed=3, weights=only)
+    rel = ("left", "right", "above", "below", "over", "under", "beneath", "on top of")
+    assert all(any(r in c for r in rel) for c in caps)  # every caption states a relation
+    _, mixed = make_dataset(40, 32, seed=3)
+    assert sum(any(r in c for r in rel) for c in mixed) < 30  # the default mix has far fewer

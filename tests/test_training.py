@@ -141,3 +141,65 @@ def test_data_parallel_run_equals_one_process(tmp_path):
     import json
     for rank in (0, 1):  # each process computed its half of every global batch
         assert json.loads((tmp_path / "two" / f"rows{rank}.json").read_text()) == [2] * 4
+
+
+def test_lr_schedule_warmup_then_cosine_to_lr_min():
+    from pixelcascade.training.loop import lr_at
+    tc = TrainConfig(lr=1e-3, lr_min=1e-4, warmup_steps=10, max_steps=110, lr_schedule="cosine")
+    assert lr_at(0, tc) == pytest.approx(1e-4) and lr_at(9, tc) == pytest.approx(1e-3)
+    assert lr_at(10, tc) == pytest.approx(1e-3)
+    assert lr_at(60, tc) == pytest.approx(0.5 * (1e-3 + 1e-4))  # half way through the decay
+    assert lr_at(110, tc) == pytest.approx(1e-4) and lr_at(500, tc) == pytest.approx(1e-4)
+    const = dataclasses.replace(tc, lr_schedule="constant")
+    assert lr_at(60, const) == lr_at(109, const) == 1e-3
+    with pytest.raises(ValueError, match="constant or cosine"):
+        TrainConfig(lr_schedule="linear")
+
+
+def test_decaying_schedule_refuses_another_max_steps_on_resume(tmp_path):
+    cfg = _cfg(lr_schedule="cosine")
+    Trainer(cfg, _data(), tmp_path, progress=False).fit(max_steps=3)
+    longer = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=50))
+    with pytest.raises(RuntimeError, match="another config"):  # the decay would change under the run
+        Trainer(longer, _data(), tmp_path, progress=False)
+
+
+def test_resume_accepts_a_checkpoint_written_before_new_config_fields(tmp_path):
+    import json
+    t = Trainer(_cfg(), _data(), tmp_path, progress=False)
+    t.fit(max_steps=3)
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    old = json.loads(state["config"])
+    for section, key in (("train", "lr_schedule"), ("train", "init_from"), ("data", "task_weights")):
+        del old[section][key]  # as written by a version without these fields (their defaults)
+    state["config"] = json.dumps(old, sort_keys=True)
+    torch.save(state, tmp_path / "checkpoint.pt")
+    assert Trainer(_cfg(), _data(), tmp_path, progress=False).step == 3
+
+
+@pytest.mark.parametrize("source", ["checkpoint.pt", "ema.safetensors"])
+def test_fine_tuning_starts_from_another_runs_weights(tmp_path, source):
+    base = Trainer(_cfg(), _data(), tmp_path / "base", progress=False)
+    base.fit(max_steps=3)
+    ft = Trainer(_cfg(init_from=str(tmp_path / "base" / source)), _data(seed=1), tmp_path / "ft", progress=False)
+    assert ft.step == 0  # a new run: fresh optimizer and schedule
+    want_model = base.ema.model if source == "ema.safetensors" else base.model
+    for (k, a), b in zip(want_model.state_dict().items(), ft.model.state_dict().values()):
+        assert torch.equal(a.float(), b), k
+    for a, b in zip(base.ema.model.state_dict().values(), ft.ema.model.state_dict().values()):
+        assert torch.equal(a.float(), b)
+    ft.fit(max_steps=2)
+    assert not torch.equal(next(iter(ft.model.parameters())), next(iter(want_model.parameters())))
+    # the fine-tuning run resumes from its own checkpoint, not from init_from again
+    again = Trainer(_cfg(init_from=str(tmp_path / "base" / source)), _data(seed=1), tmp_path / "ft", progress=False)
+    assert again.step == 2
+
+
+def test_fine_tuning_errors_are_clear(tmp_path):
+    with pytest.raises(ResumeError, match="no such file"):
+        Trainer(_cfg(init_from=str(tmp_path / "missing.pt")), _data(), tmp_path / "a", progress=False)
+    Trainer(_cfg(), _data(), tmp_path / "base", progress=False).fit(max_steps=3)
+    wide = _cfg(init_from=str(tmp_path / "base" / "checkpoint.pt"))
+    wide = dataclasses.replace(wide, unet=dataclasses.replace(wide.unet, model_channels=64))
+    with pytest.raises(ResumeError, match="do not fit this run's unet config"):
+        Trainer(wide, _data(), tmp_path / "b", progress=False)

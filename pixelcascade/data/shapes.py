@@ -333,6 +333,25 @@ TASK_WEIGHTS = {"single_object": 1.0, "two_object": 1.0, "counting": 1.5, "color
                 "color_attr": 1.5, "composite": 1.5}
 
 
+def parse_task_weights(spec: str) -> dict[str, float]:
+    """``"position=4,composite=2"`` -> TASK_WEIGHTS with those tasks re-weighted ("" -> TASK_WEIGHTS)."""
+    weights = dict(TASK_WEIGHTS)
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        task, _, value = item.partition("=")
+        task = task.strip()
+        if task not in weights:
+            raise ValueError(f"data.task_weights: unknown task {task!r}; known: {', '.join(weights)}")
+        try:
+            weights[task] = float(value)
+        except ValueError:
+            raise ValueError(f"data.task_weights: {item!r} is not task=number (e.g. position=4)") from None
+        if weights[task] < 0:
+            raise ValueError(f"data.task_weights: {item!r} is negative")
+    if not sum(weights.values()) > 0:
+        raise ValueError("data.task_weights: every task has weight 0")
+    return weights
+
+
 def training_scene(rng: random.Random, size: int, weights: dict | None = None) -> tuple[Scene, str]:
     """One training example: a random task's prompt (never from the held-out split), its scene, a caption."""
     weights = weights or TASK_WEIGHTS
@@ -356,8 +375,10 @@ def training_scene(rng: random.Random, size: int, weights: dict | None = None) -
 _PROMPT_CACHE: dict = {}
 
 
-def make_dataset(n: int, size: int = 32, seed: int = 0, progress: bool = False) -> tuple[np.ndarray, list[str]]:
-    """``n`` rendered training images (uint8 [n, size, size, 3]) and their captions, fully determined by seed."""
+def make_dataset(n: int, size: int = 32, seed: int = 0, progress: bool = False,
+                 weights: dict | None = None) -> tuple[np.ndarray, list[str]]:
+    """``n`` rendered training images (uint8 [n, size, size, 3]) and their captions, fully determined by seed
+    (and ``weights``, the task mix; TASK_WEIGHTS by default)."""
     rng = random.Random(seed)
     images = np.empty((n, size, size, 3), np.uint8)
     captions = []
@@ -366,7 +387,7 @@ def make_dataset(n: int, size: int = 32, seed: int = 0, progress: bool = False) 
         from tqdm import tqdm
         it = tqdm(it, desc=f"rendering shapes {size}px", unit="img")
     for i in it:
-        scene, cap = training_scene(rng, size)
+        scene, cap = training_scene(rng, size, weights)
         images[i] = render(scene.objects, size)
         captions.append(cap)
     return images, captions

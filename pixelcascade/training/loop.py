@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import RunConfig, to_dict, to_json
+from ..config import RunConfig, TrainConfig, from_dict, to_dict, to_json
 from ..convert import write_safetensors
 from ..diffusion.guidance import noise_augment
 from ..diffusion.losses import diffusion_loss, fixed_timesteps_loss
 from ..diffusion.schedule import make_schedule
 from ..models.unet import build_unet
 from ..utils import atomic_write_text
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import ResumeError, load_checkpoint, save_checkpoint
 from .ema import EMA
 from .sr import degrade
 
@@ -93,8 +94,14 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
-def lr_at(step: int, base: float, warmup: int) -> float:
-    return base * min(1.0, (step + 1) / max(1, warmup))
+def lr_at(step: int, tc: TrainConfig) -> float:
+    """Linear warm-up, then constant or a cosine decay that reaches ``lr_min`` at ``max_steps``."""
+    if step < tc.warmup_steps:
+        return tc.lr * (step + 1) / max(1, tc.warmup_steps)
+    if tc.lr_schedule == "cosine":
+        frac = min(1.0, (step - tc.warmup_steps) / max(1, tc.max_steps - tc.warmup_steps))
+        return tc.lr_min + 0.5 * (tc.lr - tc.lr_min) * (1 + math.cos(math.pi * frac))
+    return tc.lr
 
 
 class Trainer:
@@ -125,6 +132,8 @@ class Trainer:
         self.ckpt_path = self.out / "checkpoint.pt"
         if self.ckpt_path.exists():
             self._resume()
+        elif tc.init_from:
+            self._init_from(Path(tc.init_from))
         g = torch.Generator().manual_seed(10_000 + tc.seed)  # the fixed validation batch and noise
         n_val = min(64, len(self.val))
         self.val_idx = torch.randperm(len(self.val), generator=g)[:n_val]
@@ -139,6 +148,10 @@ class Trainer:
         state = load_checkpoint(self.ckpt_path)
         if state.get("config") != to_json(self.cfg):
             old = json.loads(state.get("config", "{}"))
+            try:  # fields added since the checkpoint was written take their defaults
+                old = json.loads(to_json(from_dict(RunConfig, old)))
+            except Exception:
+                pass
             new = json.loads(to_json(self.cfg))  # JSON on both sides: tuples and lists compare equal
             diff = [k for k in new if old.get(k) != new[k]]
             if any(k != "train" for k in diff) or _train_changed(old.get("train", {}), new["train"]):
@@ -148,6 +161,26 @@ class Trainer:
         self.ema.load_state_dict(state["ema"])
         self.opt.load_state_dict(state["opt"])
         self.step = int(state["step"])
+
+    def _init_from(self, path: Path) -> None:
+        """Fine-tuning: model and EMA weights from another run (optimizer and step start fresh)."""
+        if not path.is_file():
+            raise ResumeError(f"train.init_from={path}: no such file; give a run's checkpoint.pt or an EMA "
+                              ".safetensors")
+        if path.suffix == ".safetensors":
+            from ..convert import read_tensors
+            weights, _ = read_tensors(path)
+            model_sd = ema_sd = weights
+        else:
+            state = load_checkpoint(path)
+            model_sd, ema_sd = state["model"], state["ema"]["model"] if "ema" in state else state["model"]
+        try:
+            self.model.load_state_dict({k: v.float() for k, v in model_sd.items()})
+            self.ema.model.load_state_dict({k: v.float() for k, v in ema_sd.items()})
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[1:2] or [str(e)[:200]]
+            raise ResumeError(f"train.init_from={path}: its weights do not fit this run's unet config "
+                              f"({first[0].strip()}); fine-tune with the config that made them") from None
 
     def save(self) -> None:
         save_checkpoint(self.ckpt_path, self.state_dict())
@@ -178,7 +211,7 @@ class Trainer:
         low_res_kw = {k: v.to(dev) for k, v in low_res_kw.items()}
         x_t = self.schedule.q_sample(x0, t, noise)
         for group in self.opt.param_groups:
-            group["lr"] = lr_at(self.step, tc.lr, tc.warmup_steps)
+            group["lr"] = lr_at(self.step, tc)
         self.model.train()
         net = self.ddp or self.model
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=tc.bf16):
@@ -297,8 +330,11 @@ class Trainer:
 
 
 def _train_changed(old: dict, new: dict) -> bool:
-    """Only schedule-extending fields may change on resume (max_steps, cadences, threads)."""
-    free = {"max_steps", "ckpt_every", "val_every", "log_every", "num_threads", "device"}
+    """Only schedule-extending fields may change on resume (max_steps unless it shapes the lr decay, cadences,
+    threads, device)."""
+    free = {"ckpt_every", "val_every", "log_every", "num_threads", "device"}
+    if new.get("lr_schedule", "constant") == "constant":
+        free.add("max_steps")
     return any(old.get(k) != v for k, v in new.items() if k not in free)
 
 

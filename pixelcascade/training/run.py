@@ -83,12 +83,15 @@ def default_cache_dir() -> Path:
 
 def shapes_images(dc: DataConfig, cache: Path, progress: bool = True) -> tuple[np.ndarray, list[str]]:
     """Rendered shapes-world images + captions, cached on disk (a pure function of the data config)."""
-    from ..data.shapes import make_dataset
-    path = cache / "data" / f"shapes{dc.image_size}-n{dc.num_images}-seed{dc.seed}.npz"
+    from ..data.shapes import TASK_WEIGHTS, make_dataset, parse_task_weights
+    weights = parse_task_weights(dc.task_weights)
+    mix = "" if weights == TASK_WEIGHTS else "-w" + "_".join(f"{k}{v:g}" for k, v in weights.items()
+                                                             if v != TASK_WEIGHTS[k])
+    path = cache / "data" / f"shapes{dc.image_size}-n{dc.num_images}-seed{dc.seed}{mix}.npz"
     if path.exists():
         z = np.load(path, allow_pickle=False)
         return z["images"], [str(c) for c in z["captions"]]
-    images, captions = make_dataset(dc.num_images, dc.image_size, dc.seed, progress=progress)
+    images, captions = make_dataset(dc.num_images, dc.image_size, dc.seed, progress=progress, weights=weights)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, images=images, captions=np.array(captions))
@@ -180,14 +183,19 @@ def train(cfg: RunConfig, out_dir: str | Path, *, cache: Path | None = None, pro
     elif cfg.data.world == "shapes":
         images, captions = shapes_images(cfg.data, cache, progress)
         n_val = max(1, min(512, len(images) // 20))
-        val_dc = dataclasses.replace(cfg.data, num_images=n_val, seed=cfg.data.seed + 10_000)
+        # validation keeps the default task mix, so runs with other mixes compare on the same images
+        val_dc = dataclasses.replace(cfg.data, num_images=n_val, seed=cfg.data.seed + 10_000, task_weights="")
         val_images, val_captions = shapes_images(val_dc, cache, progress)
         data = build_train_data(images, captions, encoder, cache, progress)
         val = build_train_data(val_images, val_captions, encoder, cache, progress)
         recipe = (f"shapes world {cfg.data.image_size}px, {cfg.data.num_images} images rendered with seed "
-                  f"{cfg.data.seed} (pixelcascade.data.shapes.make_dataset), training seed {cfg.train.seed}")
+                  f"{cfg.data.seed} (pixelcascade.data.shapes.make_dataset"
+                  + (f", task mix {cfg.data.task_weights}" if cfg.data.task_weights else "")
+                  + f"), training seed {cfg.train.seed}")
     else:
         raise ValueError(f"data.world={cfg.data.world!r}: choose shapes or emoji")
+    if cfg.train.init_from:
+        recipe += f"; fine-tuned from {Path(cfg.train.init_from).name} (sha256 {_sha256(cfg.train.init_from)[:16]})"
     meta = {"text_encoder": cfg.text_encoder, "text_max_length": cfg.data.text_max_length,
             "encoder_name": encoder.name, "command": command, "data_recipe": recipe, "world": cfg.data.world}
     sample_fn = _grid_fn(encoder) if grids else None
@@ -195,6 +203,18 @@ def train(cfg: RunConfig, out_dir: str | Path, *, cache: Path | None = None, pro
     write_recipe(out_dir, cfg, command)
     trainer.fit(max_steps=max_steps, time_limit_s=time_limit_s)
     return trainer
+
+
+def _sha256(path: str | Path) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError:
+        return "missing"
+    return h.hexdigest()
 
 
 def _grid_fn(encoder):
