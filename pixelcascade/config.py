@@ -42,6 +42,10 @@ class UNetConfig:
     scale_skip_connection: bool = False  # stage II/III: ResBlock output * 0.7071
     disable_self_attentions: tuple[int, ...] = ()  # resolutions whose attention is text-only
     super_res: bool = False  # SuperResUNet: low-res image concatenated, aug_level embedding
+    # not in IF: trainable transformer layers over the frozen encoder's token states (with a learned token
+    # position), residual and zero-initialised, so a model fine-tuned with them starts as the one without.
+    # For small encoders whose states blur who does what ("a circle left of a square"). 0: IF exactly.
+    text_layers: int = 0
 
     def __post_init__(self):
         if len(self.num_res_blocks) != len(self.channel_mult):

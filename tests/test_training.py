@@ -203,3 +203,20 @@ def test_fine_tuning_errors_are_clear(tmp_path):
     wide = dataclasses.replace(wide, unet=dataclasses.replace(wide.unet, model_channels=64))
     with pytest.raises(ResumeError, match="do not fit this run's unet config"):
         Trainer(wide, _data(), tmp_path / "b", progress=False)
+
+
+def test_fine_tuning_may_add_text_layers_but_nothing_else(tmp_path):
+    Trainer(_cfg(), _data(), tmp_path / "base", progress=False).fit(max_steps=3)
+    init = str(tmp_path / "base" / "checkpoint.pt")
+    cfg = _cfg(init_from=init)
+    cfg = dataclasses.replace(cfg, unet=dataclasses.replace(cfg.unet, text_layers=1))
+    ft = Trainer(cfg, _data(), tmp_path / "ft", progress=False)
+    base = Trainer(_cfg(), _data(), tmp_path / "base", progress=False)
+    x, t, te = torch.randn(2, 3, 16, 16), torch.tensor([5.0, 500.0]), torch.randn(2, 6, 24)
+    with torch.no_grad():
+        assert torch.equal(ft.ema.model(x, t, te), base.ema.model(x, t, te))  # starts as the model it came from
+    ft.fit(max_steps=2)
+    # the other way round (weights with text layers into a model without them) is refused
+    ft_ckpt = str(tmp_path / "ft" / "checkpoint.pt")
+    with pytest.raises(ResumeError, match="unexpected"):
+        Trainer(_cfg(init_from=ft_ckpt), _data(), tmp_path / "c", progress=False)

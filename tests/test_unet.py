@@ -145,3 +145,25 @@ def test_attention_blocks_equal_the_reference(dtype, lq, lk, tol, chunk, monkeyp
     out = pnn.attention(q.to(dtype), k.to(dtype), v.to(dtype))
     assert out.shape == ref.shape and out.dtype == dtype
     assert (out.double() - ref).abs().max() < tol
+
+
+@pytest.mark.parametrize("super_res", [False, True])
+def test_text_layers_start_as_the_model_without_them(super_res):
+    """unet.text_layers (not in IF) are zero-initialised residual layers: with a model's weights loaded and the
+    new layers fresh, the output is exactly the old model's; once trained they change it, and they see word
+    order (the same tokens in another order give other states)."""
+    base = randomize(build_unet(tiny_cfg(super_res)).eval())
+    withl = build_unet(tiny_cfg(super_res, text_layers=2)).eval()
+    missing, unexpected = withl.load_state_dict(base.state_dict(), strict=False)
+    assert unexpected == [] and missing and all(k.startswith("text_layers.") for k in missing)
+    assert not any(k.startswith("text_layers") for k in base.state_dict())  # IF's key names when 0
+    x, te, t = torch.randn(2, 3, 32, 32), torch.randn(2, 9, 48), torch.tensor([3.0, 300.0])
+    kw = {"low_res": torch.randn(2, 3, 32, 32), "aug_t": torch.tensor([0, 100])} if super_res else {}
+    with torch.no_grad():
+        assert torch.equal(base(x, t, te, **kw), withl(x, t, te, **kw))
+        randomize(withl.text_layers, seed=1, std=0.3)
+        assert (base.encode_text(te)[0] - withl.encode_text(te)[0]).abs().max() > 0.1
+        assert not torch.equal(base(x, t, te, **kw), withl(x, t, te, **kw))
+        layers = withl.text_layers
+        swapped = te[:, [1, 0] + list(range(2, 9))]
+        assert not torch.allclose(layers(te)[:, 0], layers(swapped)[:, 1], atol=1e-4)  # position matters

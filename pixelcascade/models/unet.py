@@ -135,6 +135,31 @@ class AttentionPooling(nn.Module):
         return out.reshape(b, dim)
 
 
+class TextBlock(nn.Module):
+    """A pre-LayerNorm transformer layer over text tokens whose two residual branches start at zero."""
+
+    MAX_TOKENS = 256
+
+    def __init__(self, dim: int, head_dim: int = 64):
+        super().__init__()
+        self.heads = max(1, dim // head_dim)
+        self.pos = nn.Parameter(torch.zeros(self.MAX_TOKENS, dim))  # learned token position, starts at 0
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = zero_module(nn.Linear(dim, dim))
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), zero_module(nn.Linear(4 * dim, dim)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        if n > self.MAX_TOKENS:
+            raise ValueError(f"{n} text tokens: the text layers take at most {self.MAX_TOKENS}")
+        h = self.norm1(x + self.pos[:n].to(x.dtype))
+        q, k, v = self.qkv(h).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d)
+        x = x + self.proj(a)
+        return x + self.mlp(self.norm2(x))
+
+
 class UNet(nn.Module):
     """IF stage I UNet. ``forward(x, t, text_emb)`` -> [B, out_channels, H, W] (eps and variance values)."""
 
@@ -186,6 +211,8 @@ class UNet(nn.Module):
                                              nn.Linear(cfg.encoder_dim, ted), nn.LayerNorm(ted))
         self.encoder_proj = (nn.Identity() if cfg.encoder_dim == cfg.encoder_channels
                              else nn.Linear(cfg.encoder_dim, cfg.encoder_channels))
+        if cfg.text_layers:  # not in IF (config text_layers); absent, the key names are IF's exactly
+            self.text_layers = nn.Sequential(*[TextBlock(cfg.encoder_dim) for _ in range(cfg.text_layers)])
         self.channels_last = True  # an execution choice, not part of the config: results are the same
         self.to(memory_format=torch.channels_last)
 
@@ -220,6 +247,8 @@ class UNet(nn.Module):
         ``pooled_text_emb`` (IF's ``timestep_text_emb``, e.g. a style prompt) feeds the pooling path only.
         """
         text_emb = text_emb.to(self.dtype)
+        if self.cfg.text_layers:
+            text_emb = self.text_layers(text_emb)
         encoder_out = self.encoder_proj(text_emb).transpose(1, 2)  # [B, C_enc, L]
         pool_src = text_emb if pooled_text_emb is None else pooled_text_emb.to(self.dtype)
         return encoder_out, self.encoder_pooling(pool_src)  # [B, ted]

@@ -174,13 +174,19 @@ class Trainer:
         else:
             state = load_checkpoint(path)
             model_sd, ema_sd = state["model"], state["ema"]["model"] if "ema" in state else state["model"]
-        try:
-            self.model.load_state_dict({k: v.float() for k, v in model_sd.items()})
-            self.ema.model.load_state_dict({k: v.float() for k, v in ema_sd.items()})
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()[1:2] or [str(e)[:200]]
-            raise ResumeError(f"train.init_from={path}: its weights do not fit this run's unet config "
-                              f"({first[0].strip()}); fine-tune with the config that made them") from None
+        for net, sd in ((self.model, model_sd), (self.ema.model, ema_sd)):
+            try:
+                missing, unexpected = net.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False)
+            except RuntimeError as e:
+                first = str(e).strip().splitlines()[1:2] or [str(e)[:200]]
+                raise ResumeError(f"train.init_from={path}: its weights do not fit this run's unet config "
+                                  f"({first[0].strip()}); fine-tune with the config that made them") from None
+            # only layers that start as the identity may be new (unet.text_layers): the model starts as the old
+            new = [k for k in missing if not k.startswith("text_layers.")]
+            if new or unexpected:
+                raise ResumeError(f"train.init_from={path}: its weights do not fit this run's unet config "
+                                  f"(missing {new[:3]}, unexpected {unexpected[:3]}); fine-tune with the config "
+                                  "that made them")
 
     def save(self) -> None:
         save_checkpoint(self.ckpt_path, self.state_dict())
