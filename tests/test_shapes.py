@@ -119,3 +119,17 @@ def test_task_weights_change_the_training_mix():
     assert all(any(r in c for r in rel) for c in caps)  # every caption states a relation
     _, mixed = make_dataset(40, 32, seed=3)
     assert sum(any(r in c for r in rel) for c in mixed) < 30  # the default mix has far fewer
+
+
+def test_relation_outcomes_say_why_a_relation_failed():
+    from pixelcascade.data.shapes import Obj
+    from pixelcascade.eval.shapes_score import relation_outcome
+    p = next(q for q in all_prompts("position", 32) if q.text == "a circle left of a square")
+
+    def img(*objs):
+        return render([Obj(s, "red" if s == "circle" else "blue", 8, x, y) for s, x, y in objs], 32)
+    assert relation_outcome(img(("circle", 2, 12), ("square", 22, 12)), p) == "pass"
+    assert relation_outcome(img(("circle", 22, 12), ("square", 2, 12)), p) == "swapped"
+    assert relation_outcome(img(("circle", 12, 2), ("square", 12, 22)), p) == "misplaced"
+    assert relation_outcome(img(("circle", 2, 12)), p) == "objects"
+    assert relation_outcome(img(("circle", 2, 12)), next(iter(all_prompts("single_object", 32)))) is None

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..data.shapes import TASKS, benchmark_prompts
 from ..utils import atomic_write_text
-from .shapes_score import score_image, summarize
+from .shapes_score import relation_outcome, score_image, summarize
 
 
 def evaluate_shapes(cascade, *, num_stages: int | None = None, per_task: int = 64, seeds: int = 4,
@@ -31,7 +31,7 @@ def evaluate_shapes(cascade, *, num_stages: int | None = None, per_task: int = 6
         prompts = [translate(p, language) for p in prompts]
     jobs = [(p, s) for p in prompts for s in range(seeds)]
     settings = stage_settings(cascade.stages[:n], **overrides)
-    results, images = [], []
+    results, images, relations = [], [], {}
     it = range(0, len(jobs), batch_size)
     if progress:
         from tqdm import tqdm
@@ -43,7 +43,12 @@ def evaluate_shapes(cascade, *, num_stages: int | None = None, per_task: int = 6
         for j, (p, _s) in enumerate(chunk):
             results.append((p, score_image(imgs[-1][j], p)))
             images.append([im[j] for im in imgs])
-    report = {"summary": summarize(results), "num_images": len(jobs), "image_size": size, "stages": n,
+            outcome = relation_outcome(imgs[-1][j], p)
+            if outcome is not None:
+                counts = relations.setdefault(p.task, {"pass": 0, "swapped": 0, "misplaced": 0, "objects": 0})
+                counts[outcome] += 1
+    report = {"summary": summarize(results), "relations": relations,
+              "num_images": len(jobs), "image_size": size, "stages": n,
               "language": language,
               "settings": [dataclasses.asdict(s) for s in settings], "per_task": per_task, "seeds": seeds,
               "per_prompt": [{"prompt": p.text, "task": p.task, "unseen": p.unseen, "pass": bool(ok)}
@@ -90,4 +95,7 @@ def format_table(report: dict) -> str:
                 ci = r.get("ci95")
                 ci_s = f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
                 lines.append(f"{'':8s}{task:14s} {r['accuracy']:6.3f}  {ci_s:>15s}  {r['n']:5d}")
+    for task, c in report.get("relations", {}).items():  # why relation prompts fail
+        lines.append(f"{task} outcomes: " + ", ".join(f"{k} {v}" for k, v in c.items())
+                     + "  (swapped: the objects are there in the opposite relation)")
     return "\n".join(lines)

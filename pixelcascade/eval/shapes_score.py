@@ -145,6 +145,35 @@ def score_image(img: np.ndarray, prompt: Prompt) -> bool:
     return ok
 
 
+_OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+
+
+def relation_outcome(img: np.ndarray, prompt: Prompt) -> str | None:
+    """Why a relation prompt passed or failed: "pass"; "objects" (the objects asked for are not all there, or
+    an excluded one is); "swapped" (they are, in the opposite relation: the model mixed up who goes where);
+    "misplaced" (they are, but in neither). None for prompts without a relation."""
+    rel_groups = [g for g in prompt.include if g.relation is not None]
+    if not rel_groups:
+        return None
+    if score_image(img, prompt):
+        return "pass"
+    size = img.shape[0]
+    dets = detect(img, min_area=_min_object_area(prompt, size) / 4)
+    groups = [[d for d in dets if d.shape == g.shape and (g.color is None or d.color == g.color)]
+              for g in prompt.include]
+    if not all(len(found) >= g.count for g, found in zip(prompt.include, groups)) or any(
+            sum(1 for d in dets if d.shape == g.shape and (g.color is None or d.color == g.color)) >= g.count
+            for g in prompt.exclude):
+        return "objects"
+    for g, found in zip(prompt.include, groups):
+        if g.relation is not None:
+            opp, tgt = _OPPOSITE[g.relation[0]], g.relation[1]
+            if any(sum(1 for d in found if d is not t and opp in relative_position(d, t)) >= g.count
+                   for t in groups[tgt]):
+                return "swapped"
+    return "misplaced"
+
+
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """95% Wilson score interval for a binomial proportion."""
     if n == 0:
