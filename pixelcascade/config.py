@@ -81,6 +81,11 @@ class DiffusionConfig:
     learned_variance: bool = True  # learned-range interpolation between beta_t and the posterior variance
     vlb_weight: float = 0.001  # hybrid loss: MSE + vlb_weight * VLB (IF: RESCALED_MSE -> T/1000 = 1 ... x 0.001)
     min_snr_gamma: float = 0.0  # > 0 enables min-SNR-gamma weighting of the MSE term
+    # > 0: the MSE term weighs each sample as at least ``snr_floor`` x its x0 error (the eps loss alone weighs
+    # it SNR x, next to nothing at high noise, where a super-resolution model should copy its low-res input),
+    # with the weight on the eps error capped at ``snr_floor_cap``.
+    snr_floor: float = 0.0
+    snr_floor_cap: float = 100.0
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,28 @@ def test_min_snr_weighting():
     assert loss[0] < 1 and loss[2] == pytest.approx(1.0)
 
 
+def test_snr_floor_weighting():
+    """eps error e at SNR s is an x0 error of e / s: the floor makes that count at least ``snr_floor`` x,
+    so the weight on the eps MSE is max(1, floor / s), capped (t -> T has s -> 0)."""
+    s = make_schedule()
+    t = torch.tensor([10, 500, 700, 900, 990])
+    x0, noise, out = torch.zeros(5, 3, 2, 2), torch.ones(5, 3, 2, 2), torch.zeros(5, 3, 2, 2)  # mse = 1 each
+    cfg = DiffusionConfig(learned_variance=False, snr_floor=1.0, snr_floor_cap=30.0)
+    loss = diffusion_loss(out, x0, s.q_sample(x0, t, noise), t, noise, s, cfg)["loss"]
+    r = snr(s, t)
+    expected = torch.clamp(torch.clamp(1.0 / r, min=1.0), max=30.0)
+    torch.testing.assert_close(loss, expected.float())
+    assert loss[0] == 1.0 and 3 < loss[2] < 5 and loss[3] == loss[4] == 30.0  # t=700: SNR ~ 0.25
+    both = DiffusionConfig(learned_variance=False, snr_floor=1.0, min_snr_gamma=5.0)  # with min-SNR above
+    loss = diffusion_loss(out, x0, s.q_sample(x0, t, noise), t, noise, s, both)["loss"]
+    assert loss[0] == pytest.approx(float(5.0 / r[0])) and loss[2] == pytest.approx(float(1 / r[2]))
+    v = DiffusionConfig(learned_variance=False, snr_floor=1.0, prediction="v")  # v's MSE already weighs x0 SNR + 1
+    plain = dict(learned_variance=False, prediction="v")
+    ratio = (diffusion_loss(out, x0, s.q_sample(x0, t, noise), t, noise, s, v)["loss"]
+             / diffusion_loss(out, x0, s.q_sample(x0, t, noise), t, noise, s, DiffusionConfig(**plain))["loss"])
+    torch.testing.assert_close(ratio, (torch.clamp(r, min=1.0) / (r + 1)).float())
+
+
 def test_fixed_timestep_validation_is_deterministic_and_per_timestep():
     s = make_schedule()
     x0, noise = torch.rand(4, 3, 4, 4) * 2 - 1, torch.randn(4, 3, 4, 4)

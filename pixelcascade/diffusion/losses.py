@@ -81,10 +81,14 @@ def diffusion_loss(out: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, t: to
     mse = mean_flat((mean_out - target) ** 2)
     terms = {"mse": mse}
     weighted = mse
-    if cfg.min_snr_gamma > 0:
+    if cfg.min_snr_gamma > 0 or cfg.snr_floor > 0:
+        # the weight each sample's x0 error gets: the eps loss gives SNR, v gives SNR + 1, x0 gives 1
         s = snr(schedule, t).view(-1)
-        w = torch.clamp(s, max=cfg.min_snr_gamma)
+        w = torch.clamp(s, min=cfg.snr_floor if cfg.snr_floor > 0 else None,
+                        max=cfg.min_snr_gamma if cfg.min_snr_gamma > 0 else None)
         w = w / s if cfg.prediction == "eps" else w / (s + 1) if cfg.prediction == "v" else w
+        if cfg.snr_floor > 0:
+            w = torch.clamp(w, max=cfg.snr_floor_cap)
         weighted = mse * w
     if cfg.learned_variance:
         vb = vlb_terms(schedule, x0, x_t, t, eps_pred.detach(), out[:, c:])  # mean stopped: trains variance only
