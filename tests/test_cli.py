@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from pixelcascade.cli import main
 
@@ -133,3 +134,31 @@ def test_resuming_with_another_config_is_one_clear_line(tiny_model, capsys):
     assert main(["train", "tiny", "-o", str(tiny_model.parent), "train.lr=0.5", "-q"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "another config" in err[0] and "new output folder" in err[0]
+
+
+def test_eval_shapes_of_a_cascade_scores_every_stage_on_the_same_images(tiny_model, tmp_path, capsys):
+    """--stages 2: the final images are scored, and so are stage I's (same prompts and seeds), side by side."""
+    import dataclasses
+
+    from pixelcascade.config import to_json
+    from pixelcascade.convert import read_tensors, write_safetensors
+    from pixelcascade.models.presets import get_preset
+    from pixelcascade.models.unet import build_unet
+    d = tmp_path / "cascade"
+    d.mkdir()
+    tensors, meta = read_tensors(tiny_model)
+    write_safetensors(d / "stage1.safetensors", tensors, meta)
+    sr_cfg = dataclasses.replace(get_preset("tiny-sr"), image_size=64, encoder_dim=384)
+    torch.manual_seed(0)
+    sr = build_unet(sr_cfg)
+    write_safetensors(d / "stage2.safetensors", {k: v.contiguous() for k, v in sr.state_dict().items()},
+                      dict(meta, unet_config=to_json(sr_cfg)))
+    out = tmp_path / "ev2"
+    assert main(["eval", "shapes", "--model", str(d), "--stages", "2", "-o", str(out), "--per-task", "2",
+                 "--seeds", "1", "--steps", "2", "--steps-ii", "2", "-q"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["image_size"] == 64 and report["stages"] == 2
+    (first,) = report["earlier_stages"]
+    assert first["stage"] == 1 and first["image_size"] == 32
+    assert first["summary"]["all"]["overall"]["n"] == report["summary"]["all"]["overall"]["n"]
+    assert "stage 1 (32 px) -> stage 2:" in capsys.readouterr().out

@@ -32,6 +32,7 @@ def evaluate_shapes(cascade, *, num_stages: int | None = None, per_task: int = 6
     jobs = [(p, s) for p in prompts for s in range(seeds)]
     settings = stage_settings(cascade.stages[:n], **overrides)
     results, images, relations = [], [], {}
+    earlier = [[] for _ in range(n - 1)]
     it = range(0, len(jobs), batch_size)
     if progress:
         from tqdm import tqdm
@@ -42,12 +43,17 @@ def evaluate_shapes(cascade, *, num_stages: int | None = None, per_task: int = 6
         imgs = [to_uint8(o) for o in outs]
         for j, (p, _s) in enumerate(chunk):
             results.append((p, score_image(imgs[-1][j], p)))
+            for k in range(n - 1):  # earlier stages' images, scored at their own size
+                earlier[k].append((p, score_image(imgs[k][j], p)))
             images.append([im[j] for im in imgs])
             outcome = relation_outcome(imgs[-1][j], p)
             if outcome is not None:
                 counts = relations.setdefault(p.task, {"pass": 0, "swapped": 0, "misplaced": 0, "objects": 0})
                 counts[outcome] += 1
     report = {"summary": summarize(results), "relations": relations,
+              # the same prompts and seeds scored after each earlier stage: what each later stage kept or lost
+              "earlier_stages": [{"stage": k + 1, "image_size": int(cascade.stages[k].cfg.image_size),
+                                  "summary": summarize(r)} for k, r in enumerate(earlier)],
               "num_images": len(jobs), "image_size": size, "stages": n,
               "language": language,
               "settings": [dataclasses.asdict(s) for s in settings], "per_task": per_task, "seeds": seeds,
@@ -95,6 +101,11 @@ def format_table(report: dict) -> str:
                 ci = r.get("ci95")
                 ci_s = f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
                 lines.append(f"{'':8s}{task:14s} {r['accuracy']:6.3f}  {ci_s:>15s}  {r['n']:5d}")
+    for e in report.get("earlier_stages", []):  # the cascade against its own earlier stages, same images
+        rows, final = e["summary"]["all"], report["summary"]["all"]
+        lines.append(f"stage {e['stage']} ({e['image_size']} px) -> stage {report['stages']}: " + ", ".join(
+            f"{t} {rows[t]['accuracy']:.3f} -> {final[t]['accuracy']:.3f}"
+            for t in list(TASKS) + ["overall"] if t in rows and t in final))
     for task, c in report.get("relations", {}).items():  # why relation prompts fail
         lines.append(f"{task} outcomes: " + ", ".join(f"{k} {v}" for k, v in c.items())
                      + "  (swapped: the objects are there in the opposite relation)")
