@@ -42,14 +42,14 @@ def evaluate_shapes(cascade, *, num_stages: int | None = None, per_task: int = 6
         outs = cascade([p.text for p, _ in chunk], [s for _, s in chunk], settings=settings, num_stages=n)
         imgs = [to_uint8(o) for o in outs]
         for j, (p, _s) in enumerate(chunk):
-            results.append((p, score_image(imgs[-1][j], p)))
-            for k in range(n - 1):  # earlier stages' images, scored at their own size
-                earlier[k].append((p, score_image(imgs[k][j], p)))
-            images.append([im[j] for im in imgs])
-            outcome = relation_outcome(imgs[-1][j], p)
+            outcome = relation_outcome(imgs[-1][j], p)  # "pass" exactly when score_image passes
+            results.append((p, outcome == "pass" if outcome is not None else score_image(imgs[-1][j], p)))
             if outcome is not None:
                 counts = relations.setdefault(p.task, {"pass": 0, "swapped": 0, "misplaced": 0, "objects": 0})
                 counts[outcome] += 1
+            for k in range(n - 1):  # earlier stages' images, scored at their own size
+                earlier[k].append((p, score_image(imgs[k][j], p)))
+            images.append([im[j] for im in imgs])
     report = {"summary": summarize(results), "relations": relations,
               # the same prompts and seeds scored after each earlier stage: what each later stage kept or lost
               "earlier_stages": [{"stage": k + 1, "image_size": int(cascade.stages[k].cfg.image_size),

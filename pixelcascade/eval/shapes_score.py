@@ -125,52 +125,49 @@ def _min_object_area(prompt: Prompt, size: int) -> float:
     return min(areas[g.shape] for g in prompt.include)
 
 
+def _groups(img: np.ndarray, prompt: Prompt) -> tuple[list, bool]:
+    """Detections matching each include group, and whether the objects are right: every include group found
+    often enough and no exclude group present."""
+    dets = detect(img, min_area=_min_object_area(prompt, img.shape[0]) / 4)
+
+    def match(g):
+        return [d for d in dets if d.shape == g.shape and (g.color is None or d.color == g.color)]
+    groups = [match(g) for g in prompt.include]
+    ok = all(len(found) >= g.count for g, found in zip(prompt.include, groups))
+    return groups, ok and not any(len(match(g)) >= g.count for g in prompt.exclude)
+
+
+def _related(found: list, targets: list, rel: str, count: int) -> bool:
+    """``count`` objects of ``found`` stand in ``rel`` to one object of ``targets`` (any of them may serve as
+    the target: both groups may share a shape and colour)."""
+    return any(sum(1 for d in found if d is not t and rel in relative_position(d, t)) >= count for t in targets)
+
+
 def score_image(img: np.ndarray, prompt: Prompt) -> bool:
     """Does the image satisfy the prompt? (every include group found with its relation; no exclude group)."""
-    size = img.shape[0]
-    dets = detect(img, min_area=_min_object_area(prompt, size) / 4)
-    groups = [[d for d in dets if d.shape == g.shape and (g.color is None or d.color == g.color)]
-              for g in prompt.include]
-    ok = all(len(found) >= g.count for g, found in zip(prompt.include, groups))
-    for g, found in zip(prompt.include, groups):
-        if ok and g.relation is not None:
-            rel, tgt = g.relation
-            # any object of the target group may serve as the target (both may share a shape and colour)
-            ok = any(sum(1 for d in found if d is not t and rel in relative_position(d, t)) >= g.count
-                     for t in groups[tgt])
-    for g in prompt.exclude:
-        found = [d for d in dets if d.shape == g.shape and (g.color is None or d.color == g.color)]
-        if len(found) >= g.count:
-            ok = False
-    return ok
+    groups, ok = _groups(img, prompt)
+    return ok and all(_related(found, groups[g.relation[1]], g.relation[0], g.count)
+                      for g, found in zip(prompt.include, groups) if g.relation is not None)
 
 
 _OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
 
 def relation_outcome(img: np.ndarray, prompt: Prompt) -> str | None:
-    """Why a relation prompt passed or failed: "pass"; "objects" (the objects asked for are not all there, or
-    an excluded one is); "swapped" (they are, in the opposite relation: the model mixed up who goes where);
-    "misplaced" (they are, but in neither). None for prompts without a relation."""
-    rel_groups = [g for g in prompt.include if g.relation is not None]
-    if not rel_groups:
+    """Why a relation prompt passed or failed: "pass" (exactly when ``score_image`` passes); "objects" (the
+    objects asked for are not all there, or an excluded one is); "swapped" (they are, in the opposite
+    relation: the model mixed up who goes where); "misplaced" (they are, but in neither). None for prompts
+    without a relation."""
+    related = [(g, i) for i, g in enumerate(prompt.include) if g.relation is not None]
+    if not related:
         return None
-    if score_image(img, prompt):
-        return "pass"
-    size = img.shape[0]
-    dets = detect(img, min_area=_min_object_area(prompt, size) / 4)
-    groups = [[d for d in dets if d.shape == g.shape and (g.color is None or d.color == g.color)]
-              for g in prompt.include]
-    if not all(len(found) >= g.count for g, found in zip(prompt.include, groups)) or any(
-            sum(1 for d in dets if d.shape == g.shape and (g.color is None or d.color == g.color)) >= g.count
-            for g in prompt.exclude):
+    groups, ok = _groups(img, prompt)
+    if not ok:
         return "objects"
-    for g, found in zip(prompt.include, groups):
-        if g.relation is not None:
-            opp, tgt = _OPPOSITE[g.relation[0]], g.relation[1]
-            if any(sum(1 for d in found if d is not t and opp in relative_position(d, t)) >= g.count
-                   for t in groups[tgt]):
-                return "swapped"
+    if all(_related(groups[i], groups[g.relation[1]], g.relation[0], g.count) for g, i in related):
+        return "pass"
+    if any(_related(groups[i], groups[g.relation[1]], _OPPOSITE[g.relation[0]], g.count) for g, i in related):
+        return "swapped"
     return "misplaced"
 
 
