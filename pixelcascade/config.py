@@ -46,6 +46,11 @@ class UNetConfig:
     # position), residual and zero-initialised, so a model fine-tuned with them starts as the one without.
     # For small encoders whose states blur who does what ("a circle left of a square"). 0: IF exactly.
     text_layers: int = 0
+    # not in IF: a 2-D position signal in every attention block (sinusoids of the pixel's coordinates, scaled
+    # to [-1, 1] so any resolution works, through a zero-initialised linear map added to the normalised
+    # tokens). guided-diffusion's attention has no position, so a pixel knows only weakly where another
+    # object is ("a circle to the left of a square"). False: IF exactly; a fine-tune may add it.
+    attention_position: bool = False
 
     def __post_init__(self):
         if len(self.num_res_blocks) != len(self.channel_mult):

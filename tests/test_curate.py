@@ -60,8 +60,14 @@ def _shift(img, dx, dy):
     return out
 
 
-def test_planted_duplicates_found_without_false_merges(emoji128, tmp_path):
+@pytest.mark.parametrize("search", ["faiss", "numpy"])
+def test_planted_duplicates_found_without_false_merges(emoji128, tmp_path, monkeypatch, search):
+    from pixelcascade.data import curate as curate_mod
     from pixelcascade.data.curate import CurateConfig, curate, pixel_hash
+    if search == "numpy":  # as on a machine without faiss
+        monkeypatch.setattr(curate_mod, "_faiss", lambda: None)
+    else:
+        pytest.importorskip("faiss")
     path, _ = emoji128
     allrecs = list(read_records(path))
     rng = np.random.default_rng(0)
@@ -114,6 +120,26 @@ def test_planted_duplicates_found_without_false_merges(emoji128, tmp_path):
         per_cluster[cluster_of[r.caption]] = r.caption
     assert rep["removed_as_duplicates"] >= len(planted)
     assert (tmp_path / "out" / "clusters.png").is_file()
+
+
+def test_exact_numpy_search_matches_faiss(monkeypatch):
+    """Without faiss, curation's candidate search (pHash radius, thumbnail kNN) is an exact NumPy search that
+    returns what faiss returns."""
+    pytest.importorskip("faiss")
+    from pixelcascade.data import curate as curate_mod
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 256, (300, 8), dtype=np.uint8)
+    flips = (rng.random((50, 8)) < 0.05).astype(np.uint8) << rng.integers(0, 8, (50, 8)).astype(np.uint8)
+    codes[100:150] = codes[:50] ^ flips  # a few bits off the first 50
+    thumbs = rng.normal(size=(300, 48)).astype(np.float32)
+    thumbs[200:260] = thumbs[:60] + 0.01 * rng.normal(size=(60, 48)).astype(np.float32)
+    with_faiss = curate_mod.hamming_within(codes, 6), curate_mod.nearest_l2(thumbs, 5)
+    monkeypatch.setattr(curate_mod, "_faiss", lambda: None)
+    without = curate_mod.hamming_within(codes, 6, block=64), curate_mod.nearest_l2(thumbs, 5, block=64)
+    assert [sorted(a.tolist()) for a in with_faiss[0]] == [sorted(b.tolist()) for b in without[0]]
+    assert sum(len(a) > 1 for a in without[0]) >= 50  # the planted near codes are found
+    assert np.array_equal(with_faiss[1], without[1])
+    assert (without[1][200:260, 1] == np.arange(60)).all() and (without[1][:, 0] == np.arange(300)).all()
 
 
 def test_formats_roundtrip(tmp_path):

@@ -68,3 +68,14 @@ def test_minilm_default_offline():
     e1, _ = enc(["a red circle"])
     e2, _ = enc(["a blue circle"])
     assert (e1 - e2).abs().max() > 1e-2
+
+
+def test_minilm_from_a_local_copy(tiny_t5, tmp_path, monkeypatch):
+    """$PIXELCASCADE_MINILM names a local copy of the default encoder (a machine without the package); a folder
+    that is no model is one clear error."""
+    from pixelcascade.text.encoder import TextEncoderError, minilm_path
+    monkeypatch.setenv("PIXELCASCADE_MINILM", str(tiny_t5))
+    assert minilm_path() == tiny_t5
+    monkeypatch.setenv("PIXELCASCADE_MINILM", str(tmp_path))
+    with pytest.raises(TextEncoderError, match="PIXELCASCADE_MINILM=.*no config.json"):
+        minilm_path()

@@ -205,11 +205,12 @@ def test_fine_tuning_errors_are_clear(tmp_path):
         Trainer(wide, _data(), tmp_path / "b", progress=False)
 
 
-def test_fine_tuning_may_add_text_layers_but_nothing_else(tmp_path):
+@pytest.mark.parametrize("added", [{"text_layers": 1}, {"attention_position": True}])
+def test_fine_tuning_may_add_text_layers_but_nothing_else(tmp_path, added):
     Trainer(_cfg(), _data(), tmp_path / "base", progress=False).fit(max_steps=3)
     init = str(tmp_path / "base" / "checkpoint.pt")
     cfg = _cfg(init_from=init)
-    cfg = dataclasses.replace(cfg, unet=dataclasses.replace(cfg.unet, text_layers=1))
+    cfg = dataclasses.replace(cfg, unet=dataclasses.replace(cfg.unet, **added))
     ft = Trainer(cfg, _data(), tmp_path / "ft", progress=False)
     base = Trainer(_cfg(), _data(), tmp_path / "base", progress=False)
     x, t, te = torch.randn(2, 3, 16, 16), torch.tensor([5.0, 500.0]), torch.randn(2, 6, 24)

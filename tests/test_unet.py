@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from conftest import official_kwargs, randomize, tiny_cfg
@@ -145,6 +147,47 @@ def test_attention_blocks_equal_the_reference(dtype, lq, lk, tol, chunk, monkeyp
     out = pnn.attention(q.to(dtype), k.to(dtype), v.to(dtype))
     assert out.shape == ref.shape and out.dtype == dtype
     assert (out.double() - ref).abs().max() < tol
+
+
+@pytest.mark.parametrize("super_res", [False, True])
+def test_attention_position_starts_as_the_model_without_it(super_res):
+    """unet.attention_position (not in IF): zero-initialised, so IF weights loaded into it give the same output;
+    with trained (here random) weights it breaks the attention's indifference to where a pixel is."""
+    base = randomize(build_unet(tiny_cfg(super_res)).eval())
+    withp = build_unet(tiny_cfg(super_res, attention_position=True)).eval()
+    missing, unexpected = withp.load_state_dict(base.state_dict(), strict=False)
+    assert unexpected == [] and missing and all(".pos_proj." in k for k in missing)
+    assert not any("pos_proj" in k for k in base.state_dict())  # IF's key names when False
+    x, te, t = torch.randn(2, 3, 32, 32), torch.randn(2, 9, 48), torch.tensor([3.0, 300.0])
+    kw = {"low_res": torch.randn(2, 3, 32, 32), "aug_t": torch.tensor([0, 100])} if super_res else {}
+    with torch.no_grad():
+        assert torch.equal(base(x, t, te, **kw), withp(x, t, te, **kw))
+        blocks = [m for m in withp.modules() if hasattr(m, "pos_proj")]
+        assert blocks
+        for m in blocks:
+            randomize(m.pos_proj, seed=1, std=0.3)
+        assert not torch.allclose(base(x, t, te, **kw), withp(x, t, te, **kw), atol=1e-4)
+        # one block alone: without position, attention commutes with a mirror image; with it, it does not
+        blk = blocks[0]
+        h = torch.randn(2, blk.heads * blk.head_ch, 6, 6)
+        enc = torch.randn(2, blk.encoder_kv.in_channels, 5)
+        pos = blk.pos_proj
+        del blk.pos_proj
+        assert torch.allclose(blk(h.flip(-1), enc), blk(h, enc).flip(-1), atol=1e-5)
+        blk.pos_proj = pos
+        assert not torch.allclose(blk(h.flip(-1), enc), blk(h, enc).flip(-1), atol=1e-3)
+
+
+def test_position_features_are_sinusoids_of_centred_coordinates():
+    from pixelcascade.models.unet import POSITION_FREQS, position_features
+    f = position_features(2, 4)  # rows y in {-0.5, 0.5}, columns x in {-0.75, -0.25, 0.25, 0.75}
+    assert f.shape == (8, 4 * POSITION_FREQS)
+    k = POSITION_FREQS
+    y, x = -0.5, 0.25  # pixel (row 0, column 2)
+    want = [math.sin(math.pi * 2 ** i * y) for i in range(k)] + [math.sin(math.pi * 2 ** i * x) for i in range(k)]
+    want += [math.cos(math.pi * 2 ** i * y) for i in range(k)] + [math.cos(math.pi * 2 ** i * x) for i in range(k)]
+    assert torch.allclose(f[2], torch.tensor(want), atol=1e-6)
+    assert torch.allclose(position_features(3, 5), position_features(3, 5))  # non-square sizes work
 
 
 @pytest.mark.parametrize("super_res", [False, True])

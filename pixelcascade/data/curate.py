@@ -195,10 +195,55 @@ def _map_shards(shards: list[Path], cfg: CurateConfig, progress: bool) -> list[d
     return out
 
 
+def _faiss():
+    try:
+        import faiss
+        return faiss
+    except ImportError:  # the exact NumPy search below gives the same candidates, more slowly on large data
+        return None
+
+
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def hamming_within(codes: np.ndarray, radius: int, block: int = 2048) -> list[np.ndarray]:
+    """For each binary code (uint8 [N, B]), the indices of the codes within ``radius`` bits (itself included):
+    faiss ``IndexBinaryFlat.range_search`` when faiss is installed, else an exact NumPy search."""
+    faiss = _faiss()
+    if faiss is not None:
+        idx = faiss.IndexBinaryFlat(codes.shape[1] * 8)
+        idx.add(codes)
+        lims, _, labels = idx.range_search(codes, radius + 1)  # faiss keeps distances < its radius
+        return [labels[lims[q]:lims[q + 1]] for q in range(len(codes))]
+    out = []
+    for s in range(0, len(codes), block):
+        d = _POPCOUNT[codes[s:s + block, None, :] ^ codes[None, :, :]].sum(-1, dtype=np.int32)  # [b, N]
+        out += [np.flatnonzero(row <= radius) for row in d]
+    return out
+
+
+def nearest_l2(x: np.ndarray, k: int, block: int = 2048) -> np.ndarray:
+    """[N, k] indices of each row's k nearest rows by L2 distance (itself among them): faiss ``IndexFlatL2``
+    when installed, else an exact NumPy search."""
+    faiss = _faiss()
+    if faiss is not None:
+        idx = faiss.IndexFlatL2(x.shape[1])
+        idx.add(x)
+        return idx.search(x, k)[1]
+    x64 = x.astype(np.float64)
+    sq = (x64 ** 2).sum(1)
+    out = []
+    for s in range(0, len(x), block):
+        d = sq[s:s + block, None] + sq[None, :] - 2 * x64[s:s + block] @ x64.T  # [b, N]
+        part = np.argpartition(d, k - 1, axis=1)[:, :k] if k < len(x) else np.tile(np.arange(len(x)), (len(d), 1))
+        order = np.take_along_axis(d, part, 1).argsort(1, kind="stable")
+        out.append(np.take_along_axis(part, order, 1))
+    return np.concatenate(out)
+
+
 def find_duplicates(rows: list[dict], cfg: CurateConfig, loader) -> tuple[UnionFind, dict]:
     """Exact groups by pixel hash; near-duplicate candidates (pHash radius, thumbnail kNN) verified by
     ``block_distance``. ``loader(indices) -> {index: image}`` fetches the pixels of candidate images."""
-    import faiss
     n = len(rows)
     uf = UnionFind(n)
     by_hash = defaultdict(list)
@@ -213,21 +258,11 @@ def find_duplicates(rows: list[dict], cfg: CurateConfig, loader) -> tuple[UnionF
     cand = set()
     if len(reps) > 1:
         codes = np.stack([rows[i]["phash"] for i in reps]).astype(np.uint8)
-        bidx = faiss.IndexBinaryFlat(64)
-        bidx.add(codes)
-        lims, _, labels = bidx.range_search(codes, cfg.phash_radius + 1)
-        for q in range(len(reps)):
-            for k in labels[lims[q]:lims[q + 1]]:
-                if k != q:
-                    cand.add((min(q, int(k)), max(q, int(k))))
         thumbs = np.stack([rows[i]["thumb"] for i in reps]).astype(np.float32)
-        fidx = faiss.IndexFlatL2(thumbs.shape[1])
-        fidx.add(thumbs)
-        _, nn = fidx.search(thumbs, min(cfg.knn + 1, len(reps)))
-        for q in range(len(reps)):
-            for k in nn[q]:
-                if k >= 0 and k != q:
-                    cand.add((min(q, int(k)), max(q, int(k))))
+        for q, ks in enumerate(hamming_within(codes, cfg.phash_radius)):
+            cand.update((min(q, int(k)), max(q, int(k))) for k in ks if k != q)
+        for q, ks in enumerate(nearest_l2(thumbs, min(cfg.knn + 1, len(reps)))):
+            cand.update((min(q, int(k)), max(q, int(k))) for k in ks if k >= 0 and k != q)
     needed = sorted({reps[a] for pair in cand for a in pair})
     images = loader(needed)
     prepared = {i: _prepare(images[i], cfg.compare_size, cfg.max_shift) for i in needed if i in images}

@@ -62,10 +62,24 @@ class ResBlock(nn.Module):
         return h.mul_(SKIP_SCALE) if self.scale_skip else h
 
 
+POSITION_FREQS = 4
+
+
+def position_features(hgt: int, wid: int, device=None) -> torch.Tensor:
+    """[H*W, 4 * POSITION_FREQS]: sin and cos of pi * 2^k * y and x, with pixel centres scaled to [-1, 1]."""
+    ys = (torch.arange(hgt, device=device, dtype=torch.float32) + 0.5) / hgt * 2 - 1
+    xs = (torch.arange(wid, device=device, dtype=torch.float32) + 0.5) / wid * 2 - 1
+    y, x = torch.meshgrid(ys, xs, indexing="ij")
+    f = math.pi * 2.0 ** torch.arange(POSITION_FREQS, device=device, dtype=torch.float32)
+    ang = torch.cat([y.reshape(-1, 1) * f, x.reshape(-1, 1) * f], dim=1)  # [HW, 2F]
+    return torch.cat([ang.sin(), ang.cos()], dim=1)
+
+
 class AttentionBlock(nn.Module):
     """Self-attention over the image with the text tokens joined to its keys and values (Imagen style)."""
 
-    def __init__(self, ch: int, head_ch: int, encoder_channels: int, *, disable_self_attention: bool = False):
+    def __init__(self, ch: int, head_ch: int, encoder_channels: int, *, disable_self_attention: bool = False,
+                 position: bool = False):
         super().__init__()
         if ch % head_ch:
             raise ValueError(f"attention width {ch} is not divisible by the head width {head_ch}")
@@ -76,11 +90,16 @@ class AttentionBlock(nn.Module):
         self.encoder_kv = nn.Conv1d(encoder_channels, 2 * ch, 1)
         self.norm_encoder = GroupNorm32(encoder_channels)
         self.proj_out = zero_module(nn.Conv1d(ch, ch, 1))
+        if position:  # not in IF (config attention_position); zero-initialised: starts as the block without it
+            self.pos_proj = zero_module(nn.Linear(4 * POSITION_FREQS, ch))
 
     def forward(self, x: torch.Tensor, encoder_out: torch.Tensor) -> torch.Tensor:
         b, c, hgt, wid = x.shape
         n, d = self.heads, self.head_ch
         tokens = self.norm(x).permute(0, 2, 3, 1).reshape(b, hgt * wid, c)  # [B, HW, C] (free if channels_last)
+        if hasattr(self, "pos_proj"):
+            pos = self.pos_proj(position_features(hgt, wid, x.device).to(self.pos_proj.weight.dtype))
+            tokens = tokens + pos.to(tokens.dtype)  # [HW, C], broadcast over the batch
         # qkv rows are head-interleaved: [q_h0, k_h0, v_h0, q_h1, ...], 64 rows each
         qkv = conv1x1_linear(tokens, self.qkv)  # [B, HW, 3C]
         parts = 3 if self.self_attention else 1
@@ -173,7 +192,7 @@ class UNet(nn.Module):
 
         def attn(ch, ds):
             return AttentionBlock(ch, cfg.num_head_channels, cfg.encoder_channels,
-                                  disable_self_attention=ds in no_self)
+                                  disable_self_attention=ds in no_self, position=cfg.attention_position)
 
         self.time_embed = nn.Sequential(nn.Linear(mc, ted), nn.GELU(), nn.Linear(ted, ted))
         ch = mc * cfg.channel_mult[0]

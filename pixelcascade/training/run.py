@@ -55,7 +55,9 @@ RUN_PRESETS: dict[str, RunConfig] = {
                           val_every=250, sample_steps="smart27", sample_guidance=4.0),
     ),
     "emoji128-sr": RunConfig(
-        name="emoji128-sr", unet=get_preset("emoji128-II"), diffusion=DiffusionConfig(),
+        # v-prediction: an eps super-resolution model cannot express x0 at the first step (SNR ~1e-9), and
+        # the colour error of that step survives the chain (the shapes stage II tint, README)
+        name="emoji128-sr", unet=get_preset("emoji128-II"), diffusion=DiffusionConfig(prediction="v"),
         sample=SampleConfig(sampler="ddpm", num_steps="smart27", guidance_scale=2.0, dyn_thresh_max=1.0,
                             aug_level=0.25),
         data=DataConfig(world="emoji", image_size=128, num_images=0, seed=0, text_max_length=24, low_res_size=64),
@@ -170,7 +172,11 @@ def train(cfg: RunConfig, out_dir: str | Path, *, cache: Path | None = None, pro
     from ..text.encoder import load_encoder
     cache = cache or default_cache_dir()
     out_dir = Path(out_dir)
-    encoder = load_encoder(cfg.text_encoder, cfg.data.text_max_length)
+    # captions are encoded once (then cached) on the training device
+    from .loop import resolve_device
+    enc_device = resolve_device(cfg.train.device)
+    encoder = load_encoder(cfg.text_encoder, cfg.data.text_max_length,
+                           device=str(enc_device) if enc_device.type == "cuda" else "cpu")
     if cfg.data.world == "emoji":
         images, caps = emoji_images(cfg.data, cache, progress)
         val_images, val_caps = emoji_images(cfg.data, cache, progress, split="heldout")
