@@ -334,6 +334,7 @@ def cmd_train(a) -> int:
         raise UserError(f"unknown training preset {a.preset!r}; known: {', '.join(RUN_PRESETS)}") from None
     except ConfigError as e:
         raise UserError(str(e)) from None
+    from .data.emoji import EmojiError
     from .training.checkpoint import ResumeError
     from .training.loop import ConfigMismatch, resolve_device
     try:
@@ -345,7 +346,7 @@ def cmd_train(a) -> int:
     try:
         train(cfg, a.output, progress=not a.quiet, max_steps=a.max_steps, time_limit_s=a.time_limit,
               command=command)
-    except (ResumeError, ConfigMismatch) as e:
+    except (ResumeError, ConfigMismatch, EmojiError) as e:
         raise UserError(str(e)) from None
     print(f"checkpoint and EMA weights in {a.output}")
     return 0
@@ -576,7 +577,8 @@ def cmd_data_emoji(a) -> int:
     _check_writable(Path(a.output))
     try:
         r = build_emoji_dataset(a.output, size=a.size, font=a.font, per_shard=a.per_shard,
-                                heldout_fraction=a.heldout, seed=a.seed, progress=not a.quiet)
+                                heldout_fraction=a.heldout, seed=a.seed, progress=not a.quiet,
+                                basic_layout=a.basic_layout)
     except EmojiError as e:
         raise UserError(str(e)) from None
     print(json.dumps(r, indent=2, ensure_ascii=False))
@@ -797,6 +799,9 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--per-shard", type=int, default=1000)
     de.add_argument("--heldout", type=float, default=0.05, help="fraction of emoji whose captions are held out")
     de.add_argument("--seed", type=int, default=0)
+    de.add_argument("--basic-layout", action="store_true",
+                    help="draw without text shaping, for a Pillow without libraqm/FriBiDi: keeps only the "
+                         "single-code-point emoji (about 40%%)")
     de.add_argument("-q", "--quiet", action="store_true")
     de.set_defaults(fn=cmd_data_emoji)
 

@@ -161,4 +161,21 @@ def test_eval_shapes_of_a_cascade_scores_every_stage_on_the_same_images(tiny_mod
     (first,) = report["earlier_stages"]
     assert first["stage"] == 1 and first["image_size"] == 32
     assert first["summary"]["all"]["overall"]["n"] == report["summary"]["all"]["overall"]["n"]
-    assert "stage 1 (32 px) -> stage 2:" in capsys.readouterr().out
+    out_text = capsys.readouterr().out
+    assert "stage 1 (32 px) -> stage 2:" in out_text and "image by image: lost" in out_text
+    # each image's verdict at every stage, consistent with both summaries
+    for k, summ in ((0, first["summary"]), (1, report["summary"])):
+        for task, row in summ["all"].items():
+            if task != "overall":
+                v = [r["pass_by_stage"][k] for r in report["per_prompt"] if r["task"] == task]
+                assert len(v) == row["n"] and abs(sum(v) / len(v) - row["accuracy"]) < 1e-9
+
+
+def test_stage_changes_counts_lost_and_gained_images():
+    from pixelcascade.eval.shapes_eval import format_table, stage_changes
+    rows = [("counting", [True, False]), ("counting", [True, True]), ("colors", [False, True]),
+            ("counting", [True, False]), ("position", [False, False])]
+    report = {"per_prompt": [{"task": t, "pass_by_stage": v} for t, v in rows]}
+    assert stage_changes(report) == {"counting": {"lost": 2, "gained": 0}, "colors": {"lost": 0, "gained": 1}}
+    report.update(summary={}, stages=2, stage_changes=stage_changes(report))
+    assert "lost 2, gained 1 (counting: -2 +0, colors: -0 +1)" in format_table(report)

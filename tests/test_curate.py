@@ -122,6 +122,27 @@ def test_planted_duplicates_found_without_false_merges(emoji128, tmp_path, monke
     assert (tmp_path / "out" / "clusters.png").is_file()
 
 
+def test_pillow_without_text_shaping_is_refused_with_the_fix(tmp_path, monkeypatch, capsys):
+    """Without libraqm, emoji sequences render as several glyphs and would be dropped (60% of the set, silently):
+    refused with the fix, unless --basic-layout asks for the single-code-point emoji only."""
+    from PIL import features
+
+    from pixelcascade.cli import main
+    from pixelcascade.data import emoji as emoji_mod
+    try:
+        emoji_mod.find_font()
+    except emoji_mod.EmojiError as e:
+        pytest.skip(str(e))
+    real = features.check
+    monkeypatch.setattr(features, "check", lambda name: False if name == "raqm" else real(name))
+    with pytest.raises(emoji_mod.EmojiError, match="apt install libfribidi0.*--basic-layout"):
+        emoji_mod.build_emoji_dataset(tmp_path / "a", limit=5, progress=False)
+    assert main(["data", "emoji", "-o", str(tmp_path / "b"), "-q"]) == 2
+    assert "libfribidi0" in capsys.readouterr().err
+    rep = emoji_mod.build_emoji_dataset(tmp_path / "c", limit=40, progress=False, basic_layout=True)
+    assert rep["layout"] == "basic" and rep["rendered"] + rep["blank_dropped"] == 40
+
+
 def test_exact_numpy_search_matches_faiss(monkeypatch):
     """Without faiss, curation's candidate search (pHash radius, thumbnail kNN) is an exact NumPy search that
     returns what faiss returns."""

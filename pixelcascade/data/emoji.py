@@ -59,11 +59,24 @@ def emoji_entries(languages: bool = True) -> list[dict]:
     return out
 
 
+NO_SHAPING = ("Pillow here has no text shaping (libraqm, which needs FriBiDi), so emoji made of several code "
+              "points (flags, skin tones, ZWJ sequences: about 60% of them) would be drawn as separate glyphs and "
+              "dropped. Install FriBiDi (Debian/Ubuntu: apt install libfribidi0; Pillow's wheels bundle raqm and "
+              "load it), or pass --basic-layout to keep only the single-code-point emoji")
+
+
+def has_shaping() -> bool:
+    from PIL import features
+    return bool(features.check("raqm"))
+
+
 class Renderer:
-    def __init__(self, font: str | Path | None = None, size: int = 64):
-        from PIL import ImageFont, features
+    def __init__(self, font: str | Path | None = None, size: int = 64, basic_layout: bool = False):
+        from PIL import ImageFont
         self.font_path = find_font(str(font) if font else None)
-        layout = ImageFont.Layout.RAQM if features.check("raqm") else ImageFont.Layout.BASIC
+        if not basic_layout and not has_shaping():
+            raise EmojiError(NO_SHAPING)
+        layout = ImageFont.Layout.BASIC if basic_layout else ImageFont.Layout.RAQM
         self.font = ImageFont.truetype(str(self.font_path), STRIKE, layout_engine=layout)
         self.size = size
         self._notdef = None
@@ -109,10 +122,13 @@ def heldout(name: str, fraction: float = 0.05, seed: int = 0) -> bool:
 
 def build_emoji_dataset(out_dir: str | Path, size: int = 64, font: str | None = None, per_shard: int = 1000,
                         languages: bool = True, heldout_fraction: float = 0.05, seed: int = 0,
-                        limit: int | None = None, progress: bool = True) -> dict:
-    """Render every emoji -> webdataset shards + manifest.parquet. Returns counts."""
+                        limit: int | None = None, progress: bool = True, basic_layout: bool = False) -> dict:
+    """Render every emoji -> webdataset shards + manifest.parquet. Returns counts.
+
+    ``basic_layout``: draw without text shaping (for a Pillow without libraqm); sequences are then dropped as
+    blank, and the report says so. Without it, a Pillow that cannot shape is refused with the fix."""
     from PIL import Image
-    r = Renderer(font, size)
+    r = Renderer(font, size, basic_layout=basic_layout)
     entries = emoji_entries(languages)
     if limit:
         entries = entries[:limit]
@@ -137,7 +153,7 @@ def build_emoji_dataset(out_dir: str | Path, size: int = 64, font: str | None = 
             w.write(Record(f"emoji{i:05d}", buf.getvalue(), e["name"], meta))
             kept += 1
     return {"emoji": len(entries), "rendered": kept, "blank_dropped": len(blank), "blank_examples": blank[:10],
-            "heldout": held, "size": size, "font": str(r.font_path)}
+            "heldout": held, "size": size, "font": str(r.font_path), "layout": "basic" if basic_layout else "raqm"}
 
 
 def training_captions(meta: dict, rng: np.random.Generator) -> str:

@@ -57,14 +57,46 @@ def evaluate_shapes(cascade, *, num_stages: int | None = None, per_task: int = 6
               "num_images": len(jobs), "image_size": size, "stages": n,
               "language": language,
               "settings": [dataclasses.asdict(s) for s in settings], "per_task": per_task, "seeds": seeds,
-              "per_prompt": [{"prompt": p.text, "task": p.task, "unseen": p.unseen, "pass": bool(ok)}
-                             for p, ok in results]}
+              "per_prompt": [{"prompt": p.text, "task": p.task, "unseen": p.unseen, "seed": s, "pass": bool(ok),
+                              **({"pass_by_stage": [bool(e[i][1]) for e in earlier] + [bool(ok)]} if earlier else {})}
+                             for i, ((p, ok), (_, s)) in enumerate(zip(results, jobs))]}
+    if earlier:  # images that a later stage turned from pass to fail (lost) or fail to pass (gained)
+        report["stage_changes"] = stage_changes(report)
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "report.json", json.dumps(report, indent=2))
         _sheet(results, images, out / "contact_sheet.png")
+        changed = [i for i, r in enumerate(report["per_prompt"]) if len(set(r.get("pass_by_stage", [True]))) > 1]
+        if changed:
+            _changed_sheet(report, images, changed, out / "stage_changes.png")
     return report
+
+
+def stage_changes(report: dict) -> dict:
+    """Per task, how many images the last stage lost (an earlier stage passed, the last fails) or gained."""
+    out = {}
+    for r in report["per_prompt"]:
+        first, last = r["pass_by_stage"][0], r["pass_by_stage"][-1]
+        if first != last:
+            c = out.setdefault(r["task"], {"lost": 0, "gained": 0})
+            c["lost" if first else "gained"] += 1
+    return out
+
+
+def _changed_sheet(report: dict, images, idx: list[int], path: Path) -> None:
+    """Every image whose verdict changed between stage I and the last stage, all stages side by side."""
+    from .sheets import contact_sheet
+    picks, caps = [], []
+    size = images[0][-1].shape[0]
+    for i in idx[:64]:
+        r = report["per_prompt"][i]
+        for k, im in enumerate(images[i]):
+            rep = size // im.shape[0]
+            picks.append(np.repeat(np.repeat(im, rep, 0), rep, 1))
+            verdict = "PASS" if r["pass_by_stage"][k] else "fail"
+            caps.append(f"{verdict} [stage {k + 1}] {r['prompt']} (seed {r['seed']})")
+    contact_sheet(np.stack(picks), caps, path, scale=max(1, 96 // size), cols=2 * len(images[0]))
 
 
 def _sheet(results, images, path: Path, per_task: int = 4) -> None:
@@ -106,6 +138,12 @@ def format_table(report: dict) -> str:
         lines.append(f"stage {e['stage']} ({e['image_size']} px) -> stage {report['stages']}: " + ", ".join(
             f"{t} {rows[t]['accuracy']:.3f} -> {final[t]['accuracy']:.3f}"
             for t in list(TASKS) + ["overall"] if t in rows and t in final))
+    if "stage_changes" in report:
+        ch = report["stage_changes"]
+        lost, gained = sum(c["lost"] for c in ch.values()), sum(c["gained"] for c in ch.values())
+        per_task = ", ".join(f"{t}: -{c['lost']} +{c['gained']}" for t, c in ch.items())
+        lines.append(f"stage 1 -> stage {report['stages']}, image by image: lost {lost}, gained {gained}"
+                     + (f" ({per_task}); pictured in stage_changes.png" if ch else ""))
     for task, c in report.get("relations", {}).items():  # why relation prompts fail
         lines.append(f"{task} outcomes: " + ", ".join(f"{k} {v}" for k, v in c.items())
                      + "  (swapped: the objects are there in the opposite relation)")

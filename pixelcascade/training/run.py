@@ -28,8 +28,10 @@ RUN_PRESETS: dict[str, RunConfig] = {
                           ckpt_every=250, val_every=250),
     ),
     "shapes64-sr": RunConfig(
+        # v-prediction: an eps model cannot express x0 at the first sampling step (SNR ~1e-9 at t=999), and the
+        # colour error of that step survived the whole chain as a tint (README, "Stage II")
         name="shapes64-sr", unet=get_preset("shapes64-II"),
-        diffusion=DiffusionConfig(),
+        diffusion=DiffusionConfig(prediction="v"),
         sample=SampleConfig(sampler="ddpm", num_steps="smart27", guidance_scale=1.0, dyn_thresh_max=1.0,
                             aug_level=0.25),
         data=DataConfig(world="shapes", image_size=64, num_images=30000, seed=1, text_max_length=32,
