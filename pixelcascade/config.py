@@ -113,6 +113,10 @@ class DataConfig:
     low_res_size: int = 32  # super-resolution stages: the size the target is down-sampled to
     # shapes world: the training-task mix, "position=4,composite=2" over data.shapes.TASK_WEIGHTS ("": those)
     task_weights: str = ""
+    # shapes super-resolution: the share of examples whose low-res input is the scene's own render at
+    # low_res_size (objects at that world's sizes, as stage I draws them) instead of the down-sampled target.
+    # The spec's 8-px floor at 32 px makes the two differ for 3+ objects (README, stage II). 0: IF's recipe.
+    paired_low_res: float = 0.0
 
 
 @dataclass(frozen=True)

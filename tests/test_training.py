@@ -221,3 +221,60 @@ def test_fine_tuning_may_add_text_layers_but_nothing_else(tmp_path, added):
     ft_ckpt = str(tmp_path / "ft" / "checkpoint.pt")
     with pytest.raises(ResumeError, match="unexpected"):
         Trainer(_cfg(init_from=ft_ckpt), _data(), tmp_path / "c", progress=False)
+
+
+def test_paired_low_res_takes_the_scenes_own_render_for_its_share(tmp_path):
+    """data.paired_low_res: that share of super-resolution examples is conditioned on the example's own low-res
+    image (TrainData.low_images) instead of the down-sampled target; 0 draws nothing extra, so runs without it
+    are unchanged."""
+    from pixelcascade.diffusion.guidance import noise_augment
+    from pixelcascade.training.loop import step_generator
+    from pixelcascade.training.sr import degrade
+    data = _data()
+    data.low_images = np.random.default_rng(1).integers(0, 255, (32, 8, 8, 3), dtype=np.uint8)
+    idx = torch.tensor([3, 5, 7, 9])
+    x0 = torch.from_numpy(data.images[idx.numpy()]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    own = torch.from_numpy(data.low_images[idx.numpy()]).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+    def inputs(share):
+        cfg = _cfg(True)
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, paired_low_res=share))
+        t = Trainer(cfg, data, tmp_path / f"s{share}", progress=False)
+        g = step_generator(0, 0)
+        out = t._sr_inputs(x0, g, 4, slice(None), idx)
+        return out, t, float(torch.rand(1, generator=g))  # the next draw: tells how much was drawn
+
+    def expect(low, out, t):
+        g = step_generator(0, 0)
+        aug_t = torch.randint(0, 1000, (4,), generator=g)
+        noise = torch.randn((4, *x0.shape[1:]), generator=g)
+        assert torch.equal(out["aug_t"], aug_t)
+        return noise_augment(low, (16, 16), aug_t, t.schedule, noise)
+
+    out0, t0, next0 = inputs(0.0)
+    torch.testing.assert_close(out0["low_res"], expect(degrade(x0, 8), out0, t0))
+    out1, t1, next1 = inputs(1.0)
+    torch.testing.assert_close(out1["low_res"], expect(own, out1, t1))
+    assert next0 != next1  # the share draws its coin flips after the noise, only when it is on
+
+
+def test_rescaled_scene_uses_the_smaller_worlds_sizes():
+    import random
+
+    from pixelcascade.data.shapes import diameter, make_dataset, render, rescale_objects, training_scene
+    rng = random.Random(3)
+    for _ in range(50):
+        scene, _ = training_scene(rng, 64)
+        small = rescale_objects(scene.objects, 64, 32)
+        d = diameter(32, len(scene.objects))
+        for a, b in zip(scene.objects, small):
+            assert b.d == d and 0 <= b.x <= 32 - d and 0 <= b.y <= 32 - d
+            assert (b.shape, b.color) == (a.shape, a.color)
+            for lo, hi in ((a.x, b.x), (a.y, b.y)):  # centres halved, to a pixel, unless the canvas edge stops it
+                assert abs((hi + d / 2) - (lo + a.d / 2) / 2) <= 1 or hi in (0, 32 - d)
+    imgs, caps = make_dataset(6, 64, seed=4)
+    imgs2, caps2, low = make_dataset(6, 64, seed=4, low_res_size=32)
+    assert np.array_equal(imgs, imgs2) and caps == caps2 and low.shape == (6, 32, 32, 3)
+    rng = random.Random(4)
+    scene, _ = training_scene(rng, 64)
+    assert np.array_equal(low[0], render(rescale_objects(scene.objects, 64, 32), 32))

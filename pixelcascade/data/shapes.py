@@ -7,6 +7,7 @@ benchmark; ``training_caption`` gives varied wording of the same content for tra
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import random
@@ -375,12 +376,28 @@ def training_scene(rng: random.Random, size: int, weights: dict | None = None) -
 _PROMPT_CACHE: dict = {}
 
 
+def rescale_objects(objects: list[Obj], size: int, new_size: int) -> list[Obj]:
+    """The same scene in the ``new_size`` world: centres scaled, each diameter the world's own
+    (:func:`diameter` for that many objects), corners snapped to whole pixels inside the canvas."""
+    d = diameter(new_size, len(objects))
+    f = new_size / size
+    out = []
+    for o in objects:
+        cx, cy = (o.x + o.d / 2) * f, (o.y + o.d / 2) * f
+        x = min(max(round(cx - d / 2), 0), new_size - d)
+        y = min(max(round(cy - d / 2), 0), new_size - d)
+        out.append(dataclasses.replace(o, x=x, y=y, d=d))
+    return out
+
+
 def make_dataset(n: int, size: int = 32, seed: int = 0, progress: bool = False,
-                 weights: dict | None = None) -> tuple[np.ndarray, list[str]]:
+                 weights: dict | None = None, low_res_size: int | None = None):
     """``n`` rendered training images (uint8 [n, size, size, 3]) and their captions, fully determined by seed
-    (and ``weights``, the task mix; TASK_WEIGHTS by default)."""
+    (and ``weights``, the task mix; TASK_WEIGHTS by default). With ``low_res_size``, also each scene rendered
+    in that world (:func:`rescale_objects`): (images, captions, low-res images); the first two are unchanged."""
     rng = random.Random(seed)
     images = np.empty((n, size, size, 3), np.uint8)
+    low = np.empty((n, low_res_size, low_res_size, 3), np.uint8) if low_res_size else None
     captions = []
     it = range(n)
     if progress:
@@ -389,5 +406,7 @@ def make_dataset(n: int, size: int = 32, seed: int = 0, progress: bool = False,
     for i in it:
         scene, cap = training_scene(rng, size, weights)
         images[i] = render(scene.objects, size)
+        if low is not None:
+            low[i] = render(rescale_objects(scene.objects, size, low_res_size), low_res_size)
         captions.append(cap)
-    return images, captions
+    return (images, captions) if low is None else (images, captions, low)

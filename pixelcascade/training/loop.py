@@ -48,6 +48,9 @@ class TrainData:
     # several captions per image (the emoji's names in many languages): example i is image image_idx[i] with
     # caption caption_idx[i]; None: one caption per image, example i is image i
     image_idx: np.ndarray | None = None
+    # super-resolution: each image's own low-res render (uint8 [N, h, w, 3]), used for a share
+    # (data.paired_low_res) of examples in place of the down-sampled target
+    low_images: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.caption_idx)
@@ -212,7 +215,7 @@ class Trainer:
         noise = torch.randn((b, *x0.shape[1:]), generator=g)[mine]
         low_res_kw = {}
         if self.cfg.unet.super_res:
-            low_res_kw = self._sr_inputs(x0, g, b, mine)
+            low_res_kw = self._sr_inputs(x0, g, b, mine, idx)
         dev = self.device
         x0, text, noise, t = x0.to(dev), text.to(dev), noise.to(dev), t.to(dev)
         low_res_kw = {k: v.to(dev) for k, v in low_res_kw.items()}
@@ -236,14 +239,23 @@ class Trainer:
                 "vb": float(terms["vb"].mean()) if "vb" in terms else 0.0, "grad_norm": float(gnorm),
                 "lr": self.opt.param_groups[0]["lr"]}
 
-    def _sr_inputs(self, x0: torch.Tensor, g: torch.Generator, b: int | None = None, mine: slice = slice(None)) -> dict:
+    def _sr_inputs(self, x0: torch.Tensor, g: torch.Generator, b: int | None = None, mine: slice = slice(None),
+                   idx: torch.Tensor | None = None) -> dict:
         """Super-resolution conditioning that matches inference: down-sample the target, up-sample it again
         (bilinear, align_corners=True as IF), noise it to a random aug timestep, feed that timestep.
-        ``b``, ``mine``: draw for the global batch of ``b`` and keep this process's rows."""
+        ``b``, ``mine``: draw for the global batch of ``b`` and keep this process's rows. With
+        ``data.paired_low_res`` and ``idx`` (the examples' rows), that share of examples takes the scene's own
+        low-res render instead of the down-sampled target."""
         b = b or x0.shape[0]
         low = degrade(x0, self.cfg.data.low_res_size)
         aug_t = torch.randint(0, self.cfg.diffusion.num_timesteps, (b,), generator=g)[mine]
         aug_noise = torch.randn((b, *x0.shape[1:]), generator=g)[mine]
+        share = self.cfg.data.paired_low_res
+        if share > 0 and idx is not None and self.data.low_images is not None:  # no draw otherwise: same stream
+            paired = (torch.rand(b, generator=g) < share)[mine]
+            rows = idx.numpy() if self.data.image_idx is None else self.data.image_idx[idx.numpy()]
+            own = torch.from_numpy(self.data.low_images[rows]).permute(0, 3, 1, 2).float() / 127.5 - 1
+            low = torch.where(paired[:, None, None, None], own.to(low.dtype), low)
         return {"low_res": noise_augment(low, tuple(x0.shape[-2:]), aug_t, self.schedule, aug_noise), "aug_t": aug_t}
 
     # -- validation -------------------------------------------------------------------------------------

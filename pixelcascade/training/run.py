@@ -102,6 +102,23 @@ def shapes_images(dc: DataConfig, cache: Path, progress: bool = True) -> tuple[n
     return images, captions
 
 
+def shapes_low_res_pairs(dc: DataConfig, cache: Path, progress: bool = True) -> np.ndarray:
+    """Each training scene of :func:`shapes_images` rendered in the ``low_res_size`` world (uint8), cached."""
+    from ..data.shapes import TASK_WEIGHTS, make_dataset, parse_task_weights
+    weights = parse_task_weights(dc.task_weights)
+    mix = "" if weights == TASK_WEIGHTS else "-w" + "_".join(f"{k}{v:g}" for k, v in weights.items()
+                                                             if v != TASK_WEIGHTS[k])
+    path = cache / "data" / f"shapes{dc.image_size}-n{dc.num_images}-seed{dc.seed}{mix}-low{dc.low_res_size}.npz"
+    if path.exists():
+        return np.load(path, allow_pickle=False)["low"]
+    _, _, low = make_dataset(dc.num_images, dc.image_size, dc.seed, progress=progress, weights=weights,
+                             low_res_size=dc.low_res_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, low=low)
+    return low
+
+
 def emoji_images(dc: DataConfig, cache: Path, progress: bool = True, split: str = "train"):
     """The curated emoji set at ``dc.image_size``: (images uint8 [N, S, S, 3], per-image caption lists).
 
@@ -196,9 +213,14 @@ def train(cfg: RunConfig, out_dir: str | Path, *, cache: Path | None = None, pro
         val_images, val_captions = shapes_images(val_dc, cache, progress)
         data = build_train_data(images, captions, encoder, cache, progress)
         val = build_train_data(val_images, val_captions, encoder, cache, progress)
+        if cfg.data.paired_low_res > 0 and cfg.unet.super_res:  # validation keeps the down-sampled inputs
+            data.low_images = shapes_low_res_pairs(cfg.data, cache, progress)
         recipe = (f"shapes world {cfg.data.image_size}px, {cfg.data.num_images} images rendered with seed "
                   f"{cfg.data.seed} (pixelcascade.data.shapes.make_dataset"
                   + (f", task mix {cfg.data.task_weights}" if cfg.data.task_weights else "")
+                  + (f"; {cfg.data.paired_low_res:g} of the low-res inputs are the scene's own "
+                     f"{cfg.data.low_res_size}-px render" if cfg.data.paired_low_res > 0 and cfg.unet.super_res
+                     else "")
                   + f"), training seed {cfg.train.seed}")
     else:
         raise ValueError(f"data.world={cfg.data.world!r}: choose shapes or emoji")
