@@ -85,13 +85,20 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("PIXELCASCADE_CACHE", Path.home() / ".cache" / "pixelcascade"))
 
 
-def shapes_images(dc: DataConfig, cache: Path, progress: bool = True) -> tuple[np.ndarray, list[str]]:
-    """Rendered shapes-world images + captions, cached on disk (a pure function of the data config)."""
-    from ..data.shapes import TASK_WEIGHTS, make_dataset, parse_task_weights
+def _shapes_key(dc: DataConfig) -> str:
+    """The cache name of a shapes dataset: size, count, seed and (when not the default) the task mix."""
+    from ..data.shapes import TASK_WEIGHTS, parse_task_weights
     weights = parse_task_weights(dc.task_weights)
     mix = "" if weights == TASK_WEIGHTS else "-w" + "_".join(f"{k}{v:g}" for k, v in weights.items()
                                                              if v != TASK_WEIGHTS[k])
-    path = cache / "data" / f"shapes{dc.image_size}-n{dc.num_images}-seed{dc.seed}{mix}.npz"
+    return f"shapes{dc.image_size}-n{dc.num_images}-seed{dc.seed}{mix}"
+
+
+def shapes_images(dc: DataConfig, cache: Path, progress: bool = True) -> tuple[np.ndarray, list[str]]:
+    """Rendered shapes-world images + captions, cached on disk (a pure function of the data config)."""
+    from ..data.shapes import make_dataset, parse_task_weights
+    weights = parse_task_weights(dc.task_weights)
+    path = cache / "data" / f"{_shapes_key(dc)}.npz"
     if path.exists():
         z = np.load(path, allow_pickle=False)
         return z["images"], [str(c) for c in z["captions"]]
@@ -104,11 +111,9 @@ def shapes_images(dc: DataConfig, cache: Path, progress: bool = True) -> tuple[n
 
 def shapes_low_res_pairs(dc: DataConfig, cache: Path, progress: bool = True) -> np.ndarray:
     """Each training scene of :func:`shapes_images` rendered in the ``low_res_size`` world (uint8), cached."""
-    from ..data.shapes import TASK_WEIGHTS, make_dataset, parse_task_weights
+    from ..data.shapes import make_dataset, parse_task_weights
     weights = parse_task_weights(dc.task_weights)
-    mix = "" if weights == TASK_WEIGHTS else "-w" + "_".join(f"{k}{v:g}" for k, v in weights.items()
-                                                             if v != TASK_WEIGHTS[k])
-    path = cache / "data" / f"shapes{dc.image_size}-n{dc.num_images}-seed{dc.seed}{mix}-low{dc.low_res_size}.npz"
+    path = cache / "data" / f"{_shapes_key(dc)}-low{dc.low_res_size}.npz"
     if path.exists():
         return np.load(path, allow_pickle=False)["low"]
     _, _, low = make_dataset(dc.num_images, dc.image_size, dc.seed, progress=progress, weights=weights,
