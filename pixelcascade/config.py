@@ -118,6 +118,10 @@ class DataConfig:
     # The spec's 8-px floor at 32 px makes the two differ for 3+ objects (README, stage II). 0: IF's recipe.
     paired_low_res: float = 0.0
 
+    def __post_init__(self):
+        if not 0.0 <= self.paired_low_res <= 1.0:
+            raise ConfigError(f"data.paired_low_res={self.paired_low_res}: a share of the examples, from 0 to 1")
+
 
 @dataclass(frozen=True)
 class TrainConfig:

@@ -258,6 +258,12 @@ def test_paired_low_res_takes_the_scenes_own_render_for_its_share(tmp_path):
     assert next0 != next1  # the share draws its coin flips after the noise, only when it is on
 
 
+def test_paired_low_res_is_a_share():
+    from pixelcascade.config import ConfigError
+    with pytest.raises(ConfigError, match="paired_low_res=1.5: a share"):
+        DataConfig(paired_low_res=1.5)
+
+
 def test_rescaled_scene_uses_the_smaller_worlds_sizes():
     import random
 
