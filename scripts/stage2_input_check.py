@@ -13,11 +13,11 @@ import random
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pixelcascade.cli import DEFAULT_MODEL, load_cascade
 from pixelcascade.data.shapes import benchmark_prompts, render, rescale_objects, scene_for_prompt
 from pixelcascade.pipeline import stage_settings
+from pixelcascade.training.sr import degrade
 
 
 def main() -> None:
@@ -34,7 +34,7 @@ def main() -> None:
         emb, _ = cascade.encoder([p.text for p in prompts])
         scenes = [scene_for_prompt(p, 64, random.Random(i)).objects for i, p in enumerate(prompts)]
         target = as_tensor([render(objs, 64) for objs in scenes])
-        down = F.interpolate(target, size=(32, 32), mode="bilinear", align_corners=False, antialias=True)
+        down = degrade(target, 32)  # as stage II's training makes its low-res inputs
         world32 = as_tensor([render(rescale_objects(objs, 64, 32), 32) for objs in scenes])
         background = (target == target[:, :, :1, :1]).all(1, keepdim=True).expand_as(target)  # grey pixels
         for name, low in (("64-px render, down-sampled", down), ("32-px world render", world32)):
@@ -42,6 +42,7 @@ def main() -> None:
             mse = ((out - target) ** 2).mean().item() / 4
             bg = ((out - target).abs()[background]).mean().item() / 2
             print(f"{label}: {name:27s} MSE vs the 64-px scene {mse:.4f}, background error {bg:.4f}", flush=True)
+
 
 if __name__ == "__main__":
     main()

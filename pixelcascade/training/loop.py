@@ -55,9 +55,17 @@ class TrainData:
     def __len__(self) -> int:
         return len(self.caption_idx)
 
-    def batch(self, idx: torch.Tensor, drop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _pixels(self, images: np.ndarray, idx: torch.Tensor) -> torch.Tensor:
+        """The examples' images (of ``images``: the targets or their low-res renders) in [-1, 1], [B, 3, H, W]."""
         rows_img = idx.numpy() if self.image_idx is None else self.image_idx[idx.numpy()]
-        x0 = torch.from_numpy(self.images[rows_img]).permute(0, 3, 1, 2).float() / 127.5 - 1  # [B, 3, H, W]
+        return torch.from_numpy(images[rows_img]).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+    def low_res(self, idx: torch.Tensor) -> torch.Tensor:
+        """The examples' own low-res renders (``low_images``) in [-1, 1]."""
+        return self._pixels(self.low_images, idx)
+
+    def batch(self, idx: torch.Tensor, drop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x0 = self._pixels(self.images, idx)  # [B, 3, H, W]
         rows = torch.from_numpy(self.caption_idx[idx.numpy()]).long()
         rows = torch.where(drop, torch.full_like(rows, self.null_idx), rows)
         return x0, self.text_table[rows].float()  # [B, L, D]
@@ -253,9 +261,7 @@ class Trainer:
         share = self.cfg.data.paired_low_res
         if share > 0 and idx is not None and self.data.low_images is not None:  # no draw otherwise: same stream
             paired = (torch.rand(b, generator=g) < share)[mine]
-            rows = idx.numpy() if self.data.image_idx is None else self.data.image_idx[idx.numpy()]
-            own = torch.from_numpy(self.data.low_images[rows]).permute(0, 3, 1, 2).float() / 127.5 - 1
-            low = torch.where(paired[:, None, None, None], own.to(low.dtype), low)
+            low = torch.where(paired[:, None, None, None], self.data.low_res(idx).to(low.dtype), low)
         return {"low_res": noise_augment(low, tuple(x0.shape[-2:]), aug_t, self.schedule, aug_noise), "aug_t": aug_t}
 
     # -- validation -------------------------------------------------------------------------------------

@@ -218,14 +218,14 @@ def train(cfg: RunConfig, out_dir: str | Path, *, cache: Path | None = None, pro
         val_images, val_captions = shapes_images(val_dc, cache, progress)
         data = build_train_data(images, captions, encoder, cache, progress)
         val = build_train_data(val_images, val_captions, encoder, cache, progress)
-        if cfg.data.paired_low_res > 0 and cfg.unet.super_res:  # validation keeps the down-sampled inputs
+        paired = cfg.data.paired_low_res > 0 and cfg.unet.super_res
+        if paired:  # validation keeps the down-sampled inputs
             data.low_images = shapes_low_res_pairs(cfg.data, cache, progress)
         recipe = (f"shapes world {cfg.data.image_size}px, {cfg.data.num_images} images rendered with seed "
                   f"{cfg.data.seed} (pixelcascade.data.shapes.make_dataset"
                   + (f", task mix {cfg.data.task_weights}" if cfg.data.task_weights else "")
                   + (f"; {cfg.data.paired_low_res:g} of the low-res inputs are the scene's own "
-                     f"{cfg.data.low_res_size}-px render" if cfg.data.paired_low_res > 0 and cfg.unet.super_res
-                     else "")
+                     f"{cfg.data.low_res_size}-px render" if paired else "")
                   + f"), training seed {cfg.train.seed}")
     else:
         raise ValueError(f"data.world={cfg.data.world!r}: choose shapes or emoji")
