@@ -765,7 +765,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "to continue from the last checkpoint in the output folder.",
                        epilog="examples:\n  pixelcascade train shapes32 -o runs/shapes32\n"
                               "  pixelcascade train shapes32 -o runs/lr1e-4 train.lr=1e-4 train.batch_size=32\n"
-                              "presets: shapes32 (stage I, 32 px), shapes64-sr (stage II, 32 -> 64), tiny")
+                              "presets: shapes32 (stage I, 32 px), shapes64-sr (stage II, 32 -> 64), shapes128-sr "
+                              "(a third stage, 64 -> 128),\n  emoji64 (emoji stage I, 64 px), emoji128-sr (emoji "
+                              "stage II, 64 -> 128), tiny (a smoke test)\noverrides: any field of the run config, "
+                              "e.g. data.task_weights=position=4 unet.text_layers=2 train.device=cuda")
     t.add_argument("preset")
     t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.lr=1e-4")
     t.add_argument("-o", "--output", required=True, help="run folder (checkpoint, EMA weights, logs, samples)")

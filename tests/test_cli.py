@@ -54,9 +54,16 @@ def test_long_prompt_is_truncated_with_a_warning(tiny_model, tmp_path, capsys):
     assert "truncated" in capsys.readouterr().err
 
 
-def test_help_teaches():
+def test_help_teaches(capsys):
     with pytest.raises(SystemExit):
         main(["generate", "--help"])
+    assert "--seed" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    from pixelcascade.training.run import RUN_PRESETS
+    missing = [name for name in RUN_PRESETS if name not in text]
+    assert not missing, f"train --help does not name the presets {missing}"
 
 
 def test_export_then_eval_shapes(tiny_model, tmp_path, capsys):
