@@ -191,6 +191,41 @@ def test_position_features_are_sinusoids_of_centred_coordinates():
 
 
 @pytest.mark.parametrize("super_res", [False, True])
+def test_text_position_starts_as_the_model_without_it(super_res):
+    """unet.text_position (not in IF): the token index through a zero-initialised map. Loaded with a model's
+    weights it gives exactly that model's output; trained (here random), it makes the text keys depend on
+    where a token stands, which the encoder's states alone may not (the same state at two places)."""
+    base = randomize(build_unet(tiny_cfg(super_res)).eval())
+    withp = build_unet(tiny_cfg(super_res, text_position=True)).eval()
+    missing, unexpected = withp.load_state_dict(base.state_dict(), strict=False)
+    assert unexpected == [] and missing and all(k.startswith("text_pos_proj.") for k in missing)
+    assert not any("text_pos" in k for k in base.state_dict())  # IF's key names when False
+    x, te, t = torch.randn(2, 3, 32, 32), torch.randn(2, 9, 48), torch.tensor([3.0, 300.0])
+    kw = {"low_res": torch.randn(2, 3, 32, 32), "aug_t": torch.tensor([0, 100])} if super_res else {}
+    same = te.clone()
+    same[:, 6] = same[:, 2]  # token 2 repeated at index 6: one state, two places
+    with torch.no_grad():
+        assert torch.equal(base(x, t, te, **kw), withp(x, t, te, **kw))
+        assert torch.equal(base.encode_text(same)[0][..., 2], base.encode_text(same)[0][..., 6])
+        randomize(withp.text_pos_proj, seed=1, std=0.3)
+        assert not torch.allclose(base(x, t, te, **kw), withp(x, t, te, **kw), atol=1e-4)
+        enc = withp.encode_text(same)[0]  # [B, C_enc, L]
+        assert (enc[..., 2] - enc[..., 6]).abs().max() > 0.1
+
+
+def test_token_position_features_are_monotone_sinusoids():
+    from pixelcascade.models.unet import TEXT_POSITION_FEATURES, token_position_features
+    f = token_position_features(77)
+    assert f.shape == (77, TEXT_POSITION_FEATURES)
+    half = TEXT_POSITION_FEATURES // 2
+    assert torch.allclose(f[5, 0], torch.tensor(math.cos(5.0)))
+    assert torch.allclose(f[5, half], torch.tensor(math.sin(5.0)))
+    slowest = f[:, half - 1]  # cos at the longest period: decreasing over any prompt, so "earlier" is linear
+    assert (slowest[1:] < slowest[:-1]).all()
+    assert torch.equal(token_position_features(10), f[:10])
+
+
+@pytest.mark.parametrize("super_res", [False, True])
 def test_text_layers_start_as_the_model_without_them(super_res):
     """unet.text_layers (not in IF) are zero-initialised residual layers: with a model's weights loaded and the
     new layers fresh, the output is exactly the old model's; once trained they change it, and they see word

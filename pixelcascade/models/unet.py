@@ -63,6 +63,12 @@ class ResBlock(nn.Module):
 
 
 POSITION_FREQS = 4
+TEXT_POSITION_FEATURES = 64  # sinusoids of the token index (config text_position)
+
+
+def token_position_features(length: int, device=None) -> torch.Tensor:
+    """[L, 64]: cos and sin of the token index at periods 2*pi up to 100*2*pi tokens (monotone over any prompt)."""
+    return timestep_embedding(torch.arange(length, device=device), TEXT_POSITION_FEATURES, max_period=100.0)
 
 
 def position_features(hgt: int, wid: int, device=None) -> torch.Tensor:
@@ -232,6 +238,8 @@ class UNet(nn.Module):
                              else nn.Linear(cfg.encoder_dim, cfg.encoder_channels))
         if cfg.text_layers:  # not in IF (config text_layers); absent, the key names are IF's exactly
             self.text_layers = nn.Sequential(*[TextBlock(cfg.encoder_dim) for _ in range(cfg.text_layers)])
+        if cfg.text_position:  # not in IF (config text_position); zero-initialised: starts as the model without it
+            self.text_pos_proj = zero_module(nn.Linear(TEXT_POSITION_FEATURES, cfg.encoder_dim))
         self.channels_last = True  # an execution choice, not part of the config: results are the same
         self.to(memory_format=torch.channels_last)
 
@@ -266,6 +274,9 @@ class UNet(nn.Module):
         ``pooled_text_emb`` (IF's ``timestep_text_emb``, e.g. a style prompt) feeds the pooling path only.
         """
         text_emb = text_emb.to(self.dtype)
+        if self.cfg.text_position:
+            pos = self.text_pos_proj(token_position_features(text_emb.shape[1], text_emb.device).to(self.dtype))
+            text_emb = text_emb + pos  # [B, L, D] + [L, D]
         if self.cfg.text_layers:
             text_emb = self.text_layers(text_emb)
         encoder_out = self.encoder_proj(text_emb).transpose(1, 2)  # [B, C_enc, L]
