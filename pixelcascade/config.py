@@ -57,6 +57,11 @@ class UNetConfig:
     # index in each key, one attention layer can prefer the first-named object on the relation's side.
     # False: IF exactly; a fine-tune may add it (it starts as the model without it).
     text_position: bool = False
+    # not in IF: each token also sees its neighbours in order: exponentially decaying means of the states before
+    # it and after it (fixed weights, a window of about four tokens), through a zero-initialised linear map
+    # added to its state. "circle" followed by "left of" then differs from "circle" preceded by it, so a key
+    # alone can say which side its object goes. False: IF exactly; a fine-tune may add it.
+    text_context: bool = False
 
     def __post_init__(self):
         if len(self.num_res_blocks) != len(self.channel_mult):

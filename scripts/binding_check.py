@@ -10,6 +10,8 @@ Text modes (everything else is the same, seeds included):
   minilm-tlsin  the same, with the token position starting as sinusoids at the states' scale
   minilm-tpos   MiniLM + unet.text_position (the token index, through a zero-initialised linear map, added to
                 the states before cross-attention: first-order from step 0)
+  minilm-ctx    MiniLM + unet.text_context (each token's state plus a learned map of the decaying means of the
+                states before and after it)
 
 Usage: python scripts/binding_check.py MODE OUT_DIR MINUTES   (prints the outcome shares; writes result.json)
 """
@@ -81,7 +83,7 @@ data = TrainData(images=imgs, caption_idx=np.array([row[c] for c in caps]), text
                  null_idx=len(uniq), captions=caps)
 unet = dataclasses.replace(get_preset("shapes32-I"), model_channels=32,
                            text_layers=2 if mode.startswith("minilm-tl") else 0,
-                           text_position=mode == "minilm-tpos")
+                           text_position=mode == "minilm-tpos", text_context=mode == "minilm-ctx")
 cfg = RunConfig(name="bind", unet=unet, diffusion=DiffusionConfig(min_snr_gamma=5.0),
                 sample=SampleConfig(sampler="ddpm", num_steps="smart27", guidance_scale=4.0, dyn_thresh_max=1.5),
                 data=DataConfig(world="shapes", image_size=32, num_images=N, text_max_length=L),

@@ -205,7 +205,8 @@ def test_fine_tuning_errors_are_clear(tmp_path):
         Trainer(wide, _data(), tmp_path / "b", progress=False)
 
 
-@pytest.mark.parametrize("added", [{"text_layers": 1}, {"attention_position": True}, {"text_position": True}])
+@pytest.mark.parametrize("added", [{"text_layers": 1}, {"attention_position": True}, {"text_position": True},
+                                   {"text_context": True}])
 def test_fine_tuning_may_add_text_layers_but_nothing_else(tmp_path, added):
     Trainer(_cfg(), _data(), tmp_path / "base", progress=False).fit(max_steps=3)
     init = str(tmp_path / "base" / "checkpoint.pt")

@@ -213,6 +213,44 @@ def test_text_position_starts_as_the_model_without_it(super_res):
         assert (enc[..., 2] - enc[..., 6]).abs().max() > 0.1
 
 
+@pytest.mark.parametrize("super_res", [False, True])
+def test_text_context_starts_as_the_model_without_it(super_res):
+    """unet.text_context (not in IF): zero-initialised, so a model's weights give exactly its output; trained
+    (here random), a token's key depends on what precedes and follows it: the same state followed by another
+    token and preceded by it gives two keys."""
+    base = randomize(build_unet(tiny_cfg(super_res)).eval())
+    withc = build_unet(tiny_cfg(super_res, text_context=True)).eval()
+    missing, unexpected = withc.load_state_dict(base.state_dict(), strict=False)
+    assert unexpected == [] and missing and all(k.startswith("text_ctx_proj.") for k in missing)
+    assert not any("text_ctx" in k for k in base.state_dict())  # IF's key names when False
+    x, te, t = torch.randn(2, 3, 32, 32), torch.randn(2, 9, 48), torch.tensor([3.0, 300.0])
+    kw = {"low_res": torch.randn(2, 3, 32, 32), "aug_t": torch.tensor([0, 100])} if super_res else {}
+    a, b = torch.randn(48), torch.randn(48)
+    ab, ba = te.clone(), te.clone()  # "... a b ..." and "... b a ...": token a at index 2 in both
+    ab[:, 2], ab[:, 3] = a, b
+    ba[:, 1], ba[:, 2] = b, a
+    ba[:, 3] = ab[:, 1]
+    with torch.no_grad():
+        assert torch.equal(base(x, t, te, **kw), withc(x, t, te, **kw))
+        randomize(withc.text_ctx_proj, seed=1, std=0.3)
+        assert not torch.allclose(base(x, t, te, **kw), withc(x, t, te, **kw), atol=1e-4)
+        assert torch.equal(base.encode_text(ab)[0][..., 2], base.encode_text(ba)[0][..., 2])
+        assert (withc.encode_text(ab)[0][..., 2] - withc.encode_text(ba)[0][..., 2]).abs().max() > 0.1
+
+
+def test_context_weights_are_decaying_one_sided_means():
+    from pixelcascade.models.unet import TEXT_CONTEXT_DECAY as d
+    from pixelcascade.models.unet import context_weights
+    before, after = context_weights(6)
+    x = torch.randn(6, 3)
+    for i in range(6):
+        want_b = sum((1 - d) * d ** (i - 1 - j) * x[j] for j in range(i)) if i else torch.zeros(3)
+        want_a = sum((1 - d) * d ** (j - 1 - i) * x[j] for j in range(i + 1, 6)) if i < 5 else torch.zeros(3)
+        assert torch.allclose((before @ x)[i], want_b, atol=1e-6)
+        assert torch.allclose((after @ x)[i], want_a, atol=1e-6)
+    assert torch.allclose(context_weights(200)[0].sum(1)[-1], torch.tensor(1.0), atol=1e-6)  # a mean, far in
+
+
 def test_token_position_features_are_monotone_sinusoids():
     from pixelcascade.models.unet import TEXT_POSITION_FEATURES, token_position_features
     f = token_position_features(77)

@@ -81,6 +81,19 @@ def position_features(hgt: int, wid: int, device=None) -> torch.Tensor:
     return torch.cat([ang.sin(), ang.cos()], dim=1)
 
 
+TEXT_CONTEXT_DECAY = 0.75  # config text_context: weight of a neighbour k+1 tokens away is 0.25 * 0.75^k
+
+
+def context_weights(length: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """([L, L] before, [L, L] after): row i weighs token j != i by (1 - d) d^(|i-j|-1), only j < i (before) or
+    j > i (after): exponentially decaying means of the neighbours on each side."""
+    i = torch.arange(length, device=device, dtype=torch.float32)
+    gap = i[:, None] - i[None, :]  # [L, L]: i - j
+    d = TEXT_CONTEXT_DECAY
+    before = torch.where(gap > 0, (1 - d) * d ** (gap - 1).clamp(min=0), torch.zeros(()))
+    return before, before.T.contiguous()
+
+
 class AttentionBlock(nn.Module):
     """Self-attention over the image with the text tokens joined to its keys and values (Imagen style)."""
 
@@ -240,6 +253,8 @@ class UNet(nn.Module):
             self.text_layers = nn.Sequential(*[TextBlock(cfg.encoder_dim) for _ in range(cfg.text_layers)])
         if cfg.text_position:  # not in IF (config text_position); zero-initialised: starts as the model without it
             self.text_pos_proj = zero_module(nn.Linear(TEXT_POSITION_FEATURES, cfg.encoder_dim))
+        if cfg.text_context:  # not in IF (config text_context); zero-initialised: starts as the model without it
+            self.text_ctx_proj = zero_module(nn.Linear(2 * cfg.encoder_dim, cfg.encoder_dim))
         self.channels_last = True  # an execution choice, not part of the config: results are the same
         self.to(memory_format=torch.channels_last)
 
@@ -277,6 +292,10 @@ class UNet(nn.Module):
         if self.cfg.text_position:
             pos = self.text_pos_proj(token_position_features(text_emb.shape[1], text_emb.device).to(self.dtype))
             text_emb = text_emb + pos  # [B, L, D] + [L, D]
+        if self.cfg.text_context:
+            before, after = (w.to(self.dtype) for w in context_weights(text_emb.shape[1], text_emb.device))
+            ctx = torch.cat([before @ text_emb, after @ text_emb], dim=-1)  # [B, L, 2D]
+            text_emb = text_emb + self.text_ctx_proj(ctx)
         if self.cfg.text_layers:
             text_emb = self.text_layers(text_emb)
         encoder_out = self.encoder_proj(text_emb).transpose(1, 2)  # [B, C_enc, L]

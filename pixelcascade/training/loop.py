@@ -193,8 +193,9 @@ class Trainer:
                 raise ResumeError(f"train.init_from={path}: its weights do not fit this run's unet config "
                                   f"({first[0].strip()}); fine-tune with the config that made them") from None
             # only layers that start as the identity may be new (unet.text_layers, unet.attention_position,
-            # unet.text_position): the model starts as the old one
-            new = [k for k in missing if not (k.startswith(("text_layers.", "text_pos_proj.")) or ".pos_proj." in k)]
+            # unet.text_position, unet.text_context): the model starts as the old one
+            new = [k for k in missing
+                   if not (k.startswith(("text_layers.", "text_pos_proj.", "text_ctx_proj.")) or ".pos_proj." in k)]
             if new or unexpected:
                 raise ResumeError(f"train.init_from={path}: its weights do not fit this run's unet config "
                                   f"(missing {new[:3]}, unexpected {unexpected[:3]}); fine-tune with the config "
