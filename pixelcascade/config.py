@@ -62,6 +62,12 @@ class UNetConfig:
     # added to its state. "circle" followed by "left of" then differs from "circle" preceded by it, so a key
     # alone can say which side its object goes. False: IF exactly; a fine-tune may add it.
     text_context: bool = False
+    # not in IF: the token states ZCA-whitened with the training captions' statistics (buffers set from the data
+    # when a run starts, stored with the weights), through a zero-initialised linear map added to the states.
+    # A small encoder keeps "which side is this shape on" in low-variance directions that the UNet barely
+    # learns from; whitened, every direction the captions use has equal weight (scripts/binding_check.py:
+    # 40 pass / 0 swapped against 16 / 14). False: IF exactly; a fine-tune may add it.
+    text_whiten: bool = False
 
     def __post_init__(self):
         if len(self.num_res_blocks) != len(self.channel_mult):

@@ -10,6 +10,8 @@ Text modes (everything else is the same, seeds included):
   minilm-tlsin  the same, with the token position starting as sinusoids at the states' scale
   minilm-tpos   MiniLM + unet.text_position (the token index, through a zero-initialised linear map, added to
                 the states before cross-attention: first-order from step 0)
+  minilm-white  MiniLM states ZCA-whitened with the training captions' token statistics (every direction the
+                captions use at equal variance; the same map at evaluation)
   minilm-ctx    MiniLM + unet.text_context (each token's state plus a learned map of the decaying means of the
                 states before and after it)
 
@@ -78,6 +80,16 @@ else:
     e, _ = enc(uniq)
     table = np.concatenate([e.half().numpy(), enc.empty(1)[0].half().numpy()])
     L = 16
+    if mode == "minilm-white":  # ZCA: (x - mean) V diag((lam + eps)^-1/2) V^T, scaled to the states' RMS
+        tok = torch.from_numpy(table).float().reshape(-1, 384)
+        mu = tok.mean(0)
+        lam, vec = torch.linalg.eigh(torch.cov((tok - mu).T))
+        zca = vec @ torch.diag((lam.clamp(min=0) + 1e-2 * lam.clamp(min=0).mean()) ** -0.5) @ vec.T
+        scale = tok.pow(2).mean().sqrt() / ((tok - mu) @ zca).pow(2).mean().sqrt()
+
+        def whiten(x: torch.Tensor) -> torch.Tensor:
+            return ((x.float() - mu) @ zca * scale).to(x.dtype)
+        table = whiten(torch.from_numpy(table)).numpy()
 row = {c: i for i, c in enumerate(uniq)}
 data = TrainData(images=imgs, caption_idx=np.array([row[c] for c in caps]), text_table=torch.from_numpy(table),
                  null_idx=len(uniq), captions=caps)
@@ -113,6 +125,8 @@ for p in P:
         e, _ = enc([p.text])
         emb = e.float().repeat(8, 1, 1)
         un = enc.empty(8)[0].float()
+        if mode == "minilm-white":
+            emb, un = whiten(emb), whiten(un)
     with torch.no_grad():
         x = stage.sample(emb, un, seeds=list(range(8)))
     for im in to_uint8(x):

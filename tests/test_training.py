@@ -206,7 +206,7 @@ def test_fine_tuning_errors_are_clear(tmp_path):
 
 
 @pytest.mark.parametrize("added", [{"text_layers": 1}, {"attention_position": True}, {"text_position": True},
-                                   {"text_context": True}])
+                                   {"text_context": True}, {"text_whiten": True}])
 def test_fine_tuning_may_add_text_layers_but_nothing_else(tmp_path, added):
     Trainer(_cfg(), _data(), tmp_path / "base", progress=False).fit(max_steps=3)
     init = str(tmp_path / "base" / "checkpoint.pt")
@@ -222,6 +222,24 @@ def test_fine_tuning_may_add_text_layers_but_nothing_else(tmp_path, added):
     ft_ckpt = str(tmp_path / "ft" / "checkpoint.pt")
     with pytest.raises(ResumeError, match="unexpected"):
         Trainer(_cfg(init_from=ft_ckpt), _data(), tmp_path / "c", progress=False)
+
+
+def test_text_whiten_takes_its_statistics_from_the_run_captions_and_keeps_them(tmp_path):
+    """unet.text_whiten: a new run sets the whitening buffers (model and EMA) from its caption table; they are
+    saved with the weights and a resumed run keeps them rather than recomputing from other data."""
+    from pixelcascade.models.unet import whitening_stats
+    base = _cfg()
+    cfg = dataclasses.replace(base, unet=dataclasses.replace(base.unet, text_whiten=True))
+    tr = Trainer(cfg, _data(), tmp_path / "w", progress=False)
+    mean, zca = whitening_stats(_data().text_table)
+    for net in (tr.model, tr.ema.model):
+        assert torch.allclose(net.text_white_mean, mean) and torch.allclose(net.text_white_map, zca)
+    tr.fit(max_steps=3)
+    again = Trainer(cfg, _data(seed=5), tmp_path / "w", progress=False)  # resumes; other captions given
+    assert again.step == 3 and torch.allclose(again.ema.model.text_white_map, zca)
+    from pixelcascade.convert import read_tensors
+    weights, _ = read_tensors(tmp_path / "w" / "ema.safetensors")
+    assert torch.allclose(weights["text_white_map"].float(), zca)
 
 
 def test_paired_low_res_takes_the_scenes_own_render_for_its_share(tmp_path):

@@ -238,6 +238,49 @@ def test_text_context_starts_as_the_model_without_it(super_res):
         assert (withc.encode_text(ab)[0][..., 2] - withc.encode_text(ba)[0][..., 2]).abs().max() > 0.1
 
 
+@pytest.mark.parametrize("super_res", [False, True])
+def test_text_whiten_starts_as_the_model_without_it(super_res):
+    """unet.text_whiten (not in IF): whatever the whitening buffers hold, the zero-initialised map keeps a loaded
+    model's output exactly; trained (here random), the whitened states change it."""
+    base = randomize(build_unet(tiny_cfg(super_res)).eval())
+    withw = build_unet(tiny_cfg(super_res, text_whiten=True)).eval()
+    missing, unexpected = withw.load_state_dict(base.state_dict(), strict=False)
+    assert unexpected == [] and sorted(missing) == ["text_white_map", "text_white_mean",
+                                                    "text_white_proj.bias", "text_white_proj.weight"]
+    assert not any("text_white" in k for k in base.state_dict())  # IF's key names when False
+    x, te, t = torch.randn(2, 3, 32, 32), torch.randn(2, 9, 48), torch.tensor([3.0, 300.0])
+    kw = {"low_res": torch.randn(2, 3, 32, 32), "aug_t": torch.tensor([0, 100])} if super_res else {}
+    with torch.no_grad():
+        withw.text_white_mean.normal_()
+        withw.text_white_map.normal_()
+        assert torch.equal(base(x, t, te, **kw), withw(x, t, te, **kw))
+        randomize(withw.text_white_proj, seed=1, std=0.3)
+        assert not torch.allclose(base(x, t, te, **kw), withw(x, t, te, **kw), atol=1e-4)
+
+
+def test_whitening_stats_equalise_the_directions_the_states_use():
+    """Analytic oracle: in the covariance's eigenbasis the whitened variances are c * lam / (lam + eps * mean lam),
+    so every direction well above eps comes out at the same variance c, whatever its own; the whitened states
+    keep the states' mean square; chunking does not change the result."""
+    from pixelcascade.models.unet import WHITEN_EPS, whitening_stats
+    g = torch.Generator().manual_seed(0)
+    scales = torch.tensor([8.0, 3.0, 1.0, 0.5, 0.2, 0.1])
+    rot = torch.linalg.qr(torch.randn(6, 6, generator=g))[0]
+    x = (torch.randn(20000, 6, generator=g) * scales) @ rot + 2.0
+    mean, zca = whitening_stats(x.reshape(400, 50, 6), chunk=777)
+    assert torch.allclose(mean, x.mean(0), atol=1e-4)
+    w = (x - mean) @ zca
+    assert torch.allclose(w.pow(2).mean(), x.pow(2).mean(), rtol=1e-4)
+    lam, vec = torch.linalg.eigh(torch.cov(x.T, correction=0).double())
+    got = torch.diag(vec.T @ torch.cov(w.T, correction=0).double() @ vec)
+    ratio = lam / (lam + WHITEN_EPS * lam.mean())
+    c = got[-1] / ratio[-1]
+    assert torch.allclose(got, c * ratio, rtol=1e-2)
+    assert got[3:].max() / got[3:].min() < 1.15  # variances 64, 9 and 1 (a 64x spread): equal after whitening
+    m2, z2 = whitening_stats(x.reshape(400, 50, 6))
+    assert torch.allclose(z2, zca, atol=1e-5) and torch.allclose(m2, mean, atol=1e-5)
+
+
 def test_context_weights_are_decaying_one_sided_means():
     from pixelcascade.models.unet import TEXT_CONTEXT_DECAY as d
     from pixelcascade.models.unet import context_weights

@@ -94,6 +94,32 @@ def context_weights(length: int, device=None) -> tuple[torch.Tensor, torch.Tenso
     return before, before.T.contiguous()
 
 
+WHITEN_EPS = 1e-2  # config text_whiten: eigenvalues below 1% of the mean one are not blown up
+
+
+@torch.no_grad()
+def whitening_stats(states: torch.Tensor, chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
+    """ZCA whitening of token states [..., D]: (mean [D], map [D, D]) with (x - mean) @ map of covariance
+    ~identity over the directions the states use (eigenvalues regularised by WHITEN_EPS x their mean), scaled
+    so the whitened states keep the states' RMS. Computed in float64, in chunks."""
+    x = states.reshape(-1, states.shape[-1])
+    n, d = x.shape
+    total, outer, sq = torch.zeros(d, dtype=torch.float64), torch.zeros(d, d, dtype=torch.float64), 0.0
+    for i in range(0, n, chunk):
+        c = x[i:i + chunk].double()
+        total += c.sum(0)
+        outer += c.T @ c
+        sq += float(c.pow(2).sum())
+    mean = total / n
+    cov = outer / n - torch.outer(mean, mean)
+    lam, vec = torch.linalg.eigh(cov)
+    lam = lam.clamp(min=0)
+    zca = vec @ torch.diag((lam + WHITEN_EPS * lam.mean()) ** -0.5) @ vec.T
+    white_sq = float(torch.trace(zca @ cov @ zca)) / d  # mean square of a whitened component
+    zca = zca * ((sq / (n * d)) / white_sq) ** 0.5
+    return mean.float(), zca.float()
+
+
 class AttentionBlock(nn.Module):
     """Self-attention over the image with the text tokens joined to its keys and values (Imagen style)."""
 
@@ -255,6 +281,10 @@ class UNet(nn.Module):
             self.text_pos_proj = zero_module(nn.Linear(TEXT_POSITION_FEATURES, cfg.encoder_dim))
         if cfg.text_context:  # not in IF (config text_context); zero-initialised: starts as the model without it
             self.text_ctx_proj = zero_module(nn.Linear(2 * cfg.encoder_dim, cfg.encoder_dim))
+        if cfg.text_whiten:  # not in IF (config text_whiten); zero-initialised; the buffers come from the data
+            self.register_buffer("text_white_mean", torch.zeros(cfg.encoder_dim))
+            self.register_buffer("text_white_map", torch.zeros(cfg.encoder_dim, cfg.encoder_dim))
+            self.text_white_proj = zero_module(nn.Linear(cfg.encoder_dim, cfg.encoder_dim))
         self.channels_last = True  # an execution choice, not part of the config: results are the same
         self.to(memory_format=torch.channels_last)
 
@@ -292,6 +322,9 @@ class UNet(nn.Module):
         if self.cfg.text_position:
             pos = self.text_pos_proj(token_position_features(text_emb.shape[1], text_emb.device).to(self.dtype))
             text_emb = text_emb + pos  # [B, L, D] + [L, D]
+        if self.cfg.text_whiten:
+            white = (text_emb - self.text_white_mean.to(self.dtype)) @ self.text_white_map.to(self.dtype)
+            text_emb = text_emb + self.text_white_proj(white)
         if self.cfg.text_context:
             before, after = (w.to(self.dtype) for w in context_weights(text_emb.shape[1], text_emb.device))
             ctx = torch.cat([before @ text_emb, after @ text_emb], dim=-1)  # [B, L, 2D]

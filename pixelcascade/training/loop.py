@@ -145,10 +145,21 @@ class Trainer:
             self._resume()
         elif tc.init_from:
             self._init_from(Path(tc.init_from))
+        if self.step == 0 and cfg.unet.text_whiten and not self.model.text_white_map.any():
+            self.set_whitening()  # a new run (or a fine-tune from weights without it): stats of this run's captions
         g = torch.Generator().manual_seed(10_000 + tc.seed)  # the fixed validation batch and noise
         n_val = min(64, len(self.val))
         self.val_idx = torch.randperm(len(self.val), generator=g)[:n_val]
         self.val_noise = torch.randn((n_val, 3, *self.val.images.shape[1:3]), generator=g)
+
+    def set_whitening(self) -> None:
+        """unet.text_whiten: the ZCA statistics of every token state in the caption table (the empty caption
+        included), into the model and its EMA."""
+        from ..models.unet import whitening_stats
+        mean, zca = whitening_stats(self.data.text_table)
+        for net in (self.model, self.ema.model):
+            net.text_white_mean.copy_(mean)
+            net.text_white_map.copy_(zca)
 
     # -- state ----------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -193,9 +204,9 @@ class Trainer:
                 raise ResumeError(f"train.init_from={path}: its weights do not fit this run's unet config "
                                   f"({first[0].strip()}); fine-tune with the config that made them") from None
             # only layers that start as the identity may be new (unet.text_layers, unet.attention_position,
-            # unet.text_position, unet.text_context): the model starts as the old one
-            new = [k for k in missing
-                   if not (k.startswith(("text_layers.", "text_pos_proj.", "text_ctx_proj.")) or ".pos_proj." in k)]
+            # unet.text_position, unet.text_context, unet.text_whiten): the model starts as the old one
+            new = [k for k in missing if not (k.startswith(("text_layers.", "text_pos_proj.", "text_ctx_proj.",
+                                                            "text_white")) or ".pos_proj." in k)]
             if new or unexpected:
                 raise ResumeError(f"train.init_from={path}: its weights do not fit this run's unet config "
                                   f"(missing {new[:3]}, unexpected {unexpected[:3]}); fine-tune with the config "
