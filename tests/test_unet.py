@@ -190,25 +190,32 @@ def test_position_features_are_sinusoids_of_centred_coordinates():
     assert torch.allclose(position_features(3, 5), position_features(3, 5))  # non-square sizes work
 
 
+def _with_text_option(super_res, prefix, **option):
+    """A random model and the same model with a zero-initialised text option (new keys named ``prefix``...)
+    loaded from its weights, plus inputs."""
+    base = randomize(build_unet(tiny_cfg(super_res)).eval())
+    withx = build_unet(tiny_cfg(super_res, **option)).eval()
+    missing, unexpected = withx.load_state_dict(base.state_dict(), strict=False)
+    assert unexpected == [] and missing and all(k.startswith(prefix) for k in missing)
+    assert not any(k.startswith(prefix) for k in base.state_dict())  # IF's key names when off
+    x, te, t = torch.randn(2, 3, 32, 32), torch.randn(2, 9, 48), torch.tensor([3.0, 300.0])
+    kw = {"low_res": torch.randn(2, 3, 32, 32), "aug_t": torch.tensor([0, 100])} if super_res else {}
+    return base, withx, x, te, t, kw
+
+
 @pytest.mark.parametrize("super_res", [False, True])
 def test_text_position_starts_as_the_model_without_it(super_res):
     """unet.text_position (not in IF): the token index through a zero-initialised map. Loaded with a model's
     weights it gives exactly that model's output; trained (here random), it makes the text keys depend on
     where a token stands, which the encoder's states alone may not (the same state at two places)."""
-    base = randomize(build_unet(tiny_cfg(super_res)).eval())
-    withp = build_unet(tiny_cfg(super_res, text_position=True)).eval()
-    missing, unexpected = withp.load_state_dict(base.state_dict(), strict=False)
-    assert unexpected == [] and missing and all(k.startswith("text_pos_proj.") for k in missing)
-    assert not any("text_pos" in k for k in base.state_dict())  # IF's key names when False
-    x, te, t = torch.randn(2, 3, 32, 32), torch.randn(2, 9, 48), torch.tensor([3.0, 300.0])
-    kw = {"low_res": torch.randn(2, 3, 32, 32), "aug_t": torch.tensor([0, 100])} if super_res else {}
+    base, withp, x, te, t, kw = _with_text_option(super_res, "text_pos_proj.", text_position=True)
     same = te.clone()
     same[:, 6] = same[:, 2]  # token 2 repeated at index 6: one state, two places
     with torch.no_grad():
         assert torch.equal(base(x, t, te, **kw), withp(x, t, te, **kw))
         assert torch.equal(base.encode_text(same)[0][..., 2], base.encode_text(same)[0][..., 6])
         randomize(withp.text_pos_proj, seed=1, std=0.3)
-        assert not torch.allclose(base(x, t, te, **kw), withp(x, t, te, **kw), atol=1e-4)
+        assert not torch.equal(base(x, t, te, **kw), withp(x, t, te, **kw))
         enc = withp.encode_text(same)[0]  # [B, C_enc, L]
         assert (enc[..., 2] - enc[..., 6]).abs().max() > 0.1
 
@@ -218,13 +225,7 @@ def test_text_context_starts_as_the_model_without_it(super_res):
     """unet.text_context (not in IF): zero-initialised, so a model's weights give exactly its output; trained
     (here random), a token's key depends on what precedes and follows it: the same state followed by another
     token and preceded by it gives two keys."""
-    base = randomize(build_unet(tiny_cfg(super_res)).eval())
-    withc = build_unet(tiny_cfg(super_res, text_context=True)).eval()
-    missing, unexpected = withc.load_state_dict(base.state_dict(), strict=False)
-    assert unexpected == [] and missing and all(k.startswith("text_ctx_proj.") for k in missing)
-    assert not any("text_ctx" in k for k in base.state_dict())  # IF's key names when False
-    x, te, t = torch.randn(2, 3, 32, 32), torch.randn(2, 9, 48), torch.tensor([3.0, 300.0])
-    kw = {"low_res": torch.randn(2, 3, 32, 32), "aug_t": torch.tensor([0, 100])} if super_res else {}
+    base, withc, x, te, t, kw = _with_text_option(super_res, "text_ctx_proj.", text_context=True)
     a, b = torch.randn(48), torch.randn(48)
     ab, ba = te.clone(), te.clone()  # "... a b ..." and "... b a ...": token a at index 2 in both
     ab[:, 2], ab[:, 3] = a, b
@@ -243,14 +244,9 @@ def test_text_context_starts_as_the_model_without_it(super_res):
 def test_text_whiten_starts_as_the_model_without_it(super_res):
     """unet.text_whiten (not in IF): whatever the whitening buffers hold, the zero-initialised map keeps a loaded
     model's output exactly; trained (here random), the whitened states change it."""
-    base = randomize(build_unet(tiny_cfg(super_res)).eval())
-    withw = build_unet(tiny_cfg(super_res, text_whiten=True)).eval()
-    missing, unexpected = withw.load_state_dict(base.state_dict(), strict=False)
-    assert unexpected == [] and sorted(missing) == ["text_white_map", "text_white_mean",
-                                                    "text_white_proj.bias", "text_white_proj.weight"]
-    assert not any("text_white" in k for k in base.state_dict())  # IF's key names when False
-    x, te, t = torch.randn(2, 3, 32, 32), torch.randn(2, 9, 48), torch.tensor([3.0, 300.0])
-    kw = {"low_res": torch.randn(2, 3, 32, 32), "aug_t": torch.tensor([0, 100])} if super_res else {}
+    base, withw, x, te, t, kw = _with_text_option(super_res, "text_white", text_whiten=True)
+    assert sorted(k for k in withw.state_dict() if k.startswith("text_white")) == [
+        "text_white_map", "text_white_mean", "text_white_proj.bias", "text_white_proj.weight"]
     with torch.no_grad():
         g = torch.Generator().manual_seed(2)
         withw.text_white_mean.copy_(torch.randn(48, generator=g))
