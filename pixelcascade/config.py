@@ -68,8 +68,21 @@ class UNetConfig:
     # learns from; whitened, every direction the captions use has equal weight (scripts/binding_check.py:
     # 40 pass / 0 swapped against 16 / 14). False: IF exactly; a fine-tune may add it.
     text_whiten: bool = False
+    # not in IF: with text_whiten, cross-attention reads the whitened states themselves (encoder_proj's input);
+    # the pooled vector keeps the states plus the learned map. The additive path alone does not bind: trained
+    # from scratch it leaves the order at chance, while the UNet fed whitened states binds
+    # (scripts/binding_check.py minilm-addwhite against minilm-white). A fine-tune from a model without it
+    # folds the old path into encoder_proj (UNet.fold_white_attn), so it starts as that model.
+    text_whiten_attn: bool = False
 
     def __post_init__(self):
+        if self.text_whiten_attn and not self.text_whiten:
+            raise ConfigError("unet.text_whiten_attn=true needs unet.text_whiten=true (its statistics)")
+        if self.text_whiten_attn and (self.text_layers or self.text_context):
+            raise ConfigError("unet.text_whiten_attn reads the whitened states directly: it cannot be combined "
+                              "with unet.text_layers or unet.text_context")
+        if self.text_whiten_attn and self.encoder_dim == self.encoder_channels:
+            raise ConfigError("unet.text_whiten_attn needs encoder_proj (encoder_channels != encoder_dim)")
         if len(self.num_res_blocks) != len(self.channel_mult):
             raise ConfigError(
                 f"num_res_blocks has {len(self.num_res_blocks)} entries but channel_mult has "

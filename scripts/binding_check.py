@@ -14,6 +14,10 @@ Text modes (everything else is the same, seeds included):
                 captions use at equal variance; the same map at evaluation)
   minilm-ctx    MiniLM + unet.text_context (each token's state plus a learned map of the decaying means of the
                 states before and after it)
+  minilm-white-full  as minilm-white, but with the shipped stage I's whitening (the statistics of the whole
+                shapes caption table, every task: what `unet.text_whiten` computes for a real run)
+  minilm-addwhite    MiniLM + unet.text_whiten itself (the states plus a zero-initialised map of their
+                whitened version; statistics of this check's captions, as Trainer.set_whitening computes them)
 
 Usage: python scripts/binding_check.py MODE OUT_DIR MINUTES   (prints the outcome shares; writes result.json)
 """
@@ -90,12 +94,21 @@ else:
         def whiten(x: torch.Tensor) -> torch.Tensor:
             return ((x.float() - mu) @ zca * scale).to(x.dtype)
         table = whiten(torch.from_numpy(table)).numpy()
+    if mode == "minilm-white-full":  # the shipped model's buffers: statistics of the full caption table
+        from safetensors.torch import load_file
+        _w = load_file(str(Path(__file__).parents[1] / "pixelcascade/weights/shapes/stage1.safetensors"))
+        _mu, _map = _w["text_white_mean"].float(), _w["text_white_map"].float()
+
+        def whiten(x: torch.Tensor) -> torch.Tensor:
+            return ((x.float() - _mu) @ _map).to(x.dtype)
+        table = whiten(torch.from_numpy(table)).numpy()
 row = {c: i for i, c in enumerate(uniq)}
 data = TrainData(images=imgs, caption_idx=np.array([row[c] for c in caps]), text_table=torch.from_numpy(table),
                  null_idx=len(uniq), captions=caps)
 unet = dataclasses.replace(get_preset("shapes32-I"), model_channels=32,
                            text_layers=2 if mode.startswith("minilm-tl") else 0,
-                           text_position=mode == "minilm-tpos", text_context=mode == "minilm-ctx")
+                           text_position=mode == "minilm-tpos", text_context=mode == "minilm-ctx",
+                           text_whiten=mode == "minilm-addwhite")
 cfg = RunConfig(name="bind", unet=unet, diffusion=DiffusionConfig(min_snr_gamma=5.0),
                 sample=SampleConfig(sampler="ddpm", num_steps="smart27", guidance_scale=4.0, dyn_thresh_max=1.5),
                 data=DataConfig(world="shapes", image_size=32, num_images=N, text_max_length=L),
@@ -125,7 +138,7 @@ for p in P:
         e, _ = enc([p.text])
         emb = e.float().repeat(8, 1, 1)
         un = enc.empty(8)[0].float()
-        if mode == "minilm-white":
+        if mode in ("minilm-white", "minilm-white-full"):
             emb, un = whiten(emb), whiten(un)
     with torch.no_grad():
         x = stage.sample(emb, un, seeds=list(range(8)))

@@ -257,6 +257,37 @@ def test_text_whiten_starts_as_the_model_without_it(super_res):
         assert not torch.equal(base(x, t, te, **kw), withw(x, t, te, **kw))
 
 
+@pytest.mark.parametrize("super_res", [False, True])
+def test_text_whiten_attn_fold_keeps_the_model_and_attention_then_reads_whitened_states(super_res):
+    """unet.text_whiten_attn (not in IF): cross-attention reads the whitened states. A model trained with the
+    additive path loads into it and, folded (UNet.fold_white_attn), gives the same output; unfolded it does
+    not. After the fold, encoder_proj's input is the whitened states themselves."""
+    from pixelcascade.config import ConfigError
+    with pytest.raises(ConfigError, match="needs unet.text_whiten=true"):
+        tiny_cfg(super_res, text_whiten_attn=True)
+    add = build_unet(tiny_cfg(super_res, text_whiten=True)).eval()
+    randomize(add)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(2)
+        add.text_white_mean.copy_(torch.randn(48, generator=g))
+        q = torch.randn(48, 48, generator=g) / 48 ** 0.5
+        add.text_white_map.copy_(q @ q.T + 0.3 * torch.eye(48))  # a ZCA map is symmetric positive definite
+        randomize(add.text_white_proj, seed=1, std=0.1)
+    attn = build_unet(tiny_cfg(super_res, text_whiten=True, text_whiten_attn=True)).eval()
+    attn.load_state_dict(add.state_dict())  # strict: the same keys
+    x, te, t = torch.randn(2, 3, 32, 32), torch.randn(2, 9, 48) * 2, torch.tensor([3.0, 300.0])
+    kw = {"low_res": torch.randn(2, 3, 32, 32), "aug_t": torch.tensor([0, 100])} if super_res else {}
+    with torch.no_grad():
+        want, keys = add(x, t, te, **kw), add.encode_text(te)[0]
+        assert (attn.encode_text(te)[0] - keys).abs().max() > 0.1  # unfolded: other text keys
+        attn.fold_white_attn()
+        assert torch.allclose(attn.encode_text(te)[0], keys, atol=1e-4)
+        assert torch.allclose(attn(x, t, te, **kw), want, atol=1e-5)
+        assert torch.equal(attn.encode_text(te)[1], add.encode_text(te)[1])  # the pooled vector is untouched
+        white = (te - attn.text_white_mean) @ attn.text_white_map
+        assert torch.allclose(attn.encode_text(te)[0], attn.encoder_proj(white).transpose(1, 2), atol=1e-6)
+
+
 def test_whitening_stats_equalise_the_directions_the_states_use():
     """Analytic oracle: in the covariance's eigenbasis the whitened variances are c * lam / (lam + eps * mean lam),
     so every direction well above eps comes out at the same variance c, whatever its own; the whitened states

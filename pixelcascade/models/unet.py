@@ -322,6 +322,7 @@ class UNet(nn.Module):
         if self.cfg.text_position:
             pos = self.text_pos_proj(token_position_features(text_emb.shape[1], text_emb.device).to(self.dtype))
             text_emb = text_emb + pos  # [B, L, D] + [L, D]
+        white = None
         if self.cfg.text_whiten:
             white = (text_emb - self.text_white_mean.to(self.dtype)) @ self.text_white_map.to(self.dtype)
             text_emb = text_emb + self.text_white_proj(white)
@@ -331,9 +332,26 @@ class UNet(nn.Module):
             text_emb = text_emb + self.text_ctx_proj(ctx)
         if self.cfg.text_layers:
             text_emb = self.text_layers(text_emb)
-        encoder_out = self.encoder_proj(text_emb).transpose(1, 2)  # [B, C_enc, L]
+        attn_src = white if self.cfg.text_whiten_attn else text_emb
+        encoder_out = self.encoder_proj(attn_src).transpose(1, 2)  # [B, C_enc, L]
         pool_src = text_emb if pooled_text_emb is None else pooled_text_emb.to(self.dtype)
         return encoder_out, self.encoder_pooling(pool_src)  # [B, ted]
+
+    @torch.no_grad()
+    def fold_white_attn(self) -> None:
+        """unet.text_whiten_attn, for a fine-tune of a model whose cross-attention read the states plus the
+        whitening path (x + P(w), w = (x - mean) @ map): rewrite encoder_proj to read w and give the same output.
+        x = w @ map^-1 + mean, so x + P(w) = w @ (map^-1 + P_W^T) + mean + P_b."""
+        if not self.cfg.text_whiten_attn:
+            raise ValueError("fold_white_attn is for models with unet.text_whiten_attn=true")
+        zmap, mean = self.text_white_map.double(), self.text_white_mean.double()
+        if not zmap.any():
+            raise ValueError("fold_white_attn: the whitening statistics are not set (text_white_map is zero)")
+        a = torch.linalg.inv(zmap) + self.text_white_proj.weight.double().T  # [D, D]: w -> x + P(w), linear part
+        shift = mean + self.text_white_proj.bias.double()
+        e_w, e_b = self.encoder_proj.weight.double(), self.encoder_proj.bias.double()
+        self.encoder_proj.weight.copy_((e_w @ a.T).to(self.encoder_proj.weight.dtype))
+        self.encoder_proj.bias.copy_((shift @ e_w.T + e_b).to(self.encoder_proj.bias.dtype))
 
     # -- forward ------------------------------------------------------------------------------------
     def _run(self, h: torch.Tensor, emb: torch.Tensor, encoder_out: torch.Tensor) -> torch.Tensor:

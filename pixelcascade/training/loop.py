@@ -143,10 +143,15 @@ class Trainer:
         self.ckpt_path = self.out / "checkpoint.pt"
         if self.ckpt_path.exists():
             self._resume()
-        elif tc.init_from:
-            self._init_from(Path(tc.init_from))
+        fold = False
+        if not self.ckpt_path.exists() and tc.init_from:
+            src = self._init_from(Path(tc.init_from))
+            fold = cfg.unet.text_whiten_attn and not src.get("text_whiten_attn", False)
         if self.step == 0 and cfg.unet.text_whiten and not self.model.text_white_map.any():
             self.set_whitening()  # a new run (or a fine-tune from weights without it): stats of this run's captions
+        if fold:  # unet.text_whiten_attn added by this fine-tune: attention reads the whitened states, same output
+            for net in (self.model, self.ema.model):
+                net.fold_white_attn()
         g = torch.Generator().manual_seed(10_000 + tc.seed)  # the fixed validation batch and noise
         n_val = min(64, len(self.val))
         self.val_idx = torch.randperm(len(self.val), generator=g)[:n_val]
@@ -184,18 +189,21 @@ class Trainer:
         self.opt.load_state_dict(state["opt"])
         self.step = int(state["step"])
 
-    def _init_from(self, path: Path) -> None:
-        """Fine-tuning: model and EMA weights from another run (optimizer and step start fresh)."""
+    def _init_from(self, path: Path) -> dict:
+        """Fine-tuning: model and EMA weights from another run (optimizer and step start fresh). Returns the
+        source's unet config as a dict ({} when the file does not record it)."""
         if not path.is_file():
             raise ResumeError(f"train.init_from={path}: no such file; give a run's checkpoint.pt or an EMA "
                               ".safetensors")
         if path.suffix == ".safetensors":
             from ..convert import read_tensors
-            weights, _ = read_tensors(path)
+            weights, meta = read_tensors(path)
             model_sd = ema_sd = weights
+            src = json.loads(meta.get("unet_config", "{}"))
         else:
             state = load_checkpoint(path)
             model_sd, ema_sd = state["model"], state["ema"]["model"] if "ema" in state else state["model"]
+            src = json.loads(state.get("config", "{}")).get("unet", {})
         for net, sd in ((self.model, model_sd), (self.ema.model, ema_sd)):
             try:
                 missing, unexpected = net.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False)
@@ -211,6 +219,7 @@ class Trainer:
                 raise ResumeError(f"train.init_from={path}: its weights do not fit this run's unet config "
                                   f"(missing {new[:3]}, unexpected {unexpected[:3]}); fine-tune with the config "
                                   "that made them")
+        return src
 
     def save(self) -> None:
         save_checkpoint(self.ckpt_path, self.state_dict())
