@@ -15,7 +15,8 @@ Text modes (everything else is the same, seeds included):
   minilm-ctx    MiniLM + unet.text_context (each token's state plus a learned map of the decaying means of the
                 states before and after it)
   minilm-white-full  as minilm-white, but with the shipped stage I's whitening (the statistics of the whole
-                shapes caption table, every task: what `unet.text_whiten` computes for a real run)
+                shapes caption table, every task: what `unet.text_whiten` computes for a real run; the
+                shipped files of steps 800 and 1,600 hold the same statistics)
   minilm-addwhite    MiniLM + unet.text_whiten itself (the states plus a zero-initialised map of their
                 whitened version; statistics of this check's captions, as Trainer.set_whitening computes them)
 
