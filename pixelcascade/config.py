@@ -66,7 +66,9 @@ class UNetConfig:
     # when a run starts, stored with the weights), through a zero-initialised linear map added to the states.
     # A small encoder keeps "which side is this shape on" in low-variance directions that the UNet barely
     # learns from; whitened, every direction the captions use has equal weight (scripts/binding_check.py:
-    # 40 pass / 0 swapped against 16 / 14). False: IF exactly; a fine-tune may add it.
+    # 40 pass / 0 swapped against 16 / 14 when the whitened states replace the states). Added through the map
+    # alone, as here, the check's order stays at chance (13 / 11): see text_whiten_attn. False: IF exactly; a
+    # fine-tune may add it.
     text_whiten: bool = False
     # not in IF: with text_whiten, cross-attention reads the whitened states themselves (encoder_proj's input);
     # the pooled vector keeps the states plus the learned map. The additive path alone does not bind: trained

@@ -190,6 +190,13 @@ def test_position_features_are_sinusoids_of_centred_coordinates():
     assert torch.allclose(position_features(3, 5), position_features(3, 5))  # non-square sizes work
 
 
+def _text_option_inputs(super_res):
+    """Inputs for the tiny models of the text-option tests: (x, text_emb, t, super-resolution kwargs)."""
+    x, te, t = torch.randn(2, 3, 32, 32), torch.randn(2, 9, 48), torch.tensor([3.0, 300.0])
+    kw = {"low_res": torch.randn(2, 3, 32, 32), "aug_t": torch.tensor([0, 100])} if super_res else {}
+    return x, te, t, kw
+
+
 def _with_text_option(super_res, prefix, **option):
     """A random model and the same model with a zero-initialised text option (new keys named ``prefix``...)
     loaded from its weights, plus inputs."""
@@ -198,9 +205,7 @@ def _with_text_option(super_res, prefix, **option):
     missing, unexpected = withx.load_state_dict(base.state_dict(), strict=False)
     assert unexpected == [] and missing and all(k.startswith(prefix) for k in missing)
     assert not any(k.startswith(prefix) for k in base.state_dict())  # IF's key names when off
-    x, te, t = torch.randn(2, 3, 32, 32), torch.randn(2, 9, 48), torch.tensor([3.0, 300.0])
-    kw = {"low_res": torch.randn(2, 3, 32, 32), "aug_t": torch.tensor([0, 100])} if super_res else {}
-    return base, withx, x, te, t, kw
+    return base, withx, *_text_option_inputs(super_res)
 
 
 @pytest.mark.parametrize("super_res", [False, True])
@@ -275,8 +280,8 @@ def test_text_whiten_attn_fold_keeps_the_model_and_attention_then_reads_whitened
         randomize(add.text_white_proj, seed=1, std=0.1)
     attn = build_unet(tiny_cfg(super_res, text_whiten=True, text_whiten_attn=True)).eval()
     attn.load_state_dict(add.state_dict())  # strict: the same keys
-    x, te, t = torch.randn(2, 3, 32, 32), torch.randn(2, 9, 48) * 2, torch.tensor([3.0, 300.0])
-    kw = {"low_res": torch.randn(2, 3, 32, 32), "aug_t": torch.tensor([0, 100])} if super_res else {}
+    x, te, t, kw = _text_option_inputs(super_res)
+    te = te * 2
     with torch.no_grad():
         want, keys = add(x, t, te, **kw), add.encode_text(te)[0]
         assert (attn.encode_text(te)[0] - keys).abs().max() > 0.1  # unfolded: other text keys

@@ -141,10 +141,10 @@ class Trainer:
         self.schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.num_timesteps)
         self.step = 0
         self.ckpt_path = self.out / "checkpoint.pt"
+        fold = False
         if self.ckpt_path.exists():
             self._resume()
-        fold = False
-        if not self.ckpt_path.exists() and tc.init_from:
+        elif tc.init_from:
             src = self._init_from(Path(tc.init_from))
             fold = cfg.unet.text_whiten_attn and not src.get("text_whiten_attn", False)
         if self.step == 0 and cfg.unet.text_whiten and not self.model.text_white_map.any():
