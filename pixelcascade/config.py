@@ -73,11 +73,22 @@ class UNetConfig:
     # not in IF: with text_whiten, cross-attention reads the whitened states themselves (encoder_proj's input);
     # the pooled vector keeps the states plus the learned map. The additive path alone does not bind: trained
     # from scratch it leaves the order at chance, while the UNet fed whitened states binds
-    # (scripts/binding_check.py minilm-addwhite against minilm-white). A fine-tune from a model without it
-    # folds the old path into encoder_proj (UNet.fold_white_attn), so it starts as that model.
+    # (scripts/binding_check.py minilm-addwhite against minilm-white); with this option the check binds (26 : 4,
+    # minilm-wattn). A fine-tune from a model without it folds the old path into encoder_proj
+    # (UNet.fold_white_attn), so it starts as that model.
     text_whiten_attn: bool = False
+    # not in IF: with text_whiten, the attention pooling (the text vector added to the time embedding) reads the
+    # whitened states too. With text_whiten_attn as well, the UNet sees only the whitened states, as in the
+    # binding check's minilm-white rows (minilm-wpool: 43 : 0, the best of the model options). It changes the
+    # pooled vector's function (a LayerNorm comes first, so there is no fold): a new run only, not a fine-tune.
+    text_whiten_pool: bool = False
 
     def __post_init__(self):
+        if self.text_whiten_pool and not self.text_whiten:
+            raise ConfigError("unet.text_whiten_pool=true needs unet.text_whiten=true (its statistics)")
+        if self.text_whiten_pool and (self.text_layers or self.text_context):
+            raise ConfigError("unet.text_whiten_pool reads the whitened states directly: it cannot be combined "
+                              "with unet.text_layers or unet.text_context")
         if self.text_whiten_attn and not self.text_whiten:
             raise ConfigError("unet.text_whiten_attn=true needs unet.text_whiten=true (its statistics)")
         if self.text_whiten_attn and (self.text_layers or self.text_context):

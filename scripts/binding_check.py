@@ -19,6 +19,9 @@ Text modes (everything else is the same, seeds included):
                 shipped files of steps 800 and 1,600 hold the same statistics)
   minilm-addwhite    MiniLM + unet.text_whiten itself (the states plus a zero-initialised map of their
                 whitened version; statistics of this check's captions, as Trainer.set_whitening computes them)
+  minilm-wattn  MiniLM + unet.text_whiten + text_whiten_attn: cross-attention reads the whitened states, the
+                pooled vector the states plus the map (statistics as in minilm-addwhite)
+  minilm-wpool  the same + unet.text_whiten_pool: cross-attention and the pooled vector read the whitened states
 
 Usage: python scripts/binding_check.py MODE OUT_DIR MINUTES   (prints the outcome shares; writes result.json)
 """
@@ -109,7 +112,9 @@ data = TrainData(images=imgs, caption_idx=np.array([row[c] for c in caps]), text
 unet = dataclasses.replace(get_preset("shapes32-I"), model_channels=32,
                            text_layers=2 if mode.startswith("minilm-tl") else 0,
                            text_position=mode == "minilm-tpos", text_context=mode == "minilm-ctx",
-                           text_whiten=mode == "minilm-addwhite")
+                           text_whiten=mode in ("minilm-addwhite", "minilm-wattn", "minilm-wpool"),
+                           text_whiten_attn=mode in ("minilm-wattn", "minilm-wpool"),
+                           text_whiten_pool=mode == "minilm-wpool")
 cfg = RunConfig(name="bind", unet=unet, diffusion=DiffusionConfig(min_snr_gamma=5.0),
                 sample=SampleConfig(sampler="ddpm", num_steps="smart27", guidance_scale=4.0, dyn_thresh_max=1.5),
                 data=DataConfig(world="shapes", image_size=32, num_images=N, text_max_length=L),

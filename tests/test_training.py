@@ -12,7 +12,7 @@ from pixelcascade.config import DataConfig, RunConfig, TrainConfig
 from pixelcascade.models.presets import get_preset
 from pixelcascade.training.checkpoint import ResumeError, load_checkpoint
 from pixelcascade.training.ema import EMA
-from pixelcascade.training.loop import TrainData, Trainer
+from pixelcascade.training.loop import ConfigMismatch, TrainData, Trainer
 
 
 def _data(n=32, size=16, seed=0):
@@ -203,6 +203,10 @@ def test_fine_tuning_errors_are_clear(tmp_path):
     wide = dataclasses.replace(wide, unet=dataclasses.replace(wide.unet, model_channels=64))
     with pytest.raises(ResumeError, match="do not fit this run's unet config"):
         Trainer(wide, _data(), tmp_path / "b", progress=False)
+    pool = _cfg(init_from=str(tmp_path / "base" / "checkpoint.pt"))  # text_whiten_pool has no fold
+    pool = dataclasses.replace(pool, unet=dataclasses.replace(pool.unet, text_whiten=True, text_whiten_pool=True))
+    with pytest.raises(ConfigMismatch, match="cannot add it"):
+        Trainer(pool, _data(), tmp_path / "c", progress=False)
 
 
 @pytest.mark.parametrize("added", [{"text_layers": 1}, {"attention_position": True}, {"text_position": True},

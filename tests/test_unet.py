@@ -293,6 +293,38 @@ def test_text_whiten_attn_fold_keeps_the_model_and_attention_then_reads_whitened
         assert torch.allclose(attn.encode_text(te)[0], attn.encoder_proj(white).transpose(1, 2), atol=1e-6)
 
 
+@pytest.mark.parametrize("super_res", [False, True])
+def test_text_whiten_pool_and_attn_make_the_unet_read_only_the_whitened_states(super_res):
+    """unet.text_whiten_pool (not in IF): the attention pooling reads the whitened states. With text_whiten_attn
+    too, the UNet is a function of w = (x - mean) @ map alone: the states and the states plus anything the map
+    sends to zero give one output, and the pooled vector is encoder_pooling(w). A style prompt's states
+    (pooled_text_emb) go through the same map. Config refuses it without text_whiten."""
+    from pixelcascade.config import ConfigError
+    with pytest.raises(ConfigError, match="needs unet.text_whiten=true"):
+        tiny_cfg(super_res, text_whiten_pool=True)
+    net = randomize(build_unet(tiny_cfg(super_res, text_whiten=True, text_whiten_attn=True,
+                                        text_whiten_pool=True)).eval())
+    x, te, t, kw = _text_option_inputs(super_res)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(2)
+        net.text_white_mean.copy_(torch.randn(48, generator=g))
+        q = torch.randn(48, 47, generator=g) / 48 ** 0.5
+        zmap = q @ q.T  # rank 47: one direction (its null space) that the whitened states ignore
+        net.text_white_map.copy_(zmap)
+        null = torch.linalg.eigh(zmap)[1][:, 0]
+        white = (te - net.text_white_mean) @ net.text_white_map
+        assert torch.allclose(net.encode_text(te)[1], net.encoder_pooling(white), atol=1e-6)
+        moved = te + 3.0 * null  # differs from te only along the map's null space
+        assert (moved - te).abs().max() > 0.1
+        assert torch.allclose(net(x, t, moved, **kw), net(x, t, te, **kw), atol=1e-5)
+        style = torch.randn(te.shape, generator=g)
+        got = net.encode_text(te, pooled_text_emb=style)[1]
+        assert torch.allclose(got, net.encoder_pooling((style - net.text_white_mean) @ zmap), atol=1e-6)
+        off = build_unet(tiny_cfg(super_res, text_whiten=True, text_whiten_attn=True)).eval()
+        off.load_state_dict(net.state_dict())  # the same keys: the option adds no weights
+        assert (off.encode_text(te)[1] - net.encode_text(te)[1]).abs().max() > 1e-3  # float error: ~1e-7
+
+
 def test_whitening_stats_equalise_the_directions_the_states_use():
     """Analytic oracle: in the covariance's eigenbasis the whitened variances are c * lam / (lam + eps * mean lam),
     so every direction well above eps comes out at the same variance c, whatever its own; the whitened states

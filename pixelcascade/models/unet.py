@@ -334,7 +334,11 @@ class UNet(nn.Module):
             text_emb = self.text_layers(text_emb)
         attn_src = white if self.cfg.text_whiten_attn else text_emb
         encoder_out = self.encoder_proj(attn_src).transpose(1, 2)  # [B, C_enc, L]
-        pool_src = text_emb if pooled_text_emb is None else pooled_text_emb.to(self.dtype)
+        pool_src = white if self.cfg.text_whiten_pool else text_emb
+        if pooled_text_emb is not None:  # a style prompt: through the same input map as the prompt's own states
+            pool_src = pooled_text_emb.to(self.dtype)
+            if self.cfg.text_whiten_pool:
+                pool_src = (pool_src - self.text_white_mean.to(self.dtype)) @ self.text_white_map.to(self.dtype)
         return encoder_out, self.encoder_pooling(pool_src)  # [B, ted]
 
     @torch.no_grad()

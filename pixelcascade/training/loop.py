@@ -147,6 +147,10 @@ class Trainer:
         elif tc.init_from:
             src = self._init_from(Path(tc.init_from))
             fold = cfg.unet.text_whiten_attn and not src.get("text_whiten_attn", False)
+            if cfg.unet.text_whiten_pool and not src.get("text_whiten_pool", False):
+                raise ConfigMismatch(f"unet.text_whiten_pool=true changes what the pooled text vector reads, so a "
+                                     f"fine-tune from {tc.init_from} (trained without it) cannot add it: train "
+                                     "a new run, or leave it out")
         if self.step == 0 and cfg.unet.text_whiten and not self.model.text_white_map.any():
             self.set_whitening()  # a new run (or a fine-tune from weights without it): stats of this run's captions
         if fold:  # unet.text_whiten_attn added by this fine-tune: attention reads the whitened states, same output
