@@ -324,7 +324,7 @@ class UNet(nn.Module):
             text_emb = text_emb + pos  # [B, L, D] + [L, D]
         white = None
         if self.cfg.text_whiten:
-            white = (text_emb - self.text_white_mean.to(self.dtype)) @ self.text_white_map.to(self.dtype)
+            white = self._whiten(text_emb)
             text_emb = text_emb + self.text_white_proj(white)
         if self.cfg.text_context:
             before, after = (w.to(self.dtype) for w in context_weights(text_emb.shape[1], text_emb.device))
@@ -338,8 +338,12 @@ class UNet(nn.Module):
         if pooled_text_emb is not None:  # a style prompt: through the same input map as the prompt's own states
             pool_src = pooled_text_emb.to(self.dtype)
             if self.cfg.text_whiten_pool:
-                pool_src = (pool_src - self.text_white_mean.to(self.dtype)) @ self.text_white_map.to(self.dtype)
+                pool_src = self._whiten(pool_src)
         return encoder_out, self.encoder_pooling(pool_src)  # [B, ted]
+
+    def _whiten(self, states: torch.Tensor) -> torch.Tensor:
+        """unet.text_whiten: (x - mean) @ map, with the run's caption statistics (the buffers)."""
+        return (states - self.text_white_mean.to(self.dtype)) @ self.text_white_map.to(self.dtype)
 
     @torch.no_grad()
     def fold_white_attn(self) -> None:
