@@ -84,16 +84,12 @@ class UNetConfig:
     text_whiten_pool: bool = False
 
     def __post_init__(self):
-        if self.text_whiten_pool and not self.text_whiten:
-            raise ConfigError("unet.text_whiten_pool=true needs unet.text_whiten=true (its statistics)")
-        if self.text_whiten_pool and (self.text_layers or self.text_context):
-            raise ConfigError("unet.text_whiten_pool reads the whitened states directly: it cannot be combined "
-                              "with unet.text_layers or unet.text_context")
-        if self.text_whiten_attn and not self.text_whiten:
-            raise ConfigError("unet.text_whiten_attn=true needs unet.text_whiten=true (its statistics)")
-        if self.text_whiten_attn and (self.text_layers or self.text_context):
-            raise ConfigError("unet.text_whiten_attn reads the whitened states directly: it cannot be combined "
-                              "with unet.text_layers or unet.text_context")
+        for name in ("text_whiten_attn", "text_whiten_pool"):  # the two readers of the whitened states
+            if getattr(self, name) and not self.text_whiten:
+                raise ConfigError(f"unet.{name}=true needs unet.text_whiten=true (its statistics)")
+            if getattr(self, name) and (self.text_layers or self.text_context):
+                raise ConfigError(f"unet.{name} reads the whitened states directly: it cannot be combined "
+                                  "with unet.text_layers or unet.text_context")
         if self.text_whiten_attn and self.encoder_dim == self.encoder_channels:
             raise ConfigError("unet.text_whiten_attn needs encoder_proj (encoder_channels != encoder_dim)")
         if len(self.num_res_blocks) != len(self.channel_mult):

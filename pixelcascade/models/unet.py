@@ -325,7 +325,8 @@ class UNet(nn.Module):
         white = None
         if self.cfg.text_whiten:
             white = self._whiten(text_emb)
-            text_emb = text_emb + self.text_white_proj(white)
+            if not (self.cfg.text_whiten_attn and self.cfg.text_whiten_pool):  # else nothing reads the sum
+                text_emb = text_emb + self.text_white_proj(white)
         if self.cfg.text_context:
             before, after = (w.to(self.dtype) for w in context_weights(text_emb.shape[1], text_emb.device))
             ctx = torch.cat([before @ text_emb, after @ text_emb], dim=-1)  # [B, L, 2D]
