@@ -321,8 +321,14 @@ def test_text_whiten_pool_and_attn_make_the_unet_read_only_the_whitened_states(s
         got = net.encode_text(te, pooled_text_emb=style)[1]
         assert torch.allclose(got, net.encoder_pooling((style - net.text_white_mean) @ zmap), atol=1e-6)
         off = build_unet(tiny_cfg(super_res, text_whiten=True, text_whiten_attn=True)).eval()
-        off.load_state_dict(net.state_dict())  # the same keys: the option adds no weights
+        res = off.load_state_dict(net.state_dict(), strict=False)  # the option adds no weights...
+        assert not res.unexpected_keys  # ...and drops the additive map, which nothing would read
+        assert sorted(res.missing_keys) == ["text_white_proj.bias", "text_white_proj.weight"]
         assert (off.encode_text(te)[1] - net.encode_text(te)[1]).abs().max() > 1e-3  # float error: ~1e-7
+    # every parameter gets a gradient (DDP with find_unused_parameters=False needs that)
+    net.train()
+    net(x, t, te, **kw).square().mean().backward()
+    assert [n for n, p in net.named_parameters() if p.grad is None] == []
 
 
 def test_whitening_stats_equalise_the_directions_the_states_use():

@@ -284,7 +284,8 @@ class UNet(nn.Module):
         if cfg.text_whiten:  # not in IF (config text_whiten); zero-initialised; the buffers come from the data
             self.register_buffer("text_white_mean", torch.zeros(cfg.encoder_dim))
             self.register_buffer("text_white_map", torch.zeros(cfg.encoder_dim, cfg.encoder_dim))
-            self.text_white_proj = zero_module(nn.Linear(cfg.encoder_dim, cfg.encoder_dim))
+            if not (cfg.text_whiten_attn and cfg.text_whiten_pool):  # else nothing reads x + P(w): no weights
+                self.text_white_proj = zero_module(nn.Linear(cfg.encoder_dim, cfg.encoder_dim))
         self.channels_last = True  # an execution choice, not part of the config: results are the same
         self.to(memory_format=torch.channels_last)
 
