@@ -121,6 +121,27 @@ def test_task_weights_change_the_training_mix():
     assert sum(any(r in c for r in rel) for c in mixed) < 30  # the default mix has far fewer
 
 
+def test_template_share_sets_how_many_captions_are_the_benchmark_template():
+    from pixelcascade.config import ConfigError, DataConfig
+    from pixelcascade.data.shapes import TASKS, all_prompts
+    from pixelcascade.training.run import _shapes_key
+    templates = {p.text for t in TASKS for p in all_prompts(t, 32)}
+    n = 400
+    shares = {}
+    for share in (0.0, 0.4, 1.0):
+        _, caps = make_dataset(n, 32, seed=4, template_share=share)
+        shares[share] = sum(c in templates for c in caps) / n
+    assert shares[1.0] == 1.0
+    assert shares[0.0] < 0.55  # some varied wordings equal a template ("a circle")
+    assert abs(shares[0.4] - (0.4 + 0.6 * shares[0.0])) < 0.08
+    default = make_dataset(30, 32, seed=4)
+    assert default[1] == make_dataset(30, 32, seed=4, template_share=0.4)[1]  # the default is 0.4
+    assert _shapes_key(DataConfig()) == "shapes32-n60000-seed0"  # cached data of the default keeps its name
+    assert _shapes_key(DataConfig(template_share=0.9)).endswith("-t0.9")
+    with pytest.raises(ConfigError, match="template_share"):
+        DataConfig(template_share=1.5)
+
+
 def test_relation_outcomes_say_why_a_relation_failed():
     from pixelcascade.data.shapes import Obj
     from pixelcascade.eval.shapes_score import relation_outcome

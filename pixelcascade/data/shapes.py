@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..config import DataConfig
+
 BACKGROUND = (128, 128, 128)
 PALETTE: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30), "green": (30, 170, 50), "blue": (30, 60, 220),
@@ -298,11 +300,15 @@ def _phrase(rng: random.Random, shape: str, n: int, color: str | None) -> str:
     return f"{num} {c}{shape}s"
 
 
-def training_caption(scene: Scene, rng: random.Random) -> str:
-    """Varied wording of a scene's content: optional colours, synonyms, swapped order, inverse relations."""
+TEMPLATE_SHARE = DataConfig.template_share  # the share of training captions that are the plain benchmark template
+
+
+def training_caption(scene: Scene, rng: random.Random, template_share: float = TEMPLATE_SHARE) -> str:
+    """Varied wording of a scene's content: optional colours, synonyms, swapped order, inverse relations;
+    the plain template (as in the benchmark) with probability ``template_share``."""
     p = scene.prompt
-    if rng.random() < 0.4:
-        return p.text  # the plain template, as in the benchmark
+    if rng.random() < template_share:
+        return p.text
     groups = list(p.include)
     # colour words for groups whose colour the prompt leaves free (what the image shows), sometimes
     colors = []
@@ -353,7 +359,8 @@ def parse_task_weights(spec: str) -> dict[str, float]:
     return weights
 
 
-def training_scene(rng: random.Random, size: int, weights: dict | None = None) -> tuple[Scene, str]:
+def training_scene(rng: random.Random, size: int, weights: dict | None = None,
+                   template_share: float = TEMPLATE_SHARE) -> tuple[Scene, str]:
     """One training example: a random task's prompt (never from the held-out split), its scene, a caption."""
     weights = weights or TASK_WEIGHTS
     tasks = list(weights)
@@ -367,7 +374,7 @@ def training_scene(rng: random.Random, size: int, weights: dict | None = None) -
         scene = scene_for_prompt(prompt, size, rng, allow_unseen=False)
         if scene is None:
             continue
-        caption = training_caption(scene, rng)
+        caption = training_caption(scene, rng, template_share)
         if is_unseen_text(caption):
             continue
         return scene, caption
@@ -391,10 +398,12 @@ def rescale_objects(objects: list[Obj], size: int, new_size: int) -> list[Obj]:
 
 
 def make_dataset(n: int, size: int = 32, seed: int = 0, progress: bool = False,
-                 weights: dict | None = None, low_res_size: int | None = None):
+                 weights: dict | None = None, low_res_size: int | None = None,
+                 template_share: float = TEMPLATE_SHARE):
     """``n`` rendered training images (uint8 [n, size, size, 3]) and their captions, fully determined by seed
-    (and ``weights``, the task mix; TASK_WEIGHTS by default). With ``low_res_size``, also each scene rendered
-    in that world (:func:`rescale_objects`): (images, captions, low-res images); the first two are unchanged."""
+    (and ``weights``, the task mix, TASK_WEIGHTS by default; and ``template_share``, see :func:`training_caption`).
+    With ``low_res_size``, also each scene rendered in that world (:func:`rescale_objects`): (images, captions,
+    low-res images); the first two are unchanged."""
     rng = random.Random(seed)
     images = np.empty((n, size, size, 3), np.uint8)
     low = np.empty((n, low_res_size, low_res_size, 3), np.uint8) if low_res_size else None
@@ -404,7 +413,7 @@ def make_dataset(n: int, size: int = 32, seed: int = 0, progress: bool = False,
         from tqdm import tqdm
         it = tqdm(it, desc=f"rendering shapes {size}px", unit="img")
     for i in it:
-        scene, cap = training_scene(rng, size, weights)
+        scene, cap = training_scene(rng, size, weights, template_share)
         images[i] = render(scene.objects, size)
         if low is not None:
             low[i] = render(rescale_objects(scene.objects, size, low_res_size), low_res_size)

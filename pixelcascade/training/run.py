@@ -86,12 +86,14 @@ def default_cache_dir() -> Path:
 
 
 def _shapes_key(dc: DataConfig) -> str:
-    """The cache name of a shapes dataset: size, count, seed and (when not the default) the task mix."""
+    """The cache name of a shapes dataset: size, count, seed and (when not the defaults) the task mix and the
+    template share."""
     from ..data.shapes import TASK_WEIGHTS, parse_task_weights
     weights = parse_task_weights(dc.task_weights)
     mix = "" if weights == TASK_WEIGHTS else "-w" + "_".join(f"{k}{v:g}" for k, v in weights.items()
                                                              if v != TASK_WEIGHTS[k])
-    return f"shapes{dc.image_size}-n{dc.num_images}-seed{dc.seed}{mix}"
+    tmpl = "" if dc.template_share == DataConfig.template_share else f"-t{dc.template_share:g}"
+    return f"shapes{dc.image_size}-n{dc.num_images}-seed{dc.seed}{mix}{tmpl}"
 
 
 def shapes_images(dc: DataConfig, cache: Path, progress: bool = True) -> tuple[np.ndarray, list[str]]:
@@ -102,7 +104,8 @@ def shapes_images(dc: DataConfig, cache: Path, progress: bool = True) -> tuple[n
     if path.exists():
         z = np.load(path, allow_pickle=False)
         return z["images"], [str(c) for c in z["captions"]]
-    images, captions = make_dataset(dc.num_images, dc.image_size, dc.seed, progress=progress, weights=weights)
+    images, captions = make_dataset(dc.num_images, dc.image_size, dc.seed, progress=progress, weights=weights,
+                                    template_share=dc.template_share)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, images=images, captions=np.array(captions))
@@ -117,7 +120,7 @@ def shapes_low_res_pairs(dc: DataConfig, cache: Path, progress: bool = True) -> 
     if path.exists():
         return np.load(path, allow_pickle=False)["low"]
     _, _, low = make_dataset(dc.num_images, dc.image_size, dc.seed, progress=progress, weights=weights,
-                             low_res_size=dc.low_res_size)
+                             low_res_size=dc.low_res_size, template_share=dc.template_share)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, low=low)
@@ -213,8 +216,9 @@ def train(cfg: RunConfig, out_dir: str | Path, *, cache: Path | None = None, pro
     elif cfg.data.world == "shapes":
         images, captions = shapes_images(cfg.data, cache, progress)
         n_val = max(1, min(512, len(images) // 20))
-        # validation keeps the default task mix, so runs with other mixes compare on the same images
-        val_dc = dataclasses.replace(cfg.data, num_images=n_val, seed=cfg.data.seed + 10_000, task_weights="")
+        # validation keeps the default task mix and wording, so runs with other mixes compare on the same images
+        val_dc = dataclasses.replace(cfg.data, num_images=n_val, seed=cfg.data.seed + 10_000, task_weights="",
+                                     template_share=DataConfig.template_share)
         val_images, val_captions = shapes_images(val_dc, cache, progress)
         data = build_train_data(images, captions, encoder, cache, progress)
         val = build_train_data(val_images, val_captions, encoder, cache, progress)
@@ -224,6 +228,8 @@ def train(cfg: RunConfig, out_dir: str | Path, *, cache: Path | None = None, pro
         recipe = (f"shapes world {cfg.data.image_size}px, {cfg.data.num_images} images rendered with seed "
                   f"{cfg.data.seed} (pixelcascade.data.shapes.make_dataset"
                   + (f", task mix {cfg.data.task_weights}" if cfg.data.task_weights else "")
+                  + (f", template share {cfg.data.template_share:g}"
+                     if cfg.data.template_share != DataConfig.template_share else "")
                   + (f"; {cfg.data.paired_low_res:g} of the low-res inputs are the scene's own "
                      f"{cfg.data.low_res_size}-px render" if paired else "")
                   + f"), training seed {cfg.train.seed}")
