@@ -47,10 +47,10 @@ from pixelcascade.models.presets import get_preset
 from pixelcascade.pipeline import Stage, to_uint8
 from pixelcascade.training.loop import TrainData, Trainer
 
-mode, out, minutes = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3])
+name, out, minutes = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3])
 steps = int(sys.argv[4]) if len(sys.argv) > 4 else None
-real = mode.endswith("-real")
-mode = mode.removesuffix("-real")
+real = name.endswith("-real")
+mode = name.removesuffix("-real")
 torch.set_num_threads(1)
 SH = ["circle", "square", "triangle"]
 INV = {"left of": "right of", "right of": "left of"}
@@ -141,7 +141,7 @@ if mode == "minilm-tlsin":  # token position at full strength from the start
             blk.pos.copy_(pe * 0.6)  # per-component RMS 0.42, like the MiniLM states (0.3-0.55)
 t0 = time.time()
 tr.fit(max_steps=steps, time_limit_s=None if steps else minutes * 60)
-print(f"{mode}{'-real' if real else ''}: {tr.step} steps in {time.time() - t0:.0f}s", flush=True)
+print(f"{name}: {tr.step} steps in {time.time() - t0:.0f}s", flush=True)
 
 # evaluate: every prompt x 8 seeds, plain template wording
 stage = Stage(unet=tr.ema.model.eval(), diffusion=cfg.diffusion, settings=cfg.sample)
@@ -161,5 +161,5 @@ for p in P:
     for im in to_uint8(x):
         res[relation_outcome(im, p) or "pass"] += 1
 n = sum(res.values())
-print(mode, {k: round(v / n, 3) for k, v in res.items()}, n, flush=True)
-(out / "result.json").write_text(json.dumps({"mode": mode + ("-real" if real else ""), "steps": tr.step, **res}))
+print(name, {k: round(v / n, 3) for k, v in res.items()}, n, flush=True)
+(out / "result.json").write_text(json.dumps({"mode": name, "steps": tr.step, **res}))

@@ -284,7 +284,7 @@ class UNet(nn.Module):
         if cfg.text_whiten:  # not in IF (config text_whiten); zero-initialised; the buffers come from the data
             self.register_buffer("text_white_mean", torch.zeros(cfg.encoder_dim))
             self.register_buffer("text_white_map", torch.zeros(cfg.encoder_dim, cfg.encoder_dim))
-            if not (cfg.text_whiten_attn and cfg.text_whiten_pool):  # else nothing reads x + P(w): no weights
+            if self._white_sum:
                 self.text_white_proj = zero_module(nn.Linear(cfg.encoder_dim, cfg.encoder_dim))
         self.channels_last = True  # an execution choice, not part of the config: results are the same
         self.to(memory_format=torch.channels_last)
@@ -326,7 +326,7 @@ class UNet(nn.Module):
         white = None
         if self.cfg.text_whiten:
             white = self._whiten(text_emb)
-            if not (self.cfg.text_whiten_attn and self.cfg.text_whiten_pool):  # else nothing reads the sum
+            if self._white_sum:
                 text_emb = text_emb + self.text_white_proj(white)
         if self.cfg.text_context:
             before, after = (w.to(self.dtype) for w in context_weights(text_emb.shape[1], text_emb.device))
@@ -342,6 +342,11 @@ class UNet(nn.Module):
             if self.cfg.text_whiten_pool:
                 pool_src = self._whiten(pool_src)
         return encoder_out, self.encoder_pooling(pool_src)  # [B, ted]
+
+    @property
+    def _white_sum(self) -> bool:
+        """unet.text_whiten's additive path x + P(w): absent when both cross-attention and the pooling read w."""
+        return self.cfg.text_whiten and not (self.cfg.text_whiten_attn and self.cfg.text_whiten_pool)
 
     def _whiten(self, states: torch.Tensor) -> torch.Tensor:
         """unet.text_whiten: (x - mean) @ map, with the run's caption statistics (the buffers)."""
