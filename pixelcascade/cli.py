@@ -414,11 +414,16 @@ def _emoji_extractor(path: str):
 
 def cmd_eval_shapes(a) -> int:
     from .eval.shapes_eval import evaluate_shapes, format_table
+    from .data.shapes import TASKS
+    tasks = tuple(t.strip() for t in a.tasks.split(",") if t.strip()) if a.tasks else None
+    if tasks is not None and (not tasks or set(tasks) - set(TASKS)):
+        bad = ", ".join(sorted(set(tasks) - set(TASKS))) or repr(a.tasks)
+        raise UserError(f"--tasks: unknown task {bad}; give a comma-separated list of: {', '.join(TASKS)}")
     cascade = _eval_cascade(a)
     out = Path(a.output)
     report = evaluate_shapes(cascade, num_stages=a.stages or len(cascade.stages), per_task=a.per_task,
                              seeds=a.seeds, batch_size=a.batch_size, out_dir=out, progress=not a.quiet,
-                             language=a.language, **_overrides(a))
+                             language=a.language, tasks=tasks, **_overrides(a))
     print(format_table(report))
     print(f"report: {out / 'report.json'}  contact sheet: {out / 'contact_sheet.png'}")
     return 0
@@ -857,11 +862,15 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Sample the benchmark suite (64 prompts per task x 4 seeds) and score it "
                                      "with the classical-vision scorer; prints per-task accuracy with 95% "
                                      "intervals, seen and unseen apart, and writes report.json and a contact sheet.",
-                         epilog="example:\n  pixelcascade eval shapes -o eval/shapes --stages 1")
+                         epilog="examples:\n  pixelcascade eval shapes -o eval/shapes --stages 1\n"
+                                "  pixelcascade eval shapes -o eval/position --stages 1 --tasks position")
     _model_args(es)
     es.add_argument("-o", "--output", default="eval/shapes")
     es.add_argument("--per-task", type=int, default=64, help="prompts per task (all when a task has fewer)")
     es.add_argument("--seeds", type=int, default=4, help="images per prompt")
+    es.add_argument("--tasks", default=None,
+                    help="only these tasks, comma-separated (e.g. position,counting): the same prompts and seeds "
+                         "as in the full suite; overall then averages the GenEval tasks given")
     es.add_argument("--batch-size", type=int, default=64)
     es.add_argument("--language", default="en", choices=["en", "de", "fr", "es"],
                     help="the prompts in another language (same specs): measures the text encoder")

@@ -85,6 +85,20 @@ def test_export_then_eval_shapes(tiny_model, tmp_path, capsys):
                  "--seeds", "1", "--steps", "2", "--language", "de", "-q"]) == 0
     de = json.loads((tmp_path / "de" / "report.json").read_text())
     assert de["language"] == "de" and any(p["prompt"].startswith("ein") for p in de["per_prompt"])
+    # --tasks: only those prompts, the same ones with the same seeds (so the same images) as in the full suite
+    assert main(["eval", "shapes", "--model", str(shipped), "-o", str(tmp_path / "pos"), "--per-task", "2",
+                 "--seeds", "1", "--steps", "3", "--tasks", "position", "-q"]) == 0
+    pos = json.loads((tmp_path / "pos" / "report.json").read_text())
+    full = [r for r in report["per_prompt"] if r["task"] == "position"]
+    assert pos["num_images"] == 2 and pos["per_prompt"] == full
+    assert all(r["outcome"] in ("pass", "swapped", "misplaced", "objects") for r in full)
+    assert all((r["outcome"] == "pass") == r["pass"] for r in full)
+    assert not any("outcome" in r for r in report["per_prompt"] if r["task"] in ("counting", "colors"))
+    assert set(pos["summary"]["all"]) == {"position", "overall"}
+    capsys.readouterr()
+    assert main(["eval", "shapes", "--model", str(shipped), "-o", str(tmp_path / "x"), "--tasks", "posiiton"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown task posiiton" in err[0] and "position" in err[0], err
 
 
 def _write_images(tmp_path):

@@ -15,23 +15,30 @@ from .shapes_score import relation_outcome, score_image, summarize
 
 def evaluate_shapes(cascade, *, num_stages: int | None = None, per_task: int = 64, seeds: int = 4,
                     batch_size: int = 64, out_dir: str | Path | None = None, progress: bool = True,
-                    prompt_seed: int = 0, language: str = "en", **overrides) -> dict:
+                    prompt_seed: int = 0, language: str = "en", tasks: tuple[str, ...] | None = None,
+                    **overrides) -> dict:
     """Every benchmark prompt x ``seeds`` seeds through the first ``num_stages`` stages, scored at that size.
 
     ``overrides``: sampling choices as :func:`pixelcascade.pipeline.stage_settings` takes them (guidance,
-    guidance_ii, steps, steps_ii, sampler, aug_level, ...).
+    guidance_ii, steps, steps_ii, sampler, aug_level, ...). ``tasks``: only these tasks' prompts (the same
+    prompts and seeds as in the full suite; the overall score then averages only the GenEval tasks present).
     """
     from ..pipeline import stage_settings, to_uint8
     n = num_stages or len(cascade.stages)
     final = cascade.stages[n - 1]
     size = final.cfg.image_size
     prompts = benchmark_prompts(size=size, per_task=per_task, seed=prompt_seed)
+    if tasks:
+        unknown = sorted(set(tasks) - set(TASKS))
+        if unknown:
+            raise ValueError(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(TASKS)}")
+        prompts = [p for p in prompts if p.task in tasks]
     if language != "en":  # the same specs in other words: the gap to English measures the text encoder
         from ..data.shapes_i18n import translate
         prompts = [translate(p, language) for p in prompts]
     jobs = [(p, s) for p in prompts for s in range(seeds)]
     settings = stage_settings(cascade.stages[:n], **overrides)
-    results, images, relations = [], [], {}
+    results, images, relations, outcomes = [], [], {}, []
     earlier = [[] for _ in range(n - 1)]
     it = range(0, len(jobs), batch_size)
     if progress:
@@ -43,6 +50,7 @@ def evaluate_shapes(cascade, *, num_stages: int | None = None, per_task: int = 6
         imgs = [to_uint8(o) for o in outs]
         for j, (p, _s) in enumerate(chunk):
             outcome = relation_outcome(imgs[-1][j], p)  # "pass" exactly when score_image passes
+            outcomes.append(outcome)
             results.append((p, outcome == "pass" if outcome is not None else score_image(imgs[-1][j], p)))
             if outcome is not None:
                 counts = relations.setdefault(p.task, {"pass": 0, "swapped": 0, "misplaced": 0, "objects": 0})
@@ -58,7 +66,8 @@ def evaluate_shapes(cascade, *, num_stages: int | None = None, per_task: int = 6
               "language": language,
               "settings": [dataclasses.asdict(s) for s in settings], "per_task": per_task, "seeds": seeds,
               "per_prompt": [{"prompt": p.text, "task": p.task, "unseen": p.unseen, "seed": s, "pass": bool(ok),
-                              **({"pass_by_stage": [bool(e[i][1]) for e in earlier] + [bool(ok)]} if earlier else {})}
+                              **({"outcome": outcomes[i]} if outcomes[i] is not None else {}),
+                             **({"pass_by_stage": [bool(e[i][1]) for e in earlier] + [bool(ok)]} if earlier else {})}
                              for i, ((p, ok), (_, s)) in enumerate(zip(results, jobs))]}
     if earlier:  # images that a later stage turned from pass to fail (lost) or fail to pass (gained)
         report["stage_changes"] = stage_changes(report)
