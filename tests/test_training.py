@@ -74,8 +74,10 @@ def test_resume_refuses_a_different_config(tmp_path):
     lr = dataclasses.replace(_cfg(), train=dataclasses.replace(_cfg().train, lr=1.0))
     with pytest.raises(RuntimeError, match="another config"):
         Trainer(lr, _data(), tmp_path, progress=False)
-    # a longer schedule or another thread count resumes (tuples in the config compare with the saved lists)
-    longer = dataclasses.replace(_cfg(), train=dataclasses.replace(_cfg().train, max_steps=50, num_threads=1))
+    # a longer schedule, another thread count or bf16 autocast turned off (a CPU without native bf16) resumes
+    # (tuples in the config compare with the saved lists)
+    longer = dataclasses.replace(_cfg(), train=dataclasses.replace(_cfg().train, max_steps=50, num_threads=1,
+                                                                    bf16=not _cfg().train.bf16))
     assert Trainer(longer, _data(), tmp_path, progress=False).step == 3
 
 

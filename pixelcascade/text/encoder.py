@@ -63,29 +63,49 @@ class HFEncoder:
         if not (path / "config.json").is_file():
             raise TextEncoderError(f"no text encoder at {path}: expected a Hugging Face model folder with "
                                    "config.json (and tokenizer files); models cannot be downloaded here")
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        import transformers
-        transformers.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-        from transformers import AutoConfig, AutoModel, AutoTokenizer, T5EncoderModel
-        self.tokenizer = AutoTokenizer.from_pretrained(str(tok_path))
-        is_t5 = t5 or AutoConfig.from_pretrained(str(path)).model_type in ("t5", "mt5", "umt5")
-        cls = T5EncoderModel if is_t5 else AutoModel  # encoder-decoder folders: the encoder only
-        self.model = cls.from_pretrained(str(path), torch_dtype=dtype).to(device).eval()
-        self.model.requires_grad_(False)
-        self.dim = int(self.model.config.hidden_size if hasattr(self.model.config, "hidden_size")
-                       else self.model.config.d_model)
+        from .bert import load_native_bert, native_bert_supported
+        # BERT-family folders (the default MiniLM) run on our own BERT: the same states, no transformers import
+        self.native = not t5 and tok_path == path and native_bert_supported(path)
+        if self.native:
+            self.tokenizer, self.model = load_native_bert(path, dtype)
+            self.model.to(device)
+            self.dim = self.model.hidden_size
+        else:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            import transformers
+            transformers.logging.set_verbosity_error()
+            transformers.utils.logging.disable_progress_bar()
+            from transformers import AutoConfig, AutoModel, AutoTokenizer, T5EncoderModel
+            self.tokenizer = AutoTokenizer.from_pretrained(str(tok_path))
+            is_t5 = t5 or AutoConfig.from_pretrained(str(path)).model_type in ("t5", "mt5", "umt5")
+            cls = T5EncoderModel if is_t5 else AutoModel  # encoder-decoder folders: the encoder only
+            self.model = cls.from_pretrained(str(path), torch_dtype=dtype).to(device).eval()
+            self.model.requires_grad_(False)
+            self.dim = int(self.model.config.hidden_size if hasattr(self.model.config, "hidden_size")
+                           else self.model.config.d_model)
         self.max_length, self.device, self.clean = max_length, device, clean
         self.name = name or f"{path.name}-L{max_length}"
         self.warned = False
 
-    def tokenize(self, texts: list[str]):
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         texts = [clean_caption(t) if self.clean else t.lower().strip() for t in texts]
-        full = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
+        if self.native:
+            tk = self.tokenizer
+            tk.no_truncation()
+            tk.no_padding()
+            full = [e.ids for e in tk.encode_batch(texts)]
+        else:
+            full = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
         too_long = [t for t, ids in zip(texts, full) if len(ids) > self.max_length]
         if too_long:
             warnings.warn(f"{len(too_long)} prompt(s) longer than the encoder's window of {self.max_length} "
                           f"tokens were truncated, e.g. {too_long[0][:80]!r}", stacklevel=3)
+        if self.native:
+            tk.enable_truncation(self.max_length)
+            tk.enable_padding(length=self.max_length, pad_id=0, pad_token=tk.id_to_token(0))
+            enc = tk.encode_batch(texts)
+            return {"input_ids": torch.tensor([e.ids for e in enc]),
+                    "attention_mask": torch.tensor([e.attention_mask for e in enc])}
         return self.tokenizer(texts, max_length=self.max_length, padding="max_length", truncation=True,
                               return_attention_mask=True, add_special_tokens=True, return_tensors="pt")
 
@@ -95,7 +115,10 @@ class HFEncoder:
             texts = check_prompts(texts)
         tok = self.tokenize(texts)
         ids, mask = tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device)
-        out = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # [B, L, D]
+        if self.native:
+            out = self.model(ids, mask)
+        else:
+            out = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # [B, L, D]
         return out.float(), mask
 
     def to(self, device) -> HFEncoder:

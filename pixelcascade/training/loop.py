@@ -380,9 +380,10 @@ class Trainer:
 
 
 def _train_changed(old: dict, new: dict) -> bool:
-    """Only schedule-extending fields may change on resume (max_steps unless it shapes the lr decay, cadences,
-    threads, device)."""
-    free = {"ckpt_every", "val_every", "log_every", "num_threads", "device"}
+    """Only schedule-extending fields may change on resume (max_steps unless it shapes the lr decay, cadences)
+    and how this machine computes a step (threads, device, bf16 autocast: a run moved to a CPU without native
+    bf16 goes on in fp32)."""
+    free = {"ckpt_every", "val_every", "log_every", "num_threads", "device", "bf16"}
     if new.get("lr_schedule", "constant") == "constant":
         free.add("max_steps")
     return any(old.get(k) != v for k, v in new.items() if k not in free)
