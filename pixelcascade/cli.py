@@ -413,8 +413,8 @@ def _emoji_extractor(path: str):
 
 
 def cmd_eval_shapes(a) -> int:
-    from .eval.shapes_eval import evaluate_shapes, format_table
     from .data.shapes import TASKS
+    from .eval.shapes_eval import evaluate_shapes, format_table
     tasks = tuple(t.strip() for t in a.tasks.split(",") if t.strip()) if a.tasks else None
     if tasks is not None and (not tasks or set(tasks) - set(TASKS)):
         bad = ", ".join(sorted(set(tasks) - set(TASKS))) or repr(a.tasks)
