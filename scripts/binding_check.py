@@ -25,13 +25,18 @@ Text modes (everything else is the same, seeds included):
   MODE-real     any mode above, trained on the real training captions (the shapes world's caption generator:
                 the template 40% of the time, else colour words, synonyms, inverse relations, prefixes); the
                 same images and evaluation prompts
+  MODE-mix      any MiniLM mode above, trained on a real run's task mix instead (every task of the shapes world,
+                position weighted 12, so ~40% of the images are two different shapes in a relation on either
+                axis), captions the plain templates only (data.template_share=1.0); the same evaluation
 
-Usage: python scripts/binding_check.py MODE OUT_DIR MINUTES [STEPS]   (prints the outcome shares; writes result.json)
-STEPS stops at that many steps instead (the rows above ran ~1,400 steps in 25 minutes on an idle core).
+Usage: [THREADS=n] python scripts/binding_check.py MODE OUT_DIR MINUTES [STEPS]   (prints the outcome shares; writes
+result.json). STEPS stops at that many steps instead (the rows above ran ~1,400 steps in 25 minutes on an idle core
+with native bf16; on a CPU without it the check trains in fp32).
 """
 import dataclasses
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -46,12 +51,15 @@ from pixelcascade.eval.shapes_score import relation_outcome
 from pixelcascade.models.presets import get_preset
 from pixelcascade.pipeline import Stage, to_uint8
 from pixelcascade.training.loop import TrainData, Trainer
+from pixelcascade.utils import cpu_has_native_bf16
 
 name, out, minutes = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3])
 steps = int(sys.argv[4]) if len(sys.argv) > 4 else None
 real = name.endswith("-real")
-mode = name.removesuffix("-real")
-torch.set_num_threads(1)
+mix = name.endswith("-mix")
+mode = name.removesuffix("-real").removesuffix("-mix")
+THREADS = int(os.environ.get("THREADS", "1"))
+torch.set_num_threads(THREADS)
 SH = ["circle", "square", "triangle"]
 INV = {"left of": "right of", "right of": "left of"}
 
@@ -79,7 +87,9 @@ P = prompts()
 N = 20000
 imgs = np.empty((N, 32, 32, 3), np.uint8)
 caps = []
-for i in range(N):
+if mix:
+    imgs, caps = S.make_dataset(N, 32, seed=0, weights=S.parse_task_weights("position=12"), template_share=1.0)
+for i in range(0 if mix else N):
     p = rng.choice(P)
     sc = S.scene_for_prompt(p, 32, rng, allow_unseen=False)
     imgs[i] = S.render(sc.objects, 32)
@@ -94,7 +104,7 @@ if mode == "oracle":
     L = 4
 else:
     from pixelcascade.text.encoder import load_encoder
-    L = 24 if real else 16  # the real wording runs longer
+    L = 24 if real or mix else 16  # the real wording and the other tasks' templates run longer
     enc = load_encoder("minilm", L)
     e, _ = enc(uniq)
     table = np.concatenate([e.half().numpy(), enc.empty(1)[0].half().numpy()])
@@ -129,7 +139,8 @@ cfg = RunConfig(name="bind", unet=unet, diffusion=DiffusionConfig(min_snr_gamma=
                 sample=SampleConfig(sampler="ddpm", num_steps="smart27", guidance_scale=4.0, dyn_thresh_max=1.5),
                 data=DataConfig(world="shapes", image_size=32, num_images=N, text_max_length=L),
                 train=TrainConfig(lr=5e-4, batch_size=64, max_steps=10 ** 6, warmup_steps=100, ckpt_every=10 ** 6,
-                                  val_every=10 ** 6, log_every=100, num_threads=1))
+                                  val_every=10 ** 6, log_every=100, num_threads=THREADS,
+                                  bf16=cpu_has_native_bf16() is not False))  # emulated bf16 is 2x slower
 tr = Trainer(cfg, data, out, None, progress=False)
 if mode == "minilm-tlsin":  # token position at full strength from the start
     pos = torch.arange(256)[:, None].float()

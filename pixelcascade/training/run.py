@@ -194,12 +194,12 @@ def build_train_data(images: np.ndarray, captions: list[str], encoder, cache: Pa
                      null_idx=row[""], captions=captions)
 
 
-def train(cfg: RunConfig, out_dir: str | Path, *, cache: Path | None = None, progress: bool = True,
-          max_steps: int | None = None, time_limit_s: float | None = None, command: str = "",
-          grids: bool = True) -> Trainer:
+def prepare_data(cfg: RunConfig, cache: Path | None = None, progress: bool = True):
+    """Everything a run reads before its first step, built and cached: the images, the caption states, the
+    validation set. Returns (data, val, recipe, encoder). Runs that share data (the two stages of a cascade
+    started together) call it once first, so that they do not build the same cache at the same time."""
     from ..text.encoder import load_encoder
     cache = cache or default_cache_dir()
-    out_dir = Path(out_dir)
     # captions are encoded once (then cached) on the training device
     from .loop import resolve_device
     enc_device = resolve_device(cfg.train.device)
@@ -238,6 +238,14 @@ def train(cfg: RunConfig, out_dir: str | Path, *, cache: Path | None = None, pro
         raise ValueError(f"data.world={cfg.data.world!r}: choose shapes or emoji")
     if cfg.train.init_from:
         recipe += f"; fine-tuned from {Path(cfg.train.init_from).name} (sha256 {_sha256(cfg.train.init_from)[:16]})"
+    return data, val, recipe, encoder
+
+
+def train(cfg: RunConfig, out_dir: str | Path, *, cache: Path | None = None, progress: bool = True,
+          max_steps: int | None = None, time_limit_s: float | None = None, command: str = "",
+          grids: bool = True) -> Trainer:
+    out_dir = Path(out_dir)
+    data, val, recipe, encoder = prepare_data(cfg, cache, progress)
     meta = {"text_encoder": cfg.text_encoder, "text_max_length": cfg.data.text_max_length,
             "encoder_name": encoder.name, "command": command, "data_recipe": recipe, "world": cfg.data.world}
     sample_fn = _grid_fn(encoder) if grids else None
