@@ -225,7 +225,7 @@ def _run_and_save(a, cascade, prompts: list[str], *, init=None, mask=None, stren
             try:
                 if low_res is not None:  # upscale: the cascade is one super-resolution stage
                     emb, _ = cascade.encoder(ps)
-                    unc, _ = cascade.encoder.empty(nb)
+                    unc = cascade.negative_states(a.negative_prompt, nb)
                     st = cascade.stages[0]
                     scale = a.scale
                     h, w = (round(low_res.shape[2] * scale), round(low_res.shape[3] * scale))
@@ -237,7 +237,7 @@ def _run_and_save(a, cascade, prompts: list[str], *, init=None, mask=None, stren
                         base = cascade.stages[0].cfg.image_size
                         size = [(a.height or base, a.width or base)]
                     outs = cascade(ps, ss, settings=settings, num_stages=n_stages, progress=not a.quiet,
-                                   sizes=size, **kw)
+                                   sizes=size, negative_prompts=a.negative_prompt, **kw)
             except (PipelineError, TextEncoderError, ValueError) as e:
                 raise UserError(str(e)) from None
             stage_imgs = [to_uint8(o) for o in outs]
@@ -248,6 +248,7 @@ def _run_and_save(a, cascade, prompts: list[str], *, init=None, mask=None, stren
                         "stages": n_stages, "device": a.device, "dtype": a.dtype,
                         "settings": [dataclasses.asdict(s) for s in settings],
                         "size": list(stage_imgs[-1][j].shape[:2]), "pixelcascade": _version(),
+                        **({"negative_prompt": a.negative_prompt} if a.negative_prompt.strip() else {}),
                         **(extra_sidecar or {})}
                 save_png(stage_imgs[-1][j], path, side)
                 if getattr(a, "save_stages", False):
@@ -660,6 +661,9 @@ def _sampling_args(g: argparse.ArgumentParser) -> None:
     g.add_argument("--steps-ii", help="steps of the later stages")
     g.add_argument("--guidance", type=float, help="stage I classifier-free guidance scale (1 = none)")
     g.add_argument("--guidance-ii", type=float, help="guidance of the later stages")
+    g.add_argument("--negative-prompt", default="",
+                   help="what guidance steers away from, for every prompt and stage (default: nothing, the empty "
+                        "prompt); needs guidance > 1")
     g.add_argument("--aug-level", type=float, help="noise augmentation of the low-res input of later stages")
     g.add_argument("--sampler", help="ddpm (IF's), ddim or dpmpp_2m (every stage, unless --sampler-ii)")
     g.add_argument("--sampler-ii", help="the later stages' sampler")
@@ -723,6 +727,7 @@ def build_parser() -> argparse.ArgumentParser:
                               '  pixelcascade generate "three red circles left of a blue square" -o out.png\n'
                               '  pixelcascade generate "a green triangle" "two squares" -o outs/ --seed 7\n'
                               "  pixelcascade generate --prompts-file prompts.txt -o outs/ --batch-size 16\n"
+                              '  pixelcascade generate "a red circle" --negative-prompt "a blue square" -o out.png\n'
                               '  pixelcascade generate "a cat" --model /models/IF-I-XL --text-encoder /models/t5 '
                               "--device cuda --dtype fp16 -o cat.png")
     g.add_argument("prompts", nargs="*", help="one or more prompts")

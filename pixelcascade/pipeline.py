@@ -197,11 +197,15 @@ class Cascade:
     def __call__(self, prompts: list[str], seeds: list[int], *, settings: list[SampleConfig | None] | None = None,
                  sizes: list[tuple[int, int] | None] | None = None, num_stages: int | None = None,
                  progress: bool = False, init_image: torch.Tensor | None = None, strength: float = 1.0,
-                 mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+                 mask: torch.Tensor | None = None,
+                 negative_prompts: str | list[str] | None = None) -> list[torch.Tensor]:
         """Run the first ``num_stages`` stages; returns every stage's images in [-1, 1].
 
         ``init_image`` ([B, 3, H, W] in [-1, 1]) and ``strength``: image-to-image in every stage, the image
         resized to each stage's size; with ``mask`` ([B, 1, H, W], 1 = regenerate): inpainting.
+        ``negative_prompts`` (one for all, or one per prompt; "" = none): what guidance steers away from, in
+        every stage: the unconditional branch of classifier-free guidance gets their states instead of the
+        empty prompt's (diffusers' ``negative_prompt``).
         """
         n = num_stages or len(self.stages)
         if not 1 <= n <= len(self.stages):
@@ -210,7 +214,7 @@ class Cascade:
         sizes = list(sizes or []) + [None] * n
         with self._on_device(self.encoder):
             text_emb, _ = self.encoder(prompts)
-            uncond, _ = self.encoder.empty(len(prompts))
+            uncond = self.negative_states(negative_prompts, len(prompts))
         bar = None
         if progress:
             from tqdm import tqdm
@@ -241,6 +245,22 @@ class Cascade:
         if bar is not None:
             bar.close()
         return outs
+
+    def negative_states(self, negative_prompts: str | list[str] | None, n: int) -> torch.Tensor:
+        """The unconditional branch's text states for ``n`` images: the empty prompt's, or the negative
+        prompts' where given (one for all, or one per image; "" keeps the empty prompt)."""
+        uncond, _ = self.encoder.empty(n)
+        if negative_prompts is None:
+            return uncond
+        negs = [negative_prompts] * n if isinstance(negative_prompts, str) else list(negative_prompts)
+        if len(negs) != n:
+            raise PipelineError(f"{len(negs)} negative prompts for {n} prompts: give one for all, or one per prompt")
+        idx = [i for i, t in enumerate(negs) if t.strip()]
+        if idx:
+            neg, _ = self.encoder([negs[i] for i in idx])
+            uncond = uncond.clone()
+            uncond[idx] = neg.to(uncond.dtype)
+        return uncond
 
     @contextmanager
     def _on_device(self, part):

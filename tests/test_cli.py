@@ -19,6 +19,22 @@ def test_generate_one_png_with_sidecar(tiny_model, tmp_path, capsys):
     assert str(out) in capsys.readouterr().out
 
 
+def test_negative_prompt(tiny_model, tmp_path):
+    """--negative-prompt changes the image (guidance steers away from it), is in the sidecar, and the empty
+    default is the plain image."""
+    import numpy as np
+    from PIL import Image
+    base = ["--model", str(tiny_model), "--guidance", "30", "-q"]  # the tiny model barely reads its text
+    assert main(["generate", "a red circle", "-o", str(tmp_path / "a.png")] + base) == 0
+    assert main(["generate", "a red circle", "-o", str(tmp_path / "b.png"), "--negative-prompt", "a blue square"]
+                + base) == 0
+    assert main(["generate", "a red circle", "-o", str(tmp_path / "c.png"), "--negative-prompt", " "] + base) == 0
+    a, b, c = (np.asarray(Image.open(tmp_path / f"{k}.png")).astype(int) for k in "abc")
+    assert np.abs(a - b).max() > 2 and np.array_equal(a, c)
+    assert json.loads((tmp_path / "b.json").read_text())["negative_prompt"] == "a blue square"
+    assert "negative_prompt" not in json.loads((tmp_path / "a.json").read_text())
+
+
 def test_generate_is_seeded_and_batch_invariant(tiny_model, tmp_path):
     from PIL import Image
     main(["generate", "a square", "two circles", "--model", str(tiny_model), "-o", str(tmp_path / "a"),

@@ -92,6 +92,32 @@ def test_text_to_image_and_cascade_equal_diffusers(setup):
     assert ours[1].std() > 0.05  # a real image, not a collapsed constant
 
 
+def test_negative_prompts_equal_diffusers(setup):
+    """negative_prompts replace the empty prompt's states in guidance's unconditional branch, as diffusers'
+    negative_prompt(_embeds); "" keeps the empty prompt for that image."""
+    s1, _, emb, unc = setup
+    neg = torch.randn(1, *emb.shape[1:], generator=torch.Generator().manual_seed(8))
+
+    class Named(_Encoder):  # states by text
+        def __call__(self, prompts):
+            table = {"a": emb[0], "b": emb[1], "blurry": neg[0]}
+            return torch.stack([table[p] for p in prompts]), None
+
+    enc = Named(emb, unc)
+    ours = Cascade([s1], enc)(["a", "b"], SEEDS, negative_prompts=["blurry", ""])[0]
+    ref = _if_pipe(diffusers.IFPipeline, s1)(
+        prompt_embeds=emb, negative_prompt_embeds=torch.stack([neg[0], unc[1]]), timesteps=smart27_timesteps,
+        guidance_scale=5.0, generator=_gens(), output_type="pt", height=16, width=16).images
+    assert (ours - ref.clamp(-1, 1)).abs().max() <= TOL
+    plain = Cascade([s1], enc)(["a", "b"], SEEDS)[0]
+    assert (ours[0] - plain[0]).abs().max() > 1e-4 and torch.equal(ours[1], plain[1])  # (a weak random UNet)
+    both = Cascade([s1], enc)(["a", "b"], SEEDS, negative_prompts="blurry")[0]  # one for all
+    assert torch.equal(both[0], ours[0]) and (both[1] - plain[1]).abs().max() > 1e-4
+    from pixelcascade.pipeline import PipelineError
+    with pytest.raises(PipelineError, match="3 negative prompts for 2 prompts"):
+        Cascade([s1], enc)(["a", "b"], SEEDS, negative_prompts=["x", "y", "z"])
+
+
 def test_img2img_and_inpainting_equal_diffusers(setup):
     s1, _, emb, unc = setup
     g = torch.Generator().manual_seed(9)
