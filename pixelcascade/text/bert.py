@@ -59,6 +59,7 @@ class BertStates(nn.Module):
         self.layers = nn.ModuleList(_Layer(d, cfg["num_attention_heads"], cfg["intermediate_size"], eps)
                                     for _ in range(cfg["num_hidden_layers"]))
         self.hidden_size = d
+        self.pad_id = int(cfg.get("pad_token_id") or 0)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = self.ln(self.word(ids) + self.pos.weight[: ids.shape[1]] + self.type0)

@@ -102,7 +102,8 @@ class HFEncoder:
                           f"tokens were truncated, e.g. {too_long[0][:80]!r}", stacklevel=3)
         if self.native:
             tk.enable_truncation(self.max_length)
-            tk.enable_padding(length=self.max_length, pad_id=0, pad_token=tk.id_to_token(0))
+            pad = self.model.pad_id
+            tk.enable_padding(length=self.max_length, pad_id=pad, pad_token=tk.id_to_token(pad))
             enc = tk.encode_batch(texts)
             return {"input_ids": torch.tensor([e.ids for e in enc]),
                     "attention_mask": torch.tensor([e.attention_mask for e in enc])}
