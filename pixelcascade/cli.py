@@ -414,12 +414,13 @@ def _emoji_extractor(path: str):
 
 
 def cmd_eval_shapes(a) -> int:
-    from .data.shapes import TASKS
-    from .eval.shapes_eval import evaluate_shapes, format_table
-    tasks = tuple(t.strip() for t in a.tasks.split(",") if t.strip()) if a.tasks else None
-    if tasks is not None and (not tasks or set(tasks) - set(TASKS)):
-        bad = ", ".join(sorted(set(tasks) - set(TASKS))) or repr(a.tasks)
-        raise UserError(f"--tasks: unknown task {bad}; give a comma-separated list of: {', '.join(TASKS)}")
+    from .eval.shapes_eval import check_tasks, evaluate_shapes, format_table
+    tasks = None
+    if a.tasks is not None:
+        try:  # before the model loads: a typo fails at once
+            tasks = check_tasks(t.strip() for t in a.tasks.split(",") if t.strip())
+        except ValueError as e:
+            raise UserError(f"--tasks: {e}") from None
     cascade = _eval_cascade(a)
     out = Path(a.output)
     report = evaluate_shapes(cascade, num_stages=a.stages or len(cascade.stages), per_task=a.per_task,

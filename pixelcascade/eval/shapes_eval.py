@@ -13,6 +13,16 @@ from ..utils import atomic_write_text
 from .shapes_score import relation_outcome, score_image, summarize
 
 
+def check_tasks(tasks) -> tuple[str, ...]:
+    """``tasks`` as a tuple of the benchmark's task names, or ValueError naming the unknown ones."""
+    tasks = tuple(tasks)
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown or not tasks:
+        raise ValueError(f"unknown task {', '.join(unknown) or '(none given)'}; give a comma-separated list of: "
+                         f"{', '.join(TASKS)}")
+    return tasks
+
+
 def evaluate_shapes(cascade, *, num_stages: int | None = None, per_task: int = 64, seeds: int = 4,
                     batch_size: int = 64, out_dir: str | Path | None = None, progress: bool = True,
                     prompt_seed: int = 0, language: str = "en", tasks: tuple[str, ...] | None = None,
@@ -29,10 +39,7 @@ def evaluate_shapes(cascade, *, num_stages: int | None = None, per_task: int = 6
     size = final.cfg.image_size
     prompts = benchmark_prompts(size=size, per_task=per_task, seed=prompt_seed)
     if tasks:
-        unknown = sorted(set(tasks) - set(TASKS))
-        if unknown:
-            raise ValueError(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(TASKS)}")
-        prompts = [p for p in prompts if p.task in tasks]
+        prompts = [p for p in prompts if p.task in check_tasks(tasks)]
     if language != "en":  # the same specs in other words: the gap to English measures the text encoder
         from ..data.shapes_i18n import translate
         prompts = [translate(p, language) for p in prompts]
@@ -67,7 +74,7 @@ def evaluate_shapes(cascade, *, num_stages: int | None = None, per_task: int = 6
               "settings": [dataclasses.asdict(s) for s in settings], "per_task": per_task, "seeds": seeds,
               "per_prompt": [{"prompt": p.text, "task": p.task, "unseen": p.unseen, "seed": s, "pass": bool(ok),
                               **({"outcome": outcomes[i]} if outcomes[i] is not None else {}),
-                             **({"pass_by_stage": [bool(e[i][1]) for e in earlier] + [bool(ok)]} if earlier else {})}
+                              **({"pass_by_stage": [bool(e[i][1]) for e in earlier] + [bool(ok)]} if earlier else {})}
                              for i, ((p, ok), (_, s)) in enumerate(zip(results, jobs))]}
     if earlier:  # images that a later stage turned from pass to fail (lost) or fail to pass (gained)
         report["stage_changes"] = stage_changes(report)
