@@ -663,8 +663,8 @@ def _sampling_args(g: argparse.ArgumentParser) -> None:
     g.add_argument("--guidance", type=float, help="stage I classifier-free guidance scale (1 = none)")
     g.add_argument("--guidance-ii", type=float, help="guidance of the later stages")
     g.add_argument("--negative-prompt", default="",
-                   help="what guidance steers away from, for every prompt and stage (default: nothing, the empty "
-                        "prompt); needs guidance > 1")
+                   help="what guidance steers away from, for every prompt, in stages I and II (default: nothing, "
+                        "the empty prompt; an SD x4 --stage3 keeps its own); needs guidance > 1")
     g.add_argument("--aug-level", type=float, help="noise augmentation of the low-res input of later stages")
     g.add_argument("--sampler", help="ddpm (IF's), ddim or dpmpp_2m (every stage, unless --sampler-ii)")
     g.add_argument("--sampler-ii", help="the later stages' sampler")

@@ -204,8 +204,9 @@ class Cascade:
         ``init_image`` ([B, 3, H, W] in [-1, 1]) and ``strength``: image-to-image in every stage, the image
         resized to each stage's size; with ``mask`` ([B, 1, H, W], 1 = regenerate): inpainting.
         ``negative_prompts`` (one for all, or one per prompt; "" = none): what guidance steers away from, in
-        every stage: the unconditional branch of classifier-free guidance gets their states instead of the
-        empty prompt's (diffusers' ``negative_prompt``).
+        every stage of ours (an external stage with its own encoder, the SD x4 upscaler, keeps its own): the
+        unconditional branch of classifier-free guidance gets their states instead of the empty prompt's
+        (diffusers' ``negative_prompt``).
         """
         n = num_stages or len(self.stages)
         if not 1 <= n <= len(self.stages):
