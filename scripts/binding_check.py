@@ -85,19 +85,20 @@ rng = random.Random(0)
 cap_rng = random.Random(1)  # its own stream: the images are the same in every mode
 P = prompts()
 N = 20000
-imgs = np.empty((N, 32, 32, 3), np.uint8)
-caps = []
-if mix:
+if mix:  # a real run's images and template captions
     imgs, caps = S.make_dataset(N, 32, seed=0, weights=S.parse_task_weights("position=12"), template_share=1.0)
-for i in range(0 if mix else N):
-    p = rng.choice(P)
-    sc = S.scene_for_prompt(p, 32, rng, allow_unseen=False)
-    imgs[i] = S.render(sc.objects, 32)
-    w = p.text.split()
-    rel = " ".join(w[2:-2])
-    caps.append(p.text if rng.random() < 0.5 else f"a {w[-1]} {INV[rel]} a {w[1]}")
-    if real:
-        caps[-1] = S.training_caption(sc, cap_rng)
+else:
+    imgs = np.empty((N, 32, 32, 3), np.uint8)
+    caps = []
+    for i in range(N):
+        p = rng.choice(P)
+        sc = S.scene_for_prompt(p, 32, rng, allow_unseen=False)
+        imgs[i] = S.render(sc.objects, 32)
+        w = p.text.split()
+        rel = " ".join(w[2:-2])
+        caps.append(p.text if rng.random() < 0.5 else f"a {w[-1]} {INV[rel]} a {w[1]}")
+        if real:
+            caps[-1] = S.training_caption(sc, cap_rng)
 uniq = sorted(set(caps))
 if mode == "oracle":
     table = np.stack([oracle(c) for c in uniq] + [np.zeros((4, 384), np.float16)])

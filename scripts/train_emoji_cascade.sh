@@ -23,9 +23,8 @@ mkdir -p "$RUNS"
 # 1. the data, once: both runs read the same cache, so they must not build it at the same time
 "$PY" - <<EOF
 from pixelcascade.training.run import get_run_preset, prepare_data
-for preset in ("emoji64", "emoji128-sr"):
-    prepare_data(get_run_preset(preset, "${STAGE1_OVERRIDES:-} train.device=$DEVICE".split()
-                 if preset == "emoji64" else "${STAGE2_OVERRIDES:-} train.device=$DEVICE".split()))
+prepare_data(get_run_preset("emoji64", "${STAGE1_OVERRIDES:-} train.device=$DEVICE".split()))
+prepare_data(get_run_preset("emoji128-sr", "${STAGE2_OVERRIDES:-} train.device=$DEVICE".split()))
 EOF
 # 2. both stages at once, each stopping (with a checkpoint) after MINUTES
 LIMIT=$("$PY" -c "print(int(float('$MINUTES') * 60))")

@@ -69,6 +69,9 @@ class HFEncoder:
         if self.native:
             self.tokenizer, self.model = load_native_bert(path, dtype)
             self.model.to(device)
+            pad = self.model.pad_id  # the window, set once: every call encodes to exactly max_length tokens
+            self.tokenizer.enable_truncation(max_length)
+            self.tokenizer.enable_padding(length=max_length, pad_id=pad, pad_token=self.tokenizer.id_to_token(pad))
             self.dim = self.model.hidden_size
         else:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -89,26 +92,20 @@ class HFEncoder:
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         texts = [clean_caption(t) if self.clean else t.lower().strip() for t in texts]
-        if self.native:
-            tk = self.tokenizer
-            tk.no_truncation()
-            tk.no_padding()
-            full = [e.ids for e in tk.encode_batch(texts)]
+        if self.native:  # one pass: what truncation cut off is in each encoding's overflow
+            enc = self.tokenizer.encode_batch(texts)
+            too_long = [t for t, e in zip(texts, enc) if e.overflowing]
+            tok = {"input_ids": torch.tensor([e.ids for e in enc]),
+                   "attention_mask": torch.tensor([e.attention_mask for e in enc])}
         else:
             full = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
-        too_long = [t for t, ids in zip(texts, full) if len(ids) > self.max_length]
+            too_long = [t for t, ids in zip(texts, full) if len(ids) > self.max_length]
+            tok = self.tokenizer(texts, max_length=self.max_length, padding="max_length", truncation=True,
+                                 return_attention_mask=True, add_special_tokens=True, return_tensors="pt")
         if too_long:
             warnings.warn(f"{len(too_long)} prompt(s) longer than the encoder's window of {self.max_length} "
                           f"tokens were truncated, e.g. {too_long[0][:80]!r}", stacklevel=3)
-        if self.native:
-            tk.enable_truncation(self.max_length)
-            pad = self.model.pad_id
-            tk.enable_padding(length=self.max_length, pad_id=pad, pad_token=tk.id_to_token(pad))
-            enc = tk.encode_batch(texts)
-            return {"input_ids": torch.tensor([e.ids for e in enc]),
-                    "attention_mask": torch.tensor([e.attention_mask for e in enc])}
-        return self.tokenizer(texts, max_length=self.max_length, padding="max_length", truncation=True,
-                              return_attention_mask=True, add_special_tokens=True, return_tensors="pt")
+        return tok
 
     @torch.no_grad()
     def __call__(self, texts: list[str], allow_empty: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
