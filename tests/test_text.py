@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
@@ -95,7 +97,12 @@ def tiny_bert(tmp_path_factory):
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + \
         "a red circle blue square left right of above below the and two three ##s ein roter kreis über".split()
     (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    transformers.BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(path)
+    if "vocab_file" in inspect.signature(transformers.BertTokenizerFast.__init__).parameters:  # transformers 4
+        tokenizer = transformers.BertTokenizerFast(vocab_file=str(path / "vocab.txt"))
+    else:  # transformers 5 takes the vocabulary itself (a vocab_file would be ignored: every word [UNK])
+        tokenizer = transformers.BertTokenizerFast(vocab={t: i for i, t in enumerate(vocab)})
+    assert tokenizer.tokenize("a red circle") == ["a", "red", "circle"]
+    tokenizer.save_pretrained(path)
     cfg = transformers.BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
                                   intermediate_size=32, max_position_embeddings=64)
     torch.manual_seed(0)
@@ -140,3 +147,24 @@ def test_native_bert_equals_transformers(which, tiny_bert, monkeypatch):
 
 def test_t5_and_other_models_stay_on_transformers(tiny_t5):
     assert not HFEncoder(tiny_t5).native
+
+
+def test_pruned_vocab_copy_gives_the_same_states(tiny_bert, tmp_path):
+    """prune_vocab keeps only the word pieces of the given texts (here: not "two", "three", "above", ...): the copy
+    tokenizes those texts to the same pieces and gives bit-identical states in fp32; fp16 halves the file."""
+    from pixelcascade.text.bert import prune_vocab
+    texts = ["a red circle left of a blue square", "Ein roter Kreis", "zebra", ""]
+    info = prune_vocab(tiny_bert, tmp_path / "p32", texts)
+    full = HFEncoder(tiny_bert, max_length=12)
+    pruned = HFEncoder(tmp_path / "p32", max_length=12)
+    assert pruned.native and info["of"] == len((tiny_bert / "vocab.txt").read_text().split())
+    assert info["kept"] == 5 + len("a red circle left of blue square ein roter kreis".split())  # + the specials
+    a, ma = full(texts, allow_empty=True)
+    b, mb = pruned(texts, allow_empty=True)
+    assert torch.equal(ma, mb) and torch.equal(a, b)
+    assert [full.tokenizer.encode(t).tokens for t in texts] == [pruned.tokenizer.encode(t).tokens for t in texts]
+    assert pruned.tokenizer.encode("two").tokens[1] == "[UNK]"  # outside the texts: not kept
+    info16 = prune_vocab(tiny_bert, tmp_path / "p16", texts, torch.float16)
+    assert info16["kept"] == info["kept"] and info16["bytes"] < 0.6 * info["bytes"]
+    torch.testing.assert_close(HFEncoder(tmp_path / "p16", max_length=12)(texts, allow_empty=True)[0], a,
+                               atol=2e-2, rtol=0)

@@ -95,3 +95,59 @@ def load_native_bert(path: Path, dtype: torch.dtype = torch.float32):
     model.load_hf(load_file(str(path / "model.safetensors")))
     model.to(dtype).eval().requires_grad_(False)
     return Tokenizer.from_file(str(path / "tokenizer.json")), model
+
+
+def prune_vocab(src: str | Path, dst: str | Path, texts: list[str], dtype: torch.dtype = torch.float32) -> dict:
+    """Copy a BERT folder keeping only the vocabulary ``texts`` use: a small, exact encoder for those texts.
+
+    The word-embedding table is most of a small BERT (46.9 of MiniLM's 90.9 MB). The copy keeps the special
+    tokens and every word piece the tokenizer gives ``texts``, renumbered in their old order; WordPiece is greedy
+    longest-match, so on a vocabulary that still holds every piece it chose, it chooses the same pieces, and the
+    states of ``texts`` are those of the full model (bit for bit in fp32; ``dtype`` stores the weights smaller).
+    Other texts may lose pieces to [UNK]. Returns {"kept": tokens kept, "of": vocabulary size, "bytes": weights}.
+    """
+    from safetensors.torch import load_file, save_file
+    from tokenizers import Tokenizer
+
+    from ..utils import atomic_path
+    src, dst = Path(src), Path(dst)
+    if not native_bert_supported(src):
+        raise ValueError(f"{src} is not a BERT folder this module reads (config.json, model.safetensors, "
+                         "tokenizer.json)")
+    tok_json = json.loads((src / "tokenizer.json").read_text())
+    if tok_json["model"].get("type") != "WordPiece":
+        raise ValueError(f"{src}: only WordPiece tokenizers can be pruned")
+    tokenizer = Tokenizer.from_file(str(src / "tokenizer.json"))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    used = {i for enc in tokenizer.encode_batch(list(texts)) for i in enc.ids}
+    used |= {t["id"] for t in tok_json["added_tokens"]}
+    keep = sorted(used)
+    new = {old: i for i, old in enumerate(keep)}
+    vocab = tok_json["model"]["vocab"]
+    tok_json["model"]["vocab"] = {t: new[i] for t, i in vocab.items() if i in new}
+    for t in tok_json["added_tokens"]:
+        t["id"] = new[t["id"]]
+    for special in (tok_json.get("post_processor") or {}).get("special_tokens", {}).values():
+        special["ids"] = [new[i] for i in special["ids"]]
+    if tok_json.get("padding"):
+        tok_json["padding"]["pad_id"] = new[tok_json["padding"]["pad_id"]]
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["vocab_size"] = len(keep)
+    cfg["pad_token_id"] = new[int(cfg.get("pad_token_id") or 0)]
+    tensors = load_file(str(src / "model.safetensors"))
+    key = next(k for k in tensors if k.endswith("embeddings.word_embeddings.weight"))
+    tensors[key] = tensors[key][torch.tensor(keep)]
+    tensors = {k: v.to(dtype).contiguous() if v.is_floating_point() else v for k, v in tensors.items()}
+    dst.mkdir(parents=True, exist_ok=True)
+    with atomic_path(dst / "model.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"pruned_from": str(src), "kept_tokens": str(len(keep))})
+    by_id = sorted(tok_json["model"]["vocab"], key=tok_json["model"]["vocab"].get)
+    for name, text in (("tokenizer.json", json.dumps(tok_json, ensure_ascii=False)),
+                       ("config.json", json.dumps(cfg, indent=2)), ("vocab.txt", "\n".join(by_id) + "\n")):
+        with atomic_path(dst / name) as tmp:
+            Path(tmp).write_text(text, encoding="utf-8")
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        if (src / name).is_file():
+            (dst / name).write_bytes((src / name).read_bytes())
+    return {"kept": len(keep), "of": len(vocab), "bytes": (dst / "model.safetensors").stat().st_size}
