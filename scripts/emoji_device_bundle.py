@@ -77,8 +77,9 @@ y, my = pruned(sample, allow_empty=True)
 assert torch.equal(mx, my)
 d = (x - y).abs()[mx.bool()]
 worst, mean = d.max().item(), d.mean().item()
-print(f"{len(rows)} emoji, {len(texts)} captions; MiniLM pruned to {info['kept']} of {info['of']} word pieces, {a.dtype}, "
-      f"{info['bytes'] / 1e6:.1f} MB; states vs the package's (2,048 captions): max |diff| {worst:.2e}, mean {mean:.2e}")
+print(f"{len(rows)} emoji, {len(texts)} captions; MiniLM pruned to {info['kept']} of {info['of']} word pieces, "
+      f"{a.dtype}, {info['bytes'] / 1e6:.1f} MB; states vs the package's (2,048 captions): max |diff| {worst:.2e}, "
+      f"mean {mean:.2e}")
 tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout.split(b"\0")
 tree = sum((ROOT / f.decode()).stat().st_size for f in tracked if f and (ROOT / f.decode()).is_file())
 weights = sum(f.stat().st_size for f in (ROOT / "pixelcascade/weights/shapes").glob("*.safetensors"))
