@@ -596,6 +596,8 @@ def cmd_data_emoji_features(a) -> int:
     from .data.emoji import EmojiError
     from .eval.emoji_features import reference_emoji, train_emoji_features
     _check_writable(Path(a.output))
+    if a.steps < 10:
+        raise UserError(f"--steps {a.steps}: the extractor trains for at least 10 steps (default 3000)")
     if a.threads:
         import torch
         torch.set_num_threads(a.threads)

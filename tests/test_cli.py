@@ -242,3 +242,9 @@ def test_cpu_bf16_flags(tmp_path):
     info.write_text("processor\t: 0\nFeatures\t: fp asimd\n")  # no x86 flags line (e.g. aarch64)
     assert cpu_has_native_bf16(info) is None
     assert cpu_has_native_bf16(tmp_path / "missing") is None
+
+
+def test_emoji_features_too_few_steps_is_one_line(tmp_path, capsys):
+    assert main(["data", "emoji-features", "-o", str(tmp_path / "f.safetensors"), "--steps", "5", "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "at least 10 steps" in err[0]

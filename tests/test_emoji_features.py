@@ -63,3 +63,13 @@ def test_eval_emoji_and_emoji_sweep_commands(tiny_model, tmp_path, monkeypatch, 
     assert main(["eval", "sweep", "--metric", "emoji", "guidance=1,3", "--features", str(feats), "--model",
                  str(tiny_model), "--per-task", "2", "--steps", "2", "-o", str(tmp_path / "sw"), "-q"]) == 0
     assert len(json.loads((tmp_path / "sw" / "sweep.json").read_text())["points"]) == 2
+
+
+def test_short_extractor_runs(tmp_path):
+    """The shortest allowed run (10 steps: a smoke test) trains; fewer is refused with the minimum named."""
+    imgs = np.random.default_rng(0).integers(0, 255, (3, 64, 64, 3), dtype=np.uint8)
+    r = train_emoji_features(imgs, ["a", "b", "c"], tmp_path / "f.safetensors", steps=10, batch_size=4, width=8,
+                             progress=False)
+    assert (tmp_path / "f.safetensors").is_file() and 0.0 <= r["train_acc_ema"] <= 1.0
+    with pytest.raises(ValueError, match="at least 10 steps"):
+        train_emoji_features(imgs, ["a", "b", "c"], tmp_path / "g.safetensors", steps=5, progress=False)
