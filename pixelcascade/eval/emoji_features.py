@@ -70,13 +70,13 @@ def train_emoji_features(images: np.ndarray, names: list[str], out: str | Path, 
                          progress: bool = True) -> dict:
     """Train EmojiNet to classify each picture (uint8 [N, 64, 64, 3]) under augmentation; save safetensors."""
     from ..convert import write_safetensors
+    if steps < 10:
+        raise ValueError(f"steps={steps}: the extractor trains for at least 10 steps (3,000 by default)")
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     x_all = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
     net = EmojiNet(len(images), width=width)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    if steps < 10:
-        raise ValueError(f"steps={steps}: the extractor trains for at least 10 steps (3,000 by default)")
     # a warm-up of at least 2 steps: OneCycleLR divides by (warm-up steps - 1)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=max(0.1, 2 / steps))
     it = range(steps)
