@@ -25,8 +25,11 @@ if [ "$DEVICE" = cuda ]; then
 fi
 mkdir -p "$OUT" "$RUNS"
 FEAT_STEPS=${FEAT_STEPS:-3000}
-"$PY" -m pixelcascade.cli data emoji-features -o "$RUNS/emoji_features.safetensors" --steps "$FEAT_STEPS" \
-  --threads "${FEAT_THREADS:-8}" -q > "$RUNS/features.log" 2>&1 &
+# the extractor gets the training's minutes plus 90 s; if it is not done by then, the scores are left to
+# `pixelcascade eval emoji` on another machine, and the model still comes back
+FEAT_LIMIT=$("$PY" -c "print(int(float('$MINUTES') * 60 + 90))")
+timeout "$FEAT_LIMIT" "$PY" -m pixelcascade.cli data emoji-features -o "$RUNS/emoji_features.safetensors" --steps "$FEAT_STEPS" \
+  --threads "${FEAT_THREADS:-12}" -q > "$RUNS/features.log" 2>&1 &
 FEAT=$!
 bash scripts/train_emoji_cascade.sh "$RUNS" "$MINUTES" "$DEVICE"
 wait $FEAT || { echo "feature extractor failed: $RUNS/features.log" >&2; tail -5 "$RUNS/features.log" >&2; }
