@@ -149,7 +149,7 @@ def test_t5_and_other_models_stay_on_transformers(tiny_t5):
     assert not HFEncoder(tiny_t5).native
 
 
-def test_pruned_vocab_copy_gives_the_same_states(tiny_bert, tmp_path):
+def test_pruned_vocab_copy_gives_the_same_states(tiny_bert, tmp_path, monkeypatch):
     """prune_vocab keeps only the word pieces of the given texts (here: not "two", "three", "above", ...): the copy
     tokenizes those texts to the same pieces and gives bit-identical states in fp32; fp16 halves the file."""
     from pixelcascade.text.bert import prune_vocab
@@ -168,3 +168,9 @@ def test_pruned_vocab_copy_gives_the_same_states(tiny_bert, tmp_path):
     assert info16["kept"] == info["kept"] and info16["bytes"] < 0.6 * info["bytes"]
     torch.testing.assert_close(HFEncoder(tmp_path / "p16", max_length=12)(texts, allow_empty=True)[0], a,
                                atol=2e-2, rtol=0)
+    # as the default encoder ($PIXELCASCADE_MINILM), a copy is named apart: the embedding cache never mixes them
+    from pixelcascade.text.bert import pruned_tag
+    assert pruned_tag(tiny_bert) == "" and pruned_tag(tmp_path / "p16") == f"-pruned{info['kept']}-float16"
+    monkeypatch.setenv("PIXELCASCADE_MINILM", str(tmp_path / "p16"))
+    from pixelcascade.text.encoder import minilm
+    assert minilm(12).name == f"all-MiniLM-L6-v2-pruned{info['kept']}-float16-L12"

@@ -141,7 +141,8 @@ def prune_vocab(src: str | Path, dst: str | Path, texts: list[str], dtype: torch
     tensors = {k: v.to(dtype).contiguous() if v.is_floating_point() else v for k, v in tensors.items()}
     dst.mkdir(parents=True, exist_ok=True)
     with atomic_path(dst / "model.safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata={"pruned_from": str(src), "kept_tokens": str(len(keep))})
+        save_file(tensors, str(tmp), metadata={"pruned_from": str(src), "kept_tokens": str(len(keep)),
+                                               "dtype": str(dtype).removeprefix("torch.")})
     by_id = sorted(tok_json["model"]["vocab"], key=tok_json["model"]["vocab"].get)
     for name, text in (("tokenizer.json", json.dumps(tok_json, ensure_ascii=False)),
                        ("config.json", json.dumps(cfg, indent=2)), ("vocab.txt", "\n".join(by_id) + "\n")):
@@ -151,3 +152,17 @@ def prune_vocab(src: str | Path, dst: str | Path, texts: list[str], dtype: torch
         if (src / name).is_file():
             (dst / name).write_bytes((src / name).read_bytes())
     return {"kept": len(keep), "of": len(vocab), "bytes": (dst / "model.safetensors").stat().st_size}
+
+
+def pruned_tag(path: str | Path) -> str:
+    """"" for an ordinary BERT folder; "-pruned{tokens}-{dtype}" for a ``prune_vocab`` copy (its metadata), so that
+    cached states of a copy stored in fp16 are never taken for the full model's (the cache is keyed by name)."""
+    from safetensors import safe_open
+    try:
+        with safe_open(str(Path(path) / "model.safetensors"), "pt") as f:
+            meta = f.metadata() or {}
+    except Exception:  # noqa: BLE001 - not a readable safetensors file: the loader reports it
+        return ""
+    if "pruned_from" not in meta:
+        return ""
+    return f"-pruned{meta.get('kept_tokens', '')}-{meta.get('dtype', 'float32')}"

@@ -155,7 +155,10 @@ def minilm_path() -> Path:
 
 def minilm(max_length: int = 32, device: str = "cpu") -> HFEncoder:
     """The offline default: all-MiniLM-L6-v2 per-token states (384-d)."""
-    return HFEncoder(minilm_path(), max_length=max_length, device=device, name=f"all-MiniLM-L6-v2-L{max_length}")
+    from .bert import pruned_tag
+    path = minilm_path()
+    return HFEncoder(path, max_length=max_length, device=device,
+                     name=f"all-MiniLM-L6-v2{pruned_tag(path)}-L{max_length}")
 
 
 def load_encoder(spec: str, max_length: int, device: str = "cpu") -> HFEncoder:
