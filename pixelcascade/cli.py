@@ -598,6 +598,7 @@ def cmd_data_emoji_features(a) -> int:
     _check_writable(Path(a.output))
     if a.steps < 10:
         raise UserError(f"--steps {a.steps}: the extractor trains for at least 10 steps (default 3000)")
+    device = _device(a.device)
     if a.threads:
         import torch
         torch.set_num_threads(a.threads)
@@ -606,7 +607,7 @@ def cmd_data_emoji_features(a) -> int:
     except EmojiError as e:
         raise UserError(str(e)) from None
     r = train_emoji_features(images, [c[0] for c in tr_caps] + [c[0] for c in ho_caps],
-                             a.output, steps=a.steps, seed=a.seed, progress=not a.quiet)
+                             a.output, steps=a.steps, seed=a.seed, progress=not a.quiet, device=device)
     print(json.dumps(r, indent=2))
     return 0
 
@@ -832,6 +833,8 @@ def build_parser() -> argparse.ArgumentParser:
     df.add_argument("--steps", type=int, default=3000)
     df.add_argument("--seed", type=int, default=0)
     df.add_argument("--threads", type=int, default=0)
+    df.add_argument("--device", default="cpu", help="where the net trains: cpu, cuda, auto (batches are drawn on "
+                                                    "the CPU either way)")
     df.add_argument("-q", "--quiet", action="store_true")
     df.set_defaults(fn=cmd_data_emoji_features)
 

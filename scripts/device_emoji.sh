@@ -4,7 +4,7 @@
 #
 #   bash scripts/device_emoji.sh MINUTES [DEVICE]
 #
-# 1. the emoji feature extractor (`pixelcascade data emoji-features`, CPU, beside the GPU work),
+# 1. the emoji feature extractor (`pixelcascade data emoji-features`, on the same device, beside the stages),
 # 2. both stages for MINUTES (scripts/train_emoji_cascade.sh: stage I 64 px, stage II 64 -> 128, side by side),
 #    exported to fp16 with their recipes, 3. `pixelcascade eval emoji` with the extractor (held-out and training
 #    names), 4. everything in one tar, split into 15 MB parts under $OUT (the device tool returns files of at most
@@ -29,7 +29,7 @@ FEAT_STEPS=${FEAT_STEPS:-3000}
 # `pixelcascade eval emoji` on another machine, and the model still comes back
 FEAT_LIMIT=$("$PY" -c "print(int(float('$MINUTES') * 60 + 90))")
 timeout "$FEAT_LIMIT" "$PY" -m pixelcascade.cli data emoji-features -o "$RUNS/emoji_features.safetensors" --steps "$FEAT_STEPS" \
-  --threads "${FEAT_THREADS:-12}" -q > "$RUNS/features.log" 2>&1 &
+  --threads "${FEAT_THREADS:-8}" --device "$DEVICE" -q > "$RUNS/features.log" 2>&1 &
 FEAT=$!
 bash scripts/train_emoji_cascade.sh "$RUNS" "$MINUTES" "$DEVICE"
 wait $FEAT || { echo "feature extractor failed: $RUNS/features.log" >&2; tail -5 "$RUNS/features.log" >&2; }
