@@ -24,6 +24,15 @@ if [ "$DEVICE" = cuda ]; then
   export STAGE2_OVERRIDES=${STAGE2_OVERRIDES:-"train.batch_size=128 train.lr=3e-4 train.warmup_steps=200 train.ckpt_every=500 train.val_every=250 train.max_steps=1000000"}
 fi
 mkdir -p "$OUT" "$RUNS"
+# what comes back, also when a step fails: the model, the extractor, the scores and contact sheets, the runs' logs
+# (no checkpoints, no fp32 EMA)
+pack() {
+  tar cf "$RUNS.tar" -C "$(dirname "$RUNS")" --exclude=checkpoint.pt --exclude=ema.safetensors --exclude='*.tmp' \
+    "$(basename "$RUNS")"
+  split -b 15M -d "$RUNS.tar" "$OUT/emoji-run.tar.part"
+  ls -la "$OUT"
+}
+trap pack EXIT
 FEAT_STEPS=${FEAT_STEPS:-3000}
 # the extractor gets the training's minutes plus 90 s; if it is not done by then, the scores are left to
 # `pixelcascade eval emoji` on another machine, and the model still comes back
@@ -37,7 +46,3 @@ if [ -f "$RUNS/emoji_features.safetensors" ]; then
   "$PY" -m pixelcascade.cli eval emoji --model "$RUNS/model" --features "$RUNS/emoji_features.safetensors" \
     -o "$RUNS/eval" --device "$DEVICE" --per-split "${PER_SPLIT:-200}" -q | tee "$RUNS/eval.log"
 fi
-# what comes back: the model, the extractor, the scores and contact sheets, the runs' logs (no checkpoints)
-tar cf "$RUNS.tar" -C "$(dirname "$RUNS")" --exclude=checkpoint.pt --exclude=ema.safetensors --exclude='*.tmp' "$(basename "$RUNS")"
-split -b 15M -d "$RUNS.tar" "$OUT/emoji-run.tar.part"
-ls -la "$OUT"
