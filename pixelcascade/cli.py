@@ -594,10 +594,12 @@ def cmd_data_emoji(a) -> int:
 
 def cmd_data_emoji_features(a) -> int:
     from .data.emoji import EmojiError
-    from .eval.emoji_features import reference_emoji, train_emoji_features
+    from .eval.emoji_features import check_feature_steps, reference_emoji, train_emoji_features
     _check_writable(Path(a.output))
-    if a.steps < 10:
-        raise UserError(f"--steps {a.steps}: the extractor trains for at least 10 steps (default 3000)")
+    try:  # before the data loads
+        check_feature_steps(a.steps)
+    except ValueError as e:
+        raise UserError(f"--steps: {e}") from None
     device = _device(a.device)
     if a.threads:
         import torch

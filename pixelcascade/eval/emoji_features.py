@@ -65,6 +65,12 @@ def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return x.clamp(-1, 1)
 
 
+def check_feature_steps(steps: int) -> None:
+    """ValueError unless the extractor's run is long enough (OneCycleLR needs a warm-up of 2 steps)."""
+    if steps < 10:
+        raise ValueError(f"steps={steps}: the extractor trains for at least 10 steps (3,000 by default)")
+
+
 def train_emoji_features(images: np.ndarray, names: list[str], out: str | Path, steps: int = 3000,
                          batch_size: int = 128, lr: float = 2e-3, seed: int = 0, width: int = 32,
                          progress: bool = True, device: str = "cpu") -> dict:
@@ -73,8 +79,7 @@ def train_emoji_features(images: np.ndarray, names: list[str], out: str | Path, 
     ``device`` runs the net there (bf16 autocast); batches and their augmentation are drawn on the CPU from the
     seeded generator either way, so a run sees the same pictures on any device."""
     from ..convert import write_safetensors
-    if steps < 10:
-        raise ValueError(f"steps={steps}: the extractor trains for at least 10 steps (3,000 by default)")
+    check_feature_steps(steps)
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     x_all = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1

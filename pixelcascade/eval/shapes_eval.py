@@ -39,7 +39,8 @@ def evaluate_shapes(cascade, *, num_stages: int | None = None, per_task: int = 6
     size = final.cfg.image_size
     prompts = benchmark_prompts(size=size, per_task=per_task, seed=prompt_seed)
     if tasks:
-        prompts = [p for p in prompts if p.task in check_tasks(tasks)]
+        tasks = check_tasks(tasks)
+        prompts = [p for p in prompts if p.task in tasks]
     if language != "en":  # the same specs in other words: the gap to English measures the text encoder
         from ..data.shapes_i18n import translate
         prompts = [translate(p, language) for p in prompts]
