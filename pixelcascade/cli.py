@@ -17,6 +17,13 @@ from pathlib import Path
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_MODEL = WEIGHTS_DIR / "shapes"  # stage files: stage1.safetensors (32 px), stage2.safetensors (64 px)
+# the emoji cascade (64 px, 64 -> 128) and its feature extractor for `eval emoji`
+EMOJI_FEATURES = WEIGHTS_DIR / "emoji" / "emoji_features.safetensors"
+
+
+def shipped_models() -> list[str]:
+    """Names of the models shipped in the package (``--model NAME``): folders of weights/ with stage files."""
+    return sorted(p.name for p in WEIGHTS_DIR.iterdir() if p.is_dir() and any(p.glob("stage*.safetensors")))
 
 
 class UserError(Exception):
@@ -54,6 +61,8 @@ def stage_paths(model: str | Path) -> list[Path]:
                                 "file or folder, stage I first, separated by commas")
         return paths
     p = Path(model).expanduser()
+    if not p.exists() and isinstance(model, str) and model in shipped_models():
+        p = WEIGHTS_DIR / model  # a shipped model by name: shapes, emoji
     if p.is_dir():
         files = sorted(p.glob("stage*.safetensors"))
         if files:
@@ -61,8 +70,9 @@ def stage_paths(model: str | Path) -> list[Path]:
         return [p]  # an official or diffusers folder: one stage
     if not p.exists():
         hint = " (the shipped model is missing: reinstall pixelcascade)" if p == DEFAULT_MODEL else ""
-        raise UserError(f"--model {p}: no such file or folder{hint}; pass a .safetensors file, a folder with "
-                        "stage1.safetensors..., or an IF/diffusers model folder")
+        raise UserError(f"--model {p}: no such file or folder{hint}; pass a shipped model's name "
+                        f"({', '.join(shipped_models())}), a .safetensors file, a folder with stage1.safetensors..., "
+                        "or an IF/diffusers model folder")
     return [p]
 
 
@@ -126,6 +136,10 @@ class _Stages:
 
     def __init__(self, stages, encoder):
         self.stages, self.encoder = stages, encoder
+
+    def negative_states(self, negative_prompts, n: int):
+        from .pipeline import Cascade
+        return Cascade.negative_states(self, negative_prompts, n)  # it needs only the encoder
 
 
 def _slug(text: str, n: int = 40) -> str:
@@ -617,6 +631,10 @@ def cmd_data_emoji_features(a) -> int:
 def cmd_eval_emoji(a) -> int:
     from .eval.emoji_features import evaluate_emoji
     from .pipeline import stage_settings
+    if a.features == str(EMOJI_FEATURES) and not EMOJI_FEATURES.is_file():
+        raise UserError("--features: no emoji feature extractor is shipped with this install; make one with "
+                        "`pixelcascade data emoji-features -o emoji_features.safetensors` and pass --features "
+                        "emoji_features.safetensors")
     ex = _emoji_extractor(a.features)
     cascade = _eval_cascade(a)
     n = a.stages or len(cascade.stages)
@@ -682,8 +700,9 @@ def _sampling_args(g: argparse.ArgumentParser) -> None:
     g.add_argument("--stages", type=int, help="how many cascade stages to run (default: all the model has)")
     g.add_argument("--save-stages", action="store_true", help="also save every earlier stage's image")
     g.add_argument("--model", default=str(DEFAULT_MODEL),
-                   help="a .safetensors stage, a folder of stage*.safetensors, comma-separated stage files, "
-                        "or an official IF / diffusers model folder (default: the shipped shapes model)")
+                   help="a shipped model by name (shapes: 32 -> 64 px; emoji: 64 -> 128 px), a .safetensors "
+                        "stage, a folder of stage*.safetensors, comma-separated stage files, or an official IF / "
+                        "diffusers model folder (default: the shipped shapes model)")
     g.add_argument("--text-encoder", help="override the text encoder: 'minilm' or a local HF/T5 folder")
     g.add_argument("--stage3", help="append a third stage: a local stable-diffusion-x4-upscaler folder (IF's "
                                     "stage III) or one of our super-resolution .safetensors")
@@ -695,9 +714,10 @@ def _sampling_args(g: argparse.ArgumentParser) -> None:
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
-def _model_args(g: argparse.ArgumentParser) -> None:
-    """Which model and how to sample it: shared by the eval commands."""
-    g.add_argument("--model", default=str(DEFAULT_MODEL), help="model file/folder (default: the shipped shapes model)")
+def _model_args(g: argparse.ArgumentParser, model: str = "shapes") -> None:
+    """Which model and how to sample it: shared by the eval commands (``model``: the default shipped model)."""
+    g.add_argument("--model", default=str(WEIGHTS_DIR / model),
+                   help=f"a shipped model by name (shapes, emoji) or a model file/folder (default: {model})")
     g.add_argument("--text-encoder", help="override the text encoder: 'minilm' or a local HF/T5 folder")
     g.add_argument("--stages", type=int, help="run this many cascade stages (default: all)")
     g.add_argument("--guidance", type=float, help="stage I guidance (default: the model's)")
@@ -976,10 +996,11 @@ def build_parser() -> argparse.ArgumentParser:
     em = esub.add_parser("emoji", help="emoji model: retrieval accuracy and FID/KID with the emoji extractor",
                          description="Generate the English names of held-out and of training emoji and ask the "
                                      "emoji feature extractor which real emoji each image is closest to.",
-                         epilog="example: pixelcascade eval emoji --model weights/emoji --features emoji_features."
-                                "safetensors")
-    em.add_argument("--features", required=True, help="the extractor made by `pixelcascade data emoji-features`")
-    _model_args(em)
+                         epilog="example: pixelcascade eval emoji --model emoji -o eval/emoji")
+    em.add_argument("--features", default=str(EMOJI_FEATURES),
+                    help="the extractor made by `pixelcascade data emoji-features` (default: the one shipped "
+                         "with the emoji model)")
+    _model_args(em, model="emoji")
     em.add_argument("--per-split", type=int, default=100, help="captions per split (held-out, training)")
     em.add_argument("-o", "--output", default="eval/emoji")
     em.add_argument("--batch-size", type=int, default=32)

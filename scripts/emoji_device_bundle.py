@@ -5,13 +5,14 @@ tool's 64 MiB for the whole working tree.
 
 Writes OUT/cache/data/emoji128-seed0/curated/ (the curated emoji set: what `emoji64` / `emoji128-sr` read, so
 the GPU machine neither renders nor curates; it has no faiss and no emoji font) and OUT/minilm/ (all-MiniLM-L6-v2
-cut to the word pieces of every emoji caption: `text.bert.prune_vocab`). In fp32 the pruned copy's states equal
-the package's bit for bit; fp16 halves it and changes the states by at most 5.1e-3 (mean 2.9e-4, against a mean
-|state| of 0.29: under what bf16 autocast rounds away in the UNet's first projection); the script measures both
-on 2,048 of the captions. A pruned copy is named apart (`text.bert.pruned_tag`), so caches never mix the two.
+cut to the word pieces of every caption the runs and `eval emoji` encode: `text.bert.prune_vocab`). In fp32 the
+pruned copy's states equal the package's bit for bit; fp16 halves it and changes the states by at most 4.7e-3
+(mean 2.9e-4, against a mean |state| of 0.29: under what bf16 autocast rounds away in the UNet's first
+projection); the script measures both on 2,048 of the captions. A pruned copy is named apart
+(`text.bert.pruned_tag`), so caches never mix the two.
 Then it prints the size of everything that would travel and the device call (scripts/device_emoji.sh).
-The shipped shapes weights (24 MB) must not travel: move pixelcascade/weights/shapes/*.safetensors out of the
-working tree for the call and back after it (the call does not need them).
+The shipped weights (shapes 24 MB, emoji 42 MB) must not travel: move pixelcascade/weights/*/*.safetensors out
+of the working tree for the call and back after it (the call does not need them).
 """
 import argparse
 import io
@@ -42,7 +43,12 @@ a = p.parse_args()
 out = Path(a.out)
 cache = default_cache_dir()
 dc = DataConfig(world="emoji", image_size=64, num_images=0, seed=0)
-emoji_images(dc, cache)  # builds (renders, curates) the set here when it is not cached yet
+# every caption the runs and `eval emoji` encode: the training lists (names, aliases, other languages, merged
+# duplicates' names), the held-out names, and the empty caption (guidance); building them renders and curates
+# the set here when it is not cached yet
+texts = {""}
+for split in ("train", "heldout"):
+    texts.update(c for caps in emoji_images(dc, cache, split=split)[1] for c in caps)
 src = cache / "data" / "emoji128-seed0" / "curated"
 dst = out / "cache" / "data" / "emoji128-seed0" / "curated"
 if dst.exists():
@@ -51,7 +57,7 @@ if dst.exists():
 shutil.copy2(src / "report.json", dst / "report.json")
 # the tar shards are half metadata and tar headers: one parquet with the pictures re-encoded as lossless WebP
 # (the same pixels, checked) and the metadata as columns is a third of their size; read_records reads either
-rows, texts = [], {""}
+rows = []
 for rec in read_records(src / "data"):
     buf = io.BytesIO()
     pixels = rec.decode()
@@ -59,11 +65,6 @@ for rec in read_records(src / "data"):
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB")), pixels)
     rows.append({"key": rec.key, "caption": rec.caption, "image": buf.getvalue(),
                  **{k: v for k, v in rec.meta.items() if k not in ("key", "caption", "image")}})
-    m = rec.meta
-    texts.add(m["name"])
-    texts.update(x for x in str(m.get("aliases") or "").split("|") if x)
-    texts.update(v for k, v in m.items() if k.startswith("name_") and v)
-    texts.update(c for c in str(m.get("dup_captions") or "").split("|") if c)
 write_parquet(rows, dst / "data" / "emoji.parquet")
 for a_rec, b_rec in zip(read_records(src / "data"), read_records(dst / "data"), strict=True):
     assert a_rec.key == b_rec.key and a_rec.caption == b_rec.caption
@@ -83,7 +84,7 @@ print(f"{len(rows)} emoji, {len(texts)} captions; MiniLM pruned to {info['kept']
       f"mean {mean:.2e}")
 tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout.split(b"\0")
 tree = sum((ROOT / f.decode()).stat().st_size for f in tracked if f and (ROOT / f.decode()).is_file())
-weights = sum(f.stat().st_size for f in (ROOT / "pixelcascade/weights/shapes").glob("*.safetensors"))
+weights = sum(f.stat().st_size for f in (ROOT / "pixelcascade/weights").glob("*/*.safetensors"))
 carry = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
 total = tree - weights + carry
 print(f"travels: tree {tree / 1e6:.1f} MB - shipped weights {weights / 1e6:.1f} MB + {out.name} {carry / 1e6:.1f} MB "

@@ -46,6 +46,16 @@ def test_extractor_file_errors(tmp_path):
         EmojiExtractor(tmp_path / "none.safetensors")
 
 
+def test_eval_emoji_without_a_shipped_extractor(tiny_model, tmp_path, monkeypatch, capsys):
+    """With no --features and no extractor shipped, `eval emoji` says how to make one (before loading anything)."""
+    from pixelcascade import cli
+    monkeypatch.setattr(cli, "EMOJI_FEATURES", tmp_path / "absent.safetensors")
+    assert cli.main(["eval", "emoji", "--model", str(tiny_model), "--features", str(tmp_path / "absent.safetensors"),
+                     "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no emoji feature extractor is shipped" in err[0] and "data emoji-features" in err[0]
+
+
 @pytest.mark.slow
 def test_eval_emoji_and_emoji_sweep_commands(tiny_model, tmp_path, monkeypatch, capsys):
     """The whole emoji evaluation from the command line (renders and curates the emoji set: ~1 minute)."""

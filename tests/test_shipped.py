@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pixelcascade.cli import DEFAULT_MODEL, load_cascade, main
+from pixelcascade.cli import DEFAULT_MODEL, WEIGHTS_DIR, load_cascade, main, shipped_models, stage_paths
 
 pytestmark = pytest.mark.skipif(not (DEFAULT_MODEL / "stage1.safetensors").exists(), reason="no shipped model")
 
@@ -35,3 +36,61 @@ def test_shipped_model_scores_on_a_quarter_suite():
     cascade = load_cascade(DEFAULT_MODEL, max_stages=1)
     rep = evaluate_shapes(cascade, num_stages=1, per_task=16, seeds=1, progress=False)
     assert rep["summary"]["all"]["overall"]["accuracy"] >= 0.3
+
+
+def test_upscale_with_the_shipped_stage_ii(tmp_path):
+    """`upscale` runs the cascade's stage II alone on an image (with a prompt and a negative prompt): a red
+    square of the 32-px shapes world comes back at 64 px where the 64-px world puts it."""
+    from PIL import Image
+
+    from pixelcascade.data.shapes import Obj, diameter, render, rescale_objects
+    d = diameter(32, 1)
+    scene = [Obj("square", "red", d, 6, 14)]
+    Image.fromarray(render(scene, 32)).save(tmp_path / "in.png")
+    out = tmp_path / "up.png"
+    assert main(["upscale", str(tmp_path / "in.png"), "--prompt", "a red square", "--negative-prompt", "a circle",
+                 "--model", "shapes", "--steps", "10", "-o", str(out), "-q"]) == 0
+    img = np.asarray(Image.open(out)).astype(int)
+    assert img.shape == (64, 64, 3)
+    red = (img[..., 0] > 170) & (img[..., 1] < 90) & (img[..., 2] < 90)
+    want = rescale_objects(scene, 32, 64)[0]
+    ys, xs = np.nonzero(red)
+    assert red.sum() > 0.6 * want.d ** 2
+    assert abs(xs.mean() - want.cx) < 2.5 and abs(ys.mean() - want.cy) < 2.5
+    assert json.loads(out.with_suffix(".json").read_text())["input_image"] == str(tmp_path / "in.png")
+
+
+def test_shipped_models_by_name(tmp_path, monkeypatch, capsys):
+    """`--model shapes` is the shipped folder; a local path of that name wins; an unknown name lists them."""
+    assert "shapes" in shipped_models()
+    monkeypatch.chdir(tmp_path)
+    assert stage_paths("shapes") == stage_paths(str(DEFAULT_MODEL))
+    (tmp_path / "shapes").mkdir()
+    (tmp_path / "shapes" / "stage1.safetensors").write_bytes(b"")
+    assert stage_paths("shapes") == [Path("shapes/stage1.safetensors")]
+    assert main(["generate", "a", "--model", "shapez", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "shapez: no such file or folder" in err and "shipped model's name (" in err and "shapes" in err
+
+
+EMOJI = WEIGHTS_DIR / "emoji"
+
+
+@pytest.mark.skipif(not (EMOJI / "stage1.safetensors").exists(), reason="no shipped emoji model")
+def test_shipped_emoji_cascade(tmp_path):
+    """The emoji model: two stages (64 px, then 128), MiniLM text, its recipe in the metadata; stage I draws a
+    coloured picture on a white ground from a name, by name on the command line."""
+    from PIL import Image
+    cascade = load_cascade("emoji")
+    s1, s2 = cascade.stages
+    assert (s1.cfg.image_size, s2.cfg.image_size) == (64, 128) and s2.cfg.super_res
+    for st, preset in ((s1, "emoji64"), (s2, "emoji128-sr")):
+        assert f"pixelcascade train {preset}" in st.meta["command"] and "emoji" in st.meta["data_recipe"]
+    out = tmp_path / "e.png"
+    assert main(["generate", "red apple", "--model", "emoji", "--stages", "1", "--steps", "10", "-o", str(out),
+                 "-q"]) == 0
+    img = np.asarray(Image.open(out)).astype(float)
+    assert img.shape == (64, 64, 3)
+    corners = np.concatenate([img[:4, :4], img[:4, -4:], img[-4:, :4], img[-4:, -4:]]).reshape(-1, 3)
+    assert corners.mean() > 200 and img.std() > 20  # emoji are drawn on white; not a blank canvas
+    assert (EMOJI / "emoji_features.safetensors").exists()  # `eval emoji` works with no --features
