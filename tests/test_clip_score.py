@@ -92,5 +92,13 @@ def test_clip_score_folder_and_errors(tiny_clip, tmp_path):
     r = clip_score_folder(tmp_path, ours)
     assert r["n"] == 3 and -1 <= r["clip_score"] <= 1
     assert r["clip_score"] == pytest.approx(float(ours.scores(_images(3), ["a", "b b", "c c c"]).mean()), abs=1e-6)
+    import contextlib
+    import io
+
+    from pixelcascade.cli import main  # the command prints the same report as JSON
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["eval", "clip", str(tmp_path), "--clip", str(tiny_clip), "-q"]) == 0
+    assert json.loads(buf.getvalue())["clip_score"] == pytest.approx(r["clip_score"], abs=1e-6)
     with pytest.raises(CLIPScoreError, match="no CLIP model folder"):
         CLIPScorer(tmp_path)

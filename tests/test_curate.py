@@ -180,7 +180,7 @@ def test_formats_roundtrip(tmp_path):
     assert [r.caption for r in pq] == [r.caption for r in recs] and np.array_equal(pq[2].decode(), imgs[2])
 
 
-def test_aesthetic_threshold_and_caption_stats(tmp_path):
+def test_aesthetic_threshold_and_caption_stats(tmp_path, capsys):
     from pixelcascade.data.curate import CurateConfig, CurateError, curate
     rng = np.random.default_rng(1)
     valley = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
@@ -199,6 +199,17 @@ def test_aesthetic_threshold_and_caption_stats(tmp_path):
     write_parquet([{k: v for k, v in r.items() if k != "aesthetic"} for r in rows], tmp_path / "noscore.parquet")
     with pytest.raises(CurateError, match="needs scores"):
         curate(tmp_path / "noscore.parquet", tmp_path / "out2", CurateConfig(aesthetic_threshold=4.5), progress=False)
+    # the command: the same counts in its summary and report, the warning, and the scoreless input as one line
+    from pixelcascade.cli import main
+    assert main(["curate", str(tmp_path / "laion.parquet"), "-o", str(tmp_path / "cli"), "--aesthetic-threshold",
+                 "4.5", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "kept 11" in out and "caption 'Valley 002' is one image repeated 6 times" in out
+    assert json.loads((tmp_path / "cli" / "report.json").read_text())["kept"] == 11
+    assert main(["curate", str(tmp_path / "noscore.parquet"), "-o", str(tmp_path / "cli2"), "--aesthetic-threshold",
+                 "4.5", "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs scores" in err[0]
 
 
 def test_truncated_shard_keeps_earlier_records(tmp_path):
