@@ -17,12 +17,15 @@ from pathlib import Path
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_MODEL = WEIGHTS_DIR / "shapes"  # stage files: stage1.safetensors (32 px), stage2.safetensors (64 px)
-# the emoji cascade (64 px, 64 -> 128) and its feature extractor for `eval emoji`
+# where the emoji cascade ships (weights/emoji/stage1, stage2: 64 px, 64 -> 128) with the feature extractor that
+# `eval emoji` uses by default; not trained yet (it needs a GPU: README, "The emoji model")
 EMOJI_FEATURES = WEIGHTS_DIR / "emoji" / "emoji_features.safetensors"
 
 
 def shipped_models() -> list[str]:
     """Names of the models shipped in the package (``--model NAME``): folders of weights/ with stage files."""
+    if not WEIGHTS_DIR.is_dir():
+        return []
     return sorted(p.name for p in WEIGHTS_DIR.iterdir() if p.is_dir() and any(p.glob("stage*.safetensors")))
 
 
@@ -700,9 +703,9 @@ def _sampling_args(g: argparse.ArgumentParser) -> None:
     g.add_argument("--stages", type=int, help="how many cascade stages to run (default: all the model has)")
     g.add_argument("--save-stages", action="store_true", help="also save every earlier stage's image")
     g.add_argument("--model", default=str(DEFAULT_MODEL),
-                   help="a shipped model by name (shapes: 32 -> 64 px; emoji: 64 -> 128 px), a .safetensors "
-                        "stage, a folder of stage*.safetensors, comma-separated stage files, or an official IF / "
-                        "diffusers model folder (default: the shipped shapes model)")
+                   help=f"a shipped model by name ({', '.join(shipped_models()) or 'none installed'}), a "
+                        ".safetensors stage, a folder of stage*.safetensors, comma-separated stage files, or an "
+                        "official IF / diffusers model folder (default: the shipped shapes model)")
     g.add_argument("--text-encoder", help="override the text encoder: 'minilm' or a local HF/T5 folder")
     g.add_argument("--stage3", help="append a third stage: a local stable-diffusion-x4-upscaler folder (IF's "
                                     "stage III) or one of our super-resolution .safetensors")
@@ -717,7 +720,8 @@ def _sampling_args(g: argparse.ArgumentParser) -> None:
 def _model_args(g: argparse.ArgumentParser, model: str = "shapes") -> None:
     """Which model and how to sample it: shared by the eval commands (``model``: the default shipped model)."""
     g.add_argument("--model", default=str(WEIGHTS_DIR / model),
-                   help=f"a shipped model by name (shapes, emoji) or a model file/folder (default: {model})")
+                   help=f"a shipped model by name ({', '.join(shipped_models()) or 'none installed'}) or a model "
+                        f"file/folder (default: {model})")
     g.add_argument("--text-encoder", help="override the text encoder: 'minilm' or a local HF/T5 folder")
     g.add_argument("--stages", type=int, help="run this many cascade stages (default: all)")
     g.add_argument("--guidance", type=float, help="stage I guidance (default: the model's)")

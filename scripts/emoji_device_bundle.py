@@ -11,8 +11,9 @@ pruned copy's states equal the package's bit for bit; fp16 halves it and changes
 projection); the script measures both on 2,048 of the captions. A pruned copy is named apart
 (`text.bert.pruned_tag`), so caches never mix the two.
 Then it prints the size of everything that would travel and the device call (scripts/device_emoji.sh).
-The shipped weights (shapes 24 MB, emoji 42 MB) must not travel: move pixelcascade/weights/*/*.safetensors out
-of the working tree for the call and back after it (the call does not need them).
+The shipped weights (shapes 24 MB; the emoji cascade, once shipped, about 42 MB) must not travel: move
+pixelcascade/weights/*/*.safetensors out of the working tree for the call and back after it (the call does not
+need them).
 """
 import argparse
 import io
