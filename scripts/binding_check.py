@@ -28,6 +28,8 @@ Text modes (everything else is the same, seeds included):
   MODE-mix      any MiniLM mode above, trained on a real run's task mix instead (every task of the shapes world,
                 position weighted 12, so ~40% of the images are two different shapes in a relation on either
                 axis), captions the plain templates only (data.template_share=1.0); the same evaluation
+  MODE-mix-relstats  a text_whiten mode on the mix, its whitening statistics those of the relation captions
+                alone (and the empty caption) instead of the whole caption table
 
 Usage: [THREADS=n] python scripts/binding_check.py MODE OUT_DIR MINUTES [STEPS]   (prints the outcome shares; writes
 result.json). STEPS stops at that many steps instead (the rows above ran ~1,400 steps in 25 minutes on an idle core
@@ -55,9 +57,11 @@ from pixelcascade.utils import cpu_has_native_bf16
 
 name, out, minutes = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3])
 steps = int(sys.argv[4]) if len(sys.argv) > 4 else None
-real = name.endswith("-real")
-mix = name.endswith("-mix")
-mode = name.removesuffix("-real").removesuffix("-mix")
+relstats = name.endswith("-relstats")
+name_ = name.removesuffix("-relstats")
+real = name_.endswith("-real")
+mix = name_.endswith("-mix")
+mode = name_.removesuffix("-real").removesuffix("-mix")
 THREADS = int(os.environ.get("THREADS", "1"))
 torch.set_num_threads(THREADS)
 SH = ["circle", "square", "triangle"]
@@ -143,6 +147,14 @@ cfg = RunConfig(name="bind", unet=unet, diffusion=DiffusionConfig(min_snr_gamma=
                                   val_every=10 ** 6, log_every=100, num_threads=THREADS,
                                   bf16=cpu_has_native_bf16() is not False))  # emulated bf16 is 2x slower
 tr = Trainer(cfg, data, out, None, progress=False)
+if relstats:  # whitening statistics of the relation captions' states only (and the empty caption's)
+    from pixelcascade.models.unet import whitening_stats
+    rel_rows = [i for i, c in enumerate(uniq) if any(f" {r} " in c for r in ("above", "below", "left of", "right of"))]
+    mean, zca = whitening_stats(data.text_table[rel_rows + [len(uniq)]])
+    for net in (tr.model, tr.ema.model):
+        net.text_white_mean.copy_(mean)
+        net.text_white_map.copy_(zca)
+    print(f"whitening statistics of {len(rel_rows)} relation captions of {len(uniq)}", flush=True)
 if mode == "minilm-tlsin":  # token position at full strength from the start
     pos = torch.arange(256)[:, None].float()
     div = torch.exp(torch.arange(0, 384, 2).float() * (-math.log(10000.0) / 384))
