@@ -140,10 +140,6 @@ class _Stages:
     def __init__(self, stages, encoder):
         self.stages, self.encoder = stages, encoder
 
-    def negative_states(self, negative_prompts, n: int):
-        from .pipeline import Cascade
-        return Cascade.negative_states(self, negative_prompts, n)  # it needs only the encoder
-
 
 def _slug(text: str, n: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:n] or "image"
@@ -204,7 +200,7 @@ def _run_and_save(a, cascade, prompts: list[str], *, init=None, mask=None, stren
     """Sample in batches, save PNG + JSON sidecars, print the paths. Shared by every image command."""
     import dataclasses
 
-    from .pipeline import PipelineError, stage_settings, to_uint8, with_overrides
+    from .pipeline import PipelineError, negative_states, stage_settings, to_uint8, with_overrides
     from .samplers import SAMPLERS
     from .text.encoder import TextEncoderError
     from .utils import save_png
@@ -242,7 +238,7 @@ def _run_and_save(a, cascade, prompts: list[str], *, init=None, mask=None, stren
             try:
                 if low_res is not None:  # upscale: the cascade is one super-resolution stage
                     emb, _ = cascade.encoder(ps)
-                    unc = cascade.negative_states(a.negative_prompt, nb)
+                    unc = negative_states(cascade.encoder, a.negative_prompt, nb)
                     st = cascade.stages[0]
                     scale = a.scale
                     h, w = (round(low_res.shape[2] * scale), round(low_res.shape[3] * scale))

@@ -172,6 +172,24 @@ def stage_settings(stages, *, sampler: str | None = None, sampler_ii: str | None
             for i, st in enumerate(stages)]
 
 
+def negative_states(encoder, negative_prompts: str | list[str] | None, n: int) -> torch.Tensor:
+    """The unconditional branch's text states for ``n`` images: the empty prompt's, or the negative prompts'
+    where given (one for all, or one per image; "" keeps the empty prompt). Used by every stage of a cascade, and
+    by a super-resolution stage run on its own (``pixelcascade upscale``)."""
+    uncond, _ = encoder.empty(n)
+    if negative_prompts is None:
+        return uncond
+    negs = [negative_prompts] * n if isinstance(negative_prompts, str) else list(negative_prompts)
+    if len(negs) != n:
+        raise PipelineError(f"{len(negs)} negative prompts for {n} prompts: give one for all, or one per prompt")
+    idx = [i for i, t in enumerate(negs) if t.strip()]
+    if idx:
+        neg, _ = encoder([negs[i] for i in idx])
+        uncond = uncond.clone()
+        uncond[idx] = neg.to(uncond.dtype)
+    return uncond
+
+
 @dataclass
 class Cascade:
     """Stage I then any number of super-resolution stages, sharing one text encoding."""
@@ -215,7 +233,7 @@ class Cascade:
         sizes = list(sizes or []) + [None] * n
         with self._on_device(self.encoder):
             text_emb, _ = self.encoder(prompts)
-            uncond = self.negative_states(negative_prompts, len(prompts))
+            uncond = negative_states(self.encoder, negative_prompts, len(prompts))
         bar = None
         if progress:
             from tqdm import tqdm
@@ -246,22 +264,6 @@ class Cascade:
         if bar is not None:
             bar.close()
         return outs
-
-    def negative_states(self, negative_prompts: str | list[str] | None, n: int) -> torch.Tensor:
-        """The unconditional branch's text states for ``n`` images: the empty prompt's, or the negative
-        prompts' where given (one for all, or one per image; "" keeps the empty prompt)."""
-        uncond, _ = self.encoder.empty(n)
-        if negative_prompts is None:
-            return uncond
-        negs = [negative_prompts] * n if isinstance(negative_prompts, str) else list(negative_prompts)
-        if len(negs) != n:
-            raise PipelineError(f"{len(negs)} negative prompts for {n} prompts: give one for all, or one per prompt")
-        idx = [i for i, t in enumerate(negs) if t.strip()]
-        if idx:
-            neg, _ = self.encoder([negs[i] for i in idx])
-            uncond = uncond.clone()
-            uncond[idx] = neg.to(uncond.dtype)
-        return uncond
 
     @contextmanager
     def _on_device(self, part):

@@ -148,12 +148,8 @@ cfg = RunConfig(name="bind", unet=unet, diffusion=DiffusionConfig(min_snr_gamma=
                                   bf16=cpu_has_native_bf16() is not False))  # emulated bf16 is 2x slower
 tr = Trainer(cfg, data, out, None, progress=False)
 if relstats:  # whitening statistics of the relation captions' states only (and the empty caption's)
-    from pixelcascade.models.unet import whitening_stats
     rel_rows = [i for i, c in enumerate(uniq) if any(f" {r} " in c for r in ("above", "below", "left of", "right of"))]
-    mean, zca = whitening_stats(data.text_table[rel_rows + [len(uniq)]])
-    for net in (tr.model, tr.ema.model):
-        net.text_white_mean.copy_(mean)
-        net.text_white_map.copy_(zca)
+    tr.set_whitening(data.text_table[rel_rows + [len(uniq)]])
     print(f"whitening statistics of {len(rel_rows)} relation captions of {len(uniq)}", flush=True)
 if mode == "minilm-tlsin":  # token position at full strength from the start
     pos = torch.arange(256)[:, None].float()

@@ -80,18 +80,19 @@ def main() -> None:
                          + ", ".join(f"{float(first[t]):.4f} -> {float(last[t]):.4f}" for t in ts))
         lines.append("")
     lines += ["## Extractor: `emoji_features.safetensors`", "", f"- {meta['features'].get('recipe', '?')}",
-              f"- name in reports: `{report.get('extractor', '?')}`", "", "## Scores (`pixelcascade eval emoji`)", "",
-              "| captions | n | retrieval top-1 | top-5 | chance | FID | KID |", "|---|---|---|---|---|---|---|"]
+              f"- name in reports: `{report.get('extractor', '?')}`", "", "## Scores (`pixelcascade eval emoji`)", ""]
+    table = ["| captions | n | retrieval top-1 | top-5 | chance | FID | KID |", "|---|---|---|---|---|---|---|"]
     for split in ("heldout", "train"):
         r = report[split]
-        lines.append(f"| {split} | {r['n']} | {r['top1']:.3f} | {r['top5']:.3f} | {r['chance_top1']:.4f} | "
+        table.append(f"| {split} | {r['n']} | {r['top1']:.3f} | {r['top5']:.3f} | {r['chance_top1']:.4f} | "
                      f"{r['fid']:.2f} | {r['kid']:.4f} |")
-    lines += ["", f"Contact sheets and the report: `{docs.relative_to(ROOT) if docs.is_relative_to(ROOT) else docs}`."]
+    shown = docs.relative_to(ROOT) if docs.is_relative_to(ROOT) else docs
+    lines += table + ["", f"Contact sheets and the report: `{shown}`."]
     (dest / "README.md").write_text("\n".join(lines) + "\n")
     sizes = sum((dest / f).stat().st_size for f in ("stage1.safetensors", "stage2.safetensors",
                                                     "emoji_features.safetensors"))
     print(f"shipped to {dest} ({sizes / 1e6:.1f} MB), docs in {docs}; model card: {dest / 'README.md'}")
-    print("\n".join(lines[-5:-2]))
+    print("\n".join(table))
 
 
 if __name__ == "__main__":

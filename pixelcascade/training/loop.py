@@ -161,11 +161,11 @@ class Trainer:
         self.val_idx = torch.randperm(len(self.val), generator=g)[:n_val]
         self.val_noise = torch.randn((n_val, 3, *self.val.images.shape[1:3]), generator=g)
 
-    def set_whitening(self) -> None:
+    def set_whitening(self, states: torch.Tensor | None = None) -> None:
         """unet.text_whiten: the ZCA statistics of every token state in the caption table (the empty caption
-        included), into the model and its EMA."""
+        included), or of ``states`` when given, into the model and its EMA."""
         from ..models.unet import whitening_stats
-        mean, zca = whitening_stats(self.data.text_table)
+        mean, zca = whitening_stats(self.data.text_table if states is None else states)
         for net in (self.model, self.ema.model):
             net.text_white_mean.copy_(mean)
             net.text_white_map.copy_(zca)
