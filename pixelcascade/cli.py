@@ -358,10 +358,15 @@ def cmd_train(a) -> int:
     _check_writable(Path(a.output))
     command = "pixelcascade train " + " ".join([a.preset, "-o", a.output] + list(a.overrides))
     try:
-        train(cfg, a.output, progress=not a.quiet, max_steps=a.max_steps, time_limit_s=a.time_limit,
-              command=command)
+        trainer = train(cfg, a.output, progress=not a.quiet, max_steps=a.max_steps, time_limit_s=a.time_limit,
+                        command=command)
     except (ResumeError, ConfigMismatch, EmojiError) as e:
         raise UserError(str(e)) from None
+    if trainer.stopped_by is not None:
+        import signal
+        print(f"stopped by {signal.Signals(trainer.stopped_by).name} at step {trainer.step}: checkpoint and EMA "
+              f"weights in {a.output}; rerun the same command to resume", file=sys.stderr)
+        return 128 + trainer.stopped_by
     print(f"checkpoint and EMA weights in {a.output}")
     return 0
 
@@ -798,7 +803,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a stage from a preset plus dotted overrides",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Train from a named preset. Stops and resumes exactly: rerun the same command "
-                                   "to continue from the last checkpoint in the output folder.",
+                                   "to continue from the last checkpoint in the output folder. Ctrl-C or SIGTERM "
+                                   "finishes the step under way and writes a checkpoint first (a second one stops "
+                                   "at once).",
                        epilog="examples:\n  pixelcascade train shapes32 -o runs/shapes32\n"
                               "  pixelcascade train shapes32 -o runs/lr1e-4 train.lr=1e-4 train.batch_size=32\n"
                               "presets: shapes32 (stage I, 32 px), shapes64-sr (stage II, 32 -> 64), shapes128-sr "

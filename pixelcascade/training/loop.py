@@ -15,6 +15,9 @@ from __future__ import annotations
 import csv
 import json
 import math
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,6 +136,7 @@ class Trainer:
         self.device = resolve_device(tc.device, self.rank)
         self.model = build_unet(cfg.unet).to(self.device)
         self.ema = EMA(self.model, tc.ema_decay)
+        self.stopped_by: int | None = None  # the signal that stopped the last fit, if one did
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
         self.ddp = None
         if self.world > 1:
@@ -320,42 +324,48 @@ class Trainer:
             bar = tqdm(total=max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
         acc: dict[str, float] = {}
         last = time.time()
-        while self.step < max_steps:
-            m = self.train_step()
-            if self.world > 1:  # the logged losses are the global batch's, not this process's rows
-                import torch.distributed as dist
-                keys = ("loss", "mse", "vb")
-                v = torch.tensor([m[k] for k in keys], dtype=torch.float64)
-                dist.all_reduce(v)
-                m.update({k: float(x) / self.world for k, x in zip(keys, v)})
-            for k, v in m.items():
-                acc[k] = acc.get(k, 0.0) + v
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{m['loss']:.4f}")
-            if self.step % tc.log_every == 0 and main:
-                n = tc.log_every
-                row = {"step": self.step, **{k: v / n for k, v in acc.items()},
-                       "img_per_s": n * tc.batch_size / max(1e-9, time.time() - last), "time": time.time()}
-                _append_csv(log_path, row)
-                if writer:
-                    for k, v in row.items():
-                        if k not in ("step", "time"):
-                            writer.add_scalar(f"train/{k}", v, self.step)
-                acc, last = {}, time.time()
-            if (self.step % tc.val_every == 0 or self.step == max_steps) and main:
-                val = self.validate()
-                _append_csv(val_path, {"step": self.step, **{f"t{k}": v for k, v in val.items()}})
-                if writer:
-                    for k, v in val.items():
-                        writer.add_scalar(f"val/mse_t{k}", v, self.step)
-            if (self.step % tc.ckpt_every == 0 or self.step == max_steps) and main:
-                self.save()
-                self._after_checkpoint()
-            if time_limit_s and self._agree(time.time() - t0 > time_limit_s):
-                if main:
+        self.stopped_by = None
+        with _GracefulStop() as stop:
+            while self.step < max_steps:
+                m = self.train_step()
+                if self.world > 1:  # the logged losses are the global batch's, not this process's rows
+                    import torch.distributed as dist
+                    keys = ("loss", "mse", "vb")
+                    v = torch.tensor([m[k] for k in keys], dtype=torch.float64)
+                    dist.all_reduce(v)
+                    m.update({k: float(x) / self.world for k, x in zip(keys, v)})
+                for k, v in m.items():
+                    acc[k] = acc.get(k, 0.0) + v
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{m['loss']:.4f}")
+                if self.step % tc.log_every == 0 and main:
+                    n = tc.log_every
+                    row = {"step": self.step, **{k: v / n for k, v in acc.items()},
+                           "img_per_s": n * tc.batch_size / max(1e-9, time.time() - last), "time": time.time()}
+                    _append_csv(log_path, row)
+                    if writer:
+                        for k, v in row.items():
+                            if k not in ("step", "time"):
+                                writer.add_scalar(f"train/{k}", v, self.step)
+                    acc, last = {}, time.time()
+                if (self.step % tc.val_every == 0 or self.step == max_steps) and main:
+                    val = self.validate()
+                    _append_csv(val_path, {"step": self.step, **{f"t{k}": v for k, v in val.items()}})
+                    if writer:
+                        for k, v in val.items():
+                            writer.add_scalar(f"val/mse_t{k}", v, self.step)
+                saved = False
+                if (self.step % tc.ckpt_every == 0 or self.step == max_steps) and main:
                     self.save()
-                break
+                    saved = True
+                    self._after_checkpoint()
+                timed_out = bool(time_limit_s) and time.time() - t0 > time_limit_s
+                if self._agree(timed_out or stop.signum is not None):
+                    if main and not saved:
+                        self.save()
+                    self.stopped_by = stop.signum
+                    break
         if bar is not None:
             bar.close()
         if writer:
@@ -377,6 +387,39 @@ class Trainer:
         plot_val_loss(self.out / "val_loss.csv", self.out / "val_loss.png")
         if self.sample_fn is not None:
             self.sample_fn(self, self.out / "samples" / f"step{self.step:07d}.png")
+
+
+class _GracefulStop:
+    """Ctrl-C (SIGINT) or SIGTERM (a scheduler's preemption, ``kill``) during :meth:`Trainer.fit`: the step under
+    way finishes, a checkpoint is written and fit returns, with the signal in ``Trainer.stopped_by``. A second
+    signal stops at once (KeyboardInterrupt). A signal the process ignores (SIGINT in a shell's background job)
+    stays ignored; outside the main thread nothing is installed."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old: dict[int, object] = {}
+
+    def __enter__(self) -> _GracefulStop:
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for s in (signal.SIGINT, signal.SIGTERM):
+            old = signal.getsignal(s)
+            if old is signal.SIG_IGN:
+                continue
+            self._old[s] = old
+            signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name}: finishing this step and writing a checkpoint "
+              "(send it again to stop at once)", file=sys.stderr)
+
+    def __exit__(self, *exc) -> None:
+        for s, old in self._old.items():
+            signal.signal(s, old)
 
 
 def _train_changed(old: dict, new: dict) -> bool:
