@@ -98,6 +98,9 @@ def load_cascade(model: str | Path, device: str = "cpu", dtype=None, text_encode
             raise UserError(f"--stage3 {p3}: no such file or folder")
         paths.append(p3)
     if max_stages:
+        if max_stages > len(paths):
+            raise UserError(f"--stages {max_stages}: {model} has {len(paths)} stage{'s' * (len(paths) > 1)}; "
+                            f"give at most {len(paths)} (or leave it out to run them all)")
         paths = paths[:max_stages]
     home = "cpu" if offload else device
     try:
@@ -680,28 +683,52 @@ def cmd_curate(a) -> int:
 # --------------------------------------------------------------------------------------------------
 
 
+def _at_least_1(text: str) -> int:
+    """argparse type: a whole number >= 1 (batch sizes, image counts, stage counts)."""
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return v
+
+
+def _non_negative(text: str) -> float:
+    """argparse type: a number >= 0 (guidance scales, thresholding limits)."""
+    v = float(text)
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return v
+
+
+def _fraction(text: str) -> float:
+    """argparse type: a number in [0, 1] (noise augmentation levels)."""
+    v = float(text)
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return v
+
+
 def _sampling_args(g: argparse.ArgumentParser) -> None:
     """The options every image-making command shares."""
     g.add_argument("-o", "--output", default="out.png", help="a .png path for one image, a folder for several")
     g.add_argument("--seed", type=int, default=0, help="seed of the first image; image i gets seed+i")
-    g.add_argument("--num-images", type=int, default=1, help="images per prompt")
+    g.add_argument("--num-images", type=_at_least_1, default=1, help="images per prompt")
     g.add_argument("--steps", help="stage I steps: a count or preset (smart27, smart50, smart100, fast27, ...)")
     g.add_argument("--steps-ii", help="steps of the later stages")
-    g.add_argument("--guidance", type=float, help="stage I classifier-free guidance scale (1 = none)")
-    g.add_argument("--guidance-ii", type=float, help="guidance of the later stages")
+    g.add_argument("--guidance", type=_non_negative, help="stage I classifier-free guidance scale (1 = none)")
+    g.add_argument("--guidance-ii", type=_non_negative, help="guidance of the later stages")
     g.add_argument("--negative-prompt", default="",
                    help="what guidance steers away from, for every prompt, in stages I and II (default: nothing, "
                         "the empty prompt; an SD x4 --stage3 keeps its own); needs guidance > 1")
-    g.add_argument("--aug-level", type=float, help="noise augmentation of the low-res input of later stages")
+    g.add_argument("--aug-level", type=_fraction, help="noise augmentation of the low-res input of later stages")
     g.add_argument("--sampler", help="ddpm (IF's), ddim or dpmpp_2m (every stage, unless --sampler-ii)")
     g.add_argument("--sampler-ii", help="the later stages' sampler")
-    g.add_argument("--thresh-max", type=float, help="stage I dynamic-thresholding limit (IF: 1.5)")
-    g.add_argument("--thresh-max-ii", type=float, help="the later stages' limit (IF: 1.0)")
-    g.add_argument("--batch-size", type=int, default=8, help="images sampled together")
-    g.add_argument("--height", type=int, help="stage I height in px (default: the model's size; later stages "
+    g.add_argument("--thresh-max", type=_non_negative, help="stage I dynamic-thresholding limit (IF: 1.5)")
+    g.add_argument("--thresh-max-ii", type=_non_negative, help="the later stages' limit (IF: 1.0)")
+    g.add_argument("--batch-size", type=_at_least_1, default=8, help="images sampled together")
+    g.add_argument("--height", type=_at_least_1, help="stage I height in px (default: the model's size; later stages "
                                               "scale it by their own ratio)")
-    g.add_argument("--width", type=int, help="stage I width in px (non-square images: give both)")
-    g.add_argument("--stages", type=int, help="how many cascade stages to run (default: all the model has)")
+    g.add_argument("--width", type=_at_least_1, help="stage I width in px (non-square images: give both)")
+    g.add_argument("--stages", type=_at_least_1, help="how many cascade stages to run (default: all the model has)")
     g.add_argument("--save-stages", action="store_true", help="also save every earlier stage's image")
     g.add_argument("--model", default=str(DEFAULT_MODEL),
                    help=f"a shipped model by name ({', '.join(shipped_models()) or 'none installed'}), a "
@@ -724,12 +751,12 @@ def _model_args(g: argparse.ArgumentParser, model: str = "shapes") -> None:
                    help=f"a shipped model by name ({', '.join(shipped_models()) or 'none installed'}) or a model "
                         f"file/folder (default: {model})")
     g.add_argument("--text-encoder", help="override the text encoder: 'minilm' or a local HF/T5 folder")
-    g.add_argument("--stages", type=int, help="run this many cascade stages (default: all)")
-    g.add_argument("--guidance", type=float, help="stage I guidance (default: the model's)")
-    g.add_argument("--guidance-ii", type=float, help="guidance of the later stages")
+    g.add_argument("--stages", type=_at_least_1, help="run this many cascade stages (default: all)")
+    g.add_argument("--guidance", type=_non_negative, help="stage I guidance (default: the model's)")
+    g.add_argument("--guidance-ii", type=_non_negative, help="guidance of the later stages")
     g.add_argument("--steps", help="stage I steps: a count or preset (smart27, smart50, ...)")
     g.add_argument("--steps-ii", help="steps of the later stages")
-    g.add_argument("--aug-level", type=float, help="noise augmentation of the later stages' low-res input")
+    g.add_argument("--aug-level", type=_fraction, help="noise augmentation of the later stages' low-res input")
     g.add_argument("--sampler", help="ddpm (IF's), ddim or dpmpp_2m")
     g.add_argument("--device", default="cpu")
     g.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16 (UNet weights)")
@@ -906,12 +933,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 "  pixelcascade eval shapes -o eval/position --stages 1 --tasks position")
     _model_args(es)
     es.add_argument("-o", "--output", default="eval/shapes")
-    es.add_argument("--per-task", type=int, default=64, help="prompts per task (all when a task has fewer)")
-    es.add_argument("--seeds", type=int, default=4, help="images per prompt")
+    es.add_argument("--per-task", type=_at_least_1, default=64, help="prompts per task (all when a task has fewer)")
+    es.add_argument("--seeds", type=_at_least_1, default=4, help="images per prompt")
     es.add_argument("--tasks", default=None,
                     help="only these tasks, comma-separated (e.g. position,counting): the same prompts and seeds "
                          "as in the full suite; overall then averages the GenEval tasks given")
-    es.add_argument("--batch-size", type=int, default=64)
+    es.add_argument("--batch-size", type=_at_least_1, default=64)
     es.add_argument("--language", default="en", choices=["en", "de", "fr", "es"],
                     help="the prompts in another language (same specs): measures the text encoder")
     es.set_defaults(fn=cmd_eval_shapes)
@@ -934,7 +961,7 @@ def build_parser() -> argparse.ArgumentParser:
     _feature_args(ef)
     ef.add_argument("--save-stats", help="write the statistics of IMAGES to this .npz (reference sets: once)")
     ef.add_argument("--ref-size", type=int, help="centre-crop + resize IMAGES to this size first (real photos)")
-    ef.add_argument("--batch-size", type=int, default=64)
+    ef.add_argument("--batch-size", type=_at_least_1, default=64)
     ef.add_argument("-q", "--quiet", action="store_true")
     ef.set_defaults(fn=cmd_eval_fid)
 
@@ -944,7 +971,7 @@ def build_parser() -> argparse.ArgumentParser:
                          epilog="example: pixelcascade eval clip out/coco/images --clip /models/clip-vit-base-patch32")
     ec.add_argument("images", help="a folder of PNGs with JSON sidecars (what generate writes)")
     ec.add_argument("--clip", required=True, help="local CLIP model folder (openai/clip-vit-base-patch32)")
-    ec.add_argument("--batch-size", type=int, default=64)
+    ec.add_argument("--batch-size", type=_at_least_1, default=64)
     ec.add_argument("--device", default="cpu")
     ec.add_argument("-q", "--quiet", action="store_true")
     ec.set_defaults(fn=cmd_eval_clip)
@@ -967,7 +994,7 @@ def build_parser() -> argparse.ArgumentParser:
     eo.add_argument("--ref", help="real-image statistics (.npz) or folder; without it only generation runs")
     _feature_args(eo)
     eo.add_argument("--clip", help="local CLIP folder: also report the CLIP score")
-    eo.add_argument("--batch-size", type=int, default=16)
+    eo.add_argument("--batch-size", type=_at_least_1, default=16)
     eo.set_defaults(fn=cmd_eval_coco)
 
     ew = esub.add_parser("sweep", help="grid or random search over guidance / aug_level on a metric; JSON + PNG",
@@ -990,14 +1017,14 @@ def build_parser() -> argparse.ArgumentParser:
     ew.add_argument("--search-seed", type=int, default=0)
     _model_args(ew)
     ew.add_argument("-o", "--output", default="eval/sweep")
-    ew.add_argument("--per-task", type=int, default=16, help="shapes: prompts per task at each point")
-    ew.add_argument("--seeds", type=int, default=2, help="shapes: images per prompt at each point")
+    ew.add_argument("--per-task", type=_at_least_1, default=16, help="shapes: prompts per task at each point")
+    ew.add_argument("--seeds", type=_at_least_1, default=2, help="shapes: images per prompt at each point")
     ew.add_argument("--captions", help="coco: captions file")
     ew.add_argument("--num", type=int, default=1000, help="coco: captions per point (FID-1K by default)")
     ew.add_argument("--ref", help="coco: real-image statistics")
     _feature_args(ew)
     ew.add_argument("--clip", help="coco: local CLIP folder")
-    ew.add_argument("--batch-size", type=int, default=64)
+    ew.add_argument("--batch-size", type=_at_least_1, default=64)
     ew.set_defaults(fn=cmd_eval_sweep)
 
     em = esub.add_parser("emoji", help="emoji model: retrieval accuracy and FID/KID with the emoji extractor",
@@ -1008,9 +1035,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the extractor made by `pixelcascade data emoji-features` (default: the one shipped "
                          "with the emoji model)")
     _model_args(em, model="emoji")
-    em.add_argument("--per-split", type=int, default=100, help="captions per split (held-out, training)")
+    em.add_argument("--per-split", type=_at_least_1, default=100, help="captions per split (held-out, training)")
     em.add_argument("-o", "--output", default="eval/emoji")
-    em.add_argument("--batch-size", type=int, default=32)
+    em.add_argument("--batch-size", type=_at_least_1, default=32)
     em.set_defaults(fn=cmd_eval_emoji)
 
     eu = esub.add_parser("suite", help="DrawBench / PartiPrompts / GenEval prompts -> contact sheets per category",
@@ -1025,7 +1052,7 @@ def build_parser() -> argparse.ArgumentParser:
     eu.add_argument("--seed", type=int, default=0)
     _model_args(eu)
     eu.add_argument("-o", "--output", default="eval/suite")
-    eu.add_argument("--batch-size", type=int, default=16)
+    eu.add_argument("--batch-size", type=_at_least_1, default=16)
     eu.set_defaults(fn=cmd_eval_suite)
     return ap
 

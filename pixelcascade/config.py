@@ -199,6 +199,21 @@ class TrainConfig:
     def __post_init__(self):
         if self.lr_schedule not in ("constant", "cosine"):
             raise ConfigError(f"train.lr_schedule={self.lr_schedule!r}: choose constant or cosine")
+        ranges = {  # field: (test, what it must be)
+            "lr": (lambda v: v > 0, "more than 0"), "lr_min": (lambda v: v >= 0, "0 or more"),
+            "weight_decay": (lambda v: v >= 0, "0 or more"), "warmup_steps": (lambda v: v >= 0, "0 or more"),
+            "batch_size": (lambda v: v >= 1, "at least 1"), "max_steps": (lambda v: v >= 1, "at least 1"),
+            "grad_clip": (lambda v: v > 0, "more than 0 (the largest gradient norm kept)"),
+            "ema_decay": (lambda v: 0 <= v < 1, "from 0 up to (not including) 1"),
+            "cfg_dropout": (lambda v: 0 <= v < 1, "from 0 up to (not including) 1"),
+            "ckpt_every": (lambda v: v >= 1, "at least 1"), "val_every": (lambda v: v >= 1, "at least 1"),
+            "log_every": (lambda v: v >= 1, "at least 1"), "num_threads": (lambda v: v >= 0, "0 or more"),
+        }
+        for name, (ok, what) in ranges.items():
+            if not ok(getattr(self, name)):
+                raise ConfigError(f"train.{name}={getattr(self, name)}: must be {what}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"train.betas={self.betas}: each must be from 0 up to (not including) 1")
 
 
 @dataclass(frozen=True)

@@ -51,8 +51,13 @@ def test_generate_is_seeded_and_batch_invariant(tiny_model, tmp_path):
     (["generate", "a", "--model", "/does/not/exist"], "no such file or folder"),
     (["generate", "a", "b", "-o", "x.png"], "is one PNG but 2 images"),
     (["generate", "a", "-o", "/proc/forbidden/x.png"], "cannot write to"),
+    (["generate", "a", "--steps", "0"], "keep at least one step"),
+    (["generate", "a", "--stages", "3"], "has 1 stage; give at most 1"),
     (["train", "nopreset", "-o", "/tmp/x"], "unknown training preset"),
     (["train", "tiny", "train.lr=fast", "-o", "/tmp/x"], "expected a number"),
+    (["train", "tiny", "train.batch_size=0", "-o", "/tmp/x"], "train.batch_size=0: must be at least 1"),
+    (["train", "tiny", "train.lr=-1", "-o", "/tmp/x"], "train.lr=-1.0: must be more than 0"),
+    (["train", "tiny", "train.ema_decay=1.5", "-o", "/tmp/x"], "train.ema_decay=1.5: must be from 0 up to"),
     (["train", "tiny", "-o", "/tmp/x", "train.device=cuda"], "no CUDA device here"),
 ])
 def test_bad_input_is_one_clear_line(tiny_model, args, msg, capsys, tmp_path, monkeypatch):
@@ -62,6 +67,24 @@ def test_bad_input_is_one_clear_line(tiny_model, args, msg, capsys, tmp_path, mo
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and msg in err[0]
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["generate", "a", "--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
+    (["generate", "a", "--num-images", "-1"], "argument --num-images: must be at least 1, got -1"),
+    (["generate", "a", "--guidance", "-2"], "argument --guidance: must be 0 or more, got -2"),
+    (["generate", "a", "--aug-level", "1.5"], "argument --aug-level: must be between 0 and 1, got 1.5"),
+    (["generate", "a", "--height", "0"], "argument --height: must be at least 1"),
+    (["eval", "shapes", "--per-task", "0"], "argument --per-task: must be at least 1"),
+    (["eval", "emoji", "--guidance", "nan"], "argument --guidance: must be 0 or more, got nan"),
+])
+def test_out_of_range_options_are_refused_before_any_work(args, msg, capsys):
+    """Numbers no run can use (a batch of 0, negative guidance, an augmentation level above 1) stop at the
+    command line, with the option named, instead of a stack trace or a silent default later."""
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2
+    assert msg in capsys.readouterr().err
 
 
 def test_long_prompt_is_truncated_with_a_warning(tiny_model, tmp_path, capsys):

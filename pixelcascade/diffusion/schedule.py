@@ -181,7 +181,7 @@ def space_timesteps(num_timesteps: int, spec: str | int | list[int]) -> set[int]
         spec = [spec]
     elif isinstance(spec, str):
         spec = RESPACING_PRESETS.get(spec, spec).strip()
-        if spec.startswith("ddim"):
+        if spec.startswith("ddim") and spec[4:].isdigit():
             want = int(spec[4:])
             for stride in range(1, num_timesteps):
                 if len(range(0, num_timesteps, stride)) == want:
@@ -194,6 +194,9 @@ def space_timesteps(num_timesteps: int, spec: str | int | list[int]) -> set[int]
                 f"unknown step spec {spec!r}: use a count (50), sections ('10,10,3,2,2'), 'ddimN' or one of "
                 f"{', '.join(RESPACING_PRESETS)}"
             ) from None
+    if any(c < 0 for c in spec) or sum(spec) < 1:
+        raise ValueError(f"step spec {','.join(map(str, spec))!r}: the counts must be 0 or more and keep at least "
+                         "one step (e.g. 50 or smart50)")
     size_per, extra = divmod(num_timesteps, len(spec))
     start, steps = 0, []
     for k, count in enumerate(spec):
