@@ -683,9 +683,17 @@ def cmd_curate(a) -> int:
 # --------------------------------------------------------------------------------------------------
 
 
+def _number(text: str, kind: type):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'}, got {text!r}") \
+            from None
+
+
 def _at_least_1(text: str) -> int:
     """argparse type: a whole number >= 1 (batch sizes, image counts, stage counts)."""
-    v = int(text)
+    v = _number(text, int)
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
     return v
@@ -693,7 +701,7 @@ def _at_least_1(text: str) -> int:
 
 def _non_negative(text: str) -> float:
     """argparse type: a number >= 0 (guidance scales, thresholding limits)."""
-    v = float(text)
+    v = _number(text, float)
     if not v >= 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return v
@@ -701,7 +709,7 @@ def _non_negative(text: str) -> float:
 
 def _fraction(text: str) -> float:
     """argparse type: a number in [0, 1] (noise augmentation levels)."""
-    v = float(text)
+    v = _number(text, float)
     if not 0 <= v <= 1:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
     return v

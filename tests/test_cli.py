@@ -76,6 +76,7 @@ def test_bad_input_is_one_clear_line(tiny_model, args, msg, capsys, tmp_path, mo
     (["generate", "a", "--aug-level", "1.5"], "argument --aug-level: must be between 0 and 1, got 1.5"),
     (["generate", "a", "--height", "0"], "argument --height: must be at least 1"),
     (["eval", "shapes", "--per-task", "0"], "argument --per-task: must be at least 1"),
+    (["generate", "a", "--batch-size", "two"], "argument --batch-size: expected a whole number, got 'two'"),
     (["eval", "emoji", "--guidance", "nan"], "argument --guidance: must be 0 or more, got nan"),
 ])
 def test_out_of_range_options_are_refused_before_any_work(args, msg, capsys):
