@@ -29,6 +29,14 @@ def _cfg(super_res=False, **train):
     return RunConfig(name="t", unet=unet, data=DataConfig(image_size=16, low_res_size=8), train=tc)
 
 
+def _assert_same_weights(a: Trainer, b: Trainer) -> None:
+    """The two runs' models and EMAs are bit for bit the same."""
+    for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(va, vb), k
+    for (k, va), vb in zip(a.ema.model.state_dict().items(), b.ema.model.state_dict().values()):
+        assert torch.equal(va, vb), k
+
+
 @pytest.mark.parametrize("super_res", [False, True])
 def test_stopped_and_resumed_run_equals_uninterrupted(tmp_path, super_res):
     cfg = _cfg(super_res)
@@ -40,10 +48,7 @@ def test_stopped_and_resumed_run_equals_uninterrupted(tmp_path, super_res):
     b2 = Trainer(cfg, _data(), tmp_path / "b", progress=False)  # a new process would do exactly this
     assert b2.step == 3
     b2.fit(max_steps=6)
-    for (k, va), vb in zip(a.model.state_dict().items(), b2.model.state_dict().values()):
-        assert torch.equal(va, vb), k
-    for va, vb in zip(a.ema.model.state_dict().values(), b2.ema.model.state_dict().values()):
-        assert torch.equal(va, vb)
+    _assert_same_weights(a, b2)
 
 
 def test_logs_validation_and_plot(tmp_path):
@@ -352,10 +357,7 @@ def test_a_signal_stops_after_the_step_with_a_checkpoint_and_the_run_resumes_exa
     b2 = Trainer(cfg, _data(), tmp_path / "b", progress=False)
     assert b2.step == 4
     b2.fit(max_steps=6)
-    for (k, va), vb in zip(a.model.state_dict().items(), b2.model.state_dict().values()):
-        assert torch.equal(va, vb), k
-    for va, vb in zip(a.ema.model.state_dict().values(), b2.ema.model.state_dict().values()):
-        assert torch.equal(va, vb)
+    _assert_same_weights(a, b2)
 
 
 def test_a_second_signal_stops_at_once_and_an_ignored_one_stays_ignored(tmp_path):
