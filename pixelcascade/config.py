@@ -195,6 +195,11 @@ class TrainConfig:
     # fine-tuning: start a new run from these weights (a run's checkpoint.pt: model and EMA; or an EMA
     # .safetensors: both from it). The optimizer starts fresh. Ignored when the run folder resumes.
     init_from: str = ""
+    # fine-tuning: parameters and buffers NOT taken from init_from, kept at a new run's initialisation
+    # (comma-separated globs over state-dict names, or "text": the whole text pathway, i.e. encoder_proj, the
+    # pooling, every block's encoder_kv and norm_encoder, and the text_* options' layers and whitening buffers).
+    # For a new text encoder (another width), or to retrain how the UNet reads the text. "": load everything.
+    init_reset: str = ""
 
     def __post_init__(self):
         if self.lr_schedule not in ("constant", "cosine"):
@@ -212,6 +217,8 @@ class TrainConfig:
         for name, (ok, what) in ranges.items():
             if not ok(getattr(self, name)):
                 raise ConfigError(f"train.{name}={getattr(self, name)}: must be {what}")
+        if self.init_reset and not self.init_from:
+            raise ConfigError("train.init_reset picks what a fine-tune does not load: give train.init_from too")
         if not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"train.betas={self.betas}: each must be from 0 up to (not including) 1")
 

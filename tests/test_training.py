@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pixelcascade.config import DataConfig, RunConfig, TrainConfig
+from pixelcascade.config import ConfigError, DataConfig, RunConfig, TrainConfig
 from pixelcascade.models.presets import get_preset
 from pixelcascade.training.checkpoint import ResumeError, load_checkpoint
 from pixelcascade.training.ema import EMA
@@ -214,6 +214,50 @@ def test_fine_tuning_errors_are_clear(tmp_path):
     pool = dataclasses.replace(pool, unet=dataclasses.replace(pool.unet, text_whiten=True, text_whiten_pool=True))
     with pytest.raises(ConfigMismatch, match="cannot add it"):
         Trainer(pool, _data(), tmp_path / "c", progress=False)
+
+
+def test_fine_tuning_can_retrain_the_text_pathway(tmp_path):
+    """train.init_reset=text: the image layers come from init_from, the text pathway starts fresh (as a new
+    run's, same seed), even at another text width; with it a fine-tune may add text_whiten_pool, and the
+    whitening statistics are those of the new run's captions."""
+    from pixelcascade.models.unet import whitening_stats
+    Trainer(_cfg(), _data(), tmp_path / "base", progress=False).fit(max_steps=3)
+    base = Trainer(_cfg(), _data(), tmp_path / "base", progress=False)
+    init = str(tmp_path / "base" / "checkpoint.pt")
+    cfg = _cfg(init_from=init, init_reset="text")
+    cfg = dataclasses.replace(cfg, unet=dataclasses.replace(cfg.unet, encoder_dim=40, text_whiten=True,
+                                                            text_whiten_attn=True, text_whiten_pool=True))
+    rng = np.random.default_rng(3)
+    data = TrainData(images=_data().images, caption_idx=rng.integers(0, 4, 32), null_idx=4,
+                     text_table=torch.from_numpy(rng.standard_normal((5, 6, 40)).astype(np.float16)))
+    ft = Trainer(cfg, data, tmp_path / "ft", progress=False)
+    torch.manual_seed(0)
+    from pixelcascade.models.unet import build_unet
+    fresh = build_unet(cfg.unet).state_dict()
+    text = [k for k in fresh if k.startswith(("encoder_proj.", "encoder_pooling.", "text_"))
+            or ".encoder_kv." in k or ".norm_encoder." in k]
+    assert any(".encoder_kv." in k for k in text) and any(k.startswith("encoder_pooling.") for k in text)
+    for net, src in ((ft.model, base.model), (ft.ema.model, base.ema.model)):
+        sd, old = net.state_dict(), src.state_dict()
+        for k, v in sd.items():
+            if k.startswith("text_white"):
+                continue
+            assert torch.equal(v, fresh[k] if k in text else old[k].float()), k
+        mean, zca = whitening_stats(data.text_table)
+        assert torch.equal(sd["text_white_mean"], mean) and torch.equal(sd["text_white_map"], zca)
+    ft.fit(max_steps=2)
+    # a glob that names nothing, or a reset without init_from, is refused in words
+    bad = _cfg(init_from=init, init_reset="encoder_pooling.*,encoder_polling.*")
+    with pytest.raises(ConfigError, match="'encoder_polling.\\*' names no parameter"):
+        Trainer(bad, _data(), tmp_path / "bad", progress=False)
+    with pytest.raises(ConfigError, match="give train.init_from too"):
+        _cfg(init_reset="text")
+    # a partial reset: the pooling alone (IF's encoder_pooling) is fresh, everything else loaded
+    part = Trainer(_cfg(init_from=init, init_reset="encoder_pooling.*"), _data(), tmp_path / "part", progress=False)
+    torch.manual_seed(0)
+    fresh = build_unet(_cfg().unet).state_dict()
+    for k, v in part.model.state_dict().items():
+        assert torch.equal(v, fresh[k] if k.startswith("encoder_pooling.") else base.model.state_dict()[k]), k
 
 
 @pytest.mark.parametrize("added", [{"text_layers": 1}, {"attention_position": True}, {"text_position": True},

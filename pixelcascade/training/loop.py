@@ -13,6 +13,7 @@ of float sums), and a run can resume on another number of processes. Rank 0 logs
 from __future__ import annotations
 
 import csv
+import fnmatch
 import json
 import math
 import signal
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import RunConfig, TrainConfig, from_dict, to_dict, to_json
+from ..config import ConfigError, RunConfig, TrainConfig, from_dict, to_dict, to_json
 from ..convert import write_safetensors
 from ..diffusion.guidance import noise_augment
 from ..diffusion.losses import diffusion_loss, fixed_timesteps_loss
@@ -149,12 +150,14 @@ class Trainer:
         if self.ckpt_path.exists():
             self._resume()
         elif tc.init_from:
-            src = self._init_from(Path(tc.init_from))
-            fold = cfg.unet.text_whiten_attn and not src.get("text_whiten_attn", False)
-            if cfg.unet.text_whiten_pool and not src.get("text_whiten_pool", False):
+            src, reset = self._init_from(Path(tc.init_from))
+            fold = (cfg.unet.text_whiten_attn and not src.get("text_whiten_attn", False)
+                    and not any(k.startswith("encoder_proj.") for k in reset))
+            if (cfg.unet.text_whiten_pool and not src.get("text_whiten_pool", False)
+                    and not any(k.startswith("encoder_pooling.") for k in reset)):
                 raise ConfigMismatch(f"unet.text_whiten_pool=true changes what the pooled text vector reads, so a "
                                      f"fine-tune from {tc.init_from} (trained without it) cannot add it: train "
-                                     "a new run, or leave it out")
+                                     "a new run, leave it out, or retrain the text pathway (train.init_reset=text)")
         if self.step == 0 and cfg.unet.text_whiten and not self.model.text_white_map.any():
             self.set_whitening()  # a new run (or a fine-tune from weights without it): stats of this run's captions
         if fold:  # unet.text_whiten_attn added by this fine-tune: attention reads the whitened states, same output
@@ -197,9 +200,10 @@ class Trainer:
         self.opt.load_state_dict(state["opt"])
         self.step = int(state["step"])
 
-    def _init_from(self, path: Path) -> dict:
-        """Fine-tuning: model and EMA weights from another run (optimizer and step start fresh). Returns the
-        source's unet config as a dict ({} when the file does not record it)."""
+    def _init_from(self, path: Path) -> tuple[dict, list[str]]:
+        """Fine-tuning: model and EMA weights from another run (optimizer and step start fresh), except the
+        names train.init_reset picks, which keep this run's initialisation. Returns the source's unet config as
+        a dict ({} when the file does not record it) and the names reset."""
         if not path.is_file():
             raise ResumeError(f"train.init_from={path}: no such file; give a run's checkpoint.pt or an EMA "
                               ".safetensors")
@@ -212,22 +216,29 @@ class Trainer:
             state = load_checkpoint(path)
             model_sd, ema_sd = state["model"], state["ema"]["model"] if "ema" in state else state["model"]
             src = json.loads(state.get("config", "{}")).get("unet", {})
+        reset = reset_names(self.cfg.train.init_reset, list(self.model.state_dict()) + list(model_sd))
         for net, sd in ((self.model, model_sd), (self.ema.model, ema_sd)):
             try:
-                missing, unexpected = net.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False)
+                missing, unexpected = net.load_state_dict(
+                    {k: v.float() for k, v in sd.items() if k not in reset}, strict=False)
             except RuntimeError as e:
                 first = str(e).strip().splitlines()[1:2] or [str(e)[:200]]
                 raise ResumeError(f"train.init_from={path}: its weights do not fit this run's unet config "
                                   f"({first[0].strip()}); fine-tune with the config that made them") from None
             # only layers that start as the identity may be new (unet.text_layers, unet.attention_position,
             # unet.text_position, unet.text_context, unet.text_whiten): the model starts as the old one
-            new = [k for k in missing if not (k.startswith(("text_layers.", "text_pos_proj.", "text_ctx_proj.",
-                                                            "text_white")) or ".pos_proj." in k)]
+            new = [k for k in missing if k not in reset and not (
+                k.startswith(("text_layers.", "text_pos_proj.", "text_ctx_proj.", "text_white")) or ".pos_proj." in k)]
             if new or unexpected:
                 raise ResumeError(f"train.init_from={path}: its weights do not fit this run's unet config "
                                   f"(missing {new[:3]}, unexpected {unexpected[:3]}); fine-tune with the config "
                                   "that made them")
-        return src
+        with torch.no_grad():  # reset whitening statistics are recomputed from this run's captions
+            for net in (self.model, self.ema.model):
+                for name, buf in net.named_buffers():
+                    if name in reset and name.startswith("text_white"):
+                        buf.zero_()
+        return src, sorted(reset)
 
     def save(self) -> None:
         save_checkpoint(self.ckpt_path, self.state_dict())
@@ -420,6 +431,24 @@ class _GracefulStop:
     def __exit__(self, *exc) -> None:
         for s, old in self._old.items():
             signal.signal(s, old)
+
+
+# train.init_reset=text: everything between the text encoder's states and the UNet's attention and embedding
+TEXT_PATHWAY = ("encoder_proj.*", "encoder_pooling.*", "*.encoder_kv.*", "*.norm_encoder.*", "text_*")
+
+
+def reset_names(spec: str, names: list[str]) -> set[str]:
+    """The state-dict names that train.init_reset picks among ``names`` (comma-separated globs, or "text").
+    A glob that picks nothing is an error (a typo would otherwise load everything silently)."""
+    picked: set[str] = set()
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        globs = TEXT_PATHWAY if item == "text" else (item,)
+        hits = {n for n in names if any(fnmatch.fnmatchcase(n, g) for g in globs)}
+        if not hits:
+            raise ConfigError(f"train.init_reset: {item!r} names no parameter of this model; give globs over "
+                              "state-dict names (e.g. 'encoder_pooling.*') or 'text'")
+        picked |= hits
+    return picked
 
 
 def _train_changed(old: dict, new: dict) -> bool:
