@@ -843,6 +843,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "at once).",
                        epilog="examples:\n  pixelcascade train shapes32 -o runs/shapes32\n"
                               "  pixelcascade train shapes32 -o runs/lr1e-4 train.lr=1e-4 train.batch_size=32\n"
+                              "  pixelcascade train shapes32 -o runs/ft train.init_from=runs/shapes32/checkpoint.pt "
+                              "train.lr=1e-4   # fine-tune\n"
+                              "  (train.init_reset=text with init_from: the text pathway starts fresh, e.g. for "
+                              "another text encoder)\n"
                               "presets: shapes32 (stage I, 32 px), shapes64-sr (stage II, 32 -> 64), shapes128-sr "
                               "(a third stage, 64 -> 128),\n  emoji64 (emoji stage I, 64 px), emoji128-sr (emoji "
                               "stage II, 64 -> 128), tiny (a smoke test)\noverrides: any field of the run config, "
