@@ -30,6 +30,9 @@ Text modes (everything else is the same, seeds included):
                 axis), captions the plain templates only (data.template_share=1.0); the same evaluation
   MODE-mix-relstats  a text_whiten mode on the mix, its whitening statistics those of the relation captions
                 alone (and the empty caption) instead of the whole caption table
+  MODE-mix-realstats  a text_whiten mode on the mix, its whitening statistics those of the captions' real
+                tokens only (no padding; eigenvalue floor 1e-3 of the mean instead of 1e-2), padding states
+                replaced by the real tokens' mean so that they whiten to zero
 
 Usage: [THREADS=n] python scripts/binding_check.py MODE OUT_DIR MINUTES [STEPS]   (prints the outcome shares; writes
 result.json). STEPS stops at that many steps instead (the rows above ran ~1,400 steps in 25 minutes on an idle core
@@ -58,7 +61,8 @@ from pixelcascade.utils import cpu_has_native_bf16
 name, out, minutes = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3])
 steps = int(sys.argv[4]) if len(sys.argv) > 4 else None
 relstats = name.endswith("-relstats")
-name_ = name.removesuffix("-relstats")
+realstats = name.endswith("-realstats")
+name_ = name.removesuffix("-relstats").removesuffix("-realstats")
 real = name_.endswith("-real")
 mix = name_.endswith("-mix")
 mode = name_.removesuffix("-real").removesuffix("-mix")
@@ -111,8 +115,20 @@ else:
     from pixelcascade.text.encoder import load_encoder
     L = 24 if real or mix else 16  # the real wording and the other tasks' templates run longer
     enc = load_encoder("minilm", L)
-    e, _ = enc(uniq)
+    e, msk = enc(uniq)
     table = np.concatenate([e.half().numpy(), enc.empty(1)[0].half().numpy()])
+    if realstats:  # statistics of the real tokens only; padding states replaced by their mean (whiten to 0)
+        import pixelcascade.models.unet as U
+        U.WHITEN_EPS = 1e-3
+        e0, m0 = enc.empty(1)
+        real = torch.cat([e.float()[msk.bool()], e0.float()[m0.bool()]])
+        real_mu = real.mean(0)
+
+        def pad_to_mean(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+            x = x.clone()
+            x[~m.bool()] = real_mu.to(x.dtype)
+            return x
+        table = np.concatenate([pad_to_mean(e, msk).half().numpy(), pad_to_mean(e0, m0).half().numpy()])
     if mode == "minilm-white":  # ZCA: (x - mean) V diag((lam + eps)^-1/2) V^T, scaled to the states' RMS
         tok = torch.from_numpy(table).float().reshape(-1, 384)
         mu = tok.mean(0)
@@ -151,6 +167,9 @@ if relstats:  # whitening statistics of the relation captions' states only (and 
     rel_rows = [i for i, c in enumerate(uniq) if any(f" {r} " in c for r in ("above", "below", "left of", "right of"))]
     tr.set_whitening(data.text_table[rel_rows + [len(uniq)]])
     print(f"whitening statistics of {len(rel_rows)} relation captions of {len(uniq)}", flush=True)
+if realstats:
+    tr.set_whitening(real)
+    print(f"whitening statistics of the {len(real)} real token states (eps 1e-3); padding at the mean", flush=True)
 if mode == "minilm-tlsin":  # token position at full strength from the start
     pos = torch.arange(256)[:, None].float()
     div = torch.exp(torch.arange(0, 384, 2).float() * (-math.log(10000.0) / 384))
@@ -171,9 +190,12 @@ for p in P:
         emb = torch.from_numpy(oracle(p.text)).float()[None].repeat(8, 1, 1)
         un = torch.zeros_like(emb)
     else:
-        e, _ = enc([p.text])
+        e, pm = enc([p.text])
+        e0, m0 = enc.empty(8)
+        if realstats:
+            e, e0 = pad_to_mean(e, pm), pad_to_mean(e0, m0)
         emb = e.float().repeat(8, 1, 1)
-        un = enc.empty(8)[0].float()
+        un = e0.float()
         if mode in ("minilm-white", "minilm-white-full"):
             emb, un = whiten(emb), whiten(un)
     with torch.no_grad():

@@ -233,11 +233,7 @@ class Trainer:
                 raise ResumeError(f"train.init_from={path}: its weights do not fit this run's unet config "
                                   f"(missing {new[:3]}, unexpected {unexpected[:3]}); fine-tune with the config "
                                   "that made them")
-        with torch.no_grad():  # reset whitening statistics are recomputed from this run's captions
-            for net in (self.model, self.ema.model):
-                for name, buf in net.named_buffers():
-                    if name in reset and name.startswith("text_white"):
-                        buf.zero_()
+        # reset whitening buffers stay zero, as built, so __init__ computes them from this run's captions
         return src, sorted(reset)
 
     def save(self) -> None:
