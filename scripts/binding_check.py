@@ -116,19 +116,17 @@ else:
     L = 24 if real or mix else 16  # the real wording and the other tasks' templates run longer
     enc = load_encoder("minilm", L)
     e, msk = enc(uniq)
-    table = np.concatenate([e.half().numpy(), enc.empty(1)[0].half().numpy()])
+    e0, m0 = enc.empty(1)
     if realstats:  # statistics of the real tokens only; padding states replaced by their mean (whiten to 0)
-        import pixelcascade.models.unet as U
-        U.WHITEN_EPS = 1e-3
-        e0, m0 = enc.empty(1)
-        real = torch.cat([e.float()[msk.bool()], e0.float()[m0.bool()]])
-        real_mu = real.mean(0)
+        real_states = torch.cat([e.float()[msk.bool()], e0.float()[m0.bool()]])
+        real_mu = real_states.mean(0)
 
         def pad_to_mean(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
             x = x.clone()
             x[~m.bool()] = real_mu.to(x.dtype)
             return x
-        table = np.concatenate([pad_to_mean(e, msk).half().numpy(), pad_to_mean(e0, m0).half().numpy()])
+        e, e0 = pad_to_mean(e, msk), pad_to_mean(e0, m0)
+    table = np.concatenate([e.half().numpy(), e0.half().numpy()])
     if mode == "minilm-white":  # ZCA: (x - mean) V diag((lam + eps)^-1/2) V^T, scaled to the states' RMS
         tok = torch.from_numpy(table).float().reshape(-1, 384)
         mu = tok.mean(0)
@@ -168,8 +166,9 @@ if relstats:  # whitening statistics of the relation captions' states only (and 
     tr.set_whitening(data.text_table[rel_rows + [len(uniq)]])
     print(f"whitening statistics of {len(rel_rows)} relation captions of {len(uniq)}", flush=True)
 if realstats:
-    tr.set_whitening(real)
-    print(f"whitening statistics of the {len(real)} real token states (eps 1e-3); padding at the mean", flush=True)
+    tr.set_whitening(real_states, eps=1e-3)
+    print(f"whitening statistics of the {len(real_states)} real token states (eps 1e-3); padding at the mean",
+          flush=True)
 if mode == "minilm-tlsin":  # token position at full strength from the start
     pos = torch.arange(256)[:, None].float()
     div = torch.exp(torch.arange(0, 384, 2).float() * (-math.log(10000.0) / 384))

@@ -98,9 +98,10 @@ WHITEN_EPS = 1e-2  # config text_whiten: eigenvalues below 1% of the mean one ar
 
 
 @torch.no_grad()
-def whitening_stats(states: torch.Tensor, chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
+def whitening_stats(states: torch.Tensor, chunk: int = 65536,
+                    eps: float = WHITEN_EPS) -> tuple[torch.Tensor, torch.Tensor]:
     """ZCA whitening of token states [..., D]: (mean [D], map [D, D]) with (x - mean) @ map of covariance
-    ~identity over the directions the states use (eigenvalues regularised by WHITEN_EPS x their mean), scaled
+    ~identity over the directions the states use (eigenvalues regularised by ``eps`` x their mean), scaled
     so the whitened states keep the states' RMS. Computed in float64, in chunks."""
     x = states.reshape(-1, states.shape[-1])
     n, d = x.shape
@@ -114,7 +115,7 @@ def whitening_stats(states: torch.Tensor, chunk: int = 65536) -> tuple[torch.Ten
     cov = outer / n - torch.outer(mean, mean)
     lam, vec = torch.linalg.eigh(cov)
     lam = lam.clamp(min=0)
-    zca = vec @ torch.diag((lam + WHITEN_EPS * lam.mean()) ** -0.5) @ vec.T
+    zca = vec @ torch.diag((lam + eps * lam.mean()) ** -0.5) @ vec.T
     white_sq = float(torch.trace(zca @ cov @ zca)) / d  # mean square of a whitened component
     zca = zca * ((sq / (n * d)) / white_sq) ** 0.5
     return mean.float(), zca.float()

@@ -31,7 +31,7 @@ from ..convert import write_safetensors
 from ..diffusion.guidance import noise_augment
 from ..diffusion.losses import diffusion_loss, fixed_timesteps_loss
 from ..diffusion.schedule import make_schedule
-from ..models.unet import build_unet
+from ..models.unet import WHITEN_EPS, build_unet, whitening_stats
 from ..utils import atomic_write_text
 from .checkpoint import ResumeError, load_checkpoint, save_checkpoint
 from .ema import EMA
@@ -168,11 +168,10 @@ class Trainer:
         self.val_idx = torch.randperm(len(self.val), generator=g)[:n_val]
         self.val_noise = torch.randn((n_val, 3, *self.val.images.shape[1:3]), generator=g)
 
-    def set_whitening(self, states: torch.Tensor | None = None) -> None:
+    def set_whitening(self, states: torch.Tensor | None = None, eps: float = WHITEN_EPS) -> None:
         """unet.text_whiten: the ZCA statistics of every token state in the caption table (the empty caption
-        included), or of ``states`` when given, into the model and its EMA."""
-        from ..models.unet import whitening_stats
-        mean, zca = whitening_stats(self.data.text_table if states is None else states)
+        included), or of ``states`` when given, into the model and its EMA (``eps``: the eigenvalue floor)."""
+        mean, zca = whitening_stats(self.data.text_table if states is None else states, eps=eps)
         for net in (self.model, self.ema.model):
             net.text_white_mean.copy_(mean)
             net.text_white_map.copy_(zca)
