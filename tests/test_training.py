@@ -51,6 +51,26 @@ def test_stopped_and_resumed_run_equals_uninterrupted(tmp_path, super_res):
     _assert_same_weights(a, b2)
 
 
+def test_log_window_cut_by_a_resume_averages_its_own_steps(tmp_path):
+    """A run stopped at step 3 with log_every=2 logs step 4 over one step after the resume: its row is that
+    step's loss and lr, not a sum divided by log_every (which read as an lr and loss dip at every resume)."""
+    cfg = dataclasses.replace(_cfg(), train=dataclasses.replace(_cfg().train, log_every=2, warmup_steps=1))
+    a = Trainer(cfg, _data(), tmp_path / "a", progress=False)
+    a.fit(max_steps=3)
+    del a
+    b = Trainer(cfg, _data(), tmp_path / "a", progress=False)
+    b.fit(max_steps=4)
+    rows = [r.split(",") for r in (tmp_path / "a" / "train_log.csv").read_text().splitlines()]
+    head = rows[0]
+    last = dict(zip(head, rows[-1]))
+    assert last["step"] == "4"
+    assert float(last["lr"]) == pytest.approx(cfg.train.lr)  # one step at the full lr, averaged over one
+    ref = Trainer(cfg, _data(), tmp_path / "ref", progress=False)
+    ref.fit(max_steps=3)
+    m = ref.train_step()  # step 4 of the same run, alone
+    assert float(last["loss"]) == pytest.approx(m["loss"], rel=1e-5)
+
+
 def test_logs_validation_and_plot(tmp_path):
     t = Trainer(_cfg(), _data(), tmp_path, progress=False)
     t.fit(max_steps=6)

@@ -329,6 +329,7 @@ class Trainer:
             from tqdm import tqdm
             bar = tqdm(total=max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
         acc: dict[str, float] = {}
+        n = 0  # steps in the current log window (fewer than log_every in the first one after a resume)
         last = time.time()
         self.stopped_by = None
         with _GracefulStop() as stop:
@@ -342,11 +343,11 @@ class Trainer:
                     m.update({k: float(x) / self.world for k, x in zip(keys, v)})
                 for k, v in m.items():
                     acc[k] = acc.get(k, 0.0) + v
+                n += 1
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{m['loss']:.4f}")
                 if self.step % tc.log_every == 0 and main:
-                    n = tc.log_every
                     row = {"step": self.step, **{k: v / n for k, v in acc.items()},
                            "img_per_s": n * tc.batch_size / max(1e-9, time.time() - last), "time": time.time()}
                     _append_csv(log_path, row)
@@ -354,7 +355,7 @@ class Trainer:
                         for k, v in row.items():
                             if k not in ("step", "time"):
                                 writer.add_scalar(f"train/{k}", v, self.step)
-                    acc, last = {}, time.time()
+                    acc, n, last = {}, 0, time.time()
                 if (self.step % tc.val_every == 0 or self.step == max_steps) and main:
                     val = self.validate()
                     _append_csv(val_path, {"step": self.step, **{f"t{k}": v for k, v in val.items()}})
