@@ -354,6 +354,7 @@ def cmd_train(a) -> int:
     from .data.emoji import EmojiError
     from .training.checkpoint import ResumeError
     from .training.loop import ConfigMismatch, resolve_device
+    from .training.run import DatasetError
     try:
         resolve_device(cfg.train.device)
     except RuntimeError as e:
@@ -363,7 +364,7 @@ def cmd_train(a) -> int:
     try:
         trainer = train(cfg, a.output, progress=not a.quiet, max_steps=a.max_steps, time_limit_s=a.time_limit,
                         command=command)
-    except (ResumeError, ConfigMismatch, EmojiError) as e:
+    except (ResumeError, ConfigMismatch, EmojiError, DatasetError) as e:
         raise UserError(str(e)) from None
     if trainer.stopped_by is not None:
         import signal
@@ -847,9 +848,15 @@ def build_parser() -> argparse.ArgumentParser:
                               "train.lr=1e-4   # fine-tune\n"
                               "  (train.init_reset=text with init_from: the text pathway starts fresh, e.g. for "
                               "another text encoder)\n"
+                              "  pixelcascade train files64 -o runs/mine data.path=my_data/   # your own data\n"
+                              "  pixelcascade train files128-sr -o runs/mine-sr data.path=my_data/   # its stage II\n"
                               "presets: shapes32 (stage I, 32 px), shapes64-sr (stage II, 32 -> 64), shapes128-sr "
                               "(a third stage, 64 -> 128),\n  emoji64 (emoji stage I, 64 px), emoji128-sr (emoji "
-                              "stage II, 64 -> 128), tiny (a smoke test)\noverrides: any field of the run config, "
+                              "stage II, 64 -> 128),\n  files64 / files128-sr (the same two networks on your data: "
+                              "data.path= a folder of images with .txt\n  captions or a manifest.csv, parquet, "
+                              "or webdataset .tar shards, e.g. `pixelcascade curate`'s output;\n  decoded and "
+                              "resized once into the cache, 5% held out for validation), tiny (a smoke test)\n"
+                              "overrides: any field of the run config, "
                               "e.g. data.task_weights=position=4 unet.text_layers=2 train.device=cuda")
     t.add_argument("preset")
     t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.lr=1e-4")

@@ -144,7 +144,12 @@ class SampleConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
+    # shapes (rendered, specs/shapes-world.md), emoji (the curated emoji set) or files (your data: data.path)
     world: str = "shapes"
+    # world=files: a dataset in any format data.formats reads (a folder of images with .txt captions or a
+    # manifest, parquet, webdataset shards; e.g. what `pixelcascade curate` writes), centre-cropped and resized
+    # to image_size once, into the cache; data.seed picks the held-out validation images
+    path: str = ""
     image_size: int = 32
     num_images: int = 60000
     seed: int = 0
@@ -162,6 +167,12 @@ class DataConfig:
     template_share: float = 0.4
 
     def __post_init__(self):
+        if self.world not in ("shapes", "emoji", "files"):
+            raise ConfigError(f"data.world={self.world!r}: choose shapes, emoji, or files (your own data, with "
+                              "data.path=DATASET)")
+        if self.path and self.world != "files":
+            raise ConfigError(f"data.path is read only with data.world=files (this run's world is {self.world}); "
+                              "add data.world=files")
         for name in ("paired_low_res", "template_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"data.{name}={getattr(self, name)}: a share of the examples, from 0 to 1")

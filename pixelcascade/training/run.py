@@ -67,6 +67,22 @@ RUN_PRESETS: dict[str, RunConfig] = {
         train=TrainConfig(lr=2e-4, batch_size=16, max_steps=15000, warmup_steps=500, ckpt_every=250,
                           val_every=250),
     ),
+    # your own data (data.path=DATASET): a 64-px stage I and a 64 -> 128 stage II, the emoji cascade's networks
+    "files64": RunConfig(
+        name="files64", unet=get_preset("emoji64-I"), diffusion=DiffusionConfig(min_snr_gamma=5.0),
+        sample=SampleConfig(sampler="ddpm", num_steps="smart50", guidance_scale=4.0, dyn_thresh_max=1.5),
+        data=DataConfig(world="files", image_size=64, seed=0, text_max_length=32),
+        train=TrainConfig(lr=2e-4, batch_size=32, max_steps=30000, warmup_steps=500, ckpt_every=250,
+                          val_every=250, sample_steps="smart27", sample_guidance=4.0),
+    ),
+    "files128-sr": RunConfig(
+        name="files128-sr", unet=get_preset("emoji128-II"), diffusion=DiffusionConfig(prediction="v"),
+        sample=SampleConfig(sampler="ddpm", num_steps="smart27", guidance_scale=2.0, dyn_thresh_max=1.0,
+                            aug_level=0.25),
+        data=DataConfig(world="files", image_size=128, seed=0, text_max_length=32, low_res_size=64),
+        train=TrainConfig(lr=2e-4, batch_size=16, max_steps=15000, warmup_steps=500, ckpt_every=250,
+                          val_every=250),
+    ),
     "tiny": RunConfig(
         name="tiny", unet=dataclasses.replace(get_preset("tiny"), image_size=32, encoder_dim=384, encoder_channels=32),
         sample=SampleConfig(num_steps="4", guidance_scale=2.0),
@@ -170,6 +186,113 @@ def emoji_images(dc: DataConfig, cache: Path, progress: bool = True, split: str 
     return np.stack(images), caps
 
 
+class DatasetError(RuntimeError):
+    """A data.world=files dataset that cannot be trained on (missing, empty, too few usable records)."""
+
+
+def _listing_key(path: Path) -> str:
+    """What a dataset's files are: each file's name, size and modification time (changed data, new cache)."""
+    import hashlib
+    h = hashlib.sha256(str(path.resolve()).encode())
+    files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file())
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.relative_to(path) if f != path else f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def square_resize(img: np.ndarray, size: int) -> np.ndarray:
+    """The centred square of an RGB image, resized to ``size`` (PIL bicubic; area-like when shrinking)."""
+    from PIL import Image
+    h, w = img.shape[:2]
+    s = min(h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    im = Image.fromarray(np.ascontiguousarray(img[top:top + s, left:left + s]))
+    if s != size:
+        im = im.resize((size, size), Image.BICUBIC, reducing_gap=None if s < size else 2.0)
+    return np.asarray(im)
+
+
+def files_images(dc: DataConfig, cache: Path, progress: bool = True):
+    """Your dataset (``data.path``, any format of :mod:`pixelcascade.data.formats`) for training: decoded once,
+    centre-cropped and resized to ``dc.image_size``, into a uint8 file in the cache that training reads memory-
+    mapped (so RAM holds the batches, not the dataset). Returns (images [N, S, S, 3] memmap, captions [N],
+    held-out indices, training indices, info). Records that cannot be decoded, truncated shards and records
+    without a caption are skipped and counted in ``info``; ``dc.seed`` picks the held-out images (5%, 1 to
+    512)."""
+    import hashlib
+    import json
+
+    from ..data.formats import DataFormatError, ReadStats, detect_format, read_records
+    if not dc.path:
+        raise DatasetError("data.world=files trains on your own data: name it with data.path=DATASET (a folder of "
+                           "images with .txt captions or a manifest.csv, parquet, or webdataset .tar shards)")
+    src = Path(dc.path).expanduser()
+    try:
+        fmt = detect_format(src)
+    except DataFormatError as e:
+        raise DatasetError(f"data.path: {e}; give a folder of images with .txt captions or a manifest.csv, a "
+                           "parquet file or folder, or webdataset .tar shards") from None
+    root = cache / "data" / f"files-{_listing_key(src)}-{dc.image_size}"
+    info_path = root / "info.json"
+    if not info_path.is_file():
+        root.mkdir(parents=True, exist_ok=True)
+        stats, captions, no_caption = ReadStats(), [], 0
+        digest = hashlib.sha256()
+        it = read_records(src, stats)
+        if progress:
+            from tqdm import tqdm
+            it = tqdm(it, desc=f"reading {src.name} ({fmt})", unit="img")
+        with atomic_path(root / "images.u8") as tmp, open(tmp, "wb") as f:
+            for rec in it:
+                caption = rec.caption.strip()
+                if not caption:
+                    no_caption += 1
+                    continue
+                try:
+                    img = square_resize(rec.decode(), dc.image_size)
+                except ValueError as e:
+                    stats.note("corrupt_images", rec.source or rec.key, str(e))
+                    continue
+                f.write(img.tobytes())
+                digest.update(img.tobytes())
+                digest.update(caption.encode() + b"\0")
+                captions.append(caption)
+        info = {"path": str(src.resolve()), "format": fmt, "images": len(captions), "image_size": dc.image_size,
+                "skipped_no_caption": no_caption, "read": stats.as_dict(), "sha256": digest.hexdigest()}
+        with atomic_path(root / "captions.json") as tmp:
+            Path(tmp).write_text(json.dumps(captions))
+        with atomic_path(info_path) as tmp:  # written last: the cache is complete
+            Path(tmp).write_text(json.dumps(info, indent=1))
+    info = json.loads(info_path.read_text())
+    captions = json.loads((root / "captions.json").read_text())
+    n = info["images"]
+    skipped = (f"{info['read']['corrupt_images']} corrupt images, {info['read']['truncated_shards']} truncated "
+               f"shards, {info['skipped_no_caption']} records without a caption skipped")
+    if n < 2:
+        raise DatasetError(f"data.path={dc.path}: {n} usable image-caption records ({skipped}); training needs at "
+                           "least 2 (one is held out for validation)")
+    n_val = min(512, max(1, n // 20))
+    order = np.random.default_rng(dc.seed).permutation(n)
+    images = np.memmap(root / "images.u8", dtype=np.uint8, mode="r", shape=(n, dc.image_size, dc.image_size, 3))
+    info["skipped"] = skipped
+    return images, captions, np.sort(order[:n_val]), np.sort(order[n_val:]), info
+
+
+def build_indexed_data(images: np.ndarray, captions: list[str], rows: np.ndarray, encoder, cache: Path,
+                       progress: bool = True) -> TrainData:
+    """Examples ``rows`` of an image array (memory-mapped, shared by the training and held-out sets), one
+    caption each."""
+    from ..text.encoder import EmbeddingCache
+    chosen = [captions[i] for i in rows]
+    emb = EmbeddingCache(cache / "text", encoder).get_many(chosen + [""], progress=progress)
+    names = list(emb)
+    row = {c: i for i, c in enumerate(names)}
+    table = torch.from_numpy(np.stack([emb[c] for c in names]))
+    return TrainData(images=images, caption_idx=np.array([row[c] for c in chosen]), text_table=table,
+                     null_idx=row[""], captions=chosen, image_idx=np.asarray(rows))
+
+
 def build_multi_caption_data(images: np.ndarray, caps: list[list[str]], encoder, cache: Path,
                              progress: bool = True) -> TrainData:
     """One example per (image, caption) pair: captions drawn in proportion to how often they are listed."""
@@ -214,6 +337,14 @@ def prepare_data(cfg: RunConfig, cache: Path | None = None, progress: bool = Tru
                   f"curated (pixelcascade curate, defaults), resized to {cfg.data.image_size} px; {len(images)} "
                   f"training emoji, names in 14 languages; validation on the {len(val_images)} held-out emoji; "
                   f"training seed {cfg.train.seed}")
+    elif cfg.data.world == "files":
+        images, captions, val_rows, train_rows, info = files_images(cfg.data, cache, progress)
+        data = build_indexed_data(images, captions, train_rows, encoder, cache, progress)
+        val = build_indexed_data(images, captions, val_rows, encoder, cache, progress)
+        recipe = (f"files: {info['path']} ({info['format']}), {info['images']} image-caption records "
+                  f"({info['skipped']}; content sha256 {info['sha256'][:16]}), centre-cropped and resized to "
+                  f"{cfg.data.image_size} px; {len(train_rows)} training, {len(val_rows)} held out for validation "
+                  f"(data.seed {cfg.data.seed}); training seed {cfg.train.seed}")
     elif cfg.data.world == "shapes":
         images, captions = shapes_images(cfg.data, cache, progress)
         n_val = max(1, min(512, len(images) // 20))
@@ -280,6 +411,8 @@ def _grid_fn(encoder):
             return
         if cfg.data.world == "emoji":
             texts = ["grinning face", "red heart", "thumbs up", "cat", "rocket", "pizza", "sun", "tree"] * 2
+        elif cfg.data.world == "files":  # the held-out captions (validation images), first 8, twice
+            texts = (trainer.val.captions[:8] * 2)[:16]
         else:
             prompts = random.Random(0).sample(benchmark_prompts(cfg.data.image_size, 64, 0), 16)
             texts = [p.text for p in prompts]
