@@ -301,12 +301,10 @@ def _find_weights(folder: Path) -> Path | None:
     return shards[0] if len(shards) == 1 else None
 
 
-def load_unet(path: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> tuple[UNet, dict]:
-    """Load a UNet from: our .safetensors (config in the metadata); an official IF folder (config.yml +
-    pytorch_model.bin); a diffusers folder (config.json + diffusion_pytorch_model.*) or its parent with unet/.
-
-    Returns (model in eval mode, metadata dict).
-    """
+def read_unet(path: str | Path) -> tuple[dict[str, torch.Tensor], UNetConfig, dict]:
+    """A UNet's weights (official key names), config and metadata, without building it, from: our .safetensors
+    (config in the metadata); an official IF folder (config.yml + pytorch_model.bin); a diffusers folder
+    (config.json + diffusion_pytorch_model.*) or its parent with unet/."""
     path = Path(path).expanduser()
     if not path.exists():
         raise CheckpointError(f"model path {path} does not exist: pass a .safetensors file or a model folder")
@@ -332,10 +330,30 @@ def load_unet(path: str | Path, dtype: torch.dtype = torch.float32, device: str 
             sd = diffusers_to_official(sd, cfg)
         else:
             cfg = infer_unet_config(sd)
-    model = build_unet(cfg)
-    load_state_dict_checked(model, sd)
     meta = dict(meta)
     meta.setdefault("unet_config", to_json(cfg))
+    return sd, cfg, meta
+
+
+def unet_config_of(path: str | Path) -> UNetConfig:
+    """The UNet config of a model folder (official config.yml or diffusers config.json; read alone, without the
+    weights) or of our .safetensors file."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        if (path / "unet" / "config.json").is_file():
+            path = path / "unet"
+        if (path / "config.yml").is_file():
+            return config_from_official_yaml(_read_yaml_params(path / "config.yml"))
+        if (path / "config.json").is_file():
+            return config_from_diffusers(json.loads((path / "config.json").read_text()))
+    return read_unet(path)[1]
+
+
+def load_unet(path: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> tuple[UNet, dict]:
+    """:func:`read_unet`, built and loaded strictly. Returns (model in eval mode, metadata dict)."""
+    sd, cfg, meta = read_unet(path)
+    model = build_unet(cfg)
+    load_state_dict_checked(model, sd)
     return model.to(device=device, dtype=dtype).eval(), meta
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -85,3 +86,19 @@ def tiny_t5(tmp_path_factory):
     torch.manual_seed(0)
     transformers.T5EncoderModel(cfg).save_pretrained(path)
     return path
+
+
+def make_user_dataset(folder, n=30):
+    """A folder dataset as a user has one: non-square images of every size with .txt captions, one corrupt
+    image and one image without a caption."""
+    from PIL import Image
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        h, w = int(rng.integers(12, 40)), int(rng.integers(12, 40))
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(folder / f"img{i:03d}.png")
+        (folder / f"img{i:03d}.txt").write_text(f"picture number {i}\n")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (folder / "broken.txt").write_text("a broken picture")
+    Image.new("RGB", (20, 20)).save(folder / "nocaption.png")
+    return folder

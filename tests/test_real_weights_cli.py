@@ -74,3 +74,39 @@ def test_if_folder_errors(if_folders, tmp_path, capsys, which, msg):
     assert main(["generate", "a circle", "--model", model, "-o", str(tmp_path / "x.png"), "-q"] + extra) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and msg in err[0], err
+
+
+def test_fine_tune_released_if_weights_on_your_data(if_folders, tiny_t5, tmp_path, capsys):
+    """train.init_from= an IF folder: the run takes its UNet config, IF's eps + learned-range diffusion, its size
+    and (diffusers pipeline layout) its own T5; it starts from those exact weights; the exported stage generates.
+    A stage II in the official layout carries no T5, so the run names one."""
+    from conftest import make_user_dataset
+
+    from pixelcascade.training.loop import Trainer
+    from pixelcascade.training.run import get_run_preset, prepare_data, train
+    folder = make_user_dataset(tmp_path / "mine")
+    common = [f"data.path={folder}", "train.batch_size=4", "train.max_steps=2", "train.ckpt_every=2",
+              "train.val_every=2", "train.warmup_steps=1", "train.num_threads=1"]
+    cfg = get_run_preset("files64", common + [f"train.init_from={if_folders / 'IF-I'}"])
+    assert cfg.unet == convert.unet_config_of(if_folders / "IF-I") and cfg.data.image_size == 16
+    assert cfg.text_encoder == str(if_folders / "IF-I") and cfg.data.text_max_length == 77
+    assert cfg.diffusion.prediction == "eps" and cfg.diffusion.learned_variance
+    data, val, _, _ = prepare_data(cfg, tmp_path / "cache", progress=False)
+    start = Trainer(cfg, data, tmp_path / "start", val, progress=False)
+    want, _, _ = convert.read_unet(if_folders / "IF-I")
+    got = start.model.state_dict()
+    assert all(torch.equal(got[k], want[k].float()) for k in want)  # starts as the released model
+    t = train(cfg, tmp_path / "run", cache=tmp_path / "cache", progress=False, grids=False)
+    assert t.step == 2 and not torch.equal(t.model.state_dict()["out.2.weight"], want["out.2.weight"].float())
+    out = tmp_path / "ft"
+    assert main(["export", str(tmp_path / "run"), "-o", str(out / "stage1.safetensors")]) == 0
+    assert main(["generate", "a red circle", "--model", str(out), "--steps", "2", "-o", str(tmp_path / "x.png"),
+                 "-q"]) == 0  # the exported file names its T5 (the pipeline folder)
+    # stage II (official layout, no T5 inside): the user names the encoder; without it, one clear line
+    sr = get_run_preset("files128-sr", common + [f"train.init_from={if_folders / 'IF-II'}",
+                                                 f"text_encoder={tiny_t5}"])
+    assert sr.unet.super_res and sr.data.image_size == 32 and sr.diffusion.prediction == "eps"
+    code = main(["train", "files128-sr", "-o", str(tmp_path / "sr"), "-q", *common,
+                 f"train.init_from={if_folders / 'IF-II'}"])
+    err = capsys.readouterr().err
+    assert code != 0 and "reads 16-d" in err and "Traceback" not in err

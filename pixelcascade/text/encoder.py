@@ -11,6 +11,7 @@ Nothing here downloads: paths are local, and ``HF_HUB_OFFLINE`` is set while loa
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import warnings
 from pathlib import Path
@@ -132,8 +133,15 @@ class HFEncoder:
 
 
 def T5Encoder(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.bfloat16) -> HFEncoder:
-    """IF's text encoder: t5-v1_1-xxl (local folder), 77 tokens, bf16, IF's caption cleaning."""
-    return HFEncoder(path, max_length=77, dtype=dtype, device=device, name="t5-v1_1-xxl-L77", clean=True, t5=True)
+    """IF's text encoder: t5-v1_1-xxl (local folder), 77 tokens, bf16, IF's caption cleaning. Its name (the key
+    of cached caption states) carries a hash of the folder's config.json, so two different T5s never share
+    cached states."""
+    enc = HFEncoder(path, max_length=77, dtype=dtype, device=device, clean=True, t5=True)
+    conf = {k: v for k, v in enc.model.config.to_dict().items()
+            if k not in ("_name_or_path", "transformers_version", "torch_dtype", "dtype")}
+    conf = json.dumps(conf, sort_keys=True, default=str)
+    enc.name = f"t5-{enc.dim}d-{hashlib.sha1(conf.encode()).hexdigest()[:8]}-L77"
+    return enc
 
 
 def minilm_path() -> Path:
@@ -167,6 +175,8 @@ def load_encoder(spec: str, max_length: int, device: str = "cpu") -> HFEncoder:
         return minilm(max_length, device)
     path = Path(spec).expanduser()
     cfg = path / "config.json"
+    if not cfg.is_file() and (path / "text_encoder" / "config.json").is_file():  # a diffusers IF-I folder
+        cfg = path / "text_encoder" / "config.json"
     is_t5 = cfg.is_file() and '"t5"' in cfg.read_text()
     return T5Encoder(path, device) if is_t5 else HFEncoder(path, max_length=max_length, device=device)
 

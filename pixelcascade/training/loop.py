@@ -203,10 +203,18 @@ class Trainer:
         """Fine-tuning: model and EMA weights from another run (optimizer and step start fresh), except the
         names train.init_reset picks, which keep this run's initialisation. Returns the source's unet config as
         a dict ({} when the file does not record it) and the names reset."""
-        if not path.is_file():
-            raise ResumeError(f"train.init_from={path}: no such file; give a run's checkpoint.pt or an EMA "
-                              ".safetensors")
-        if path.suffix == ".safetensors":
+        if not path.exists():
+            raise ResumeError(f"train.init_from={path}: no such file or folder; give a run's checkpoint.pt, an EMA "
+                              ".safetensors, or an IF model folder (official or diffusers layout)")
+        if path.is_dir():  # released IF weights: official config.yml + .bin, or a diffusers folder
+            from ..convert import CheckpointError, read_unet
+            try:
+                weights, src_cfg, _ = read_unet(path)
+            except CheckpointError as e:
+                raise ResumeError(f"train.init_from={path}: {e}") from None
+            model_sd = ema_sd = weights
+            src = json.loads(to_json(src_cfg))
+        elif path.suffix == ".safetensors":
             from ..convert import read_tensors
             weights, meta = read_tensors(path)
             model_sd = ema_sd = weights

@@ -93,9 +93,47 @@ RUN_PRESETS: dict[str, RunConfig] = {
 
 
 def get_run_preset(name: str, overrides: list[str] | None = None) -> RunConfig:
+    """A preset plus dotted overrides. With ``train.init_from=`` an IF model folder (the released weights, in the
+    official or the diffusers layout), the run takes that UNet's config, IF's diffusion (eps with learned-range
+    variance), the folder's size as ``data.image_size`` and the pipeline folder's own T5 when it carries one
+    (``text_encoder/``, 77 tokens); overrides of those fields still win."""
     if name not in RUN_PRESETS:
         raise KeyError(f"unknown training preset {name!r}; known: {', '.join(RUN_PRESETS)}")
-    return apply_overrides(RUN_PRESETS[name], overrides or [])
+    overrides = overrides or []
+    cfg = apply_overrides(RUN_PRESETS[name], overrides)
+    src = Path(cfg.train.init_from).expanduser() if cfg.train.init_from else None
+    if src is None or not src.is_dir():
+        return cfg
+    from ..config import ConfigError
+    from ..convert import CheckpointError, unet_config_of
+    try:
+        unet = unet_config_of(src)
+    except CheckpointError as e:
+        raise ConfigError(f"train.init_from={src}: {e}") from None
+    given = {o.split("=", 1)[0].strip() for o in overrides}
+    adopted = dataclasses.replace(
+        cfg, unet=unet, diffusion=dataclasses.replace(cfg.diffusion, prediction="eps", learned_variance=True),
+        data=dataclasses.replace(cfg.data, image_size=unet.image_size))
+    pipeline = src.parent if src.name == "unet" else src
+    if "text_encoder" not in given and (pipeline / "text_encoder" / "config.json").is_file():
+        adopted = dataclasses.replace(adopted, text_encoder=str(pipeline))
+    if '"t5"' in _encoder_config_text(adopted.text_encoder):
+        adopted = dataclasses.replace(adopted, data=dataclasses.replace(adopted.data, text_max_length=77))
+    # the user's own unet.*, diffusion.*, data.* and text_encoder overrides, on top
+    mine = [o for o in overrides if o.split("=", 1)[0].strip().split(".")[0] in ("unet", "diffusion", "data",
+                                                                               "text_encoder")]
+    return apply_overrides(adopted, mine)
+
+
+def _encoder_config_text(spec: str) -> str:
+    """The text of a local encoder folder's config.json (a diffusers pipeline folder: its text_encoder/'s)."""
+    if spec in ("minilm", "all-MiniLM-L6-v2"):
+        return ""
+    path = Path(spec).expanduser()
+    for p in (path / "text_encoder" / "config.json", path / "config.json"):
+        if p.is_file():
+            return p.read_text()
+    return ""
 
 
 def default_cache_dir() -> Path:
@@ -328,6 +366,13 @@ def prepare_data(cfg: RunConfig, cache: Path | None = None, progress: bool = Tru
     enc_device = resolve_device(cfg.train.device)
     encoder = load_encoder(cfg.text_encoder, cfg.data.text_max_length,
                            device=str(enc_device) if enc_device.type == "cuda" else "cpu")
+    if encoder.dim != cfg.unet.encoder_dim:
+        from .loop import ConfigMismatch
+        hint = (" (IF's UNets read T5-v1.1-XXL: text_encoder=/path/to/t5-v1_1-xxl)" if cfg.unet.encoder_dim == 4096
+                else "")
+        raise ConfigMismatch(f"the text encoder {encoder.name} gives {encoder.dim}-d states and this UNet reads "
+                             f"{cfg.unet.encoder_dim}-d ones: set text_encoder= an encoder of that width{hint}, or "
+                             f"unet.encoder_dim={encoder.dim} for a new run")
     if cfg.data.world == "emoji":
         images, caps = emoji_images(cfg.data, cache, progress)
         val_images, val_caps = emoji_images(cfg.data, cache, progress, split="heldout")
