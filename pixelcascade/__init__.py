@@ -4,3 +4,10 @@ Importing the package loads no weights, reads no files and touches no network.
 """
 
 __version__ = "0.1.0"
+
+
+def load(model="shapes", **kwargs):
+    """A cascade ready to generate (:func:`pixelcascade.api.load`): ``pixelcascade.load().generate("a red
+    circle")`` returns PIL images. ``model``: a shipped model's name, our .safetensors files, IF folders."""
+    from .api import load as _load
+    return _load(model, **kwargs)

@@ -15,18 +15,7 @@ import time
 import warnings
 from pathlib import Path
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-DEFAULT_MODEL = WEIGHTS_DIR / "shapes"  # stage files: stage1.safetensors (32 px), stage2.safetensors (64 px)
-# where the emoji cascade ships (weights/emoji/stage1, stage2: 64 px, 64 -> 128) with the feature extractor that
-# `eval emoji` uses by default; not trained yet (it needs a GPU: README, "The emoji model")
-EMOJI_FEATURES = WEIGHTS_DIR / "emoji" / "emoji_features.safetensors"
-
-
-def shipped_models() -> list[str]:
-    """Names of the models shipped in the package (``--model NAME``): folders of weights/ with stage files."""
-    if not WEIGHTS_DIR.is_dir():
-        return []
-    return sorted(p.name for p in WEIGHTS_DIR.iterdir() if p.is_dir() and any(p.glob("stage*.safetensors")))
+from .api import DEFAULT_MODEL, EMOJI_FEATURES, WEIGHTS_DIR, ModelError, shipped_models, stage_paths  # noqa: F401
 
 
 class UserError(Exception):
@@ -54,94 +43,16 @@ def _dtype(name: str):
         raise UserError(f"--dtype {name}: choose fp32, bf16 or fp16") from None
 
 
-def stage_paths(model: str | Path) -> list[Path]:
-    """A .safetensors file (one stage), or a folder of stage1/stage2/... files, or comma-separated files."""
-    if isinstance(model, str) and "," in model:
-        paths = [Path(p).expanduser() for p in model.split(",") if p]
-        for p in paths:
-            if not p.exists():
-                raise UserError(f"--model: stage {p} (of {model}): no such file or folder; list each stage's "
-                                "file or folder, stage I first, separated by commas")
-        return paths
-    p = Path(model).expanduser()
-    if not p.exists() and isinstance(model, str) and model in shipped_models():
-        p = WEIGHTS_DIR / model  # a shipped model by name: shapes, emoji
-    if p.is_dir():
-        files = sorted(p.glob("stage*.safetensors"))
-        if files:
-            return files
-        return [p]  # an official or diffusers folder: one stage
-    if not p.exists():
-        hint = " (the shipped model is missing: reinstall pixelcascade)" if p == DEFAULT_MODEL else ""
-        raise UserError(f"--model {p}: no such file or folder{hint}; pass a shipped model's name "
-                        f"({', '.join(shipped_models())}), a .safetensors file, a folder with stage1.safetensors..., "
-                        "or an IF/diffusers model folder")
-    return [p]
-
-
 def load_cascade(model: str | Path, device: str = "cpu", dtype=None, text_encoder: str | None = None,
                  max_stages: int | None = None, allow_sr_first: bool = False, offload: bool = False,
                  stage3: str | None = None):
-    """Stages from ``model`` (+ ``stage3``) and their text encoder. ``offload``: keep every model on the CPU and
-    move each to ``device`` only while it runs (text encoder, then stage after stage)."""
-    import torch
-
-    from .convert import CheckpointError, load_stage
-    from .pipeline import Cascade, PipelineError
-    from .stage3 import SDx4Stage, is_sdx4_folder
-    from .text.encoder import TextEncoderError, load_encoder
-    dtype = dtype or torch.float32
-    paths = stage_paths(model)
-    if stage3:
-        p3 = Path(stage3).expanduser()
-        if not p3.exists():
-            raise UserError(f"--stage3 {p3}: no such file or folder")
-        paths.append(p3)
-    if max_stages:
-        if max_stages > len(paths):
-            raise UserError(f"--stages {max_stages}: {model} has {len(paths)} stage{'s' * (len(paths) > 1)}; "
-                            f"give at most {len(paths)} (or leave it out to run them all)")
-        paths = paths[:max_stages]
-    home = "cpu" if offload else device
+    """:func:`pixelcascade.api.load`, its errors as one line for the command line."""
+    from .api import load
     try:
-        stages = [SDx4Stage(p, home, dtype) if is_sdx4_folder(p) else load_stage(p, device=home, dtype=dtype)
-                  for p in paths]
-    except (CheckpointError, PipelineError) as e:
+        return load(model, device=device, dtype=dtype, text_encoder=text_encoder, max_stages=max_stages,
+                    allow_sr_first=allow_sr_first, offload=offload, stage3=stage3)
+    except ModelError as e:
         raise UserError(str(e)) from None
-    if not allow_sr_first and stages[0].is_super_res:
-        raise UserError(f"{paths[0]}: the first stage is a super-resolution model; stage I (text -> image) must run "
-                        "first: list the stage I model before the stage II one")
-    meta = stages[0].meta
-    spec = text_encoder or meta.get("text_encoder")
-    if spec is None:
-        if paths[0].is_dir() and (paths[0] / "text_encoder" / "config.json").is_file():
-            spec = str(paths[0])  # a diffusers IF pipeline folder carries its T5
-        elif stages[0].cfg.encoder_dim == 384:
-            spec = "minilm"
-        else:
-            raise UserError(f"{paths[0]} expects {stages[0].cfg.encoder_dim}-d text states and names no text "
-                            "encoder: pass --text-encoder /path/to/t5-v1_1-xxl (a local folder) for IF weights")
-    try:
-        encoder = load_encoder(spec, int(meta.get("text_max_length", 77)), device=home)
-    except TextEncoderError as e:
-        raise UserError(str(e)) from None
-    if getattr(encoder, "dim", None) and not getattr(stages[0], "uses_prompts", False) \
-            and encoder.dim != stages[0].cfg.encoder_dim:
-        raise UserError(f"the text encoder gives {encoder.dim}-d states but {paths[0]} expects "
-                        f"{stages[0].cfg.encoder_dim}-d: pass the encoder the model was trained with (--text-encoder)")
-    if allow_sr_first:
-        return _Stages(stages, encoder)
-    try:
-        return Cascade(stages, encoder, offload=device if offload and device != "cpu" else None)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-
-
-class _Stages:
-    """Stages and an encoder without the cascade's ordering checks (upscale runs a stage II on its own)."""
-
-    def __init__(self, stages, encoder):
-        self.stages, self.encoder = stages, encoder
 
 
 def _slug(text: str, n: int = 40) -> str:

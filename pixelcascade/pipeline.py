@@ -265,6 +265,23 @@ class Cascade:
             bar.close()
         return outs
 
+    def generate(self, prompts: str | list[str], *, seed: int = 0, num_images: int = 1,
+                 steps: str | int | None = None, guidance: float | None = None, sampler: str | None = None,
+                 negative_prompt: str | None = None, num_stages: int | None = None, progress: bool = True,
+                 **stage_options) -> list:
+        """Text to image, the simple way: PIL images of the last stage run, ``num_images`` per prompt, image i
+        seeded ``seed + i`` (so an image never depends on its batch). ``steps`` / ``guidance`` / ``sampler``
+        change stage I's settings; ``stage_options`` go to :func:`stage_settings` (``steps_ii``,
+        ``guidance_ii``, ``aug_level``, ...). Everything else keeps each stage's shipped defaults."""
+        from PIL import Image
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        every = [p for p in prompts for _ in range(num_images)]
+        settings = stage_settings(self.stages, sampler=sampler, steps=None if steps is None else str(steps),
+                                  guidance=guidance, **stage_options)
+        outs = self(every, [seed + i for i in range(len(every))], settings=settings, num_stages=num_stages,
+                    progress=progress, negative_prompts=negative_prompt)
+        return [Image.fromarray(a) for a in to_uint8(outs[-1])]
+
     @contextmanager
     def _on_device(self, part):
         """With ``offload``: move one model to the device for the block, then back to the CPU."""

@@ -23,6 +23,27 @@ def test_shipped_model_generates(tmp_path):
     assert side["prompt"] == "two red circles"
 
 
+def test_python_api_matches_the_command_line(tmp_path):
+    """pixelcascade.load().generate: PIL images equal to `generate`'s PNGs for the same prompts, seeds and
+    settings (image i gets seed + i in both)."""
+    import pixelcascade
+    assert main(["generate", "a red circle", "two blue squares", "--seed", "5", "--steps", "4", "--steps-ii", "3",
+                 "--guidance", "3", "-o", str(tmp_path / "cli"), "-q"]) == 0
+    pipe = pixelcascade.load("shapes")
+    images = pipe.generate(["a red circle", "two blue squares"], seed=5, steps=4, steps_ii="3", guidance=3,
+                           progress=False)
+    from PIL import Image
+    pngs = sorted((tmp_path / "cli").glob("*.png"))
+    assert len(images) == len(pngs) == 2
+    for im, png in zip(images, pngs):
+        assert im.size == (64, 64) and np.array_equal(np.asarray(im), np.asarray(Image.open(png)))
+    one = pipe.generate("a red circle", seed=5, steps=4, num_stages=1, progress=False)[0]
+    assert one.size == (32, 32)
+    from pixelcascade.api import ModelError
+    with pytest.raises(ModelError, match="no such file or folder"):
+        pixelcascade.load(tmp_path / "missing")
+
+
 def test_shipped_metadata_carries_its_recipe():
     cascade = load_cascade(DEFAULT_MODEL, max_stages=1)
     meta = cascade.stages[0].meta

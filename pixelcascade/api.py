@@ -1,0 +1,130 @@
+"""The Python API: load a cascade (a shipped model by name, our files, released IF folders), then generate.
+
+    import pixelcascade
+    pipe = pixelcascade.load()            # the shipped shapes cascade; or "emoji", a path, "stage1,stage2" paths
+    images = pipe.generate("three red circles to the left of a blue square", seed=0)   # PIL images
+    images[0].save("out.png")
+
+    pipe = pixelcascade.load("/models/IF-I-XL-v1.0,/models/IF-II-L-v1.0", device="cuda", dtype=torch.float16,
+                             text_encoder="/models/t5-v1_1-xxl", offload=True)
+
+``pipe`` is a :class:`pixelcascade.pipeline.Cascade`: ``pipe.generate`` returns the last stage's images,
+``pipe(prompts, seeds, ...)`` every stage's tensors (image-to-image, inpainting, per-stage settings).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DEFAULT_MODEL = WEIGHTS_DIR / "shapes"  # stage files: stage1.safetensors (32 px), stage2.safetensors (64 px)
+# where the emoji cascade ships (weights/emoji/stage1, stage2: 64 px, 64 -> 128) with the feature extractor that
+# `eval emoji` uses by default; not trained yet (it needs a GPU: README, "The emoji model")
+EMOJI_FEATURES = WEIGHTS_DIR / "emoji" / "emoji_features.safetensors"
+
+
+class ModelError(ValueError):
+    """A model that cannot be loaded as asked: a missing path, stages in the wrong order, no text encoder."""
+
+
+def shipped_models() -> list[str]:
+    """Names of the models shipped in the package (``load(NAME)``, ``--model NAME``): folders of weights/ with
+    stage files."""
+    if not WEIGHTS_DIR.is_dir():
+        return []
+    return sorted(p.name for p in WEIGHTS_DIR.iterdir() if p.is_dir() and any(p.glob("stage*.safetensors")))
+
+
+def stage_paths(model: str | Path) -> list[Path]:
+    """A .safetensors file (one stage), or a folder of stage1/stage2/... files, or comma-separated files."""
+    if isinstance(model, str) and "," in model:
+        paths = [Path(p).expanduser() for p in model.split(",") if p]
+        for p in paths:
+            if not p.exists():
+                raise ModelError(f"--model: stage {p} (of {model}): no such file or folder; list each stage's "
+                                 "file or folder, stage I first, separated by commas")
+        return paths
+    p = Path(model).expanduser()
+    if not p.exists() and isinstance(model, str) and model in shipped_models():
+        p = WEIGHTS_DIR / model  # a shipped model by name: shapes, emoji
+    if p.is_dir():
+        files = sorted(p.glob("stage*.safetensors"))
+        if files:
+            return files
+        return [p]  # an official or diffusers folder: one stage
+    if not p.exists():
+        hint = " (the shipped model is missing: reinstall pixelcascade)" if p == DEFAULT_MODEL else ""
+        raise ModelError(f"--model {p}: no such file or folder{hint}; pass a shipped model's name "
+                         f"({', '.join(shipped_models())}), a .safetensors file, a folder with stage1.safetensors..., "
+                         "or an IF/diffusers model folder")
+    return [p]
+
+
+class Stages:
+    """Stages and an encoder without the cascade's ordering checks (upscale runs a stage II on its own)."""
+
+    def __init__(self, stages, encoder):
+        self.stages, self.encoder = stages, encoder
+
+
+def load(model: str | Path = "shapes", *, device: str = "cpu", dtype=None, text_encoder: str | None = None,
+         max_stages: int | None = None, allow_sr_first: bool = False, offload: bool = False,
+         stage3: str | None = None):
+    """A :class:`~pixelcascade.pipeline.Cascade` from ``model``: a shipped model's name, one of our .safetensors
+    files, a folder of stage*.safetensors, an IF folder (official or diffusers layout), or several of those
+    comma-separated, stage I first. ``text_encoder``: a local folder (default: the one the model names; a
+    diffusers IF-I folder's own T5; MiniLM for 384-d models). ``max_stages``: run only the first N.
+    ``offload``: keep every model on the CPU and move each to ``device`` only while it runs. ``stage3``: a
+    stable-diffusion-x4-upscaler folder (IF's stage III) or another super-resolution stage, appended."""
+    import torch
+
+    from .convert import CheckpointError, load_stage
+    from .pipeline import Cascade, PipelineError
+    from .stage3 import SDx4Stage, is_sdx4_folder
+    from .text.encoder import TextEncoderError, load_encoder
+    dtype = dtype or torch.float32
+    paths = stage_paths(model)
+    if stage3:
+        p3 = Path(stage3).expanduser()
+        if not p3.exists():
+            raise ModelError(f"--stage3 {p3}: no such file or folder")
+        paths.append(p3)
+    if max_stages:
+        if max_stages > len(paths):
+            raise ModelError(f"--stages {max_stages}: {model} has {len(paths)} stage{'s' * (len(paths) > 1)}; "
+                             f"give at most {len(paths)} (or leave it out to run them all)")
+        paths = paths[:max_stages]
+    home = "cpu" if offload else device
+    try:
+        stages = [SDx4Stage(p, home, dtype) if is_sdx4_folder(p) else load_stage(p, device=home, dtype=dtype)
+                  for p in paths]
+    except (CheckpointError, PipelineError) as e:
+        raise ModelError(str(e)) from None
+    if not allow_sr_first and stages[0].is_super_res:
+        raise ModelError(f"{paths[0]}: the first stage is a super-resolution model; stage I (text -> image) must "
+                         "run first: list the stage I model before the stage II one")
+    meta = stages[0].meta
+    spec = text_encoder or meta.get("text_encoder")
+    if spec is None:
+        if paths[0].is_dir() and (paths[0] / "text_encoder" / "config.json").is_file():
+            spec = str(paths[0])  # a diffusers IF pipeline folder carries its T5
+        elif stages[0].cfg.encoder_dim == 384:
+            spec = "minilm"
+        else:
+            raise ModelError(f"{paths[0]} expects {stages[0].cfg.encoder_dim}-d text states and names no text "
+                             "encoder: pass --text-encoder /path/to/t5-v1_1-xxl (a local folder) for IF weights")
+    try:
+        encoder = load_encoder(spec, int(meta.get("text_max_length", 77)), device=home)
+    except TextEncoderError as e:
+        raise ModelError(str(e)) from None
+    if getattr(encoder, "dim", None) and not getattr(stages[0], "uses_prompts", False) \
+            and encoder.dim != stages[0].cfg.encoder_dim:
+        raise ModelError(f"the text encoder gives {encoder.dim}-d states but {paths[0]} expects "
+                         f"{stages[0].cfg.encoder_dim}-d: pass the encoder the model was trained with "
+                         "(--text-encoder)")
+    if allow_sr_first:
+        return Stages(stages, encoder)
+    try:
+        return Cascade(stages, encoder, offload=device if offload and device != "cpu" else None)
+    except ValueError as e:
+        raise ModelError(str(e)) from None
