@@ -22,6 +22,11 @@ Text modes (everything else is the same, seeds included):
   minilm-wattn  MiniLM + unet.text_whiten + text_whiten_attn: cross-attention reads the whitened states, the
                 pooled vector the states plus the map (statistics as in minilm-addwhite)
   minilm-wpool  the same + unet.text_whiten_pool: cross-attention and the pooled vector read the whitened states
+  minilm-prefix each word piece's state computed with the caption cut after it ([CLS] w1 .. wi [SEP], the state of
+                wi): a bidirectional encoder read causally, so a shape named after "left of" carries the relation
+                in its own state and the subject does not; [CLS], [SEP] and padding keep the full caption's states
+  minilm-pwpool minilm-prefix's states, read as minilm-wpool reads the states (whitened, statistics of this
+                check's prefix states)
   MODE-real     any mode above, trained on the real training captions (the shapes world's caption generator:
                 the template 40% of the time, else colour words, synonyms, inverse relations, prefixes); the
                 same images and evaluation prompts
@@ -126,6 +131,29 @@ else:
             x[~m.bool()] = real_mu.to(x.dtype)
             return x
         e, e0 = pad_to_mean(e, msk), pad_to_mean(e0, m0)
+    if mode in ("minilm-prefix", "minilm-pwpool"):
+        def prefix_states(texts: list[str], full: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+            """Word piece i of each caption: its state in [CLS] w1 .. wi [SEP] (the caption cut after it)."""
+            tok = enc.tokenize(texts)
+            ids, sep, pad = tok["input_ids"], enc.tokenizer.token_to_id("[SEP]"), enc.model.pad_id
+            seqs, where = [], []
+            for b in range(len(texts)):
+                n = int(m[b].sum()) - 2  # word pieces between [CLS] and [SEP]
+                for i in range(1, n + 1):
+                    seq = torch.full((L,), pad, dtype=ids.dtype)
+                    seq[:i + 1] = ids[b, :i + 1]
+                    seq[i + 1] = sep
+                    seqs.append(seq)
+                    where.append((b, i))
+            out = full.clone()
+            for k in range(0, len(seqs), 512):
+                chunk = torch.stack(seqs[k:k + 512])
+                with torch.no_grad():
+                    st = enc.model(chunk, (chunk != pad).long())
+                for j, (b, i) in enumerate(where[k:k + 512]):
+                    out[b, i] = st[j, i].to(out.dtype)
+            return out
+        e = prefix_states(uniq, e, msk)
     table = np.concatenate([e.half().numpy(), e0.half().numpy()])
     if mode == "minilm-white":  # ZCA: (x - mean) V diag((lam + eps)^-1/2) V^T, scaled to the states' RMS
         tok = torch.from_numpy(table).float().reshape(-1, 384)
@@ -151,9 +179,9 @@ data = TrainData(images=imgs, caption_idx=np.array([row[c] for c in caps]), text
 unet = dataclasses.replace(get_preset("shapes32-I"), model_channels=32,
                            text_layers=2 if mode.startswith("minilm-tl") else 0,
                            text_position=mode == "minilm-tpos", text_context=mode == "minilm-ctx",
-                           text_whiten=mode in ("minilm-addwhite", "minilm-wattn", "minilm-wpool"),
-                           text_whiten_attn=mode in ("minilm-wattn", "minilm-wpool"),
-                           text_whiten_pool=mode == "minilm-wpool")
+                           text_whiten=mode in ("minilm-addwhite", "minilm-wattn", "minilm-wpool", "minilm-pwpool"),
+                           text_whiten_attn=mode in ("minilm-wattn", "minilm-wpool", "minilm-pwpool"),
+                           text_whiten_pool=mode in ("minilm-wpool", "minilm-pwpool"))
 cfg = RunConfig(name="bind", unet=unet, diffusion=DiffusionConfig(min_snr_gamma=5.0),
                 sample=SampleConfig(sampler="ddpm", num_steps="smart27", guidance_scale=4.0, dyn_thresh_max=1.5),
                 data=DataConfig(world="shapes", image_size=32, num_images=N, text_max_length=L),
@@ -193,6 +221,8 @@ for p in P:
         e0, m0 = enc.empty(8)
         if realstats:
             e, e0 = pad_to_mean(e, pm), pad_to_mean(e0, m0)
+        if mode in ("minilm-prefix", "minilm-pwpool"):
+            e = prefix_states([p.text], e, pm)
         emb = e.float().repeat(8, 1, 1)
         un = e0.float()
         if mode in ("minilm-white", "minilm-white-full"):
