@@ -67,22 +67,6 @@ RUN_PRESETS: dict[str, RunConfig] = {
         train=TrainConfig(lr=2e-4, batch_size=16, max_steps=15000, warmup_steps=500, ckpt_every=250,
                           val_every=250),
     ),
-    # your own data (data.path=DATASET): a 64-px stage I and a 64 -> 128 stage II, the emoji cascade's networks
-    "files64": RunConfig(
-        name="files64", unet=get_preset("emoji64-I"), diffusion=DiffusionConfig(min_snr_gamma=5.0),
-        sample=SampleConfig(sampler="ddpm", num_steps="smart50", guidance_scale=4.0, dyn_thresh_max=1.5),
-        data=DataConfig(world="files", image_size=64, seed=0, text_max_length=32),
-        train=TrainConfig(lr=2e-4, batch_size=32, max_steps=30000, warmup_steps=500, ckpt_every=250,
-                          val_every=250, sample_steps="smart27", sample_guidance=4.0),
-    ),
-    "files128-sr": RunConfig(
-        name="files128-sr", unet=get_preset("emoji128-II"), diffusion=DiffusionConfig(prediction="v"),
-        sample=SampleConfig(sampler="ddpm", num_steps="smart27", guidance_scale=2.0, dyn_thresh_max=1.0,
-                            aug_level=0.25),
-        data=DataConfig(world="files", image_size=128, seed=0, text_max_length=32, low_res_size=64),
-        train=TrainConfig(lr=2e-4, batch_size=16, max_steps=15000, warmup_steps=500, ckpt_every=250,
-                          val_every=250),
-    ),
     "tiny": RunConfig(
         name="tiny", unet=dataclasses.replace(get_preset("tiny"), image_size=32, encoder_dim=384, encoder_channels=32),
         sample=SampleConfig(num_steps="4", guidance_scale=2.0),
@@ -90,6 +74,13 @@ RUN_PRESETS: dict[str, RunConfig] = {
         train=TrainConfig(batch_size=8, max_steps=4, warmup_steps=2, ckpt_every=2, val_every=2, log_every=1),
     ),
 }
+
+
+# your own data (data.path=DATASET): the emoji cascade's two stages (64 px, 64 -> 128) and training settings
+for _emoji, _files in (("emoji64", "files64"), ("emoji128-sr", "files128-sr")):
+    _p = RUN_PRESETS[_emoji]
+    RUN_PRESETS[_files] = dataclasses.replace(_p, name=_files, data=dataclasses.replace(
+        _p.data, world="files", text_max_length=32))
 
 
 def get_run_preset(name: str, overrides: list[str] | None = None) -> RunConfig:
