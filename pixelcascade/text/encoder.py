@@ -134,8 +134,8 @@ class HFEncoder:
 
 def T5Encoder(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.bfloat16) -> HFEncoder:
     """IF's text encoder: t5-v1_1-xxl (local folder), 77 tokens, bf16, IF's caption cleaning. Its name (the key
-    of cached caption states) carries a hash of the folder's config.json, so two different T5s never share
-    cached states."""
+    of cached caption states) carries its width and a hash of its model config (without the folder's path), so
+    T5s of other sizes never share cached states."""
     enc = HFEncoder(path, max_length=77, dtype=dtype, device=device, clean=True, t5=True)
     conf = {k: v for k, v in enc.model.config.to_dict().items()
             if k not in ("_name_or_path", "transformers_version", "torch_dtype", "dtype")}
