@@ -1,0 +1,589 @@
+"""What each command does, given its parsed arguments (``cli.py`` builds the parser and calls these).
+
+Every bad input becomes a :class:`UserError`: one line on stderr, exit status 2, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from .api import EMOJI_FEATURES, ModelError, stage_paths
+
+
+class UserError(Exception):
+    """Bad input from the command line: printed as one line, exit status 2."""
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _device(name: str) -> str:
+    import torch
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA device here; use --device cpu")
+    return name
+
+
+def _dtype(name: str):
+    import torch
+    try:
+        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+    except KeyError:
+        raise UserError(f"--dtype {name}: choose fp32, bf16 or fp16") from None
+
+
+def load_cascade(model: str | Path, device: str = "cpu", dtype=None, text_encoder: str | None = None,
+                 max_stages: int | None = None, allow_sr_first: bool = False, offload: bool = False,
+                 stage3: str | None = None):
+    """:func:`pixelcascade.api.load`, its errors as one line for the command line."""
+    from .api import load
+    try:
+        return load(model, device=device, dtype=dtype, text_encoder=text_encoder, max_stages=max_stages,
+                    allow_sr_first=allow_sr_first, offload=offload, stage3=stage3)
+    except ModelError as e:
+        raise UserError(str(e)) from None
+
+
+def _slug(text: str, n: int = 40) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:n] or "image"
+
+
+def _check_writable(path: Path) -> None:
+    """Fail before any work if the output cannot be written (tries to create a file there)."""
+    import tempfile
+    folder = path.parent if path.suffix else path
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".pixelcascade-write-test-"):
+            pass
+    except OSError as e:
+        raise UserError(f"-o {path}: cannot write to {folder} ({e.strerror}); choose an output path you can "
+                        "write to") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# generate
+
+
+def _read_prompts(a) -> list[str]:
+    prompts = list(a.prompts)
+    if getattr(a, "prompts_file", None):
+        try:
+            prompts += [ln.strip() for ln in Path(a.prompts_file).read_text().splitlines() if ln.strip()]
+        except OSError as e:
+            raise UserError(f"--prompts-file {a.prompts_file}: {e.strerror}") from None
+    if not prompts:
+        raise UserError("no prompt: give one or more prompts, or --prompts-file FILE (one prompt a line)")
+    if any(not p.strip() for p in prompts):
+        raise UserError("empty prompt: every prompt must describe something (e.g. \"a red circle\")")
+    return prompts
+
+
+def load_image(path: str, what: str = "image"):
+    """An RGB image file as uint8 [H, W, 3]; anything else is one clear error."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+    try:
+        img = Image.open(path)
+        img.load()
+    except FileNotFoundError:
+        raise UserError(f"{what} {path}: no such file") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise UserError(f"{what} {path}: not a readable image ({e})") from None
+    if what == "mask":
+        return np.asarray(img.convert("L"))
+    if img.mode != "RGB":
+        raise UserError(f"{what} {path} is {img.mode}, not RGB: convert it first (e.g. PIL's "
+                        f"Image.open(p).convert('RGB').save(...))")
+    return np.asarray(img)
+
+
+def _run_and_save(a, cascade, prompts: list[str], *, init=None, mask=None, strength: float = 1.0,
+                  low_res=None, extra_sidecar: dict | None = None) -> int:
+    """Sample in batches, save PNG + JSON sidecars, print the paths. Shared by every image command."""
+    import dataclasses
+
+    from .pipeline import PipelineError, negative_states, stage_settings, to_uint8, with_overrides
+    from .samplers import SAMPLERS
+    from .text.encoder import TextEncoderError
+    from .utils import save_png
+    for flag, val in (("--sampler", a.sampler), ("--sampler-ii", a.sampler_ii)):
+        if val and val not in SAMPLERS:
+            raise UserError(f"{flag} {val}: unknown; choose one of {', '.join(SAMPLERS)}")
+    n_images = len(prompts) * a.num_images
+    out = Path(a.output)
+    single = out.suffix.lower() == ".png"
+    if single and n_images > 1:
+        raise UserError(f"-o {out} is one PNG but {n_images} images will be made: pass a folder instead")
+    _check_writable(out)
+    t0 = time.time()
+    n_stages = len(cascade.stages)
+    if low_res is not None:  # upscale: one super-resolution stage, driven by the stage I flags
+        settings = [with_overrides(cascade.stages[0].settings, sampler=a.sampler, num_steps=a.steps,
+                                   guidance_scale=a.guidance, aug_level=a.aug_level)]
+    else:
+        settings = stage_settings(cascade.stages, sampler=a.sampler, sampler_ii=a.sampler_ii, steps=a.steps,
+                                  steps_ii=a.steps_ii, guidance=a.guidance, guidance_ii=a.guidance_ii,
+                                  aug_level=a.aug_level, dyn_thresh_max=a.thresh_max,
+                                  dyn_thresh_max_ii=a.thresh_max_ii)
+    all_prompts = [p for p in prompts for _ in range(a.num_images)]
+    seeds = [a.seed + i for i in range(len(all_prompts))]
+    paths = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for start in range(0, len(all_prompts), a.batch_size):
+            ps, ss = all_prompts[start:start + a.batch_size], seeds[start:start + a.batch_size]
+            nb = len(ps)
+            kw = {}
+            if init is not None:
+                kw = dict(init_image=init.expand(nb, -1, -1, -1), strength=strength,
+                          mask=None if mask is None else mask.expand(nb, -1, -1, -1))
+            try:
+                if low_res is not None:  # upscale: the cascade is one super-resolution stage
+                    emb, _ = cascade.encoder(ps)
+                    unc = negative_states(cascade.encoder, a.negative_prompt, nb)
+                    st = cascade.stages[0]
+                    scale = a.scale
+                    h, w = (round(low_res.shape[2] * scale), round(low_res.shape[3] * scale))
+                    outs = [st.sample(emb, unc, ss, height=h, width=w, settings=settings[0],
+                                      low_res=low_res.expand(nb, -1, -1, -1))]
+                else:
+                    size = None
+                    if getattr(a, "height", None) or getattr(a, "width", None):
+                        base = cascade.stages[0].cfg.image_size
+                        size = [(a.height or base, a.width or base)]
+                    outs = cascade(ps, ss, settings=settings, num_stages=n_stages, progress=not a.quiet,
+                                   sizes=size, negative_prompts=a.negative_prompt, **kw)
+            except (PipelineError, TextEncoderError, ValueError) as e:
+                raise UserError(str(e)) from None
+            stage_imgs = [to_uint8(o) for o in outs]
+            for j, (p, sd) in enumerate(zip(ps, ss)):
+                k = start + j
+                path = out if single else out / f"{k:04d}-{_slug(p)}.png"
+                side = {"prompt": p, "seed": sd, "command": a.command, "model": str(a.model),
+                        "stages": n_stages, "device": a.device, "dtype": a.dtype,
+                        "settings": [dataclasses.asdict(s) for s in settings],
+                        "size": list(stage_imgs[-1][j].shape[:2]), "pixelcascade": _version(),
+                        **({"negative_prompt": a.negative_prompt} if a.negative_prompt.strip() else {}),
+                        **(extra_sidecar or {})}
+                save_png(stage_imgs[-1][j], path, side)
+                if getattr(a, "save_stages", False):
+                    for si in range(len(stage_imgs) - 1):
+                        save_png(stage_imgs[si][j], path.with_name(f"{path.stem}-stage{si + 1}.png"),
+                                 {**side, "stage": si + 1})
+                paths.append(path)
+    for w in caught:
+        if "truncated" in str(w.message):
+            print(f"warning: {w.message}", file=sys.stderr)
+    for p in paths:
+        print(p)
+    if not a.quiet:
+        print(f"{len(paths)} image(s) in {time.time() - t0:.1f} s", file=sys.stderr)
+    return 0
+
+
+def cmd_generate(a) -> int:
+    import torch
+    prompts = _read_prompts(a)
+    _check_writable(Path(a.output))
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    cascade = load_cascade(a.model, _device(a.device), _dtype(a.dtype), a.text_encoder, max_stages=a.stages,
+                           offload=a.offload, stage3=a.stage3)
+    return _run_and_save(a, cascade, prompts)
+
+
+def cmd_img2img(a) -> int:
+    from .pipeline import from_uint8
+    if not 0.0 < a.strength <= 1.0:
+        raise UserError(f"--strength {a.strength}: must be in (0, 1]; 0.3 keeps most of the image, 1.0 none")
+    img = from_uint8(load_image(a.image))
+    mask = None
+    if a.command == "inpaint":
+        m = load_image(a.mask, "mask")
+        if m.shape[:2] != tuple(img.shape[-2:]):
+            raise UserError(f"mask {a.mask} is {m.shape[1]}x{m.shape[0]} but image {a.image} is "
+                            f"{img.shape[3]}x{img.shape[2]}: the mask must have the image's size (white = repaint)")
+        import torch
+        mask = torch.from_numpy((m > 127).astype("float32"))[None, None]
+    prompts = _read_prompts(a)
+    _check_writable(Path(a.output))
+    cascade = load_cascade(a.model, _device(a.device), _dtype(a.dtype), a.text_encoder, max_stages=a.stages)
+    size = cascade.stages[-1].cfg.image_size if a.stages is None else cascade.stages[a.stages - 1].cfg.image_size
+    from .pipeline import resize
+    init = resize(img, (size, size))
+    if mask is not None:
+        mask = (resize(mask, (size, size), "nearest") > 0.5).float()
+    return _run_and_save(a, cascade, prompts, init=init, mask=mask, strength=a.strength,
+                         extra_sidecar={"init_image": a.image, "strength": a.strength,
+                                        **({"mask": a.mask} if mask is not None else {})})
+
+
+def cmd_upscale(a) -> int:
+    from .pipeline import from_uint8
+    img = from_uint8(load_image(a.image))
+    paths = stage_paths(a.model)
+    sr_path = next((p for p in paths if "stage1" not in p.name), None) if len(paths) > 1 else paths[0]
+    cascade_like = load_cascade(sr_path, _device(a.device), _dtype(a.dtype), a.text_encoder, allow_sr_first=True)
+    if not cascade_like.stages[0].is_super_res:
+        raise UserError(f"{sr_path} is a text-to-image model, not a super-resolution stage: pass a stage II model")
+    a.prompts = [a.prompt]
+    a.num_images, a.stages = 1, 1
+    _check_writable(Path(a.output))
+    return _run_and_save(a, cascade_like, [a.prompt], low_res=img, extra_sidecar={"input_image": a.image})
+
+
+def _version() -> str:
+    from . import __version__
+    return __version__
+
+
+# --------------------------------------------------------------------------------------------------
+# train
+
+
+def cmd_train(a) -> int:
+    from .config import ConfigError
+    from .training.run import RUN_PRESETS, get_run_preset, train
+    try:
+        cfg = get_run_preset(a.preset, a.overrides)
+    except KeyError:
+        raise UserError(f"unknown training preset {a.preset!r}; known: {', '.join(RUN_PRESETS)}") from None
+    except ConfigError as e:
+        raise UserError(str(e)) from None
+    from .data.emoji import EmojiError
+    from .training.checkpoint import ResumeError
+    from .training.loop import ConfigMismatch, resolve_device
+    from .training.run import DatasetError
+    try:
+        resolve_device(cfg.train.device)
+    except RuntimeError as e:
+        raise UserError(str(e)) from None
+    _check_writable(Path(a.output))
+    command = "pixelcascade train " + " ".join([a.preset, "-o", a.output] + list(a.overrides))
+    try:
+        trainer = train(cfg, a.output, progress=not a.quiet, max_steps=a.max_steps, time_limit_s=a.time_limit,
+                        command=command)
+    except (ResumeError, ConfigMismatch, EmojiError, DatasetError) as e:
+        raise UserError(str(e)) from None
+    if trainer.stopped_by is not None:
+        import signal
+        print(f"stopped by {signal.Signals(trainer.stopped_by).name} at step {trainer.step}: checkpoint and EMA "
+              f"weights in {a.output}; rerun the same command to resume", file=sys.stderr)
+        return 128 + trainer.stopped_by
+    print(f"checkpoint and EMA weights in {a.output}")
+    return 0
+
+
+def cmd_export(a) -> int:
+    import torch
+
+    from .config import ConfigError
+    from .convert import CheckpointError
+    from .training.run import export_weights
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[a.dtype]
+    try:
+        path = export_weights(a.run, a.output, dtype, a.sample)
+    except (CheckpointError, ConfigError) as e:
+        raise UserError(str(e)) from None
+    print(f"{path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# eval
+
+
+def _overrides(a) -> dict:
+    return dict(guidance=a.guidance, guidance_ii=a.guidance_ii, steps=a.steps, steps_ii=a.steps_ii,
+                aug_level=a.aug_level, sampler=a.sampler)
+
+
+def _eval_cascade(a):
+    import torch
+
+    from .samplers import SAMPLERS
+    if a.sampler and a.sampler not in SAMPLERS:
+        raise UserError(f"--sampler {a.sampler}: unknown; choose one of {', '.join(SAMPLERS)}")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    _check_writable(Path(a.output))
+    return load_cascade(a.model, _device(a.device), _dtype(a.dtype), a.text_encoder, max_stages=a.stages)
+
+
+def _extractor(a, required: bool = True):
+    from .eval.fid import FIDError, InceptionExtractor, load_extractor
+    try:
+        if a.features:
+            return load_extractor(a.features)
+        if a.inception:
+            return InceptionExtractor(a.inception)
+    except FIDError as e:
+        raise UserError(str(e)) from None
+    if required:
+        raise UserError("FID needs features: pass --inception inception-2015-12-05.pt (clean-fid's Inception, a "
+                        "local file) or --features random for a weight-free check")
+    return None
+
+
+def _emoji_extractor(path: str):
+    """The emoji feature extractor from PATH or emoji:PATH, a bad file as one clear line."""
+    from .eval.fid import FIDError, load_extractor
+    try:
+        return load_extractor(path if path.startswith("emoji:") else f"emoji:{path}")
+    except FIDError as e:
+        raise UserError(str(e)) from None
+
+
+def cmd_eval_shapes(a) -> int:
+    from .eval.shapes_eval import check_tasks, evaluate_shapes, format_table
+    tasks = None
+    if a.tasks is not None:
+        try:  # before the model loads: a typo fails at once
+            tasks = check_tasks(t.strip() for t in a.tasks.split(",") if t.strip())
+        except ValueError as e:
+            raise UserError(f"--tasks: {e}") from None
+    cascade = _eval_cascade(a)
+    out = Path(a.output)
+    report = evaluate_shapes(cascade, num_stages=a.stages or len(cascade.stages), per_task=a.per_task,
+                             seeds=a.seeds, batch_size=a.batch_size, out_dir=out, progress=not a.quiet,
+                             language=a.language, tasks=tasks, **_overrides(a))
+    print(format_table(report))
+    print(f"report: {out / 'report.json'}  contact sheet: {out / 'contact_sheet.png'}")
+    return 0
+
+
+def cmd_eval_fid(a) -> int:
+    from .eval.fid import FIDError, compute_stats, fid_from_stats, kernel_distance
+    ex = _extractor(a)
+    try:
+        st = compute_stats(a.images, ex, a.batch_size, progress=not a.quiet, ref_size=a.ref_size)
+        out = {"images": a.images, "n": st.n, "extractor": ex.name, "mode": "clean"}
+        if a.save_stats:
+            out["saved_stats"] = str(st.save(a.save_stats))
+        if a.reference:
+            ref = compute_stats(a.reference, ex, a.batch_size, progress=not a.quiet)
+            out.update(reference=a.reference, n_ref=ref.n, fid=fid_from_stats(st, ref))
+            if st.feats is not None and ref.feats is not None:
+                out["kid"] = kernel_distance(st.feats, ref.feats)
+        elif not a.save_stats:
+            raise UserError("give a REFERENCE (folder or .npz) to compare with, or --save-stats FILE.npz")
+    except FIDError as e:
+        raise UserError(str(e)) from None
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_eval_clip(a) -> int:
+    from .eval.clip_score import CLIPScoreError, clip_score_folder
+    from .eval.fid import FIDError
+    scorer = _clip(a)
+    try:
+        r = clip_score_folder(a.images, scorer, a.batch_size, progress=not a.quiet)
+    except (CLIPScoreError, FIDError) as e:
+        raise UserError(str(e)) from None
+    print(json.dumps(r, indent=2))
+    return 0
+
+
+def _default_captions() -> str:
+    from .eval.suites import default_prompts_dir
+    d = default_prompts_dir()
+    if d is None or not (d / "coco_captions_val2017.tsv").is_file():
+        raise UserError("--captions: no default captions file here; pass COCO's captions_val2014.json")
+    return str(d / "coco_captions_val2017.tsv")
+
+
+def _clip(a):
+    if not a.clip:
+        return None
+    from .eval.clip_score import CLIPScoreError, CLIPScorer
+    try:
+        return CLIPScorer(a.clip, _device(a.device))
+    except CLIPScoreError as e:
+        raise UserError(str(e)) from None
+
+
+def cmd_eval_coco(a) -> int:
+    from .eval.coco import run_coco
+    from .eval.fid import FIDError
+    from .pipeline import stage_settings
+    ex = _extractor(a, required=a.ref is not None)
+    clip = _clip(a)
+    captions = a.captions or _default_captions()
+    cascade = _eval_cascade(a)
+    n = a.stages or len(cascade.stages)
+    settings = stage_settings(cascade.stages[:n], **_overrides(a))
+    try:
+        r = run_coco(cascade, captions=captions, out_dir=a.output, num=a.num, seed=a.seed, settings=settings,
+                     num_stages=n, batch_size=a.batch_size, ref=a.ref, extractor=ex, clip=clip,
+                     progress=not a.quiet)
+    except FIDError as e:
+        raise UserError(str(e)) from None
+    print(json.dumps(r, indent=2))
+    return 0
+
+
+def cmd_eval_sweep(a) -> int:
+    from .eval import sweep as sw
+    try:
+        space = sw.parse_space(a.space)
+        points = sw.random_points(space, a.random, a.search_seed) if a.random else sw.grid_points(space)
+    except sw.SweepError as e:
+        raise UserError(str(e)) from None
+    base = {k: v for k, v in _overrides(a).items() if v is not None}
+    cascade = _eval_cascade(a)
+    n = a.stages or len(cascade.stages)
+    if a.metric == "shapes":
+        inner = sw.shapes_metric(cascade, num_stages=n, per_task=a.per_task, seeds=a.seeds,
+                                 batch_size=a.batch_size)
+        metrics = ["overall", "single_object", "two_object", "counting", "colors", "position", "color_attr"]
+    elif a.metric == "emoji":
+        from .eval.emoji_features import evaluate_emoji
+        from .pipeline import stage_settings
+        if not a.features:
+            raise UserError("--metric emoji needs --features emoji:PATH (made by `pixelcascade data emoji-features`)")
+        ex = _emoji_extractor(a.features)
+
+        def inner(p):
+            r = evaluate_emoji(cascade, ex, per_split=a.per_task, batch_size=a.batch_size, num_stages=n,
+                               settings=stage_settings(cascade.stages[:n], **p), progress=not a.quiet)
+            return {"retrieval": r["heldout"]["top1"], "retrieval_train": r["train"]["top1"],
+                    "fid": r["heldout"]["fid"]}
+        metrics = ["retrieval", "retrieval_train"]
+    else:
+        from .eval.coco import run_coco
+        from .pipeline import stage_settings
+        ex, clip = _extractor(a, required=a.ref is not None), _clip(a)
+        if ex is None and clip is None:
+            raise UserError("--metric coco needs --ref with --inception (FID) and/or --clip (CLIP score)")
+        captions = a.captions or _default_captions()
+
+        def inner(p):
+            tag = "_".join(f"{k}{v}" for k, v in p.items())
+            r = run_coco(cascade, captions=captions, out_dir=Path(a.output) / tag, num=a.num,
+                         settings=stage_settings(cascade.stages[:n], **p), num_stages=n, batch_size=a.batch_size,
+                         ref=a.ref, extractor=ex, clip=clip, progress=not a.quiet)
+            return {k: r[k] for k in ("fid", "kid", "clip_score") if k in r}
+        metrics = [m for m in ("fid", "clip_score") if (m == "fid" and ex) or (m == "clip_score" and clip)]
+
+    def metric(p):
+        return inner({**base, **p})
+    meta = {"model": a.model, "metric": a.metric, "stages": n, "fixed": base, "space": a.space,
+            "random": a.random, "search_seed": a.search_seed}
+    results = sw.run_sweep(points, metric, a.output, progress=not a.quiet, meta=meta)
+    png = sw.plot_sweep(results, Path(a.output) / "sweep.png", metrics,
+                        title=f"{Path(a.model).name} ({a.metric}, stages {n})")
+    keys = list(results[0]["params"])
+    print("  ".join(f"{k:>10s}" for k in keys) + "  " + "  ".join(f"{m[:10]:>10s}" for m in metrics))
+    for r in results:
+        print("  ".join(f"{r['params'][k]!s:>10s}" for k in keys) + "  " +
+              "  ".join(f"{r['metrics'].get(m, float('nan')):10.3f}" for m in metrics))
+    print(f"sweep: {Path(a.output) / 'sweep.json'}  plot: {png}")
+    return 0
+
+
+def cmd_eval_suite(a) -> int:
+    from .eval.fid import FIDError
+    from .eval.suites import load_suite, run_suite
+    from .pipeline import stage_settings
+    try:
+        suite = load_suite(a.name, a.prompts_dir)
+    except FIDError as e:
+        raise UserError(str(e)) from None
+    cascade = _eval_cascade(a)
+    n = a.stages or len(cascade.stages)
+    r = run_suite(cascade, suite, a.output, per_category=a.per_category, images_per_prompt=a.images_per_prompt,
+                  seed=a.seed, settings=stage_settings(cascade.stages[:n], **_overrides(a)), num_stages=n,
+                  batch_size=a.batch_size, progress=not a.quiet)
+    for cat, path in r["sheets"].items():
+        print(f"{cat}: {path}")
+    return 0
+
+
+def cmd_data_emoji(a) -> int:
+    from .data.emoji import EmojiError, build_emoji_dataset
+    _check_writable(Path(a.output))
+    try:
+        r = build_emoji_dataset(a.output, size=a.size, font=a.font, per_shard=a.per_shard,
+                                heldout_fraction=a.heldout, seed=a.seed, progress=not a.quiet,
+                                basic_layout=a.basic_layout)
+    except EmojiError as e:
+        raise UserError(str(e)) from None
+    print(json.dumps(r, indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_data_emoji_features(a) -> int:
+    from .data.emoji import EmojiError
+    from .eval.emoji_features import check_feature_steps, reference_emoji, train_emoji_features
+    _check_writable(Path(a.output))
+    try:  # before the data loads
+        check_feature_steps(a.steps)
+    except ValueError as e:
+        raise UserError(f"--steps: {e}") from None
+    device = _device(a.device)
+    if a.threads:
+        import torch
+        torch.set_num_threads(a.threads)
+    try:
+        images, tr_caps, ho_caps = reference_emoji(progress=not a.quiet)
+    except EmojiError as e:
+        raise UserError(str(e)) from None
+    r = train_emoji_features(images, [c[0] for c in tr_caps] + [c[0] for c in ho_caps],
+                             a.output, steps=a.steps, seed=a.seed, progress=not a.quiet, device=device)
+    print(json.dumps(r, indent=2))
+    return 0
+
+
+def cmd_eval_emoji(a) -> int:
+    from .eval.emoji_features import evaluate_emoji
+    from .pipeline import stage_settings
+    if a.features == str(EMOJI_FEATURES) and not EMOJI_FEATURES.is_file():
+        raise UserError("--features: no emoji feature extractor is shipped with this install; make one with "
+                        "`pixelcascade data emoji-features -o emoji_features.safetensors` and pass --features "
+                        "emoji_features.safetensors")
+    ex = _emoji_extractor(a.features)
+    cascade = _eval_cascade(a)
+    n = a.stages or len(cascade.stages)
+    r = evaluate_emoji(cascade, ex, per_split=a.per_split, batch_size=a.batch_size, num_stages=n,
+                       settings=stage_settings(cascade.stages[:n], **_overrides(a)), out_dir=a.output,
+                       progress=not a.quiet)
+    for split in ("heldout", "train"):
+        x = r[split]
+        print(f"{split:8s} captions: retrieval top-1 {x['top1']:.3f}  top-5 {x['top5']:.3f}  (chance "
+              f"{x['chance_top1']:.4f})  FID {x['fid']:.2f}  KID {x['kid']:.4f}  n={x['n']}")
+    print(f"report: {Path(a.output) / 'report.json'}")
+    return 0
+
+
+def cmd_curate(a) -> int:
+    from .data.curate import CurateConfig, CurateError, curate
+    from .data.formats import DataFormatError
+    _check_writable(Path(a.output))
+    cfg = CurateConfig(phash_radius=a.phash_radius, knn=a.knn, near_threshold=a.near_threshold,
+                       compare_size=a.compare_size, max_shift=a.max_shift, min_size=a.min_size,
+                       max_aspect=a.max_aspect, aesthetic_threshold=a.aesthetic_threshold,
+                       aesthetic_model=a.aesthetic_model, workers=a.workers, ray_address=a.ray,
+                       per_shard=a.per_shard)
+    try:
+        r = curate(a.input, a.output, cfg, progress=not a.quiet)
+    except (CurateError, DataFormatError) as e:
+        raise UserError(str(e)) from None
+    rd = r["read"]
+    print(f"{r['images']} images read ({rd['corrupt_images']} corrupt, {rd['truncated_shards']} truncated shards, "
+          f"{rd['unreadable_files']} unreadable files skipped); {r['exact_duplicates']} exact duplicates, "
+          f"{r['near_duplicate_pairs']} near-duplicate pairs in {r['duplicate_clusters']} clusters; "
+          f"dropped by filters: {r['dropped_by_filter'] or 'none'}; kept {r['kept']}")
+    for v in r["valley_check"]:
+        print(f"warning: caption {v['caption']!r} is one image repeated {v['count']} times ({v['share']:.2%})")
+    print(f"data: {Path(a.output) / 'data'}  report: {Path(a.output) / 'report.json'}")
+    return 0
