@@ -1,7 +1,7 @@
 """The Python API: load a cascade (a shipped model by name, our files, released IF folders), then generate.
 
     import pixelcascade
-    pipe = pixelcascade.load()            # the shipped shapes cascade; or "emoji", a path, "stage1,stage2" paths
+    pipe = pixelcascade.load()            # the shipped shapes cascade; or a path, "stage1,stage2" paths
     images = pipe.generate("three red circles to the left of a blue square", seed=0)   # PIL images
     images[0].save("out.png")
 
