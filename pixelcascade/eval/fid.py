@@ -181,7 +181,7 @@ def extract_features(images: Iterable[np.ndarray], extractor: FeatureExtractor, 
 def folder_features(folder: str | Path, extractor: FeatureExtractor, batch_size: int = 64,
                     progress: bool = False, ref_size: int | None = None) -> np.ndarray:
     """Features of every image under ``folder``; ``ref_size``: centre-crop + resize first (real reference sets)."""
-    from .coco import center_crop_resize
+    from ..utils import center_crop_resize
     files = list_images(folder)
     imgs = (read_rgb(p) for p in files)
     if ref_size:

@@ -56,7 +56,7 @@ class HFEncoder:
     def __init__(self, path: str | Path, max_length: int = 77, dtype: torch.dtype = torch.float32,
                  device: str = "cpu", name: str | None = None, clean: bool = False, t5: bool = False):
         path = Path(path).expanduser()
-        if (path / "text_encoder" / "config.json").is_file():  # a diffusers pipeline folder (IF-I-*: T5 inside)
+        if carries_text_encoder(path):  # a diffusers pipeline folder (IF-I-*: T5 inside)
             path = path / "text_encoder"
         tok_path = path
         if not any((path / f).is_file() for f in _TOKENIZER_FILES) and (path.parent / "tokenizer").is_dir():
@@ -174,11 +174,21 @@ def load_encoder(spec: str, max_length: int, device: str = "cpu") -> HFEncoder:
     if spec in ("minilm", "all-MiniLM-L6-v2"):
         return minilm(max_length, device)
     path = Path(spec).expanduser()
-    cfg = path / "config.json"
-    if not cfg.is_file() and (path / "text_encoder" / "config.json").is_file():  # a diffusers IF-I folder
-        cfg = path / "text_encoder" / "config.json"
-    is_t5 = cfg.is_file() and '"t5"' in cfg.read_text()
-    return T5Encoder(path, device) if is_t5 else HFEncoder(path, max_length=max_length, device=device)
+    return T5Encoder(path, device) if is_t5(spec) else HFEncoder(path, max_length=max_length, device=device)
+
+
+def carries_text_encoder(folder: str | Path) -> bool:
+    """A diffusers pipeline folder with its own text encoder (IF-I-*: T5 in text_encoder/)."""
+    return (Path(folder).expanduser() / "text_encoder" / "config.json").is_file()
+
+
+def is_t5(spec: str) -> bool:
+    """Whether an encoder spec (a local folder, or a diffusers pipeline folder carrying one) is a T5."""
+    if spec in ("minilm", "all-MiniLM-L6-v2"):
+        return False
+    path = Path(spec).expanduser()
+    cfg = path / "text_encoder" / "config.json" if carries_text_encoder(path) else path / "config.json"
+    return cfg.is_file() and '"t5"' in cfg.read_text()
 
 
 class EmbeddingCache:

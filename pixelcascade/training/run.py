@@ -16,7 +16,7 @@ from ..data.shapes import benchmark_prompts
 from ..eval.sheets import contact_sheet
 from ..models.presets import get_preset
 from ..pipeline import Stage
-from ..utils import atomic_path
+from ..utils import atomic_path, center_crop_resize
 from .loop import TrainData, Trainer, write_recipe
 
 RUN_PRESETS: dict[str, RunConfig] = {
@@ -97,6 +97,7 @@ def get_run_preset(name: str, overrides: list[str] | None = None) -> RunConfig:
         return cfg
     from ..config import ConfigError
     from ..convert import CheckpointError, unet_config_of
+    from ..text.encoder import carries_text_encoder, is_t5
     try:
         unet = unet_config_of(src)
     except CheckpointError as e:
@@ -106,25 +107,14 @@ def get_run_preset(name: str, overrides: list[str] | None = None) -> RunConfig:
         cfg, unet=unet, diffusion=dataclasses.replace(cfg.diffusion, prediction="eps", learned_variance=True),
         data=dataclasses.replace(cfg.data, image_size=unet.image_size))
     pipeline = src.parent if src.name == "unet" else src
-    if "text_encoder" not in given and (pipeline / "text_encoder" / "config.json").is_file():
+    if "text_encoder" not in given and carries_text_encoder(pipeline):
         adopted = dataclasses.replace(adopted, text_encoder=str(pipeline))
-    if '"t5"' in _encoder_config_text(adopted.text_encoder):
+    if is_t5(adopted.text_encoder):
         adopted = dataclasses.replace(adopted, data=dataclasses.replace(adopted.data, text_max_length=77))
     # the user's own unet.*, diffusion.*, data.* and text_encoder overrides, on top
     mine = [o for o in overrides if o.split("=", 1)[0].strip().split(".")[0] in ("unet", "diffusion", "data",
                                                                                "text_encoder")]
     return apply_overrides(adopted, mine)
-
-
-def _encoder_config_text(spec: str) -> str:
-    """The text of a local encoder folder's config.json (a diffusers pipeline folder: its text_encoder/'s)."""
-    if spec in ("minilm", "all-MiniLM-L6-v2"):
-        return ""
-    path = Path(spec).expanduser()
-    for p in (path / "text_encoder" / "config.json", path / "config.json"):
-        if p.is_file():
-            return p.read_text()
-    return ""
 
 
 def default_cache_dir() -> Path:
@@ -230,18 +220,6 @@ def _listing_key(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def square_resize(img: np.ndarray, size: int) -> np.ndarray:
-    """The centred square of an RGB image, resized to ``size`` (PIL bicubic; area-like when shrinking)."""
-    from PIL import Image
-    h, w = img.shape[:2]
-    s = min(h, w)
-    top, left = (h - s) // 2, (w - s) // 2
-    im = Image.fromarray(np.ascontiguousarray(img[top:top + s, left:left + s]))
-    if s != size:
-        im = im.resize((size, size), Image.BICUBIC, reducing_gap=None if s < size else 2.0)
-    return np.asarray(im)
-
-
 def files_images(dc: DataConfig, cache: Path, progress: bool = True):
     """Your dataset (``data.path``, any format of :mod:`pixelcascade.data.formats`) for training: decoded once,
     centre-cropped and resized to ``dc.image_size``, into a uint8 file in the cache that training reads memory-
@@ -279,7 +257,7 @@ def files_images(dc: DataConfig, cache: Path, progress: bool = True):
                     no_caption += 1
                     continue
                 try:
-                    img = square_resize(rec.decode(), dc.image_size)
+                    img = center_crop_resize(rec.decode(), dc.image_size)
                 except ValueError as e:
                     stats.note("corrupt_images", rec.source or rec.key, str(e))
                     continue
@@ -308,20 +286,6 @@ def files_images(dc: DataConfig, cache: Path, progress: bool = True):
     return images, captions, np.sort(order[:n_val]), np.sort(order[n_val:]), info
 
 
-def build_indexed_data(images: np.ndarray, captions: list[str], rows: np.ndarray, encoder, cache: Path,
-                       progress: bool = True) -> TrainData:
-    """Examples ``rows`` of an image array (memory-mapped, shared by the training and held-out sets), one
-    caption each."""
-    from ..text.encoder import EmbeddingCache
-    chosen = [captions[i] for i in rows]
-    emb = EmbeddingCache(cache / "text", encoder).get_many(chosen + [""], progress=progress)
-    names = list(emb)
-    row = {c: i for i, c in enumerate(names)}
-    table = torch.from_numpy(np.stack([emb[c] for c in names]))
-    return TrainData(images=images, caption_idx=np.array([row[c] for c in chosen]), text_table=table,
-                     null_idx=row[""], captions=chosen, image_idx=np.asarray(rows))
-
-
 def build_multi_caption_data(images: np.ndarray, caps: list[list[str]], encoder, cache: Path,
                              progress: bool = True) -> TrainData:
     """One example per (image, caption) pair: captions drawn in proportion to how often they are listed."""
@@ -336,14 +300,17 @@ def build_multi_caption_data(images: np.ndarray, caps: list[list[str]], encoder,
                      captions=[c for cs in caps for c in cs], image_idx=image_idx)
 
 
-def build_train_data(images: np.ndarray, captions: list[str], encoder, cache: Path, progress: bool = True) -> TrainData:
+def build_train_data(images: np.ndarray, captions: list[str], encoder, cache: Path, progress: bool = True,
+                     image_idx: np.ndarray | None = None) -> TrainData:
+    """One example per caption; example i is image i, or image ``image_idx[i]`` (rows of an image array shared
+    by the training and held-out sets, as data.world=files's memory-mapped one)."""
     from ..text.encoder import EmbeddingCache
     emb = EmbeddingCache(cache / "text", encoder).get_many(captions + [""], progress=progress)
     names = list(emb)
     row = {c: i for i, c in enumerate(names)}
     table = torch.from_numpy(np.stack([emb[c] for c in names]))  # fp16 [U, L, D]
     return TrainData(images=images, caption_idx=np.array([row[c] for c in captions]), text_table=table,
-                     null_idx=row[""], captions=captions)
+                     null_idx=row[""], captions=captions, image_idx=image_idx)
 
 
 def prepare_data(cfg: RunConfig, cache: Path | None = None, progress: bool = True):
@@ -375,8 +342,8 @@ def prepare_data(cfg: RunConfig, cache: Path | None = None, progress: bool = Tru
                   f"training seed {cfg.train.seed}")
     elif cfg.data.world == "files":
         images, captions, val_rows, train_rows, info = files_images(cfg.data, cache, progress)
-        data = build_indexed_data(images, captions, train_rows, encoder, cache, progress)
-        val = build_indexed_data(images, captions, val_rows, encoder, cache, progress)
+        data = build_train_data(images, [captions[i] for i in train_rows], encoder, cache, progress, train_rows)
+        val = build_train_data(images, [captions[i] for i in val_rows], encoder, cache, progress, val_rows)
         recipe = (f"files: {info['path']} ({info['format']}), {info['images']} image-caption records "
                   f"({info['skipped']}; content sha256 {info['sha256'][:16]}), centre-cropped and resized to "
                   f"{cfg.data.image_size} px; {len(train_rows)} training, {len(val_rows)} held out for validation "
