@@ -76,6 +76,10 @@ def _sampling_args(g: argparse.ArgumentParser) -> None:
     g.add_argument("--steps-ii", help="steps of the later stages")
     g.add_argument("--guidance", type=_non_negative, help="stage I classifier-free guidance scale (1 = none)")
     g.add_argument("--guidance-ii", type=_non_negative, help="guidance of the later stages")
+    g.add_argument("--layout-guidance", type=_non_negative,
+                   help="stage I layout guidance for prompts with a spatial relation ('a cat to the left of a dog'): "
+                        "steers the two nouns' cross-attention to the stated sides (0 = off; default: the model's, "
+                        "180 for the shipped shapes model)")
     g.add_argument("--negative-prompt", default="",
                    help="what guidance steers away from, for every prompt, in stages I and II (default: nothing, "
                         "the empty prompt; an SD x4 --stage3 keeps its own); needs guidance > 1")
@@ -114,6 +118,8 @@ def _model_args(g: argparse.ArgumentParser, model: str = "shapes") -> None:
     g.add_argument("--stages", type=_at_least_1, help="run this many cascade stages (default: all)")
     g.add_argument("--guidance", type=_non_negative, help="stage I guidance (default: the model's)")
     g.add_argument("--guidance-ii", type=_non_negative, help="guidance of the later stages")
+    g.add_argument("--layout-guidance", type=_non_negative,
+                   help="stage I layout guidance for prompts with a spatial relation (0 = off; default: the model's)")
     g.add_argument("--steps", help="stage I steps: a count or preset (smart27, smart50, ...)")
     g.add_argument("--steps-ii", help="steps of the later stages")
     g.add_argument("--aug-level", type=_fraction, help="noise augmentation of the later stages' low-res input")
@@ -370,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     ew = esub.add_parser("sweep", help="grid or random search over guidance / aug_level on a metric; JSON + PNG",
                          formatter_class=argparse.RawDescriptionHelpFormatter,
                          description="Evaluate a metric at every point of a grid (NAME=v1,v2,...) or at --random N "
-                                     "points (NAME=lo:hi). NAME: guidance, guidance_ii, aug_level, dyn_thresh_max, "
+                                     "points (NAME=lo:hi). NAME: guidance, guidance_ii, layout_guidance, aug_level, "
+                                     "dyn_thresh_max, "
                                      "steps, steps_ii, sampler. Metrics: shapes (accuracy, offline), coco (FID + "
                                      "CLIP score: needs --ref/--inception and --clip), emoji (retrieval accuracy "
                                      "of held-out and training names: needs --features emoji:PATH; --per-task "

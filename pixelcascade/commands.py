@@ -133,7 +133,7 @@ def _run_and_save(a, cascade, prompts: list[str], *, init=None, mask=None, stren
         settings = stage_settings(cascade.stages, sampler=a.sampler, sampler_ii=a.sampler_ii, steps=a.steps,
                                   steps_ii=a.steps_ii, guidance=a.guidance, guidance_ii=a.guidance_ii,
                                   aug_level=a.aug_level, dyn_thresh_max=a.thresh_max,
-                                  dyn_thresh_max_ii=a.thresh_max_ii)
+                                  dyn_thresh_max_ii=a.thresh_max_ii, layout_guidance=a.layout_guidance)
     all_prompts = [p for p in prompts for _ in range(a.num_images)]
     seeds = [a.seed + i for i in range(len(all_prompts))]
     paths = []
@@ -304,7 +304,7 @@ def cmd_export(a) -> int:
 
 def _overrides(a) -> dict:
     return dict(guidance=a.guidance, guidance_ii=a.guidance_ii, steps=a.steps, steps_ii=a.steps_ii,
-                aug_level=a.aug_level, sampler=a.sampler)
+                aug_level=a.aug_level, sampler=a.sampler, layout_guidance=a.layout_guidance)
 
 
 def _eval_cascade(a):

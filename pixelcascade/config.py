@@ -140,6 +140,11 @@ class SampleConfig:
     dyn_thresh_p: float = 0.95
     dyn_thresh_max: float = 1.5  # 1.5 stage I, 1.0 later stages
     aug_level: float = 0.25  # super-resolution stages only
+    # layout guidance (text-to-image stages): for a prompt with a spatial relation ("a cat to the left of a dog"),
+    # the gradient of a loss on the cross-attention maps of the two nouns steers the early steps (diffusion.layout).
+    # 0 = off (IF's sampling); layout_steps: the share of the chain, from the noisy end, where it acts
+    layout_guidance: float = 0.0
+    layout_steps: float = 0.5
 
 
 @dataclass(frozen=True)

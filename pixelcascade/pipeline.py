@@ -15,6 +15,7 @@ import torch
 from .config import DiffusionConfig, SampleConfig, UNetConfig
 from .diffusion.denoiser import Denoiser
 from .diffusion.guidance import aug_level_to_t, noise_augment
+from .diffusion.layout import LayoutGuidance, LayoutTarget, parse_relation, relation_target
 from .diffusion.schedule import truncate
 from .samplers import get_sampler
 
@@ -59,7 +60,8 @@ class Stage:
     def sample(self, text_emb: torch.Tensor, uncond_emb: torch.Tensor | None, seeds: list[int], *,
                height: int | None = None, width: int | None = None, settings: SampleConfig | None = None,
                low_res: torch.Tensor | None = None, init_image: torch.Tensor | None = None,
-               strength: float = 1.0, mask: torch.Tensor | None = None, callback=None) -> torch.Tensor:
+               strength: float = 1.0, mask: torch.Tensor | None = None, callback=None,
+               layout: list[LayoutTarget | None] | None = None) -> torch.Tensor:
         """Images in [-1, 1], [B, 3, H, W]. ``low_res`` ([B, 3, h, w] in [-1, 1]) for super-resolution stages.
 
         ``init_image`` (in [-1, 1], at the output size) with ``strength`` < 1: image-to-image as IF does it, the
@@ -67,6 +69,8 @@ class Stage:
         convention), then denoised under the prompt.
         ``mask`` ([B, 1, H, W], 1 = regenerate): inpainting; the other pixels stay the clean ``init_image`` at
         every step (IF's inpainting); DDPM only.
+        ``layout`` (one per image, from :func:`layout_targets`): the relation each prompt states, for layout
+        guidance when ``settings.layout_guidance`` > 0 (text-to-image stages; ``diffusion.layout``).
         """
         s = settings or self.settings
         if init_image is not None and height is None:
@@ -102,6 +106,10 @@ class Stage:
         cond = den.condition(text_emb.to(device), None if uncond_emb is None else uncond_emb.to(device),
                              guidance_scale=s.guidance_scale, dyn_thresh_p=s.dyn_thresh_p,
                              dyn_thresh_max=s.dyn_thresh_max, **model_kwargs)
+        if s.layout_guidance > 0 and layout and any(layout) and not self.is_super_res:
+            if len(layout) != b:
+                raise PipelineError(f"{len(layout)} layout targets for {b} images: give one per image (or None)")
+            den = LayoutGuidance(den, layout, s.layout_guidance, s.layout_steps)
         steps = den.schedule.respace(s.num_steps)
         sampler = get_sampler(s.sampler)
         extra = {}
@@ -161,15 +169,28 @@ def with_overrides(s: SampleConfig, **kw) -> SampleConfig:
 def stage_settings(stages, *, sampler: str | None = None, sampler_ii: str | None = None, steps: str | None = None,
                    steps_ii: str | None = None, guidance: float | None = None, guidance_ii: float | None = None,
                    aug_level: float | None = None, dyn_thresh_max: float | None = None,
-                   dyn_thresh_max_ii: float | None = None) -> list[SampleConfig]:
+                   dyn_thresh_max_ii: float | None = None, layout_guidance: float | None = None) -> list[SampleConfig]:
     """Each stage's settings: its shipped defaults, with the user's choices (``*_ii`` for the later stages;
     ``sampler`` alone sets every stage's)."""
     return [with_overrides(st.settings, sampler=sampler if i == 0 else (sampler_ii or sampler),
                            num_steps=steps if i == 0 else steps_ii,
                            guidance_scale=guidance if i == 0 else guidance_ii,
                            aug_level=aug_level if i > 0 else None,
-                           dyn_thresh_max=dyn_thresh_max if i == 0 else dyn_thresh_max_ii)
+                           dyn_thresh_max=dyn_thresh_max if i == 0 else dyn_thresh_max_ii,
+                           layout_guidance=layout_guidance if i == 0 else None)
             for i, st in enumerate(stages)]
+
+
+def layout_targets(encoder, prompts: list[str]) -> list[LayoutTarget | None]:
+    """Per prompt, the spatial relation it states as token positions of the encoder's output (layout guidance),
+    or None: no relation, the same noun twice, or an encoder that cannot give token spans."""
+    if not hasattr(encoder, "token_offsets"):
+        return [None] * len(prompts)
+    out = []
+    for text in encoder.prepare(prompts):
+        rel = parse_relation(text)
+        out.append(None if rel is None else relation_target(rel, encoder.token_offsets(text)))
+    return out
 
 
 def negative_states(encoder, negative_prompts: str | list[str] | None, n: int) -> torch.Tensor:
@@ -234,6 +255,9 @@ class Cascade:
         with self._on_device(self.encoder):
             text_emb, _ = self.encoder(prompts)
             uncond = negative_states(self.encoder, negative_prompts, len(prompts))
+        layout = None  # the relation each prompt states, for stages that sample with layout guidance
+        if any((s or st.settings).layout_guidance > 0 for s, st in zip(settings, self.stages[:n])):
+            layout = layout_targets(self.encoder, prompts)
         bar = None
         if progress:
             from tqdm import tqdm
@@ -258,7 +282,7 @@ class Cascade:
                         init_i = resize(init_image, (hh, ww))
                         mask_i = None if mask is None else (resize(mask.float(), (hh, ww), "nearest") > 0.5).float()
                     img = st.sample(text_emb, uncond, seeds, height=h, width=w, settings=settings[i], low_res=low,
-                                    init_image=init_i, strength=strength, mask=mask_i, callback=cb)
+                                    init_image=init_i, strength=strength, mask=mask_i, callback=cb, layout=layout)
             outs.append(img.cpu() if self.offload else img)
             low = img
         if bar is not None:

@@ -11,6 +11,7 @@ PKG = Path(__file__).resolve().parents[1] / "pixelcascade"
 LAYERS = {
     "config": 0, "utils": 0, "nn": 1, "diffusion.schedule": 1, "text.captions": 1,
     "models": 2, "text.encoder": 2, "diffusion.denoiser": 2, "diffusion.losses": 2, "diffusion.guidance": 2,
+    "diffusion.layout": 2,
     "samplers": 3, "pipeline": 4, "training": 5, "data": 5, "eval": 5, "convert": 5, "api": 5, "commands": 6, "cli": 6,
 }
 

@@ -64,18 +64,31 @@ class Denoiser:
         return Cond(text_cond=self.model.encode_text(text_emb), guidance_scale=guidance_scale, guided=guided,
                     dyn_thresh_p=dyn_thresh_p, dyn_thresh_max=dyn_thresh_max, model_kwargs=model_kwargs)
 
-    def raw(self, x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
-        """The network's output in fp32 for the batch layout of ``cond``."""
+    def raw(self, x: torch.Tensor, t: torch.Tensor, cond: Cond, rows: list[int] | None = None) -> torch.Tensor:
+        """The network's output in fp32 for the batch layout of ``cond``. With ``rows``: the conditional branch
+        only, for those images of the batch (x and t are then theirs: [len(rows), ...])."""
         t = t.float()
-        if cond.guided:
+        text_cond, kwargs = cond.text_cond, cond.model_kwargs
+        if rows is not None:
+            text_cond = tuple(c[rows] for c in text_cond)  # the conditional branch is the first B rows
+            kwargs = {k: v[rows] for k, v in kwargs.items()}
+        elif cond.guided:
             x, t = torch.cat([x, x]), torch.cat([t, t])
-        out = self.model(x, t, text_cond=cond.text_cond, **cond.model_kwargs)
-        return out.float()
+        return self.model(x, t, text_cond=text_cond, **kwargs).float()
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: Cond) -> Prediction:
         """x: [B, C, H, W] at the original timesteps t [B] (ints of the 1000-step chain)."""
-        out = self.raw(x, t, cond)  # [B or 2B, C or 2C, H, W]
+        return self.predict(self.raw(x, t, cond), x, t, cond)
+
+    def predict(self, out: torch.Tensor, x: torch.Tensor, t: torch.Tensor, cond: Cond,
+                eps_shift: torch.Tensor | None = None) -> Prediction:
+        """The prediction from the network's output ``out`` ([B or 2B, C or 2C, H, W], from ``raw``).
+
+        ``eps_shift`` ([B, C, H, W]) is added to the guided eps before x0 is formed: a guidance gradient in the
+        form of classifier guidance, eps' = eps - sqrt(1 - alpha_bar_t) grad log p(y | x_t) (Dhariwal & Nichol
+        2021, eq. 14); diffusion.layout passes sqrt(1 - alpha_bar_t) * scale * grad L.
+        """
         c = x.shape[1]
         xx, tt = (torch.cat([x, x]), torch.cat([t, t])) if cond.guided else (x, t)
         eps = self.eps_from_output(out[:, :c], xx, tt)
@@ -84,6 +97,8 @@ class Denoiser:
             eps_c, eps_u = eps.chunk(2)
             eps = cfg_combine(eps_c, eps_u, cond.guidance_scale)  # guidance on eps
             var = var[: x.shape[0]] if var is not None else None  # variance of the conditional branch
+        if eps_shift is not None:
+            eps = eps + eps_shift
         x0 = self.schedule.x0_from_eps(x, t, eps)
         if cond.dyn_thresh_max is not None:
             x0 = dynamic_threshold(x0, cond.dyn_thresh_p, cond.dyn_thresh_max)

@@ -18,7 +18,7 @@ import numpy as np
 from ..utils import atomic_path, atomic_write_text
 
 PARAMS = {"guidance": float, "guidance_ii": float, "aug_level": float, "dyn_thresh_max": float, "steps": str,
-          "steps_ii": str, "sampler": str}
+          "steps_ii": str, "sampler": str, "layout_guidance": float}
 # direction of each known metric: +1 higher is better, -1 lower is better
 DIRECTION = {"overall": 1, "fid": -1, "kid": -1, "clip_score": 1, "retrieval": 1}
 

@@ -17,6 +17,7 @@ Attention runs through ``F.scaled_dot_product_attention``; kernel-1 Conv1d layer
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -136,6 +137,7 @@ class AttentionBlock(nn.Module):
         self.encoder_kv = nn.Conv1d(encoder_channels, 2 * ch, 1)
         self.norm_encoder = GroupNorm32(encoder_channels)
         self.proj_out = zero_module(nn.Conv1d(ch, ch, 1))
+        self.text_maps: list[torch.Tensor] | None = None  # a list while UNet.record_text_attention is on
         if position:  # not in IF (config attention_position); zero-initialised: starts as the block without it
             self.pos_proj = zero_module(nn.Linear(4 * POSITION_FREQS, ch))
 
@@ -160,7 +162,13 @@ class AttentionBlock(nn.Module):
             v = torch.cat([ekv[1], qkv[2]], dim=2)
         else:
             k, v = ekv[0], ekv[1]
-        a = attention(q, k, v)  # [B, n, HW, d]
+        if self.text_maps is None:
+            a = attention(q, k, v)  # [B, n, HW, d]
+        else:  # recording (UNet.record_text_attention): the same attention with its weights kept, in fp32
+            w = torch.softmax((q.float() @ k.float().transpose(-1, -2)) * d ** -0.5, dim=-1)  # [B, n, HW, L(+HW)]
+            maps = w[..., :ekv.shape[3]].mean(1).transpose(1, 2)  # [B, L, HW]: each pixel's weight on each token
+            self.text_maps.append(maps.reshape(b, -1, hgt, wid))  # [B, L, H, W]
+            a = (w @ v.float()).to(v.dtype)
         a = a.transpose(1, 2).reshape(b, hgt * wid, c)  # [B, HW, C]
         h = conv1x1_linear(a, self.proj_out).view(b, hgt, wid, c).permute(0, 3, 1, 2)  # [B, C, H, W] (NHWC memory)
         return h.add_(x)
@@ -293,6 +301,21 @@ class UNet(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.time_embed[0].weight.dtype
+
+    @contextmanager
+    def record_text_attention(self):
+        """Within the block, every attention block's forward appends its pixels' attention weights on the text
+        tokens ([B, L, H, W], the mean over heads) to the yielded list, in the order the blocks run (layout
+        guidance reads them; gradients flow through them)."""
+        maps: list[torch.Tensor] = []
+        blocks = [m for m in self.modules() if isinstance(m, AttentionBlock)]
+        for m in blocks:
+            m.text_maps = maps
+        try:
+            yield maps
+        finally:
+            for m in blocks:
+                m.text_maps = None
 
     # -- inputs -----------------------------------------------------------------------------------
     def check_inputs(self, x: torch.Tensor, text_emb: torch.Tensor) -> None:

@@ -91,8 +91,22 @@ class HFEncoder:
         self.name = name or f"{path.name}-L{max_length}"
         self.warned = False
 
+    def prepare(self, texts: list[str]) -> list[str]:
+        """The texts as they are tokenized: IF's caption cleaning (T5), else lower case."""
+        return [clean_caption(t) if self.clean else t.lower().strip() for t in texts]
+
+    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        """Each output token's character span in ``text`` (a ``prepare``d text): [max_length] (start, end) pairs,
+        empty for special and padding tokens. Layout guidance maps the nouns of a relation to tokens with it."""
+        if self.native:  # tokenizers gives special and padding tokens (0, 0)
+            offsets = self.tokenizer.encode(text).offsets
+        else:  # a fast Hugging Face tokenizer (T5's, BERT's)
+            offsets = self.tokenizer(text, max_length=self.max_length, truncation=True,
+                                     return_offsets_mapping=True)["offset_mapping"]
+        return [tuple(o) for o in offsets] + [(0, 0)] * (self.max_length - len(offsets))
+
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        texts = [clean_caption(t) if self.clean else t.lower().strip() for t in texts]
+        texts = self.prepare(texts)
         if self.native:  # one pass: what truncation cut off is in each encoding's overflow
             enc = self.tokenizer.encode_batch(texts)
             too_long = [t for t, e in zip(texts, enc) if e.overflowing]

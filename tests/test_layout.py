@@ -1,0 +1,193 @@
+"""Layout guidance: the relation parser, the token mapping, the loss (analytic values), the guided prediction
+(the classifier-guidance identity), and the pipeline contracts (no relation: the same pixels; batch invariance)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import randomize, tiny_cfg
+
+from pixelcascade.config import SampleConfig
+from pixelcascade.diffusion.denoiser import Denoiser
+from pixelcascade.diffusion.layout import (LayoutGuidance, LayoutTarget, layout_loss, parse_relation,
+                                           relation_target)
+from pixelcascade.models.unet import build_unet
+from pixelcascade.pipeline import Stage, layout_targets
+
+CASES = [  # prompt, subject, object, axis, sign
+    ("a circle left of a square", "circle", "square", 0, 1),
+    ("two red circles to the left of a blue square", "circles", "square", 0, 1),
+    ("a triangle right of a circle", "triangle", "circle", 0, -1),
+    ("a cat on the right side of a dog", "cat", "dog", 0, -1),
+    ("a photo of a dog above a car", "dog", "car", 1, 1),
+    ("a lamp on top of the table, in a dark room", "lamp", "table", 1, 1),
+    ("a cat sitting under a table with a cloth", "cat", "table", 1, -1),
+    ("a ball that is below a shelf and a vase", "ball", "shelf", 1, -1),
+]
+
+
+@pytest.mark.parametrize("text,subj,obj,axis,sign", CASES)
+def test_parse_relation(text, subj, obj, axis, sign):
+    rel = parse_relation(text)
+    assert text[slice(*rel.subject)] == subj and text[slice(*rel.object)] == obj
+    assert (rel.axis, rel.sign) == (axis, sign)
+
+
+@pytest.mark.parametrize("text", ["a red circle", "a circle left of a circle", "three circles above a circle",
+                                  "left of a square", "a circle and a square", "a leftover sandwich"])
+def test_no_relation_to_guide(text):
+    assert parse_relation(text) is None
+
+
+def test_relation_target_maps_words_to_their_tokens():
+    # "[CLS] two red circ ##les left of a square [SEP] [PAD]": a word in two pieces gives both
+    text = "two red circles left of a square"
+    offsets = [(0, 0), (0, 3), (4, 7), (8, 12), (12, 15), (16, 20), (21, 23), (24, 25), (26, 32), (0, 0), (0, 0)]
+    tg = relation_target(parse_relation(text), offsets)
+    assert tg == LayoutTarget(subject=(3, 4), object=(8,), axis=0, sign=1)
+    assert relation_target(parse_relation(text), offsets[:8]) is None  # the object was cut off by the window
+
+
+def _maps(subject_col, object_col, size=4, length=3):
+    """[1, L, H, W] attention: token 1 all in one column, token 2 in another."""
+    m = torch.full((1, length, size, size), 1e-9)
+    m[0, 1, :, subject_col] = 1.0
+    m[0, 2, :, object_col] = 1.0
+    return m
+
+
+def test_layout_loss_values():
+    left = LayoutTarget(subject=(1,), object=(2,), axis=0, sign=1)
+    # centres at x = 0.125 and 0.875: the subject is 0.75 to the left, more than the margin: no loss
+    assert layout_loss([_maps(0, 3)], [left]).item() == pytest.approx(0.0, abs=1e-6)
+    # swapped: d = -0.75, loss (0.3 + 0.75)^2, the same in every layer (the mean over layers)
+    assert layout_loss([_maps(3, 0), _maps(3, 0)], [left]).item() == pytest.approx(1.05 ** 2, rel=1e-4)
+    # one column apart: d = 0.25 < margin -> (0.05)^2
+    assert layout_loss([_maps(1, 2)], [left]).item() == pytest.approx(0.05 ** 2, rel=1e-3)
+    right = LayoutTarget(subject=(1,), object=(2,), axis=0, sign=-1)
+    assert layout_loss([_maps(3, 0)], [right]).item() == pytest.approx(0.0, abs=1e-6)
+    # the y axis: a subject "above" its object in the same column is on the axis; beside it, the cross term
+    above = LayoutTarget(subject=(1,), object=(2,), axis=1, sign=1)
+    m = _maps(0, 3).transpose(2, 3)  # rows instead of columns: subject at the top, object at the bottom
+    assert layout_loss([m], [above]).item() == pytest.approx(0.0, abs=1e-6)
+    assert layout_loss([_maps(0, 3)], [above]).item() == pytest.approx(0.3 ** 2 + 0.75 ** 2, rel=1e-4)
+    # images without a target add nothing
+    assert layout_loss([torch.cat([_maps(3, 0)] * 2)], [None, left]).item() == pytest.approx(1.05 ** 2, rel=1e-4)
+
+
+class _AttentionOfPixels(torch.nn.Module):
+    """A stand-in network: outputs zeros (eps = 0), and its 'attention' of token 1 / 2 is a softmax over the pixels of
+    channel 0 / 1 of x: guidance must move those channels' mass, which the loss sees directly."""
+
+    cfg = tiny_cfg()
+
+    def __init__(self):
+        super().__init__()
+        self.maps = None
+
+    def record_text_attention(self):
+        import contextlib
+
+        @contextlib.contextmanager
+        def rec():
+            self.maps = []
+            yield self.maps
+            self.maps = None
+        return rec()
+
+    def forward(self, x, t, text_cond=None, **kw):
+        if self.maps is not None:
+            b, _, h, w = x.shape
+            tok = [torch.zeros(b, h, w)] + [torch.softmax(8 * x[:, c].reshape(b, -1), -1).view(b, h, w)
+                                            for c in (0, 1)]
+            self.maps.append(torch.stack(tok, 1))  # [B, 3, H, W]
+        return torch.zeros_like(x)
+
+
+def test_guided_prediction_is_a_gradient_step_on_x0():
+    den = Denoiser(_AttentionOfPixels(), None)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    t = torch.full((2,), 700)
+    cond = type("C", (), dict(text_cond=(torch.zeros(2, 3, 4), torch.zeros(2, 4)), guided=False, model_kwargs={},
+                              guidance_scale=1.0, dyn_thresh_p=0.95, dyn_thresh_max=None))()
+    tg = [LayoutTarget(subject=(1,), object=(2,), axis=0, sign=1), None]
+    plain = den(x, t, cond)
+    guided = LayoutGuidance(den, tg, scale=3.0, share=0.5)(x, t, cond)
+    xg = x.clone().requires_grad_(True)
+    with den.model.record_text_attention() as maps:
+        den.model(xg, t)
+    (grad,) = torch.autograd.grad(layout_loss(maps, tg), xg)
+    sab, s1 = den.schedule.sqrt_ab(t), den.schedule.sqrt_1m_ab(t)
+    # eps' = eps + s sqrt(1-ab) grad  ->  x0' = x0 - s (1-ab) / sqrt(ab) grad: a descent step on L
+    torch.testing.assert_close(guided.x0, plain.x0 - 3.0 * s1 ** 2 / sab * grad, atol=1e-5, rtol=1e-4)
+    assert torch.equal(guided.x0[1], plain.x0[1])  # no target: untouched
+    with torch.no_grad():
+        with den.model.record_text_attention() as m0:
+            den.model(plain.x0, t)
+        with den.model.record_text_attention() as m1:
+            den.model(guided.x0, t)
+    assert layout_loss(m1, tg) < layout_loss(m0, tg)
+    # below the share of the chain it acts on: the plain prediction
+    late = torch.full((2,), 300)
+    assert torch.equal(LayoutGuidance(den, tg, scale=3.0, share=0.5)(x, late, cond).x0, den(x, late, cond).x0)
+
+
+def test_record_text_attention_is_the_attention():
+    """Recording computes the same attention (to fp32 rounding) and its maps sum with the image keys to one."""
+    torch.manual_seed(0)
+    unet = randomize(build_unet(tiny_cfg())).eval()
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([500.0, 100.0])
+    emb = torch.randn(2, 5, 48)
+    with torch.no_grad():
+        ref = unet(x, t, emb)
+        with unet.record_text_attention() as maps:
+            out = unet(x, t, emb)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    assert len(maps) == sum(isinstance(m, type(unet.middle_block[1])) for m in unet.modules())
+    assert all(m.shape[:2] == (2, 5) and m.min() >= 0 and m.sum(1).max() <= 1 + 1e-5 for m in maps)
+    assert all(m.text_maps is None for m in unet.modules() if hasattr(m, "text_maps"))
+
+
+class _Words:
+    """A text encoder over a fixed word list: a random state per word, and character spans per token."""
+
+    def __init__(self, dim=48, length=8):
+        self.dim, self.max_length = dim, length
+        self.table = {}
+
+    def prepare(self, texts):
+        return [t.lower() for t in texts]
+
+    def token_offsets(self, text):
+        import re
+        spans = [m.span() for m in re.finditer(r"\S+", text)][: self.max_length]
+        return spans + [(0, 0)] * (self.max_length - len(spans))
+
+    def __call__(self, texts):
+        out = torch.zeros(len(texts), self.max_length, self.dim)
+        for i, t in enumerate(self.prepare(texts)):
+            for j, w in enumerate(t.split()[: self.max_length]):
+                g = torch.Generator().manual_seed(sum(map(ord, w)))
+                out[i, j] = torch.randn(self.dim, generator=g)
+        return out, None
+
+    def empty(self, n=1):
+        return torch.zeros(n, self.max_length, self.dim), None
+
+
+def test_pipeline_contracts():
+    from pixelcascade.pipeline import Cascade
+    torch.manual_seed(0)
+    unet = randomize(build_unet(tiny_cfg()), std=0.03).eval()
+    on = SampleConfig(num_steps="6", guidance_scale=3.0, layout_guidance=1e5, layout_steps=0.6)  # a random net: weak maps
+    off = SampleConfig(num_steps="6", guidance_scale=3.0)
+    enc = _Words()
+    cascade = Cascade([Stage(unet, settings=on)], enc)
+    prompts = ["a red circle", "a circle left of a square"]
+    assert layout_targets(enc, prompts) == [None, LayoutTarget((1,), (5,), 0, 1)]
+    img_on = cascade(prompts, [0, 1])[0]
+    img_off = cascade(prompts, [0, 1], settings=[off])[0]
+    assert torch.equal(img_on[0], img_off[0])  # no relation: exactly the same image
+    assert not torch.allclose(img_on[1], img_off[1], atol=1e-3)
+    alone = cascade(prompts[1:], [1])[0]
+    torch.testing.assert_close(alone[0], img_on[1], atol=1e-4, rtol=0)  # batch-mates do not matter
