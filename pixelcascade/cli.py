@@ -225,10 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("export", help="ship a run's EMA weights as one small .safetensors file",
                        description="Cast a run folder's ema.safetensors (config and recipe in its metadata) to "
-                                   "fp16 and write it where `generate --model` can load it.",
-                       epilog="example:\n  pixelcascade export runs/shapes32 -o pixelcascade/weights/shapes/"
-                              "stage1.safetensors", formatter_class=argparse.RawDescriptionHelpFormatter)
-    x.add_argument("run", help="a training run folder (holds ema.safetensors)")
+                                   "fp16 and write it where `generate --model` can load it. Given a model file "
+                                   "instead, rewrite it (e.g. new default sampling settings, same weights).",
+                       epilog="examples:\n  pixelcascade export runs/shapes32 -o pixelcascade/weights/shapes/"
+                              "stage1.safetensors\n  pixelcascade export model.safetensors -o model.safetensors "
+                              "--sample layout_guidance=0", formatter_class=argparse.RawDescriptionHelpFormatter)
+    x.add_argument("run", help="a training run folder (holds ema.safetensors), or a model .safetensors file")
     x.add_argument("-o", "--output", required=True)
     x.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"])
     x.add_argument("--sample", nargs="*", default=[], metavar="KEY=VALUE",

@@ -113,6 +113,14 @@ def test_export_then_eval_shapes(tiny_model, tmp_path, capsys):
     tensors, meta = read_tensors(shipped)
     assert all(v.dtype.is_floating_point and v.element_size() == 2 for v in tensors.values())
     assert "run_config" in meta and "data_recipe" in meta and meta["shipped_dtype"] == "float16"
+    # a model file rewritten in place with new default settings: the same weights and recipe
+    again = tmp_path / "again.safetensors"
+    again.write_bytes(shipped.read_bytes())
+    assert main(["export", str(again), "-o", str(again), "--sample", "layout_guidance=7"]) == 0
+    tensors2, meta2 = read_tensors(again)
+    assert json.loads(meta2["sample_config"])["layout_guidance"] == 7
+    assert meta2["source"] == meta["source"] == "ema.safetensors" and meta2["run_config"] == meta["run_config"]
+    assert all(torch.equal(tensors[k], tensors2[k]) for k in tensors)
     out = tmp_path / "ev"
     assert main(["eval", "shapes", "--model", str(shipped), "-o", str(out), "--per-task", "2", "--seeds", "1",
                  "--steps", "3", "-q"]) == 0

@@ -34,7 +34,8 @@ def test_parse_relation(text, subj, obj, axis, sign):
 
 
 @pytest.mark.parametrize("text", ["a red circle", "a circle left of a circle", "three circles above a circle",
-                                  "left of a square", "a circle and a square", "a leftover sandwich"])
+                                  "left of a square", "a circle and a square", "a leftover sandwich",
+                                  "snow over the years"])
 def test_no_relation_to_guide(text):
     assert parse_relation(text) is None
 

@@ -30,7 +30,7 @@ MARGIN = 0.3  # the wanted gap between the two centres along the relation's axis
 RELATIONS: dict[str, tuple[int, int]] = {
     **{p.format("left"): (0, 1) for p in ("to the {} of", "on the {} of", "on the {} side of", "{} of")},
     **{p.format("right"): (0, -1) for p in ("to the {} of", "on the {} of", "on the {} side of", "{} of")},
-    "above": (1, 1), "on top of": (1, 1), "over": (1, 1),
+    "above": (1, 1), "on top of": (1, 1),  # not "over": mostly not spatial ("over the years")
     "below": (1, -1), "under": (1, -1), "underneath": (1, -1), "beneath": (1, -1),
 }
 _RELATION_RE = re.compile(r"\b(" + "|".join(re.escape(p) for p in sorted(RELATIONS, key=len, reverse=True)) + r")\b")

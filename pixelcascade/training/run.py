@@ -433,14 +433,15 @@ def export_weights(run_dir: str | Path, dest: str | Path, dtype: torch.dtype = t
 
     Loading casts back to the requested dtype (fp32 by default), so shipping fp16 costs < 1e-3 in outputs.
     ``sample_overrides`` (``["guidance_scale=4", "num_steps=smart50"]``) set the default sampling settings.
+    ``run_dir`` may also be an exported file: it is rewritten with the new settings (``dest`` may be itself).
     """
     import json
 
     from ..config import from_dict, to_json
     from ..convert import read_tensors, write_safetensors
-    src = Path(run_dir) / "ema.safetensors"
+    src = Path(run_dir) if Path(run_dir).is_file() else Path(run_dir) / "ema.safetensors"
     tensors, meta = read_tensors(src)
-    meta = dict(meta, shipped_dtype=str(dtype).replace("torch.", ""), source=str(src.name))
+    meta = dict(meta, shipped_dtype=str(dtype).replace("torch.", ""), source=meta.get("source", str(src.name)))
     if sample_overrides:
         sample = from_dict(SampleConfig, json.loads(meta["sample_config"]))
         meta["sample_config"] = to_json(apply_overrides(sample, sample_overrides))
