@@ -79,7 +79,7 @@ def _sampling_args(g: argparse.ArgumentParser) -> None:
     g.add_argument("--layout-guidance", type=_non_negative,
                    help="stage I layout guidance for prompts with a spatial relation ('a cat to the left of a dog'): "
                         "steers the two nouns' cross-attention to the stated sides (0 = off; default: the model's, "
-                        "180 for the shipped shapes model)")
+                        "500 for the shipped shapes model)")
     g.add_argument("--negative-prompt", default="",
                    help="what guidance steers away from, for every prompt, in stages I and II (default: nothing, "
                         "the empty prompt; an SD x4 --stage3 keeps its own); needs guidance > 1")
