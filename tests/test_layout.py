@@ -9,8 +9,7 @@ from conftest import randomize, tiny_cfg
 
 from pixelcascade.config import SampleConfig
 from pixelcascade.diffusion.denoiser import Denoiser
-from pixelcascade.diffusion.layout import (LayoutGuidance, LayoutTarget, layout_loss, parse_relation,
-                                           relation_target)
+from pixelcascade.diffusion.layout import LayoutGuidance, LayoutTarget, layout_loss, parse_relation, relation_target
 from pixelcascade.models.unet import build_unet
 from pixelcascade.pipeline import Stage, layout_targets
 
@@ -180,7 +179,8 @@ def test_pipeline_contracts():
     from pixelcascade.pipeline import Cascade
     torch.manual_seed(0)
     unet = randomize(build_unet(tiny_cfg()), std=0.03).eval()
-    on = SampleConfig(num_steps="6", guidance_scale=3.0, layout_guidance=1e5, layout_steps=0.6)  # a random net: weak maps
+    # a random network attends weakly: a large scale, to see guidance reach the pixels
+    on = SampleConfig(num_steps="6", guidance_scale=3.0, layout_guidance=1e5, layout_steps=0.6)
     off = SampleConfig(num_steps="6", guidance_scale=3.0)
     enc = _Words()
     cascade = Cascade([Stage(unet, settings=on)], enc)
