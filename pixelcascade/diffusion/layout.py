@@ -61,12 +61,11 @@ class LayoutTarget:
     sign: int
 
 
-def _head(text: str, start: int, end: int, last: bool = True) -> tuple[int, int] | None:
+def _head(text: str, start: int, end: int) -> tuple[int, int] | None:
+    """The span of the last word of text[start:end] that can be a noun phrase's head (English: the head noun
+    ends the phrase)."""
     words = [m for m in _WORD_RE.finditer(text, start, end) if m.group() not in _NOT_HEAD]
-    if not words:
-        return None
-    m = words[-1] if last else words[0]
-    return m.start(), m.end()
+    return words[-1].span() if words else None
 
 
 def parse_relation(text: str) -> Relation | None:
