@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from conftest import randomize, tiny_cfg
 
 from pixelcascade.config import SampleConfig
-from pixelcascade.diffusion.denoiser import Denoiser
+from pixelcascade.diffusion.denoiser import Cond, Denoiser
 from pixelcascade.diffusion.layout import LayoutGuidance, LayoutTarget, layout_loss, parse_relation, relation_target
 from pixelcascade.models.unet import build_unet
 from pixelcascade.pipeline import Stage, layout_targets
@@ -85,15 +87,11 @@ class _AttentionOfPixels(torch.nn.Module):
         super().__init__()
         self.maps = None
 
+    @contextlib.contextmanager
     def record_text_attention(self):
-        import contextlib
-
-        @contextlib.contextmanager
-        def rec():
-            self.maps = []
-            yield self.maps
-            self.maps = None
-        return rec()
+        self.maps = []
+        yield self.maps
+        self.maps = None
 
     def forward(self, x, t, text_cond=None, **kw):
         if self.maps is not None:
@@ -108,8 +106,7 @@ def test_guided_prediction_is_a_gradient_step_on_x0():
     den = Denoiser(_AttentionOfPixels(), None)
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     t = torch.full((2,), 700)
-    cond = type("C", (), dict(text_cond=(torch.zeros(2, 3, 4), torch.zeros(2, 4)), guided=False, model_kwargs={},
-                              guidance_scale=1.0, dyn_thresh_p=0.95, dyn_thresh_max=None))()
+    cond = Cond(text_cond=(torch.zeros(2, 3, 4), torch.zeros(2, 4)), dyn_thresh_max=None)
     tg = [LayoutTarget(subject=(1,), object=(2,), axis=0, sign=1), None]
     plain = den(x, t, cond)
     guided = LayoutGuidance(den, tg, scale=3.0, share=0.5)(x, t, cond)
