@@ -194,6 +194,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     cfg_dropout: float = 0.1
+    # bf16 autocast where the hardware multiplies bf16 natively (CUDA with bf16, CPUs with AVX512-BF16 / AMX);
+    # elsewhere it would be emulated (2-4x slower), so the run keeps fp32 there and says so. false: fp32 always.
     bf16: bool = True
     seed: int = 0
     ckpt_every: int = 500

@@ -107,6 +107,26 @@ def test_resume_refuses_a_different_config(tmp_path):
     assert Trainer(longer, _data(), tmp_path, progress=False).step == 3
 
 
+def test_bf16_autocast_only_where_the_hardware_has_it(tmp_path, monkeypatch):
+    """train.bf16 autocasts on a CPU with native bf16 (the weights then differ from fp32's) and trains in fp32,
+    bit for bit as train.bf16=false, where bf16 would be emulated."""
+    import pixelcascade.utils as utils
+
+    def weights(native, bf16, name):
+        monkeypatch.setattr(utils, "cpu_has_native_bf16", lambda: native)
+        t = Trainer(_cfg(bf16=bf16), _data(), tmp_path / name, progress=False)
+        assert t.bf16 == (bf16 and native is not False)
+        t.fit(max_steps=2)
+        return t.model.state_dict()
+
+    fp32 = weights(True, False, "fp32")
+    emulated = weights(False, True, "emulated")
+    assert all(torch.equal(fp32[k], emulated[k]) for k in fp32)
+    native = weights(True, True, "native")
+    assert not all(torch.equal(fp32[k], native[k]) for k in fp32)
+    assert utils.bf16_autocast_pays(torch.device("meta"))
+
+
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ResumeError, match="corrupt or truncated"):

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..utils import bf16_autocast_pays
 from .fid import FeatureExtractor, FIDError
 
 
@@ -76,8 +77,9 @@ def train_emoji_features(images: np.ndarray, names: list[str], out: str | Path, 
                          progress: bool = True, device: str = "cpu") -> dict:
     """Train EmojiNet to classify each picture (uint8 [N, 64, 64, 3]) under augmentation; save safetensors.
 
-    ``device`` runs the net there (bf16 autocast); batches and their augmentation are drawn on the CPU from the
-    seeded generator either way, so a run sees the same pictures on any device."""
+    ``device`` runs the net there (bf16 autocast where the device has native bf16); batches and their
+    augmentation are drawn on the CPU from the seeded generator either way, so a run sees the same pictures on
+    any device."""
     from ..convert import write_safetensors
     check_feature_steps(steps)
     g = torch.Generator().manual_seed(seed)
@@ -85,6 +87,7 @@ def train_emoji_features(images: np.ndarray, names: list[str], out: str | Path, 
     x_all = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
     dev = torch.device(device)
     net = EmojiNet(len(images), width=width).to(dev)
+    bf16 = bf16_autocast_pays(dev)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     # a warm-up of at least 2 steps: OneCycleLR divides by (warm-up steps - 1)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=max(0.1, 2 / steps))
@@ -97,7 +100,7 @@ def train_emoji_features(images: np.ndarray, names: list[str], out: str | Path, 
         idx = torch.randint(0, len(images), (batch_size,), generator=g)
         batch = augment(x_all[idx], g).to(dev)
         idx = idx.to(dev)
-        with torch.autocast(dev.type, dtype=torch.bfloat16):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
             logits = net.logits(batch)
         loss = F.cross_entropy(logits.float(), idx)
         opt.zero_grad(set_to_none=True)

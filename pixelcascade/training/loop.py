@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import utils
 from ..config import ConfigError, RunConfig, TrainConfig, from_dict, to_dict, to_json
 from ..convert import write_safetensors
 from ..diffusion.guidance import noise_augment
@@ -135,6 +136,8 @@ class Trainer:
             raise ValueError(f"train.batch_size={tc.batch_size} does not split over {self.world} processes: use a "
                              "multiple of the process count")
         self.device = resolve_device(tc.device, self.rank)
+        # train.bf16: autocast where the hardware multiplies bf16 natively; fp32 where it would be emulated
+        self.bf16 = tc.bf16 and utils.bf16_autocast_pays(self.device)
         self.model = build_unet(cfg.unet).to(self.device)
         self.ema = EMA(self.model, tc.ema_decay)
         self.stopped_by: int | None = None  # the signal that stopped the last fit, if one did
@@ -275,7 +278,7 @@ class Trainer:
             group["lr"] = lr_at(self.step, tc)
         self.model.train()
         net = self.ddp or self.model
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=tc.bf16):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.bf16):
             out = net(x_t, t.float(), text, **low_res_kw)
         terms = diffusion_loss(out.float(), x0, x_t, t, noise, self.schedule, dc)
         loss = terms["loss"].mean()
@@ -320,7 +323,7 @@ class Trainer:
         sr_kw = {k: v.to(dev) for k, v in sr_kw.items()}
 
         def fn(x_t, t):
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.cfg.train.bf16):
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.bf16):
                 return model(x_t, t.to(dev).float(), text, **sr_kw).float()
         return fixed_timesteps_loss(fn, x0, self.val_noise.to(dev), self.schedule, self.cfg.diffusion, VAL_TIMESTEPS)
 

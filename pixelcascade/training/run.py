@@ -385,11 +385,10 @@ def train(cfg: RunConfig, out_dir: str | Path, *, cache: Path | None = None, pro
     sample_fn = _grid_fn(encoder) if grids else None
     trainer = Trainer(cfg, data, out_dir, val, progress=progress, sample_fn=sample_fn, meta=meta)
     write_recipe(out_dir, cfg, command)
-    from ..utils import cpu_has_native_bf16
-    if cfg.train.bf16 and trainer.device.type == "cpu" and cpu_has_native_bf16() is False:
-        print("note: this CPU has no native bf16 (no avx512_bf16 / amx_bf16 flag), so bf16 autocast runs about 2x "
-              "slower than fp32 here; add train.bf16=false to train in fp32 (a run may resume with either)",
-              file=sys.stderr)
+    if cfg.train.bf16 and not trainer.bf16:
+        print(f"note: training in fp32: this {trainer.device.type.upper()} has no native bf16 (on a CPU: no "
+              "avx512_bf16 / amx_bf16 flag), where bf16 autocast would be emulated and 2-4x slower. A run may "
+              "resume on either kind of machine", file=sys.stderr)
     trainer.fit(max_steps=max_steps, time_limit_s=time_limit_s)
     return trainer
 
