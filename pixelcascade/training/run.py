@@ -386,9 +386,10 @@ def train(cfg: RunConfig, out_dir: str | Path, *, cache: Path | None = None, pro
     trainer = Trainer(cfg, data, out_dir, val, progress=progress, sample_fn=sample_fn, meta=meta)
     write_recipe(out_dir, cfg, command)
     if cfg.train.bf16 and not trainer.bf16:
-        print(f"note: training in fp32: this {trainer.device.type.upper()} has no native bf16 (on a CPU: no "
-              "avx512_bf16 / amx_bf16 flag), where bf16 autocast would be emulated and 2-4x slower. A run may "
-              "resume on either kind of machine", file=sys.stderr)
+        why = "no avx512_bf16 / amx_bf16 flag" if trainer.device.type == "cpu" else "torch says it lacks bf16"
+        print(f"note: training in fp32: this {trainer.device.type} has no native bf16 ({why}), where bf16 "
+              "autocast would be emulated and 2-4x slower. A run may resume on either kind of machine",
+              file=sys.stderr)
     trainer.fit(max_steps=max_steps, time_limit_s=time_limit_s)
     return trainer
 
