@@ -61,7 +61,6 @@ from pixelcascade.eval.shapes_score import relation_outcome
 from pixelcascade.models.presets import get_preset
 from pixelcascade.pipeline import Stage, to_uint8
 from pixelcascade.training.loop import TrainData, Trainer
-from pixelcascade.utils import cpu_has_native_bf16
 
 name, out, minutes = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3])
 steps = int(sys.argv[4]) if len(sys.argv) > 4 else None
@@ -186,8 +185,8 @@ cfg = RunConfig(name="bind", unet=unet, diffusion=DiffusionConfig(min_snr_gamma=
                 sample=SampleConfig(sampler="ddpm", num_steps="smart27", guidance_scale=4.0, dyn_thresh_max=1.5),
                 data=DataConfig(world="shapes", image_size=32, num_images=N, text_max_length=L),
                 train=TrainConfig(lr=5e-4, batch_size=64, max_steps=10 ** 6, warmup_steps=100, ckpt_every=10 ** 6,
-                                  val_every=10 ** 6, log_every=100, num_threads=THREADS,
-                                  bf16=cpu_has_native_bf16() is not False))  # emulated bf16 is 2x slower
+                                  val_every=10 ** 6, log_every=100, num_threads=THREADS))
+# (train.bf16: the Trainer autocasts only on hardware with native bf16)
 tr = Trainer(cfg, data, out, None, progress=False)
 if relstats:  # whitening statistics of the relation captions' states only (and the empty caption's)
     rel_rows = [i for i, c in enumerate(uniq) if any(f" {r} " in c for r in ("above", "below", "left of", "right of"))]

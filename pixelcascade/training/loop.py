@@ -26,14 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import utils
 from ..config import ConfigError, RunConfig, TrainConfig, from_dict, to_dict, to_json
 from ..convert import write_safetensors
 from ..diffusion.guidance import noise_augment
 from ..diffusion.losses import diffusion_loss, fixed_timesteps_loss
 from ..diffusion.schedule import make_schedule
 from ..models.unet import WHITEN_EPS, build_unet, whitening_stats
-from ..utils import atomic_write_text
+from ..utils import atomic_write_text, bf16_autocast_pays
 from .checkpoint import ResumeError, load_checkpoint, save_checkpoint
 from .ema import EMA
 from .sr import degrade
@@ -137,7 +136,7 @@ class Trainer:
                              "multiple of the process count")
         self.device = resolve_device(tc.device, self.rank)
         # train.bf16: autocast where the hardware multiplies bf16 natively; fp32 where it would be emulated
-        self.bf16 = tc.bf16 and utils.bf16_autocast_pays(self.device)
+        self.bf16 = tc.bf16 and bf16_autocast_pays(self.device)
         self.model = build_unet(cfg.unet).to(self.device)
         self.ema = EMA(self.model, tc.ema_decay)
         self.stopped_by: int | None = None  # the signal that stopped the last fit, if one did
