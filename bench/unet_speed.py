@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 from pixelcascade import convert
-from pixelcascade.models.presets import get_preset
 from pixelcascade.models.unet import build_unet
+from pixelcascade.presets import get_preset
 
 
 def build_all(cfg, dtype: torch.dtype, seed: int = 0) -> dict[str, torch.nn.Module]:

@@ -78,10 +78,11 @@ def load(model: str | Path = "shapes", *, device: str = "cpu", dtype=None, text_
     stable-diffusion-x4-upscaler folder (IF's stage III) or another super-resolution stage, appended."""
     import torch
 
-    from .convert import CheckpointError, load_stage
+    from .convert import CheckpointError
     from .pipeline import Cascade, PipelineError
     from .stage3 import SDx4Stage, is_sdx4_folder
     from .text.encoder import TextEncoderError, carries_text_encoder, load_encoder
+    from .weights import load_stage
     dtype = dtype or torch.float32
     paths = stage_paths(model)
     if stage3:

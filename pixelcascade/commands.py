@@ -111,10 +111,10 @@ def _run_and_save(a, cascade, prompts: list[str], *, init=None, mask=None, stren
     """Sample in batches, save PNG + JSON sidecars, print the paths. Shared by every image command."""
     import dataclasses
 
+    from .images import save_png
     from .pipeline import PipelineError, negative_states, stage_settings, to_uint8, with_overrides
     from .samplers import SAMPLERS
     from .text.encoder import TextEncoderError
-    from .utils import save_png
     for flag, val in (("--sampler", a.sampler), ("--sampler-ii", a.sampler_ii)):
         if val and val not in SAMPLERS:
             raise UserError(f"{flag} {val}: unknown; choose one of {', '.join(SAMPLERS)}")
@@ -252,17 +252,20 @@ def _version() -> str:
 
 def cmd_train(a) -> int:
     from .config import ConfigError
-    from .training.run import RUN_PRESETS, get_run_preset, train
+    from .presets import RUN_PRESETS
+    from .training.fine_tune import run_config
+    from .training.run import train
     try:
-        cfg = get_run_preset(a.preset, a.overrides)
+        cfg = run_config(a.preset, a.overrides)
     except KeyError:
         raise UserError(f"unknown training preset {a.preset!r}; known: {', '.join(RUN_PRESETS)}") from None
     except ConfigError as e:
         raise UserError(str(e)) from None
     from .data.emoji import EmojiError
+    from .data.worlds import DatasetError
     from .training.checkpoint import ResumeError
-    from .training.loop import ConfigMismatch, resolve_device
-    from .training.run import DatasetError
+    from .training.data import ConfigMismatch
+    from .utils import resolve_device
     try:
         resolve_device(cfg.train.device)
     except RuntimeError as e:
@@ -288,7 +291,7 @@ def cmd_export(a) -> int:
 
     from .config import ConfigError
     from .convert import CheckpointError
-    from .training.run import export_weights
+    from .weights import export_weights
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[a.dtype]
     try:
         path = export_weights(a.run, a.output, dtype, a.sample)
@@ -320,7 +323,9 @@ def _eval_cascade(a):
 
 
 def _extractor(a, required: bool = True):
-    from .eval.fid import FIDError, InceptionExtractor, load_extractor
+    from .features.base import FIDError
+    from .features.inception import InceptionExtractor
+    from .features.load import load_extractor
     try:
         if a.features:
             return load_extractor(a.features)
@@ -336,7 +341,8 @@ def _extractor(a, required: bool = True):
 
 def _emoji_extractor(path: str):
     """The emoji feature extractor from PATH or emoji:PATH, a bad file as one clear line."""
-    from .eval.fid import FIDError, load_extractor
+    from .features.base import FIDError
+    from .features.load import load_extractor
     try:
         return load_extractor(path if path.startswith("emoji:") else f"emoji:{path}")
     except FIDError as e:
@@ -362,7 +368,8 @@ def cmd_eval_shapes(a) -> int:
 
 
 def cmd_eval_fid(a) -> int:
-    from .eval.fid import FIDError, compute_stats, fid_from_stats, kernel_distance
+    from .eval.fid import compute_stats, fid_from_stats, kernel_distance
+    from .features.base import FIDError
     ex = _extractor(a)
     try:
         st = compute_stats(a.images, ex, a.batch_size, progress=not a.quiet, ref_size=a.ref_size)
@@ -383,8 +390,9 @@ def cmd_eval_fid(a) -> int:
 
 
 def cmd_eval_clip(a) -> int:
-    from .eval.clip_score import CLIPScoreError, clip_score_folder
-    from .eval.fid import FIDError
+    from .eval.clip_score import clip_score_folder
+    from .features.base import FIDError
+    from .features.clip import CLIPScoreError
     scorer = _clip(a)
     try:
         r = clip_score_folder(a.images, scorer, a.batch_size, progress=not a.quiet)
@@ -405,7 +413,7 @@ def _default_captions() -> str:
 def _clip(a):
     if not a.clip:
         return None
-    from .eval.clip_score import CLIPScoreError, CLIPScorer
+    from .features.clip import CLIPScoreError, CLIPScorer
     try:
         return CLIPScorer(a.clip, _device(a.device))
     except CLIPScoreError as e:
@@ -414,7 +422,7 @@ def _clip(a):
 
 def cmd_eval_coco(a) -> int:
     from .eval.coco import run_coco
-    from .eval.fid import FIDError
+    from .features.base import FIDError
     from .pipeline import stage_settings
     ex = _extractor(a, required=a.ref is not None)
     clip = _clip(a)
@@ -447,7 +455,7 @@ def cmd_eval_sweep(a) -> int:
                                  batch_size=a.batch_size)
         metrics = ["overall", "single_object", "two_object", "counting", "colors", "position", "color_attr"]
     elif a.metric == "emoji":
-        from .eval.emoji_features import evaluate_emoji
+        from .eval.emoji import evaluate_emoji
         from .pipeline import stage_settings
         if not a.features:
             raise UserError("--metric emoji needs --features emoji:PATH (made by `pixelcascade data emoji-features`)")
@@ -492,8 +500,8 @@ def cmd_eval_sweep(a) -> int:
 
 
 def cmd_eval_suite(a) -> int:
-    from .eval.fid import FIDError
     from .eval.suites import load_suite, run_suite
+    from .features.base import FIDError
     from .pipeline import stage_settings
     try:
         suite = load_suite(a.name, a.prompts_dir)
@@ -524,7 +532,8 @@ def cmd_data_emoji(a) -> int:
 
 def cmd_data_emoji_features(a) -> int:
     from .data.emoji import EmojiError
-    from .eval.emoji_features import check_feature_steps, reference_emoji, train_emoji_features
+    from .eval.emoji import reference_emoji
+    from .training.emoji_features import check_feature_steps, train_emoji_features
     _check_writable(Path(a.output))
     try:  # before the data loads
         check_feature_steps(a.steps)
@@ -545,7 +554,7 @@ def cmd_data_emoji_features(a) -> int:
 
 
 def cmd_eval_emoji(a) -> int:
-    from .eval.emoji_features import evaluate_emoji
+    from .eval.emoji import evaluate_emoji
     from .pipeline import stage_settings
     if a.features == str(EMOJI_FEATURES) and not EMOJI_FEATURES.is_file():
         raise UserError("--features: no emoji feature extractor is shipped with this install; make one with "

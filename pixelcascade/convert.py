@@ -15,14 +15,9 @@ from pathlib import Path
 
 import torch
 
-from .config import ConfigError, DiffusionConfig, SampleConfig, UNetConfig, from_dict, to_json
+from .config import ConfigError, UNetConfig, from_dict, to_json
 from .models.unet import SKIP_SCALE, UNet, build_unet
-from .pipeline import DEFAULT_SAMPLE_I, DEFAULT_SAMPLE_II, Stage
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that does not fit the model, or a path that holds no checkpoint."""
-
+from .tensorfiles import CheckpointError, read_tensors, write_safetensors  # noqa: F401  (re-exported)
 
 # --------------------------------------------------------------------------------------------------
 # strict loading with a clear message
@@ -259,40 +254,6 @@ WEIGHT_NAMES = ("model.safetensors", "diffusion_pytorch_model.safetensors", "pyt
                 "pytorch_model.bin", "diffusion_pytorch_model.bin")
 
 
-def read_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors, metadata) from a .safetensors file or a .bin loaded with weights_only (no code runs)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no weights file at {path}: pass a .safetensors/.bin file or a model folder")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors import safe_open
-            tensors, meta = {}, {}
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                for k in f.keys():
-                    tensors[k] = f.get_tensor(k)
-            return tensors, meta
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except CheckpointError:
-        raise
-    except Exception as e:  # corrupt or truncated file
-        raise CheckpointError(f"cannot read weights from {path}: {type(e).__name__}: {e}. The file is corrupt "
-                              "or truncated: download or copy it again") from None
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    return dict(sd), {}
-
-
-def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Write atomically: a temporary file in the same folder, then a rename."""
-    from safetensors.torch import save_file
-
-    from .utils import atomic_path
-    with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-
-
 def _find_weights(folder: Path) -> Path | None:
     for name in WEIGHT_NAMES:
         if (folder / name).is_file():
@@ -418,13 +379,3 @@ def infer_unet_config(sd: dict[str, torch.Tensor]) -> UNetConfig:
                       channel_mult=tuple(w // mc for w in widths), num_res_blocks=tuple(nrb),
                       attention_resolutions=tuple(attn_res), encoder_dim=enc_dim, encoder_channels=enc_ch,
                       efficient_activation=in_ch == 6, scale_skip_connection=in_ch == 6, super_res=in_ch == 6)
-
-
-def load_stage(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Stage:
-    """A stage from a pixelcascade .safetensors file (UNet, diffusion and sampling settings in the metadata)."""
-    unet, meta = load_unet(path, dtype=dtype, device=device)
-    diffusion = from_dict(DiffusionConfig, json.loads(meta["diffusion_config"])) if "diffusion_config" in meta \
-        else DiffusionConfig()
-    default = DEFAULT_SAMPLE_II if unet.cfg.super_res else DEFAULT_SAMPLE_I
-    sample = from_dict(SampleConfig, json.loads(meta["sample_config"])) if "sample_config" in meta else default
-    return Stage(unet=unet, diffusion=diffusion, settings=sample, meta=meta)

@@ -30,17 +30,6 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         Path(tmp).write_text(text)
 
 
-def save_png(img, path: str | Path, sidecar: dict) -> None:
-    """uint8 [H, W, 3] -> PNG + a JSON sidecar of the same name (prompt, seed, every setting); both atomic."""
-    import json
-
-    from PIL import Image
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        Image.fromarray(img).save(tmp, format="PNG")
-    atomic_write_text(path.with_suffix(".json"), json.dumps(sidecar, indent=2, default=str))
-
-
 def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool | None:
     """Whether this x86 CPU multiplies bf16 natively (AVX512-BF16 or AMX-BF16); None where that cannot be read
     (not Linux, not x86). Without it, bf16 autocast is emulated and runs about twice as slow as fp32."""
@@ -67,13 +56,33 @@ def bf16_autocast_pays(device) -> bool:
     return True
 
 
-def center_crop_resize(img, size: int):
-    """Centre-crop the long edge, then resize to size x size (PIL bicubic, antialiased): uint8 [H, W, 3] ->
-    [size, size, 3]. Reference images for FID, and images of a dataset trained on (data.world=files)."""
-    import numpy as np
-    from PIL import Image
-    h, w = img.shape[:2]
-    s = min(h, w)
-    top, left = (h - s) // 2, (w - s) // 2
-    crop = Image.fromarray(np.ascontiguousarray(img[top:top + s, left:left + s]))
-    return np.asarray(crop.resize((size, size), Image.BICUBIC))
+def default_cache_dir() -> Path:
+    """Where pixelcascade keeps rendered data, text states and indexes ($PIXELCASCADE_CACHE overrides)."""
+    return Path(os.environ.get("PIXELCASCADE_CACHE", Path.home() / ".cache" / "pixelcascade"))
+
+
+def resolve_device(name: str, rank: int = 0):
+    """cpu, cuda, cuda:N or auto; under torchrun, plain ``cuda`` means this process's GPU (LOCAL_RANK)."""
+    import os
+
+    import torch
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device={name}: no CUDA device here; use train.device=cpu")
+    if name == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        name = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
+    return torch.device(name)
+
+
+def sha256_file(path: str | Path) -> str:
+    """The hex SHA-256 of a file's bytes (\"missing\" when it cannot be read)."""
+    import hashlib
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError:
+        return "missing"
+    return h.hexdigest()

@@ -58,9 +58,10 @@ import torch
 from pixelcascade.config import DataConfig, DiffusionConfig, RunConfig, SampleConfig, TrainConfig
 from pixelcascade.data import shapes as S
 from pixelcascade.eval.shapes_score import relation_outcome
-from pixelcascade.models.presets import get_preset
 from pixelcascade.pipeline import Stage, to_uint8
-from pixelcascade.training.loop import TrainData, Trainer
+from pixelcascade.presets import get_preset
+from pixelcascade.training.data import TrainData
+from pixelcascade.training.loop import Trainer
 
 name, out, minutes = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3])
 steps = int(sys.argv[4]) if len(sys.argv) > 4 else None

@@ -33,9 +33,9 @@ sys.path.insert(0, str(ROOT))
 
 from pixelcascade.config import DataConfig  # noqa: E402
 from pixelcascade.data.formats import read_records, write_parquet  # noqa: E402
+from pixelcascade.data.worlds import default_cache_dir, emoji_images  # noqa: E402
 from pixelcascade.text.bert import prune_vocab  # noqa: E402
 from pixelcascade.text.encoder import HFEncoder, minilm_path  # noqa: E402
-from pixelcascade.training.run import default_cache_dir, emoji_images  # noqa: E402
 
 p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 p.add_argument("--dtype", default="float16", choices=["float16", "float32"])

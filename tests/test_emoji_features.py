@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from pixelcascade.eval.emoji_features import EmojiExtractor, augment, retrieval_accuracy, train_emoji_features
-from pixelcascade.eval.fid import FIDError, Stats, extract_features, fid_from_stats
+from pixelcascade.eval.emoji import retrieval_accuracy
+from pixelcascade.eval.fid import Stats, fid_from_stats
+from pixelcascade.features.base import FIDError, extract_features
+from pixelcascade.features.emoji import EmojiExtractor, augment
+from pixelcascade.training.emoji_features import train_emoji_features
 
 
 @pytest.fixture(scope="module")

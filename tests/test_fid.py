@@ -8,17 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pixelcascade.eval.fid import (
-    FIDError,
-    RandomConvExtractor,
-    Stats,
-    clean_resize,
-    compute_stats,
-    fid_kid,
-    folder_features,
-    frechet_distance,
-    kernel_distance,
-)
+from pixelcascade.eval.fid import Stats, compute_stats, fid_kid, folder_features, frechet_distance, kernel_distance
+from pixelcascade.features.base import FIDError, clean_resize
+from pixelcascade.features.inception import RandomConvExtractor
 
 
 def _stub_torchvision(monkeypatch):
@@ -94,7 +86,7 @@ def test_fid_matches_torchmetrics_on_same_features(folders):
     ex = RandomConvExtractor(seed=3, dim=16)
     tm = FrechetInceptionDistance(feature=ex, normalize=False)
     for folder, real in ((b, True), (a, False)):
-        from pixelcascade.eval.fid import list_images, read_rgb
+        from pixelcascade.images import list_images, read_rgb
         x = torch.from_numpy(np.stack([clean_resize(read_rgb(p)) for p in list_images(folder)])).permute(0, 3, 1, 2)
         tm.update(x, real=real)
     ours = fid_kid(a, b, ex, kid=False)["fid"]
@@ -131,5 +123,5 @@ def test_stats_roundtrip_and_errors(folders, tmp_path):
     with pytest.raises(FIDError, match="holds no images"):
         compute_stats(tmp_path / "empty", ex)
     with pytest.raises(FIDError, match="Inception weights not found.*--inception"):
-        from pixelcascade.eval.fid import InceptionExtractor
+        from pixelcascade.features.inception import InceptionExtractor
         InceptionExtractor(tmp_path)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pixelcascade.models.presets import PRESETS, get_preset
 from pixelcascade.models.unet import build_unet
+from pixelcascade.presets import PRESETS, get_preset
 
 
 def _meta(name):

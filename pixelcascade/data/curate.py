@@ -89,7 +89,13 @@ def shard_features(shard: str, cfg: CurateConfig) -> dict:
     """Step 1 for one shard (runs in a worker process or a Ray task)."""
     stats = ReadStats()
     rows = []
-    scorer = AestheticScorer(cfg.aesthetic_model) if cfg.aesthetic_model else None
+    scorer = None
+    if cfg.aesthetic_model:
+        from ..features.aesthetic import AestheticModelError, AestheticScorer
+        try:
+            scorer = AestheticScorer(cfg.aesthetic_model)
+        except AestheticModelError as e:
+            raise CurateError(str(e)) from None
     for rec in read_shard(shard, stats):
         try:
             img = rec.decode()
@@ -399,7 +405,7 @@ def _report(rows, clusters, dup, stats, dropped, written, cfg, input_path, out) 
 
 
 def _pictures(rows, clusters, loader, out: Path, report: dict) -> None:
-    from ..eval.sheets import contact_sheet
+    from ..images import contact_sheet
     multi = sorted((m for m in clusters.values() if len(m) > 1), key=len, reverse=True)[:8]
     if multi:
         idx = [i for m in multi for i in m[:6]]
@@ -437,40 +443,3 @@ def _pictures(rows, clusters, loader, out: Path, report: dict) -> None:
             fig.savefig(tmp, format="png")
         plt.close(fig)
         report["scores_png"] = str(out / "scores.png")
-
-
-# --------------------------------------------------------------------------------------------------
-# aesthetic scorer from a local path
-
-
-class AestheticScorer:
-    """LAION's improved aesthetic predictor: an MLP (768 -> 1024 -> 128 -> 64 -> 16 -> 1) on L2-normalised CLIP
-    ViT-L/14 image embeddings. ``path``: a folder with ``clip/`` (a Hugging Face CLIP) and ``mlp.safetensors``
-    (keys layers.{0,2,4,6,7}.weight/bias as in the original sac+logos+ava1-l14-linearMSE.pth)."""
-
-    def __init__(self, path: str | Path):
-        import torch
-        from safetensors.torch import load_file
-
-        from ..eval.clip_score import CLIPScorer
-        p = Path(path).expanduser()
-        if not (p / "mlp.safetensors").is_file():
-            raise CurateError(f"--aesthetic-model {p}: needs mlp.safetensors and clip/ (a local CLIP ViT-L/14)")
-        self.clip = CLIPScorer(p / "clip")
-        sd = load_file(str(p / "mlp.safetensors"))
-        dims = [sd[f"layers.{i}.weight"].shape for i in (0, 2, 4, 6, 7)]
-        layers = []
-        for k, (o, i) in enumerate(dims):
-            layers.append(torch.nn.Linear(i, o))
-            if k < 3:
-                layers.append(torch.nn.Dropout(0.0))
-        self.mlp = torch.nn.Sequential(*layers)
-        self.mlp.load_state_dict({f"{j}.{t}": sd[f"layers.{i}.{t}"] for j, i in
-                                  zip((0, 2, 4, 6, 7), (0, 2, 4, 6, 7)) for t in ("weight", "bias")})
-        self.mlp.eval()
-
-    def __call__(self, images: list[np.ndarray]) -> list[float]:
-        import torch
-        with torch.no_grad():
-            e = self.clip.image_embeddings(images)
-            return [float(v) for v in self.mlp(e).squeeze(-1)]

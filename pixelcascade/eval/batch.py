@@ -34,8 +34,8 @@ def generate_jobs(cascade, jobs: list[Job], out_dir: str | Path, *, settings=Non
                   batch_size: int = 16, progress: bool = True, sidecar: dict | None = None,
                   save_stages: bool = False) -> dict:
     """Run the jobs not yet done, in batches; returns counts {"total", "skipped", "generated"}."""
+    from ..images import save_png
     from ..pipeline import to_uint8
-    from ..utils import save_png
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     todo = [j for j in jobs if not _done(out, j)]

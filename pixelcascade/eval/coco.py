@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..features.base import FIDError
 from ..utils import atomic_write_text
-from .fid import FIDError
 
 
 def load_captions(path: str | Path) -> dict[int, list[str]]:

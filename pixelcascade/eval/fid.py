@@ -14,175 +14,23 @@ in through :class:`FeatureExtractor`; numbers from different extractors are not 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
 
-INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".tif", ".tiff", ".npy"}
-
-
-class FIDError(ValueError):
-    """Bad input to a metric (missing weights, empty folder, mismatched statistics): one clear message."""
-
-
-# --------------------------------------------------------------------------------------------------
-# resizing (clean-fid's "clean" mode)
-
-
-def clean_resize(img: np.ndarray, size: int = 299) -> np.ndarray:
-    """uint8/float [H, W, 3] -> float32 [size, size, 3] in [0, 255]: PIL bicubic per channel in mode 'F'.
-
-    This is clean-fid's ``make_resizer("PIL", False, "bicubic", (299, 299))``; PIL's bicubic filter is
-    antialiased when it down-samples, which is what makes the "clean" FID insensitive to aliasing.
-    """
-    from PIL import Image
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=2)
-    chans = []
-    for c in range(3):
-        ch = Image.fromarray(img[:, :, c].astype(np.float32), mode="F").resize((size, size), Image.BICUBIC)
-        chans.append(np.asarray(ch).clip(0, 255).reshape(size, size, 1))
-    return np.concatenate(chans, axis=2).astype(np.float32)
-
-
-# --------------------------------------------------------------------------------------------------
-# feature extractors
-
-
-class FeatureExtractor(nn.Module):
-    """Maps float [N, 3, S, S] images in [0, 255] (S = ``input_size``) to [N, D] features.
-
-    ``name`` goes into every saved statistic, so statistics from another extractor are refused.
-    ``input_size=None`` means the extractor takes the images at their own size (no resizing).
-    """
-
-    name: str = "custom"
-    input_size: int | None = 299
-
-
-class InceptionExtractor(FeatureExtractor):
-    """clean-fid's Inception: NVIDIA's TorchScript file (TorchScript holds no Python code; nothing is unpickled)."""
-
-    input_size = 299
-
-    def __init__(self, path: str | Path):
-        super().__init__()
-        p = Path(path).expanduser()
-        if p.is_dir():
-            p = p / "inception-2015-12-05.pt"
-        if not p.is_file():
-            raise FIDError(f"Inception weights not found at {p}: download {INCEPTION_URL} on a machine with internet "
-                           "(clean-fid's file, 95 MB) and pass its path with --inception PATH")
-        try:
-            base = torch.jit.load(str(p), map_location="cpu").eval()
-        except RuntimeError as e:
-            raise FIDError(f"{p} is not the TorchScript Inception file clean-fid uses ({str(e).splitlines()[0]}); "
-                           f"re-download it from {INCEPTION_URL}") from None
-        self.layers = base.layers
-        digest = hashlib.sha256(p.read_bytes()).hexdigest()[:12]
-        self.name = f"inception-2015-12-05[{digest}]"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers.forward((x - 128) / 128).view(x.shape[0], 2048)
-
-
-class RandomConvExtractor(FeatureExtractor):
-    """A seeded random conv net: deterministic features for tests and quick offline comparisons (not Inception)."""
-
-    def __init__(self, seed: int = 0, dim: int = 64, input_size: int | None = 299):
-        super().__init__()
-        self.input_size = input_size
-        self.name = f"random-conv(seed={seed},dim={dim},size={input_size})"
-        g = torch.Generator().manual_seed(seed)
-        self.net = nn.Sequential(
-            nn.AdaptiveAvgPool2d(32), nn.Conv2d(3, 32, 3, stride=2), nn.ReLU(),
-            nn.Conv2d(32, dim, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        for prm in self.net.parameters():
-            prm.data = torch.randn(prm.shape, generator=g) * 0.1
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x / 255.0)
-
-
-def load_extractor(spec: str) -> FeatureExtractor:
-    """``inception:PATH`` (or a bare path to the Inception file), ``emoji:PATH``, ``random[:SEED]``."""
-    kind, _, arg = spec.partition(":")
-    if kind == "random":
-        return RandomConvExtractor(int(arg or 0))
-    if kind == "emoji":
-        from .emoji_features import load_emoji_extractor
-        return load_emoji_extractor(arg)
-    if kind == "inception":
-        return InceptionExtractor(arg)
-    return InceptionExtractor(spec)
-
-
-# --------------------------------------------------------------------------------------------------
-# images in, features out
-
-
-def list_images(folder: str | Path) -> list[Path]:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FIDError(f"{folder}: no such folder of images")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-    if not files:
-        raise FIDError(f"{folder}: holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-    return files
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    from PIL import Image
-    if path.suffix.lower() == ".npy":
-        return np.load(path, allow_pickle=False)
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
-
-
-@torch.no_grad()
-def extract_features(images: Iterable[np.ndarray], extractor: FeatureExtractor, batch_size: int = 64,
-                     progress: bool = False, total: int | None = None, desc: str = "features") -> np.ndarray:
-    """uint8 [H, W, 3] images -> float64 [N, D] features (clean resize to the extractor's input size)."""
-    size = extractor.input_size
-    extractor.eval()
-    feats, batch = [], []
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=total, desc=desc, unit="img")
-
-    def flush():
-        x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).contiguous()
-        feats.append(extractor(x).double().cpu().numpy())
-        if bar is not None:
-            bar.update(len(batch))
-        batch.clear()
-
-    for img in images:
-        batch.append(clean_resize(img, size) if size else np.asarray(img, dtype=np.float32))
-        if len(batch) == batch_size:
-            flush()
-    if batch:
-        flush()
-    if bar is not None:
-        bar.close()
-    if not feats:
-        raise FIDError("no images to compute features of")
-    return np.concatenate(feats)
+from ..features.base import FeatureExtractor, FIDError, extract_features
+from ..images import ImageInputError, center_crop_resize, list_images, read_rgb
 
 
 def folder_features(folder: str | Path, extractor: FeatureExtractor, batch_size: int = 64,
                     progress: bool = False, ref_size: int | None = None) -> np.ndarray:
     """Features of every image under ``folder``; ``ref_size``: centre-crop + resize first (real reference sets)."""
-    from ..utils import center_crop_resize
-    files = list_images(folder)
+    try:
+        files = list_images(folder)
+    except ImageInputError as e:  # a metric's input: reported as the metric's error
+        raise FIDError(str(e)) from None
     imgs = (read_rgb(p) for p in files)
     if ref_size:
         imgs = (center_crop_resize(im, ref_size) for im in imgs)

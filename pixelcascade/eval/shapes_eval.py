@@ -103,7 +103,7 @@ def stage_changes(report: dict) -> dict:
 
 def _changed_sheet(report: dict, images, idx: list[int], path: Path) -> None:
     """Every image whose verdict changed between stage I and the last stage, all stages side by side."""
-    from .sheets import contact_sheet
+    from ..images import contact_sheet
     picks, caps = [], []
     size = images[0][-1].shape[0]
     for i in idx[:64]:
@@ -118,7 +118,7 @@ def _changed_sheet(report: dict, images, idx: list[int], path: Path) -> None:
 
 def _sheet(results, images, path: Path, per_task: int = 4) -> None:
     """A few images per task (seed 0), every stage side by side, captioned with the prompt and PASS/fail."""
-    from .sheets import contact_sheet
+    from ..images import contact_sheet
     picks, caps = [], []
     for task in TASKS:
         idx = [i for i, (p, _) in enumerate(results) if p.task == task][: per_task * 4: 4]

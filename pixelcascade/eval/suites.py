@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .fid import FIDError
+from ..features.base import FIDError
 
 SUITES = {"drawbench": "DrawBench.csv", "parti": "PartiPrompts.tsv", "geneval": "geneval_evaluation_metadata.jsonl"}
 
@@ -59,9 +59,8 @@ def run_suite(cascade, suite: dict[str, list[str]], out_dir: str | Path, *, per_
               images_per_prompt: int = 1, seed: int = 0, settings=None, num_stages: int | None = None,
               batch_size: int = 16, progress: bool = True, pick_seed: int = 0) -> dict:
     """``per_category`` prompts of every category (a seeded pick) -> images (resumable) + one sheet per category."""
+    from ..images import contact_sheet, read_rgb
     from .batch import Job, generate_jobs
-    from .fid import read_rgb
-    from .sheets import contact_sheet
     out = Path(out_dir)
     rng = np.random.default_rng(pick_seed)
     chosen, jobs = {}, []

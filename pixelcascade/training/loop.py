@@ -20,10 +20,8 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..config import ConfigError, RunConfig, TrainConfig, from_dict, to_dict, to_json
@@ -32,51 +30,13 @@ from ..diffusion.guidance import noise_augment
 from ..diffusion.losses import diffusion_loss, fixed_timesteps_loss
 from ..diffusion.schedule import make_schedule
 from ..models.unet import WHITEN_EPS, build_unet, whitening_stats
-from ..utils import atomic_write_text, bf16_autocast_pays
+from ..utils import atomic_write_text, bf16_autocast_pays, resolve_device
 from .checkpoint import ResumeError, load_checkpoint, save_checkpoint
+from .data import ConfigMismatch, TrainData  # noqa: F401  (ConfigMismatch: raised here too)
 from .ema import EMA
 from .sr import degrade
 
 VAL_TIMESTEPS = (50, 250, 500, 750, 950)
-
-
-@dataclass
-class TrainData:
-    """Images in [-1, 1] as uint8 [N, H, W, 3] plus per-image text states (indices into a caption table)."""
-
-    images: np.ndarray  # uint8 [N, H, W, 3]
-    caption_idx: np.ndarray  # int [N]
-    text_table: torch.Tensor  # fp16 [U, L, D]
-    null_idx: int  # row of the empty caption (classifier-free guidance's unconditional states)
-    captions: list[str] | None = None
-    # several captions per image (the emoji's names in many languages): example i is image image_idx[i] with
-    # caption caption_idx[i]; None: one caption per image, example i is image i
-    image_idx: np.ndarray | None = None
-    # super-resolution: each image's own low-res render (uint8 [N, h, w, 3]), used for a share
-    # (data.paired_low_res) of examples in place of the down-sampled target
-    low_images: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.caption_idx)
-
-    def _pixels(self, images: np.ndarray, idx: torch.Tensor) -> torch.Tensor:
-        """The examples' images (of ``images``: the targets or their low-res renders) in [-1, 1], [B, 3, H, W]."""
-        rows_img = idx.numpy() if self.image_idx is None else self.image_idx[idx.numpy()]
-        return torch.from_numpy(images[rows_img]).permute(0, 3, 1, 2).float() / 127.5 - 1
-
-    def low_res(self, idx: torch.Tensor) -> torch.Tensor:
-        """The examples' own low-res renders (``low_images``) in [-1, 1]."""
-        return self._pixels(self.low_images, idx)
-
-    def batch(self, idx: torch.Tensor, drop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x0 = self._pixels(self.images, idx)  # [B, 3, H, W]
-        rows = torch.from_numpy(self.caption_idx[idx.numpy()]).long()
-        rows = torch.where(drop, torch.full_like(rows, self.null_idx), rows)
-        return x0, self.text_table[rows].float()  # [B, L, D]
-
-
-class ConfigMismatch(RuntimeError):
-    """Resuming a run folder with a config that would train another model."""
 
 
 def dist_info() -> tuple[int, int]:
@@ -91,18 +51,6 @@ def dist_info() -> tuple[int, int]:
             else "gloo"
         dist.init_process_group(backend)
     return dist.get_rank(), dist.get_world_size()
-
-
-def resolve_device(name: str, rank: int = 0) -> torch.device:
-    """cpu, cuda, cuda:N or auto; under torchrun, plain ``cuda`` means this process's GPU (LOCAL_RANK)."""
-    import os
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={name}: no CUDA device here; use train.device=cpu")
-    if name == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        name = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
-    return torch.device(name)
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:

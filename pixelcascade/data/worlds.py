@@ -1,0 +1,285 @@
+"""Worlds: where a run's training examples come from. Each world gives the images and captions of its training and
+validation splits, the recipe that goes into a model's metadata, and the prompts of the sample grid:
+
+- ``shapes``: the rendered shapes world (../shared/specs/shapes-world.md), cached per data config;
+- ``emoji``: the curated Noto emoji set, names in 14 languages, held-out names for validation;
+- ``files``: your own dataset (``data.path``, any format of :mod:`formats`), decoded once into a memory-mapped
+  cache; or streamed from webdataset shards (``data.stream``, :mod:`stream`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from ..config import DataConfig
+from ..images import center_crop_resize
+from ..utils import atomic_path, default_cache_dir  # noqa: F401  (default_cache_dir: the cache every world uses)
+
+
+@dataclasses.dataclass
+class WorldSplit:
+    """The examples of one split: rows of ``images`` and each row's captions (one or more)."""
+
+    images: np.ndarray  # uint8 [N, S, S, 3] (an array or a memmap; may hold rows of other splits)
+    captions: list[list[str]]  # one list per example image
+    rows: np.ndarray | None = None  # which rows of ``images`` (None: all, in order)
+    low_images: np.ndarray | None = None  # super-resolution: each image's own low-res render (shapes)
+    info: dict = dataclasses.field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+
+class World(Protocol):
+    name: str
+
+    def splits(self, dc: DataConfig, cache: Path, progress: bool = True,
+               super_res: bool = False) -> tuple[WorldSplit, WorldSplit]:
+        """(training, validation) examples."""
+
+    def recipe(self, dc: DataConfig, train: WorldSplit, val: WorldSplit) -> str:
+        """One line for the model's metadata: what the data was and how to make it again."""
+
+    def preview_prompts(self, dc: DataConfig, val: WorldSplit) -> list[str]:
+        """16 prompts for the sample grid written at each checkpoint."""
+
+
+def _shapes_key(dc: DataConfig) -> str:
+    """The cache name of a shapes dataset: size, count, seed and (when not the defaults) the task mix and the
+    template share."""
+    from .shapes import TASK_WEIGHTS, parse_task_weights
+    weights = parse_task_weights(dc.task_weights)
+    mix = "" if weights == TASK_WEIGHTS else "-w" + "_".join(f"{k}{v:g}" for k, v in weights.items()
+                                                             if v != TASK_WEIGHTS[k])
+    tmpl = "" if dc.template_share == DataConfig.template_share else f"-t{dc.template_share:g}"
+    return f"shapes{dc.image_size}-n{dc.num_images}-seed{dc.seed}{mix}{tmpl}"
+
+
+def shapes_images(dc: DataConfig, cache: Path, progress: bool = True) -> tuple[np.ndarray, list[str]]:
+    """Rendered shapes-world images + captions, cached on disk (a pure function of the data config)."""
+    from .shapes import make_dataset, parse_task_weights
+    weights = parse_task_weights(dc.task_weights)
+    path = cache / "data" / f"{_shapes_key(dc)}.npz"
+    if path.exists():
+        z = np.load(path, allow_pickle=False)
+        return z["images"], [str(c) for c in z["captions"]]
+    images, captions = make_dataset(dc.num_images, dc.image_size, dc.seed, progress=progress, weights=weights,
+                                    template_share=dc.template_share)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, images=images, captions=np.array(captions))
+    return images, captions
+
+
+def shapes_low_res_pairs(dc: DataConfig, cache: Path, progress: bool = True) -> np.ndarray:
+    """Each training scene of :func:`shapes_images` rendered in the ``low_res_size`` world (uint8), cached."""
+    from .shapes import make_dataset, parse_task_weights
+    weights = parse_task_weights(dc.task_weights)
+    path = cache / "data" / f"{_shapes_key(dc)}-low{dc.low_res_size}.npz"
+    if path.exists():
+        return np.load(path, allow_pickle=False)["low"]
+    _, _, low = make_dataset(dc.num_images, dc.image_size, dc.seed, progress=progress, weights=weights,
+                             low_res_size=dc.low_res_size, template_share=dc.template_share)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, low=low)
+    return low
+
+
+def emoji_images(dc: DataConfig, cache: Path, progress: bool = True, split: str = "train"):
+    """The curated emoji set at ``dc.image_size``: (images uint8 [N, S, S, 3], per-image caption lists).
+
+    Rendered at 128 px (``dc.num_images`` > 0: only the first that many emoji), curated with the default
+    settings (exact and near duplicates merged), resized here; cached on disk. ``split``: "train" (English
+    name x8, aliases and the other languages' names once each) or "heldout" (English names only: the
+    captions the model never sees).
+    """
+    from PIL import Image
+
+    from .curate import CurateConfig, curate
+    from .emoji import build_emoji_dataset, heldout
+    from .formats import read_records
+    limit = dc.num_images or None  # 0: every emoji; n: the first n (tests)
+    root = cache / "data" / (f"emoji128-seed{dc.seed}" + (f"-first{limit}" if limit else ""))
+    if not (root / "curated" / "report.json").is_file():
+        if not (root / "raw" / "manifest.parquet").is_file():
+            build_emoji_dataset(root / "raw", size=128, seed=dc.seed, progress=progress, limit=limit)
+        curate(root / "raw", root / "curated", CurateConfig(), progress=progress)
+    images, caps = [], []
+    for rec in read_records(root / "curated" / "data"):
+        held = rec.meta.get("split") == "heldout"
+        if (split == "heldout") != held:
+            continue
+        img = rec.decode()
+        if img.shape[0] != dc.image_size:
+            img = np.asarray(Image.fromarray(img).resize((dc.image_size, dc.image_size), Image.BICUBIC))
+        images.append(img)
+        if split == "heldout":
+            caps.append([rec.meta["name"]])
+        else:
+            names = [rec.meta["name"]] * 8 + [a for a in str(rec.meta.get("aliases") or "").split("|") if a]
+            names += [v for k, v in sorted(rec.meta.items()) if k.startswith("name_") and v]
+            # names of identical emoji merged into this one, except held-out ones (never trained on)
+            names += [c for c in str(rec.meta.get("dup_captions") or "").split("|")
+                      if c and not heldout(c, seed=dc.seed)]
+            caps.append(names)
+    if not images:
+        raise RuntimeError(f"no {split} emoji in {root}")
+    return np.stack(images), caps
+
+
+class DatasetError(RuntimeError):
+    """A data.world=files dataset that cannot be trained on (missing, empty, too few usable records)."""
+
+
+def _listing_key(path: Path) -> str:
+    """What a dataset's files are: each file's name, size and modification time (changed data, new cache)."""
+    import hashlib
+    h = hashlib.sha256(str(path.resolve()).encode())
+    files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file())
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.relative_to(path) if f != path else f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def files_images(dc: DataConfig, cache: Path, progress: bool = True):
+    """Your dataset (``data.path``, any format of :mod:`pixelcascade.data.formats`) for training: decoded once,
+    centre-cropped and resized to ``dc.image_size``, into a uint8 file in the cache that training reads memory-
+    mapped (so RAM holds the batches, not the dataset). Returns (images [N, S, S, 3] memmap, captions [N],
+    held-out indices, training indices, info). Records that cannot be decoded, truncated shards and records
+    without a caption are skipped and counted in ``info``; ``dc.seed`` picks the held-out images (5%, 1 to
+    512)."""
+    import hashlib
+
+    from .formats import DataFormatError, ReadStats, detect_format, read_records
+    if not dc.path:
+        raise DatasetError("data.world=files trains on your own data: name it with data.path=DATASET (a folder of "
+                           "images with .txt captions or a manifest.csv, parquet, or webdataset .tar shards)")
+    src = Path(dc.path).expanduser()
+    try:
+        fmt = detect_format(src)
+    except DataFormatError as e:
+        raise DatasetError(f"data.path: {e}; give a folder of images with .txt captions or a manifest.csv, a "
+                           "parquet file or folder, or webdataset .tar shards") from None
+    root = cache / "data" / f"files-{_listing_key(src)}-{dc.image_size}"
+    info_path = root / "info.json"
+    if not info_path.is_file():
+        root.mkdir(parents=True, exist_ok=True)
+        stats, captions, no_caption = ReadStats(), [], 0
+        digest = hashlib.sha256()
+        it = read_records(src, stats)
+        if progress:
+            from tqdm import tqdm
+            it = tqdm(it, desc=f"reading {src.name} ({fmt})", unit="img")
+        with atomic_path(root / "images.u8") as tmp, open(tmp, "wb") as f:
+            for rec in it:
+                caption = rec.caption.strip()
+                if not caption:
+                    no_caption += 1
+                    continue
+                try:
+                    img = center_crop_resize(rec.decode(), dc.image_size)
+                except ValueError as e:
+                    stats.note("corrupt_images", rec.source or rec.key, str(e))
+                    continue
+                f.write(img.tobytes())
+                digest.update(img.tobytes())
+                digest.update(caption.encode() + b"\0")
+                captions.append(caption)
+        info = {"path": str(src.resolve()), "format": fmt, "images": len(captions), "image_size": dc.image_size,
+                "skipped_no_caption": no_caption, "read": stats.as_dict(), "sha256": digest.hexdigest()}
+        with atomic_path(root / "captions.json") as tmp:
+            Path(tmp).write_text(json.dumps(captions))
+        with atomic_path(info_path) as tmp:  # written last: the cache is complete
+            Path(tmp).write_text(json.dumps(info, indent=1))
+    info = json.loads(info_path.read_text())
+    captions = json.loads((root / "captions.json").read_text())
+    n = info["images"]
+    skipped = (f"{info['read']['corrupt_images']} corrupt images, {info['read']['truncated_shards']} truncated "
+               f"shards, {info['skipped_no_caption']} records without a caption skipped")
+    if n < 2:
+        raise DatasetError(f"data.path={dc.path}: {n} usable image-caption records ({skipped}); training needs at "
+                           "least 2 (one is held out for validation)")
+    n_val = min(512, max(1, n // 20))
+    order = np.random.default_rng(dc.seed).permutation(n)
+    images = np.memmap(root / "images.u8", dtype=np.uint8, mode="r", shape=(n, dc.image_size, dc.image_size, 3))
+    info["skipped"] = skipped
+    return images, captions, np.sort(order[:n_val]), np.sort(order[n_val:]), info
+
+
+class ShapesWorld:
+    name = "shapes"
+
+    def splits(self, dc, cache, progress=True, super_res=False):
+        images, captions = shapes_images(dc, cache, progress)
+        n_val = max(1, min(512, len(images) // 20))
+        # validation keeps the default task mix and wording, so runs with other mixes compare on the same images
+        val_dc = dataclasses.replace(dc, num_images=n_val, seed=dc.seed + 10_000, task_weights="",
+                                     template_share=DataConfig.template_share)
+        val_images, val_captions = shapes_images(val_dc, cache, progress)
+        low = shapes_low_res_pairs(dc, cache, progress) if dc.paired_low_res > 0 and super_res else None
+        train = WorldSplit(images, [[c] for c in captions], low_images=low)
+        return train, WorldSplit(val_images, [[c] for c in val_captions])
+
+    def recipe(self, dc, train, val):
+        return (f"shapes world {dc.image_size}px, {dc.num_images} images rendered with seed {dc.seed} "
+                "(pixelcascade.data.shapes.make_dataset"
+                + (f", task mix {dc.task_weights}" if dc.task_weights else "")
+                + (f", template share {dc.template_share:g}" if dc.template_share != DataConfig.template_share else "")
+                + (f"; {dc.paired_low_res:g} of the low-res inputs are the scene's own {dc.low_res_size}-px render"
+                   if train.low_images is not None else "") + ")")
+
+    def preview_prompts(self, dc, val):
+        from .shapes import benchmark_prompts
+        return [p.text for p in random.Random(0).sample(benchmark_prompts(dc.image_size, 64, 0), 16)]
+
+
+class EmojiWorld:
+    name = "emoji"
+
+    def splits(self, dc, cache, progress=True, super_res=False):
+        images, caps = emoji_images(dc, cache, progress)
+        val_images, val_caps = emoji_images(dc, cache, progress, split="heldout")
+        return WorldSplit(images, caps), WorldSplit(val_images, val_caps)
+
+    def recipe(self, dc, train, val):
+        return (f"emoji: Noto Color Emoji rendered at 128 px (pixelcascade data emoji, seed {dc.seed}), curated "
+                f"(pixelcascade curate, defaults), resized to {dc.image_size} px; {len(train)} training emoji, names "
+                f"in 14 languages; validation on the {len(val)} held-out emoji")
+
+    def preview_prompts(self, dc, val):
+        return ["grinning face", "red heart", "thumbs up", "cat", "rocket", "pizza", "sun", "tree"] * 2
+
+
+class FilesWorld:
+    name = "files"
+
+    def splits(self, dc, cache, progress=True, super_res=False):
+        images, captions, val_rows, train_rows, info = files_images(dc, cache, progress)
+        train = WorldSplit(images, [[captions[i]] for i in train_rows], rows=train_rows, info=info)
+        return train, WorldSplit(images, [[captions[i]] for i in val_rows], rows=val_rows, info=info)
+
+    def recipe(self, dc, train, val):
+        info = train.info
+        return (f"files: {info['path']} ({info['format']}), {info['images']} image-caption records "
+                f"({info['skipped']}; content sha256 {info['sha256'][:16]}), centre-cropped and resized to "
+                f"{dc.image_size} px; {len(train)} training, {len(val)} held out for validation (data.seed {dc.seed})")
+
+    def preview_prompts(self, dc, val):  # the held-out captions (validation images), first 8, twice
+        return ([c[0] for c in val.captions[:8]] * 2)[:16]
+
+
+WORLDS: dict[str, World] = {w.name: w for w in (ShapesWorld(), EmojiWorld(), FilesWorld())}
+
+
+def get_world(name: str) -> World:
+    if name not in WORLDS:
+        raise ValueError(f"data.world={name!r}: choose {', '.join(WORLDS)}")
+    return WORLDS[name]

@@ -1,0 +1,45 @@
+"""Tensor files: safetensors (and weights-only .bin) read and written, with no code run on load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .utils import atomic_path
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit the model, or a path that holds no checkpoint."""
+
+
+def read_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) from a .safetensors file or a .bin loaded with weights_only (no code runs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no weights file at {path}: pass a .safetensors/.bin file or a model folder")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+            tensors, meta = {}, {}
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                for k in f.keys():
+                    tensors[k] = f.get_tensor(k)
+            return tensors, meta
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
+    except Exception as e:  # corrupt or truncated file
+        raise CheckpointError(f"cannot read weights from {path}: {type(e).__name__}: {e}. The file is corrupt "
+                              "or truncated: download or copy it again") from None
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    return dict(sd), {}
+
+
+def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write atomically: a temporary file in the same folder, then a rename."""
+    from safetensors.torch import save_file
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)

@@ -1,0 +1,99 @@
+"""Training examples in memory: a world's images with a table of their captions' text states (computed once,
+cached on disk), as batches the Trainer draws by index."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import RunConfig
+from ..data.worlds import WorldSplit, get_world
+from ..text.encoder import EmbeddingCache, load_encoder
+from ..utils import default_cache_dir, resolve_device, sha256_file
+
+
+@dataclass
+class TrainData:
+    """Images in [-1, 1] as uint8 [N, H, W, 3] plus per-image text states (indices into a caption table)."""
+
+    images: np.ndarray  # uint8 [N, H, W, 3]
+    caption_idx: np.ndarray  # int [N]
+    text_table: torch.Tensor  # fp16 [U, L, D]
+    null_idx: int  # row of the empty caption (classifier-free guidance's unconditional states)
+    captions: list[str] | None = None
+    # several captions per image (the emoji's names in many languages): example i is image image_idx[i] with
+    # caption caption_idx[i]; None: one caption per image, example i is image i
+    image_idx: np.ndarray | None = None
+    # super-resolution: each image's own low-res render (uint8 [N, h, w, 3]), used for a share
+    # (data.paired_low_res) of examples in place of the down-sampled target
+    low_images: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.caption_idx)
+
+    def _pixels(self, images: np.ndarray, idx: torch.Tensor) -> torch.Tensor:
+        """The examples' images (of ``images``: the targets or their low-res renders) in [-1, 1], [B, 3, H, W]."""
+        rows_img = idx.numpy() if self.image_idx is None else self.image_idx[idx.numpy()]
+        return torch.from_numpy(images[rows_img]).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+    def low_res(self, idx: torch.Tensor) -> torch.Tensor:
+        """The examples' own low-res renders (``low_images``) in [-1, 1]."""
+        return self._pixels(self.low_images, idx)
+
+    def batch(self, idx: torch.Tensor, drop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x0 = self._pixels(self.images, idx)  # [B, 3, H, W]
+        rows = torch.from_numpy(self.caption_idx[idx.numpy()]).long()
+        rows = torch.where(drop, torch.full_like(rows, self.null_idx), rows)
+        return x0, self.text_table[rows].float()  # [B, L, D]
+
+
+def build_train_data(split: WorldSplit, encoder, cache: Path, progress: bool = True) -> TrainData:
+    """One example per (image, caption) pair of the split: an image with several captions (the emoji's names in
+    many languages) is drawn in proportion to how many it has. Every distinct caption is encoded once (cached)."""
+    flat = sorted({c for cs in split.captions for c in cs}) + [""]
+    emb = EmbeddingCache(cache / "text", encoder).get_many(flat, progress=progress)
+    row = {c: i for i, c in enumerate(flat)}
+    table = torch.from_numpy(np.stack([emb[c] for c in flat]))  # fp16 [U, L, D]
+    rows = np.arange(len(split.captions)) if split.rows is None else split.rows
+    image_idx = np.array([rows[i] for i, cs in enumerate(split.captions) for _ in cs], dtype=np.int64)
+    caption_idx = np.array([row[c] for cs in split.captions for c in cs])
+    return TrainData(images=split.images, caption_idx=caption_idx, text_table=table, null_idx=row[""],
+                     captions=[c for cs in split.captions for c in cs], image_idx=image_idx,
+                     low_images=split.low_images)
+
+
+class ConfigMismatch(RuntimeError):
+    """Resuming a run folder with a config that would train another model, or an encoder the UNet cannot read."""
+
+
+def run_encoder(cfg: RunConfig, device: str = "cpu"):
+    """The run's text encoder, checked against the width the UNet reads."""
+    encoder = load_encoder(cfg.text_encoder, cfg.data.text_max_length, device=device)
+    if encoder.dim != cfg.unet.encoder_dim:
+        hint = (" (IF's UNets read T5-v1.1-XXL: text_encoder=/path/to/t5-v1_1-xxl)" if cfg.unet.encoder_dim == 4096
+                else "")
+        raise ConfigMismatch(f"the text encoder {encoder.name} gives {encoder.dim}-d states and this UNet reads "
+                             f"{cfg.unet.encoder_dim}-d ones: set text_encoder= an encoder of that width{hint}, or "
+                             f"unet.encoder_dim={encoder.dim} for a new run")
+    return encoder
+
+
+def prepare_data(cfg: RunConfig, cache: Path | None = None, progress: bool = True):
+    """Everything a run reads before its first step, built and cached: the images, the caption states, the
+    validation set. Returns (data, val, recipe, encoder, preview prompts). Runs that share data (the two stages of
+    a cascade started together) call it once first, so that they do not build the same cache at the same time."""
+    cache = cache or default_cache_dir()
+    # captions are encoded once (then cached) on the training device
+    enc_device = resolve_device(cfg.train.device)
+    encoder = run_encoder(cfg, device=str(enc_device) if enc_device.type == "cuda" else "cpu")
+    world = get_world(cfg.data.world)
+    train_split, val_split = world.splits(cfg.data, cache, progress, super_res=cfg.unet.super_res)
+    data = build_train_data(train_split, encoder, cache, progress)
+    val = build_train_data(val_split, encoder, cache, progress)
+    recipe = world.recipe(cfg.data, train_split, val_split) + f"; training seed {cfg.train.seed}"
+    if cfg.train.init_from:
+        recipe += f"; fine-tuned from {Path(cfg.train.init_from).name} (sha256 {sha256_file(cfg.train.init_from)[:16]})"
+    return data, val, recipe, encoder, world.preview_prompts(cfg.data, val_split)

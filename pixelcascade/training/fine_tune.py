@@ -1,0 +1,41 @@
+"""The config a training command runs: a preset, the user's overrides, and, when fine-tuning from a released IF
+folder (``train.init_from=``), that model's UNet, diffusion, size and text encoder adopted."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from ..config import ConfigError, RunConfig, apply_overrides
+from ..convert import CheckpointError, unet_config_of
+from ..presets import run_preset
+from ..text.encoder import carries_text_encoder, is_t5
+
+
+def run_config(name: str, overrides: list[str] | None = None) -> RunConfig:
+    """A preset plus dotted overrides. With ``train.init_from=`` an IF model folder (the released weights, in the
+    official or the diffusers layout), the run takes that UNet's config, IF's diffusion (eps with learned-range
+    variance), the folder's size as ``data.image_size`` and the pipeline folder's own T5 when it carries one
+    (``text_encoder/``, 77 tokens); overrides of those fields still win."""
+    overrides = overrides or []
+    cfg = run_preset(name, overrides)
+    src = Path(cfg.train.init_from).expanduser() if cfg.train.init_from else None
+    if src is None or not src.is_dir():
+        return cfg
+    try:
+        unet = unet_config_of(src)
+    except CheckpointError as e:
+        raise ConfigError(f"train.init_from={src}: {e}") from None
+    given = {o.split("=", 1)[0].strip() for o in overrides}
+    adopted = dataclasses.replace(
+        cfg, unet=unet, diffusion=dataclasses.replace(cfg.diffusion, prediction="eps", learned_variance=True),
+        data=dataclasses.replace(cfg.data, image_size=unet.image_size))
+    pipeline = src.parent if src.name == "unet" else src
+    if "text_encoder" not in given and carries_text_encoder(pipeline):
+        adopted = dataclasses.replace(adopted, text_encoder=str(pipeline))
+    if is_t5(adopted.text_encoder):
+        adopted = dataclasses.replace(adopted, data=dataclasses.replace(adopted.data, text_max_length=77))
+    # the user's own unet.*, diffusion.*, data.* and text_encoder overrides, on top
+    mine = [o for o in overrides if o.split("=", 1)[0].strip().split(".")[0] in ("unet", "diffusion", "data",
+                                                                               "text_encoder")]
+    return apply_overrides(adopted, mine)

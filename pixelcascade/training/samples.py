@@ -1,0 +1,23 @@
+"""The sample grid written at each checkpoint: the EMA model on the world's preview prompts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..images import contact_sheet
+from ..pipeline import Stage
+
+
+def sample_grid_fn(encoder, prompts: list[str]):
+    """A ``Trainer.sample_fn``: 16 prompts sampled with the run's settings, saved as a captioned grid (stage I only:
+    a super-resolution stage has no low-res input to show here)."""
+    def fn(trainer, path: Path) -> None:
+        cfg = trainer.cfg
+        if cfg.unet.super_res:
+            return
+        emb, _ = encoder(prompts)
+        unc, _ = encoder.empty(len(prompts))
+        stage = Stage(unet=trainer.ema.model, diffusion=cfg.diffusion, settings=cfg.sample)
+        imgs = stage.sample(emb, unc, list(range(len(prompts))))
+        contact_sheet(imgs, prompts, path, scale=3)
+    return fn
