@@ -262,6 +262,7 @@ def cmd_train(a) -> int:
     except ConfigError as e:
         raise UserError(str(e)) from None
     from .data.emoji import EmojiError
+    from .data.text_states import StatesError
     from .data.worlds import DatasetError
     from .training.checkpoint import ResumeError
     from .training.data import ConfigMismatch
@@ -275,7 +276,7 @@ def cmd_train(a) -> int:
     try:
         trainer = train(cfg, a.output, progress=not a.quiet, max_steps=a.max_steps, time_limit_s=a.time_limit,
                         command=command)
-    except (ResumeError, ConfigMismatch, EmojiError, DatasetError) as e:
+    except (ResumeError, ConfigMismatch, EmojiError, DatasetError, StatesError) as e:
         raise UserError(str(e)) from None
     if trainer.stopped_by is not None:
         import signal
@@ -514,6 +515,46 @@ def cmd_eval_suite(a) -> int:
                   batch_size=a.batch_size, progress=not a.quiet)
     for cat, path in r["sheets"].items():
         print(f"{cat}: {path}")
+    return 0
+
+
+def cmd_data_encode(a) -> int:
+    from .data.formats import DataFormatError
+    from .data.shard_index import index_dataset
+    from .data.text_states import encode_dataset
+    from .text.encoder import TextEncoderError, is_t5, load_encoder
+    from .training.loop import dist_info
+    from .utils import default_cache_dir, resolve_device
+    _check_writable(Path(a.output))
+    if a.batch_size < 1 or a.max_length < 0:
+        raise UserError("--batch-size must be >= 1 and --max-length >= 0")
+    rank, world = dist_info()
+    try:
+        device = str(resolve_device(a.device, rank))
+        index = index_dataset(a.dataset, default_cache_dir(), progress=not a.quiet and rank == 0)
+        length = a.max_length or (77 if is_t5(a.text_encoder) else 32)
+        encoder = load_encoder(a.text_encoder, length, device=device)
+    except (DataFormatError, TextEncoderError, RuntimeError) as e:
+        raise UserError(str(e)) from None
+    r = encode_dataset(index, a.output, encoder, a.text_encoder, batch_size=a.batch_size, rank=rank, world=world,
+                       progress=not a.quiet)
+    if world > 1:
+        import torch.distributed as dist
+        dist.barrier()
+    if rank == 0:
+        print(f"states of {len(index)} records in {len(index.shards)} shards -> {a.output} ({r['encoded']} shards "
+              f"encoded by this process, {r['skipped']} already there); train with data.text_states={a.output} "
+              f"text_encoder={a.text_encoder} data.text_max_length={length}")
+    return 0
+
+
+def cmd_data_shapes_shards(a) -> int:
+    from .data.synthetic import write_shapes_shards
+    if a.num < 1 or a.per_shard < 1 or a.size < 32:
+        raise UserError("--num and --per-shard must be >= 1 and --size >= 32 (the shapes world's smallest size)")
+    _check_writable(Path(a.output))
+    shards = write_shapes_shards(a.output, a.num, a.size, a.per_shard, a.seed, a.workers, progress=not a.quiet)
+    print(f"{a.num} scenes in {len(shards)} shards -> {a.output}")
     return 0
 
 

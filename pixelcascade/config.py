@@ -170,6 +170,15 @@ class DataConfig:
     # generator's varied wording). Varied wording moves the nouns' token positions, and with MiniLM the order of
     # two shapes did not bind under it (README, "Position"); 0.4 before that was known.
     template_share: float = 0.4
+    # world=files with webdataset shards (data.path a .tar, a folder of them or a glob): stream them (decoded in
+    # DataLoader workers, read through an index; memory stays flat as the data grows) instead of decoding everything
+    # into the cache first. Folders and parquet always go through the cache.
+    stream: bool = True
+    shuffle_buffer: int = 10000  # streamed: records shuffled together (a window of the shard-permuted sequence)
+    workers: int = 1  # streamed: DataLoader worker processes decoding images (0: in the training process)
+    # streamed: a folder of text states made by `pixelcascade data encode` (T5 states computed once); "": the run's
+    # text encoder encodes each batch's captions as it goes
+    text_states: str = ""
 
     def __post_init__(self):
         if self.world not in ("shapes", "emoji", "files"):
@@ -178,6 +187,11 @@ class DataConfig:
         if self.path and self.world != "files":
             raise ConfigError(f"data.path is read only with data.world=files (this run's world is {self.world}); "
                               "add data.world=files")
+        if self.text_states and self.world != "files":
+            raise ConfigError("data.text_states is read only with data.world=files and webdataset shards")
+        if self.shuffle_buffer < 1 or self.workers < 0:
+            raise ConfigError(f"data.shuffle_buffer={self.shuffle_buffer} must be >= 1 and data.workers="
+                              f"{self.workers} >= 0")
         for name in ("paired_low_res", "template_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"data.{name}={getattr(self, name)}: a share of the examples, from 0 to 1")

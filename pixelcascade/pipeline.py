@@ -193,22 +193,29 @@ def layout_targets(encoder, prompts: list[str]) -> list[LayoutTarget | None]:
     return out
 
 
-def negative_states(encoder, negative_prompts: str | list[str] | None, n: int) -> torch.Tensor:
+def negative_states(encoder, negative_prompts: str | list[str] | None, n: int,
+                    with_mask: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The unconditional branch's text states for ``n`` images: the empty prompt's, or the negative prompts'
     where given (one for all, or one per image; "" keeps the empty prompt). Used by every stage of a cascade, and
-    by a super-resolution stage run on its own (``pixelcascade upscale``)."""
-    uncond, _ = encoder.empty(n)
-    if negative_prompts is None:
-        return uncond
-    negs = [negative_prompts] * n if isinstance(negative_prompts, str) else list(negative_prompts)
-    if len(negs) != n:
-        raise PipelineError(f"{len(negs)} negative prompts for {n} prompts: give one for all, or one per prompt")
-    idx = [i for i, t in enumerate(negs) if t.strip()]
-    if idx:
-        neg, _ = encoder([negs[i] for i in idx])
-        uncond = uncond.clone()
-        uncond[idx] = neg.to(uncond.dtype)
-    return uncond
+    by a super-resolution stage run on its own (``pixelcascade upscale``). ``with_mask``: (states, token mask)."""
+    uncond, mask = encoder.empty(n)
+    if negative_prompts is not None:
+        negs = [negative_prompts] * n if isinstance(negative_prompts, str) else list(negative_prompts)
+        if len(negs) != n:
+            raise PipelineError(f"{len(negs)} negative prompts for {n} prompts: give one for all, or one per prompt")
+        idx = [i for i, t in enumerate(negs) if t.strip()]
+        if idx:
+            neg, neg_mask = encoder([negs[i] for i in idx])
+            uncond, mask = uncond.clone(), mask.clone()
+            uncond[idx] = neg.to(uncond.dtype)
+            mask[idx] = neg_mask.to(mask.dtype)
+    return (uncond, mask) if with_mask else uncond
+
+
+def zero_padding(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """States with the padding positions zeroed: the input of a model trained on stored text states, which keep
+    only the real tokens (data.text_states; its metadata says ``text_padding=zeros``)."""
+    return states * mask.to(states.device, states.dtype)[..., None]
 
 
 @dataclass
@@ -253,8 +260,8 @@ class Cascade:
         settings = list(settings or []) + [None] * n
         sizes = list(sizes or []) + [None] * n
         with self._on_device(self.encoder):
-            text_emb, _ = self.encoder(prompts)
-            uncond = negative_states(self.encoder, negative_prompts, len(prompts))
+            text_emb, text_mask = self.encoder(prompts)
+            uncond, uncond_mask = negative_states(self.encoder, negative_prompts, len(prompts), with_mask=True)
         layout = None  # the relation each prompt states, for stages that sample with layout guidance
         if any((s or st.settings).layout_guidance > 0 for s, st in zip(settings, self.stages[:n])):
             layout = layout_targets(self.encoder, prompts)
@@ -281,7 +288,10 @@ class Cascade:
                         hh, ww = (h or st.cfg.image_size), (w or st.cfg.image_size)
                         init_i = resize(init_image, (hh, ww))
                         mask_i = None if mask is None else (resize(mask.float(), (hh, ww), "nearest") > 0.5).float()
-                    img = st.sample(text_emb, uncond, seeds, height=h, width=w, settings=settings[i], low_res=low,
+                    emb_i, unc_i = text_emb, uncond
+                    if st.meta.get("text_padding") == "zeros":
+                        emb_i, unc_i = zero_padding(text_emb, text_mask), zero_padding(uncond, uncond_mask)
+                    img = st.sample(emb_i, unc_i, seeds, height=h, width=w, settings=settings[i], low_res=low,
                                     init_image=init_i, strength=strength, mask=mask_i, callback=cb, layout=layout)
             outs.append(img.cpu() if self.offload else img)
             low = img

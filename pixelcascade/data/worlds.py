@@ -258,6 +258,37 @@ class EmojiWorld:
         return ["grinning face", "red heart", "thumbs up", "cat", "rocket", "pizza", "sun", "tree"] * 2
 
 
+def streams(dc: DataConfig) -> bool:
+    """Whether a run reads its data as a stream: world=files, data.stream, and webdataset shards at data.path."""
+    if dc.world != "files" or not dc.stream or not dc.path:
+        return False
+    p = Path(dc.path).expanduser()
+    return any(c in dc.path for c in "*?[") or p.suffix == ".tar" or (p.is_dir() and any(p.glob("*.tar")))
+
+
+def files_stream(dc: DataConfig, cache: Path, progress: bool = True):
+    """Streamed world=files: (index, training ids, validation ids, info). The index is built once per shard and
+    cached; records without a caption are left out of both splits and counted."""
+    from .formats import DataFormatError
+    from .shard_index import index_dataset
+    try:
+        index = index_dataset(dc.path, cache, progress)
+    except DataFormatError as e:
+        raise DatasetError(f"data.path: {e}") from None
+    captioned = index.records["text_size"] > 0
+    train_ids, val_ids = index.split(dc.seed)
+    train_ids, val_ids = train_ids[captioned[train_ids]], val_ids[captioned[val_ids]]
+    info = {"path": str(dc.path), "format": "webdataset (streamed)", "images": len(index),
+            "shards": len(index.shards), "fingerprint": index.fingerprint(),
+            "skipped": (f"{index.stats['truncated_shards']} truncated shards, {index.stats['dropped_records']} "
+                        f"records cut off or without an image, {int((~captioned).sum())} records without a caption "
+                        "left out")}
+    if len(train_ids) < 1 or len(val_ids) < 1:
+        raise DatasetError(f"data.path={dc.path}: {len(index)} records ({info['skipped']}); training needs at "
+                           "least 2 with captions (one is held out for validation)")
+    return index, train_ids, val_ids, info
+
+
 class FilesWorld:
     name = "files"
 

@@ -3,6 +3,7 @@ cached on disk), as batches the Trainer draws by index."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +11,9 @@ import numpy as np
 import torch
 
 from ..config import RunConfig
-from ..data.worlds import WorldSplit, get_world
+from ..data.stream import StreamSpec, read_records_by_id, stream_loader
+from ..data.text_states import StatesReader, check_states, read_meta
+from ..data.worlds import DatasetError, WorldSplit, files_stream, get_world, streams
 from ..text.encoder import EmbeddingCache, load_encoder
 from ..utils import default_cache_dir, resolve_device, sha256_file
 
@@ -81,11 +84,97 @@ def run_encoder(cfg: RunConfig, device: str = "cpu"):
     return encoder
 
 
+@dataclass
+class StreamData:
+    """Training examples streamed from webdataset shards (data.stream): per-step batches from DataLoader workers,
+    text states from disk (data.text_states) or from the run's encoder, batch by batch."""
+
+    spec: StreamSpec  # rank, world and first_step are set by :meth:`batches`
+    workers: int
+    null_states: torch.Tensor  # [L, D]: the empty caption's (classifier-free guidance's dropout)
+    encoder: object | None = None  # encodes each batch's captions; None when the states come from disk
+
+    def __len__(self) -> int:
+        return len(self.spec.ids)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.spec.index.fingerprint()
+
+    def batches(self, first_step: int, rank: int = 0, world: int = 1):
+        spec = dataclasses.replace(self.spec, first_step=first_step, rank=rank, world=world)
+        return stream_loader(spec, self.workers)
+
+    def text(self, batch: dict, drop: torch.Tensor) -> torch.Tensor:
+        """The batch's text states [b, L, D], the dropped rows' replaced by the empty caption's."""
+        if "states" in batch:
+            states = batch["states"]
+        else:
+            with torch.no_grad():
+                states = self.encoder(batch["captions"], allow_empty=True)[0].float().cpu()
+        return torch.where(drop[:, None, None], self.null_states.to(states.dtype), states)
+
+
+class StoredStates:
+    """An encoder stand-in over stored states (the validation captions and the empty one): what the sample grid
+    of a run trained on ``data.text_states`` encodes with."""
+
+    def __init__(self, table: dict[str, torch.Tensor], empty: torch.Tensor, name: str):
+        self.table, self._empty, self.name = table, empty, name
+        self.dim, self.max_length = empty.shape[-1], empty.shape[0]
+
+    def __call__(self, texts: list[str], allow_empty: bool = False):
+        emb = torch.stack([self.table[t] for t in texts])
+        return emb, (emb.abs().sum(-1) > 0).long()
+
+    def empty(self, n: int = 1):
+        return self._empty.expand(n, -1, -1), (self._empty.abs().sum(-1) > 0).long().expand(n, -1)
+
+
+def prepare_stream(cfg: RunConfig, cache: Path, progress: bool = True):
+    """A streamed world=files run's data: as :func:`prepare_data` returns it."""
+    dc = cfg.data
+    index, train_ids, val_ids, info = files_stream(dc, cache, progress)
+    val_images, val_caps, val_kept = read_records_by_id(index, val_ids, dc.image_size)
+    if not val_caps:
+        raise DatasetError(f"data.path={dc.path}: none of the {len(val_ids)} held-out records can be decoded")
+    if dc.text_states:
+        check_states(dc.text_states, index, cfg.text_encoder, cfg.unet.encoder_dim, dc.text_max_length)
+        reader = StatesReader(dc.text_states, index, dc.text_max_length)
+        table = {c: reader.get(int(index.records["shard"][i]), index.key(i)) for c, i in zip(val_caps, val_kept)}
+        null = reader.empty()
+        meta = read_meta(Path(dc.text_states) / "empty.safetensors")
+        encoder = StoredStates(table, null, meta["encoder_name"])
+        val = TrainData(images=val_images, caption_idx=np.array([list(table).index(c) for c in val_caps]),
+                        text_table=torch.stack(list(table.values()) + [null]).half(), null_idx=len(table),
+                        captions=val_caps)
+        stream_encoder = None
+    else:
+        encoder = run_encoder(cfg)
+        val = build_train_data(WorldSplit(val_images, [[c] for c in val_caps]), encoder, cache, progress)
+        null = encoder.empty(1)[0][0].float().cpu()
+        stream_encoder = encoder
+    spec = StreamSpec(index=index, ids=train_ids, image_size=dc.image_size, batch_size=cfg.train.batch_size,
+                      seed=cfg.train.seed, shuffle_buffer=dc.shuffle_buffer, states=dc.text_states or None,
+                      text_length=dc.text_max_length)
+    data = StreamData(spec, dc.workers, null, stream_encoder)
+    recipe = (f"files: {info['path']}, {info['shards']} webdataset shards streamed, {info['images']} records "
+              f"({info['skipped']}; shards fingerprint {info['fingerprint']}), centre-cropped and resized to "
+              f"{dc.image_size} px; {len(train_ids)} training, {len(val_caps)} held out for validation (data.seed "
+              f"{dc.seed}); shuffle window {dc.shuffle_buffer}"
+              + (f"; text states from {dc.text_states} (padding zeros)" if dc.text_states else "")
+              + f"; training seed {cfg.train.seed}")
+    prompts = ([c for c in val_caps[:8]] * 2)[:16]
+    return data, val, recipe, encoder, prompts
+
+
 def prepare_data(cfg: RunConfig, cache: Path | None = None, progress: bool = True):
     """Everything a run reads before its first step, built and cached: the images, the caption states, the
     validation set. Returns (data, val, recipe, encoder, preview prompts). Runs that share data (the two stages of
     a cascade started together) call it once first, so that they do not build the same cache at the same time."""
     cache = cache or default_cache_dir()
+    if streams(cfg.data):
+        return prepare_stream(cfg, cache, progress)
     # captions are encoded once (then cached) on the training device
     enc_device = resolve_device(cfg.train.device)
     encoder = run_encoder(cfg, device=str(enc_device) if enc_device.type == "cuda" else "cpu")

@@ -79,6 +79,8 @@ class Trainer:
             torch.set_num_threads(tc.num_threads)
         torch.manual_seed(tc.seed)
         self.rank, self.world = dist_info()
+        self.streaming = not isinstance(data, TrainData)
+        self._batches = None  # the stream's iterator, from the step fit starts at
         if tc.batch_size % self.world:
             raise ValueError(f"train.batch_size={tc.batch_size} does not split over {self.world} processes: use a "
                              "multiple of the process count")
@@ -121,15 +123,19 @@ class Trainer:
     def set_whitening(self, states: torch.Tensor | None = None, eps: float = WHITEN_EPS) -> None:
         """unet.text_whiten: the ZCA statistics of every token state in the caption table (the empty caption
         included), or of ``states`` when given, into the model and its EMA (``eps``: the eigenvalue floor)."""
-        mean, zca = whitening_stats(self.data.text_table if states is None else states, eps=eps)
+        table = self.data.text_table if isinstance(self.data, TrainData) else self.val.text_table
+        mean, zca = whitening_stats(table if states is None else states, eps=eps)
         for net in (self.model, self.ema.model):
             net.text_white_mean.copy_(mean)
             net.text_white_map.copy_(zca)
 
     # -- state ----------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
-                "step": self.step, "config": to_json(self.cfg)}
+        state = {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
+                 "step": self.step, "config": to_json(self.cfg)}
+        if self.streaming:  # the stream's position is the step; it must continue over the same shards
+            state["data_fingerprint"] = self.data.fingerprint
+        return state
 
     def _resume(self) -> None:
         state = load_checkpoint(self.ckpt_path)
@@ -140,10 +146,17 @@ class Trainer:
             except Exception:
                 pass
             new = json.loads(to_json(self.cfg))  # JSON on both sides: tuples and lists compare equal
+            for d in (old, new):  # how many worker processes decode the stream: this machine's choice
+                if isinstance(d.get("data"), dict):
+                    d["data"].pop("workers", None)
             diff = [k for k in new if old.get(k) != new[k]]
             if any(k != "train" for k in diff) or _train_changed(old.get("train", {}), new["train"]):
                 raise ConfigMismatch(f"{self.ckpt_path} was written by a run with another config (differs in "
                                    f"{diff}); use a new output folder, or the same config to resume")
+        if self.streaming and state.get("data_fingerprint", self.data.fingerprint) != self.data.fingerprint:
+            raise ConfigMismatch(f"{self.ckpt_path} was trained on other shards than {self.cfg.data.path} holds now "
+                                 "(names, sizes or record counts differ): the stream could not continue where it "
+                                 "stopped; use the same shards, or a new output folder")
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.opt.load_state_dict(state["opt"])
@@ -209,10 +222,18 @@ class Trainer:
         g = step_generator(tc.seed, self.step)
         b = tc.batch_size  # the global batch: every process draws all of it and keeps its rows
         mine = slice(self.rank, None, self.world)
-        idx = torch.randint(0, len(self.data), (b,), generator=g)[mine]
+        idx = None if self.streaming else torch.randint(0, len(self.data), (b,), generator=g)[mine]
         drop = (torch.rand(b, generator=g) < tc.cfg_dropout)[mine]
         t = torch.randint(0, dc.num_timesteps, (b,), generator=g)[mine]
-        x0, text = self.data.batch(idx, drop)
+        replaced = 0
+        if self.streaming:  # the stream's batch for this step: this process's rows of the global batch
+            batch = next(self._batches)
+            if batch["step"] != self.step:
+                raise RuntimeError(f"the data stream gave step {batch['step']}'s batch at step {self.step}")
+            x0 = batch["images"].permute(0, 3, 1, 2).float() / 127.5 - 1  # [B, 3, H, W]
+            text, replaced = self.data.text(batch, drop), batch["replaced"]
+        else:
+            x0, text = self.data.batch(idx, drop)
         noise = torch.randn((b, *x0.shape[1:]), generator=g)[mine]
         low_res_kw = {}
         if self.cfg.unet.super_res:
@@ -236,9 +257,12 @@ class Trainer:
         self.ema.update(self.model)
         self.step += 1
         terms = {k: v.detach() for k, v in terms.items()}
-        return {"loss": float(loss.detach()), "mse": float(terms["mse"].mean()),
-                "vb": float(terms["vb"].mean()) if "vb" in terms else 0.0, "grad_norm": float(gnorm),
-                "lr": self.opt.param_groups[0]["lr"]}
+        out = {"loss": float(loss.detach()), "mse": float(terms["mse"].mean()),
+               "vb": float(terms["vb"].mean()) if "vb" in terms else 0.0, "grad_norm": float(gnorm),
+               "lr": self.opt.param_groups[0]["lr"]}
+        if self.streaming:  # records replaced in this batch (corrupt images, empty captions): summed in the log
+            out["replaced"] = float(replaced)
+        return out
 
     def _sr_inputs(self, x0: torch.Tensor, g: torch.Generator, b: int | None = None, mine: slice = slice(None),
                    idx: torch.Tensor | None = None) -> dict:
@@ -290,6 +314,11 @@ class Trainer:
         n = 0  # steps in the current log window (fewer than log_every in the first one after a resume)
         last = time.time()
         self.stopped_by = None
+        loader = None
+        if self.streaming and self.step < max_steps:
+            loader = self.data.batches(self.step, self.rank, self.world)
+            self._batches = iter(loader)
+        replaced_total = 0
         with _GracefulStop() as stop:
             while self.step < max_steps:
                 m = self.train_step()
@@ -302,11 +331,12 @@ class Trainer:
                 for k, v in m.items():
                     acc[k] = acc.get(k, 0.0) + v
                 n += 1
+                replaced_total += int(m.get("replaced", 0))
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{m['loss']:.4f}")
                 if self.step % tc.log_every == 0 and main:
-                    row = {"step": self.step, **{k: v / n for k, v in acc.items()},
+                    row = {"step": self.step, **{k: (v if k == "replaced" else v / n) for k, v in acc.items()},
                            "img_per_s": n * tc.batch_size / max(1e-9, time.time() - last), "time": time.time()}
                     _append_csv(log_path, row)
                     if writer:
@@ -333,6 +363,11 @@ class Trainer:
                     break
         if bar is not None:
             bar.close()
+        self._batches = None
+        del loader  # stops the DataLoader's workers
+        if replaced_total and main:
+            print(f"note: {replaced_total} streamed records were replaced by the next in the stream (images that "
+                  "could not be decoded, empty captions); train_log.csv has the count per log window", file=sys.stderr)
         if writer:
             writer.close()
         if self.world > 1:  # nobody leaves while rank 0 still writes the last checkpoint: a gloo peer that

@@ -18,6 +18,8 @@ def train(cfg: RunConfig, out_dir: str | Path, *, cache: Path | None = None, pro
     data, val, recipe, encoder, prompts = prepare_data(cfg, cache, progress)
     meta = {"text_encoder": cfg.text_encoder, "text_max_length": cfg.data.text_max_length,
             "encoder_name": encoder.name, "command": command, "data_recipe": recipe, "world": cfg.data.world}
+    if cfg.data.text_states:  # stored states keep the real tokens only: sampling zeroes the padding likewise
+        meta["text_padding"] = "zeros"
     sample_fn = sample_grid_fn(encoder, prompts) if grids else None
     trainer = Trainer(cfg, data, out_dir, val, progress=progress, sample_fn=sample_fn, meta=meta)
     write_recipe(out_dir, cfg, command)
