@@ -21,4 +21,31 @@ def run(rank: int, world: int, port: int, out: str, steps: int) -> None:
     with open(f"{out}/rows{rank}.json", "w") as f:
         json.dump(rows, f)
     import torch.distributed as dist
+    dist.barrier()  # both processes done with gloo before either tears it down
+    dist.destroy_process_group()
+
+
+def run_stream(rank: int, world: int, port: int, out: str, shards: str, steps: int) -> None:
+    """A process of a 2-process streamed run: records the keys of every record it trained on."""
+    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), PIXELCASCADE_BACKEND="gloo")
+    import torch
+
+    torch.set_num_threads(1)
+    from test_stream import _stream_cfg, _stream_data
+    from test_training import _data
+
+    from pixelcascade.training.loop import Trainer
+    cadence = 3 if steps <= 6 else steps  # a long run checkpoints and validates once, at its end
+    t = Trainer(_stream_cfg(ckpt_every=cadence, val_every=cadence), _stream_data(shards, workers=0), out,
+                val_data=_data(), progress=False)
+    keys = []
+    text = t.data.text
+    t.data.text = lambda batch, drop: (keys.extend(batch["keys"]), text(batch, drop))[1]
+    t.fit(max_steps=steps)
+    import json
+    with open(f"{out}/keys{rank}.json", "w") as f:
+        json.dump(keys, f)
+    import torch.distributed as dist
+    dist.barrier()
     dist.destroy_process_group()
