@@ -29,7 +29,8 @@ def _device(name: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {name}: no CUDA device here; use --device cpu")
-    return name
+    from .utils import resolve_device
+    return str(resolve_device(name))  # under torchrun, plain cuda is each process's own GPU
 
 
 def _dtype(name: str):
@@ -437,7 +438,9 @@ def cmd_eval_coco(a) -> int:
                      progress=not a.quiet)
     except FIDError as e:
         raise UserError(str(e)) from None
-    print(json.dumps(r, indent=2))
+    from .utils import dist_info
+    if dist_info()[0] == 0:
+        print(json.dumps(r, indent=2))
     return 0
 
 
@@ -523,8 +526,7 @@ def cmd_data_encode(a) -> int:
     from .data.shard_index import index_dataset
     from .data.text_states import encode_dataset
     from .text.encoder import TextEncoderError, is_t5, load_encoder
-    from .training.loop import dist_info
-    from .utils import default_cache_dir, resolve_device
+    from .utils import barrier, default_cache_dir, dist_info, resolve_device
     _check_writable(Path(a.output))
     if a.batch_size < 1 or a.max_length < 0:
         raise UserError("--batch-size must be >= 1 and --max-length >= 0")
@@ -538,9 +540,7 @@ def cmd_data_encode(a) -> int:
         raise UserError(str(e)) from None
     r = encode_dataset(index, a.output, encoder, a.text_encoder, batch_size=a.batch_size, rank=rank, world=world,
                        progress=not a.quiet)
-    if world > 1:
-        import torch.distributed as dist
-        dist.barrier()
+    barrier()
     if rank == 0:
         print(f"states of {len(index)} records in {len(index.shards)} shards -> {a.output} ({r['encoded']} shards "
               f"encoded by this process, {r['skipped']} already there); train with data.text_states={a.output} "
@@ -619,7 +619,7 @@ def cmd_curate(a) -> int:
     from .data.curate import CurateConfig, CurateError, curate
     from .data.formats import DataFormatError
     _check_writable(Path(a.output))
-    cfg = CurateConfig(phash_radius=a.phash_radius, knn=a.knn, near_threshold=a.near_threshold,
+    cfg = CurateConfig(phash_radius=a.phash_radius, knn=a.knn, index=a.index, near_threshold=a.near_threshold,
                        compare_size=a.compare_size, max_shift=a.max_shift, min_size=a.min_size,
                        max_aspect=a.max_aspect, aesthetic_threshold=a.aesthetic_threshold,
                        aesthetic_model=a.aesthetic_model, workers=a.workers, ray_address=a.ray,

@@ -86,3 +86,26 @@ def sha256_file(path: str | Path) -> str:
     except OSError:
         return "missing"
     return h.hexdigest()
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size); joins the process group torchrun set up (WORLD_SIZE > 1), else (0, 1)."""
+    import os
+
+    import torch
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and os.environ.get("PIXELCASCADE_BACKEND") != "gloo" \
+            else "gloo"
+        dist.init_process_group(backend)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def barrier() -> None:
+    """Wait for every process of a torchrun launch (nothing to wait for in a single process)."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()

@@ -49,3 +49,22 @@ def run_stream(rank: int, world: int, port: int, out: str, shards: str, steps: i
     import torch.distributed as dist
     dist.barrier()
     dist.destroy_process_group()
+
+
+def run_generate(rank: int, world: int, port: int, model: str, out: str) -> None:
+    """A process of a 2-process evaluation: its share of the jobs into the shared folder."""
+    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), PIXELCASCADE_BACKEND="gloo")
+    import torch
+
+    torch.set_num_threads(1)
+    from test_eval_protocols import _jobs
+
+    import pixelcascade
+    from pixelcascade.eval.batch import generate_jobs
+    counts = generate_jobs(pixelcascade.load(model), _jobs(), out, batch_size=3, progress=False)
+    import json
+    with open(f"{out}/../counts{rank}.json", "w") as f:
+        json.dump(counts, f)
+    import torch.distributed as dist
+    dist.destroy_process_group()

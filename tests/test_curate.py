@@ -60,8 +60,10 @@ def _shift(img, dx, dy):
     return out
 
 
-@pytest.mark.parametrize("search", ["faiss", "numpy"])
+@pytest.mark.parametrize("search", ["faiss", "numpy", "hnsw", "ivf"])
 def test_planted_duplicates_found_without_false_merges(emoji128, tmp_path, monkeypatch, search):
+    """Planted copies (exact, re-encoded, resized, shifted) are found and merged, and distinct emoji never are: with
+    faiss's exact index, NumPy's exact search, and the approximate HNSW and IVF indexes used at scale."""
     from pixelcascade.data import curate as curate_mod
     from pixelcascade.data.curate import CurateConfig, curate, pixel_hash
     if search == "numpy":  # as on a machine without faiss
@@ -100,7 +102,8 @@ def test_planted_duplicates_found_without_false_merges(emoji128, tmp_path, monke
     last = sorted(src.glob("*.tar"))[-1]
     (src / "99999.tar").write_bytes(sorted(src.glob("*.tar"))[0].read_bytes()[:5000])
     assert last.exists()
-    rep = curate(src, tmp_path / "out", CurateConfig(workers=2), progress=False)
+    index = search if search in ("hnsw", "ivf") else "exact"
+    rep = curate(src, tmp_path / "out", CurateConfig(workers=2, index=index), progress=False)
     clusters = json.loads((tmp_path / "out" / "report.json").read_text())
     assert clusters["read"]["corrupt_images"] == 1 and clusters["read"]["truncated_shards"] == 1
     # the clusters, from the written data: each kept record carries the captions merged into it

@@ -38,6 +38,12 @@ SCORE_COLUMNS = ("aesthetic", "aesthetic_score", "AESTHETIC_SCORE", "score")
 class CurateConfig:
     phash_radius: int = 10  # candidate pairs: Hamming distance of the 64-bit perceptual hashes
     knn: int = 8  # candidate pairs: nearest thumbnails per image
+    # kNN candidates whose thumbnails differ by more than this (RMS, [0, 1] scale) are not verified: a near duplicate
+    # differs by a few grey levels, and without the bound every image would be loaded for verification
+    thumb_radius: float = 0.1
+    # the nearest-neighbour index: "exact" (faiss flat, quadratic), "hnsw" (approximate graph, n log n), "ivf"
+    # (approximate inverted lists), or "auto": exact below APPROX_FROM images, HNSW above
+    index: str = "auto"
     near_threshold: float = 6.5  # verification: max block difference (0-255 scale) of a near duplicate
     compare_size: int = 128
     max_shift: int = 3
@@ -108,7 +114,9 @@ def shard_features(shard: str, cfg: CurateConfig) -> dict:
         rows.append({"key": rec.key, "shard": str(shard), "caption": rec.caption, "h": img.shape[0],
                      "w": img.shape[1], "hash": pixel_hash(img), "phash": phash(img), "thumb": thumbnail(img),
                      "score": score})
-    return {"rows": rows, "stats": stats.as_dict()}
+    # caption frequencies counted here, per shard, and summed: the count streams with the shards
+    return {"rows": rows, "stats": stats.as_dict(), "captions": dict(Counter(r["caption"] for r in rows
+                                                                           if r["caption"]))}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -212,10 +220,30 @@ def _faiss():
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
-def hamming_within(codes: np.ndarray, radius: int, block: int = 2048) -> list[np.ndarray]:
+APPROX_FROM = 20_000  # "auto": exact search below this many images, approximate above
+
+
+def index_kind(n: int, kind: str = "auto") -> str:
+    if kind not in ("auto", "exact", "hnsw", "ivf"):
+        raise CurateError(f"--index {kind}: choose auto, exact, hnsw or ivf")
+    if kind == "auto":
+        return "exact" if n < APPROX_FROM else "hnsw"
+    return kind
+
+
+def hamming_within(codes: np.ndarray, radius: int, block: int = 2048, index: str = "auto",
+                   knn: int = 16) -> list[np.ndarray]:
     """For each binary code (uint8 [N, B]), the indices of the codes within ``radius`` bits (itself included):
-    faiss ``IndexBinaryFlat.range_search`` when faiss is installed, else an exact NumPy search."""
+    faiss ``IndexBinaryFlat.range_search`` when faiss is installed (exact), else an exact NumPy search. With an
+    approximate ``index`` (the default above APPROX_FROM codes), each code's ``knn`` nearest codes in a binary HNSW
+    graph, those within ``radius`` kept: near duplicates are among the nearest, and the search grows as n log n."""
     faiss = _faiss()
+    kind = index_kind(len(codes), index) if faiss is not None else "exact"
+    if kind != "exact":
+        idx = faiss.IndexBinaryHNSW(codes.shape[1] * 8, 16)
+        idx.add(codes)
+        dist, labels = idx.search(codes, min(knn, len(codes)))
+        return [lab[(d <= radius) & (lab >= 0)] for d, lab in zip(dist, labels)]
     if faiss is not None:
         idx = faiss.IndexBinaryFlat(codes.shape[1] * 8)
         idx.add(codes)
@@ -228,23 +256,42 @@ def hamming_within(codes: np.ndarray, radius: int, block: int = 2048) -> list[np
     return out
 
 
-def nearest_l2(x: np.ndarray, k: int, block: int = 2048) -> np.ndarray:
-    """[N, k] indices of each row's k nearest rows by L2 distance (itself among them): faiss ``IndexFlatL2``
-    when installed, else an exact NumPy search."""
+def nearest_l2(x: np.ndarray, k: int, block: int = 2048, index: str = "auto",
+               return_distances: bool = False):
+    """[N, k] indices of each row's k nearest rows by L2 distance (itself among them; -1 where fewer were found),
+    and with ``return_distances`` their squared distances. ``index``: exact (faiss ``IndexFlatL2``, or NumPy
+    without faiss), hnsw (``IndexHNSWFlat``, M=32: n log n), ivf (``IndexIVFFlat``, about 1,000 rows a list,
+    16 lists probed), auto: exact below APPROX_FROM rows, HNSW above."""
     faiss = _faiss()
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    kind = index_kind(len(x), index) if faiss is not None else "exact"
     if faiss is not None:
-        idx = faiss.IndexFlatL2(x.shape[1])
+        if kind == "exact":
+            idx = faiss.IndexFlatL2(x.shape[1])
+        elif kind == "hnsw":
+            idx = faiss.IndexHNSWFlat(x.shape[1], 32)
+            idx.hnsw.efConstruction = 40
+            idx.hnsw.efSearch = max(32, 2 * k)
+        else:
+            nlist = max(16, len(x) // 1000)
+            idx = faiss.IndexIVFFlat(faiss.IndexFlatL2(x.shape[1]), x.shape[1], nlist)
+            sample = np.random.default_rng(0).choice(len(x), min(len(x), 64 * nlist), replace=False)
+            idx.train(x[np.sort(sample)])
+            idx.nprobe = 16
         idx.add(x)
-        return idx.search(x, k)[1]
+        dist, labels = idx.search(x, k)
+        return (labels, dist) if return_distances else labels
     x64 = x.astype(np.float64)
     sq = (x64 ** 2).sum(1)
-    out = []
+    out, outd = [], []
     for s in range(0, len(x), block):
         d = sq[s:s + block, None] + sq[None, :] - 2 * x64[s:s + block] @ x64.T  # [b, N]
         part = np.argpartition(d, k - 1, axis=1)[:, :k] if k < len(x) else np.tile(np.arange(len(x)), (len(d), 1))
         order = np.take_along_axis(d, part, 1).argsort(1, kind="stable")
         out.append(np.take_along_axis(part, order, 1))
-    return np.concatenate(out)
+        outd.append(np.take_along_axis(d, out[-1], 1))
+    labels, dist = np.concatenate(out), np.concatenate(outd).astype(np.float32)
+    return (labels, dist) if return_distances else labels
 
 
 def find_duplicates(rows: list[dict], cfg: CurateConfig, loader) -> tuple[UnionFind, dict]:
@@ -265,10 +312,12 @@ def find_duplicates(rows: list[dict], cfg: CurateConfig, loader) -> tuple[UnionF
     if len(reps) > 1:
         codes = np.stack([rows[i]["phash"] for i in reps]).astype(np.uint8)
         thumbs = np.stack([rows[i]["thumb"] for i in reps]).astype(np.float32)
-        for q, ks in enumerate(hamming_within(codes, cfg.phash_radius)):
+        for q, ks in enumerate(hamming_within(codes, cfg.phash_radius, index=cfg.index, knn=2 * cfg.knn)):
             cand.update((min(q, int(k)), max(q, int(k))) for k in ks if k != q)
-        for q, ks in enumerate(nearest_l2(thumbs, min(cfg.knn + 1, len(reps)))):
-            cand.update((min(q, int(k)), max(q, int(k))) for k in ks if k >= 0 and k != q)
+        labels, dist = nearest_l2(thumbs, min(cfg.knn + 1, len(reps)), index=cfg.index, return_distances=True)
+        near = dist <= cfg.thumb_radius ** 2 * thumbs.shape[1]  # RMS over the thumbnail's values
+        for q, (ks, ok) in enumerate(zip(labels, near)):
+            cand.update((min(q, int(k)), max(q, int(k))) for k, o in zip(ks, ok) if o and k >= 0 and k != q)
     needed = sorted({reps[a] for pair in cand for a in pair})
     images = loader(needed)
     prepared = {i: _prepare(images[i], cfg.compare_size, cfg.max_shift) for i in needed if i in images}
@@ -293,6 +342,9 @@ def curate(input_path: str | Path, output: str | Path, cfg: CurateConfig | None 
     shards = shard_list(input_path)
     results = _map_shards(shards, cfg, progress)
     rows = [r for res in results for r in res["rows"]]
+    caption_counts = Counter()
+    for res in results:
+        caption_counts.update(res["captions"])
     stats = ReadStats()
     for res in results:
         for k, v in res["stats"].items():
@@ -367,16 +419,15 @@ def curate(input_path: str | Path, output: str | Path, cfg: CurateConfig | None 
                 meta["cluster_size"] = len(keep[i])
                 w.write(Record(rec.key, rec.image, rec.caption, meta, rec.source))
                 written += 1
-    report = _report(rows, clusters, dup, stats, dropped, written, cfg, input_path, out)
+    report = _report(rows, clusters, dup, stats, dropped, written, cfg, input_path, out, caption_counts)
     _pictures(rows, clusters, loader, out, report)
     from ..utils import atomic_write_text
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, ensure_ascii=False, default=float))
     return report
 
 
-def _report(rows, clusters, dup, stats, dropped, written, cfg, input_path, out) -> dict:
+def _report(rows, clusters, dup, stats, dropped, written, cfg, input_path, out, caps: Counter) -> dict:
     multi = sorted((m for m in clusters.values() if len(m) > 1), key=len, reverse=True)
-    caps = Counter(r["caption"] for r in rows if r["caption"])
     cluster_of = {i: c for c, m in clusters.items() for i in m}
     top = []
     for cap, n in caps.most_common(cfg.top_captions):

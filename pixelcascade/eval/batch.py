@@ -3,6 +3,10 @@
 Every image is written atomically (PNG, then its JSON sidecar), so a run stopped at any moment leaves only
 whole images; the next run skips every job whose PNG and sidecar both exist and were made with the same
 prompt and seed, and regenerates nothing else.
+
+Under torchrun (any number of CPU or GPU processes) process r of N takes jobs r, r + N, ... of the list and all
+wait for each other at the end, so the folder holds every image once; an image depends only on its prompt,
+seed and settings (per-image noise streams), so the folder equals a single process's image by image.
 """
 
 from __future__ import annotations
@@ -36,9 +40,11 @@ def generate_jobs(cascade, jobs: list[Job], out_dir: str | Path, *, settings=Non
     """Run the jobs not yet done, in batches; returns counts {"total", "skipped", "generated"}."""
     from ..images import save_png
     from ..pipeline import to_uint8
+    from ..utils import barrier, dist_info
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    todo = [j for j in jobs if not _done(out, j)]
+    rank, world = dist_info()
+    todo = [j for j in jobs[rank::world] if not _done(out, j)]  # the split does not depend on what is done
     n = num_stages or len(cascade.stages)
     bar = None
     if progress and todo:
@@ -59,4 +65,12 @@ def generate_jobs(cascade, jobs: list[Job], out_dir: str | Path, *, settings=Non
             bar.update(len(chunk))
     if bar is not None:
         bar.close()
-    return {"total": len(jobs), "skipped": len(jobs) - len(todo), "generated": len(todo)}
+    barrier()  # every process's images are in the folder before anyone scores it
+    generated = len(todo)
+    if world > 1:
+        import torch
+        import torch.distributed as dist
+        n = torch.tensor([generated])
+        dist.all_reduce(n)
+        generated = int(n)
+    return {"total": len(jobs), "skipped": len(jobs) - generated, "generated": generated, "processes": world}

@@ -105,6 +105,9 @@ def run_coco(cascade, *, captions: str | Path, out_dir: str | Path, num: int = 3
     counts = generate_jobs(cascade, jobs, out / "images", settings=settings, num_stages=num_stages,
                            batch_size=batch_size, progress=progress, sidecar={"protocol": "coco"})
     report = {"num": num, "seed": seed, "captions": str(captions), "generation": counts}
+    from ..utils import dist_info
+    if dist_info()[0] != 0:  # under torchrun, process 0 scores the merged folder
+        return report
     if ref is not None and extractor is not None:
         from .fid import fid_kid
         report.update(fid_kid(out / "images", ref, extractor, progress=progress))

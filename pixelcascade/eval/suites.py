@@ -72,6 +72,9 @@ def run_suite(cascade, suite: dict[str, list[str]], out_dir: str | Path, *, per_
                 jobs.append(Job(f"{ci:02d}-{pi:03d}-{k}", p, seed + k))
     counts = generate_jobs(cascade, jobs, out / "images", settings=settings, num_stages=num_stages,
                            batch_size=batch_size, progress=progress)
+    from ..utils import dist_info
+    if dist_info()[0] != 0:  # under torchrun, process 0 makes the sheets of the merged folder
+        return {"categories": {c: len(v) for c, v in chosen.items()}, "generation": counts, "sheets": {}}
     sheets = {}
     by_cat = defaultdict(list)
     for j in jobs:

@@ -30,27 +30,13 @@ from ..diffusion.guidance import noise_augment
 from ..diffusion.losses import diffusion_loss, fixed_timesteps_loss
 from ..diffusion.schedule import make_schedule
 from ..models.unet import WHITEN_EPS, build_unet, whitening_stats
-from ..utils import atomic_write_text, bf16_autocast_pays, resolve_device
+from ..utils import atomic_write_text, bf16_autocast_pays, dist_info, resolve_device
 from .checkpoint import ResumeError, load_checkpoint, save_checkpoint
 from .data import ConfigMismatch, TrainData  # noqa: F401  (ConfigMismatch: raised here too)
 from .ema import EMA
 from .sr import degrade
 
 VAL_TIMESTEPS = (50, 250, 500, 750, 950)
-
-
-def dist_info() -> tuple[int, int]:
-    """(rank, world size); joins the process group torchrun set up (WORLD_SIZE > 1), else (0, 1)."""
-    import os
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    import torch.distributed as dist
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and os.environ.get("PIXELCASCADE_BACKEND") != "gloo" \
-            else "gloo"
-        dist.init_process_group(backend)
-    return dist.get_rank(), dist.get_world_size()
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
