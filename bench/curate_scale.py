@@ -3,9 +3,11 @@
 The vectors are 192-d like curation's 8x8 colour thumbnails: a mixture of 1,000 clusters (spread 0.15) in [0, 1];
 1% of them get a planted copy with the noise of a re-encode (0.01). The search is the one `pixelcascade curate`
 runs (`data.curate.nearest_l2`, each vector's 9 nearest, kept within the thumbnail radius): the exact faiss index
-below 20,000 vectors, HNSW above ("auto"). Recall of the planted pairs is measured against the exact index
-(searched for the planted vectors only, which is what keeps it affordable at 1M), and the time per million
-vectors shows how the search grows (linear: constant per million; quadratic: proportional to n).
+below 20,000 vectors, above it "ivf" (`data.curate.cell_knn`: exact within k-means cells of ~1,000 vectors, each
+vector searched in its two nearest cells), as "auto" chooses; `--index hnsw` measures faiss's HNSW graph instead.
+Recall of the planted pairs is measured against the exact index (searched for the planted vectors only, which is
+what keeps it affordable at 1M), and the time per million vectors shows how the search grows (linear: constant per
+million; quadratic: proportional to n).
 
     python bench/curate_scale.py                      # 100k, 300k, 1M
     python bench/curate_scale.py --sizes 100000       # one size
@@ -44,14 +46,14 @@ def found(labels: np.ndarray, dist: np.ndarray, pairs: np.ndarray, radius2: floa
     return ok
 
 
-def run(n: int, k: int = 9) -> dict:
+def run(n: int, k: int = 9, index: str = "auto") -> dict:
     import faiss
 
     from pixelcascade.data.curate import CurateConfig, index_kind, nearest_l2
     x, pairs = vectors(n)
     radius2 = CurateConfig.thumb_radius ** 2 * x.shape[1]
     t0 = time.perf_counter()
-    labels, dist = nearest_l2(x, k, index="auto", return_distances=True)
+    labels, dist = nearest_l2(x, k, index=index, return_distances=True)
     took = time.perf_counter() - t0
     approx = found(labels, dist, pairs, radius2)
     # the exact index, queried with the planted vectors only
@@ -62,7 +64,7 @@ def run(n: int, k: int = 9) -> dict:
     full_l, full_d = np.full((len(x), k), -1), np.full((len(x), k), np.inf, np.float32)
     full_l[q], full_d[q] = el, ed
     exact = found(full_l, full_d, pairs, radius2)
-    return {"n": len(x), "index": index_kind(len(x)), "seconds": round(took, 2),
+    return {"n": len(x), "index": index_kind(len(x), index), "seconds": round(took, 2),
             "seconds_per_million": round(took / len(x) * 1e6, 2), "planted_pairs": len(pairs),
             "found_exact": int(exact.sum()), "found_approx": int(approx.sum()),
             "recall_vs_exact": round(float((approx & exact).sum() / max(1, exact.sum())), 4)}
@@ -72,6 +74,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 300_000, 1_000_000])
     ap.add_argument("--threads", type=int, default=0, help="faiss threads (0: all cores)")
+    ap.add_argument("--index", default="auto", choices=("auto", "exact", "ivf", "hnsw"))
     args = ap.parse_args()
     import faiss
     if args.threads:
@@ -87,7 +90,7 @@ def main() -> None:
     print("| vectors | index | seconds | s per million | planted pairs | found (exact) | found (index) | recall |")
     print("|---|---|---|---|---|---|---|---|")
     for n in args.sizes:
-        r = run(n)
+        r = run(n, index=args.index)
         print(f"| {r['n']:,} | {r['index']} | {r['seconds']} | {r['seconds_per_million']} | {r['planted_pairs']:,} "
               f"| {r['found_exact']:,} | {r['found_approx']:,} | {r['recall_vs_exact']} |", flush=True)
         with open(out, "a") as f:

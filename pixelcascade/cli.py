@@ -332,8 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     cu.add_argument("--phash-radius", type=int, default=10, help="candidate pairs: pHash Hamming radius")
     cu.add_argument("--knn", type=int, default=8, help="candidate pairs: nearest thumbnails per image")
     cu.add_argument("--index", choices=("auto", "exact", "hnsw", "ivf"), default="auto",
-                    help="nearest-neighbour search: exact (quadratic), hnsw or ivf (approximate); auto: exact below "
-                         "20,000 images, hnsw above")
+                    help="nearest-neighbour search: exact (quadratic), ivf (exact within k-means cells, linear) or "
+                         "hnsw (a graph); auto: exact below 20,000 images, ivf above")
     cu.add_argument("--compare-size", type=int, default=128)
     cu.add_argument("--max-shift", type=int, default=3, help="alignment search, px at --compare-size")
     cu.add_argument("--min-size", type=int, default=0, help="drop images with a shorter side below this")

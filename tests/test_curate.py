@@ -103,6 +103,9 @@ def test_planted_duplicates_found_without_false_merges(emoji128, tmp_path, monke
     (src / "99999.tar").write_bytes(sorted(src.glob("*.tar"))[0].read_bytes()[:5000])
     assert last.exists()
     index = search if search in ("hnsw", "ivf") else "exact"
+    if search == "ivf":  # cells of 40 images, so that this small set is split as a million would be
+        import functools
+        monkeypatch.setattr(curate_mod, "cell_knn", functools.partial(curate_mod.cell_knn, cell=40))
     rep = curate(src, tmp_path / "out", CurateConfig(workers=2, index=index), progress=False)
     clusters = json.loads((tmp_path / "out" / "report.json").read_text())
     assert clusters["read"]["corrupt_images"] == 1 and clusters["read"]["truncated_shards"] == 1
@@ -225,3 +228,20 @@ def test_truncated_shard_keeps_earlier_records(tmp_path):
     stats = ReadStats()
     recs = list(read_records(tmp_path / "w", stats))
     assert 0 < len(recs) < 10 and stats.truncated_shards == 1 and stats.problems[0]["kind"] == "truncated_shards"
+
+
+def test_cell_knn_finds_planted_copies_across_cells():
+    """The linear index: 20 cells of ~100 vectors, each searched in its two nearest cells, finds every planted copy
+    (as the exact index does) and the true nearest neighbour of nearly every vector."""
+    pytest.importorskip("faiss")
+    from pixelcascade.data.curate import cell_knn, nearest_l2
+    rng = np.random.default_rng(0)
+    x = (rng.random((40, 48), dtype=np.float32)[rng.integers(0, 40, 2000)]
+         + rng.normal(0, 0.2, (2000, 48)).astype(np.float32))
+    src = rng.choice(2000, 100, replace=False)
+    x = np.concatenate([x, x[src] + rng.normal(0, 0.01, (100, 48)).astype(np.float32)])
+    labels, dist = cell_knn(x, 5, cell=100)
+    assert labels.shape == (2100, 5) and (np.diff(dist, axis=1) >= 0).all()
+    assert all(2000 + i in labels[s] or s in labels[2000 + i] for i, s in enumerate(src))
+    exact = nearest_l2(x, 5, index="exact")
+    assert (labels[:, :2] == exact[:, :2]).all(1).mean() > 0.95

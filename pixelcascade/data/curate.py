@@ -41,8 +41,9 @@ class CurateConfig:
     # kNN candidates whose thumbnails differ by more than this (RMS, [0, 1] scale) are not verified: a near duplicate
     # differs by a few grey levels, and without the bound every image would be loaded for verification
     thumb_radius: float = 0.1
-    # the nearest-neighbour index: "exact" (faiss flat, quadratic), "hnsw" (approximate graph, n log n), "ivf"
-    # (approximate inverted lists), or "auto": exact below APPROX_FROM images, HNSW above
+    # the nearest-neighbour index: "exact" (faiss flat, quadratic), "ivf" (exact within k-means cells, each image
+    # searched in its two nearest: linear), "hnsw" (approximate graph), or "auto": exact below APPROX_FROM images,
+    # ivf above
     index: str = "auto"
     near_threshold: float = 6.5  # verification: max block difference (0-255 scale) of a near duplicate
     compare_size: int = 128
@@ -227,7 +228,7 @@ def index_kind(n: int, kind: str = "auto") -> str:
     if kind not in ("auto", "exact", "hnsw", "ivf"):
         raise CurateError(f"--index {kind}: choose auto, exact, hnsw or ivf")
     if kind == "auto":
-        return "exact" if n < APPROX_FROM else "hnsw"
+        return "exact" if n < APPROX_FROM else "ivf"
     return kind
 
 
@@ -235,15 +236,15 @@ def hamming_within(codes: np.ndarray, radius: int, block: int = 2048, index: str
                    knn: int = 16) -> list[np.ndarray]:
     """For each binary code (uint8 [N, B]), the indices of the codes within ``radius`` bits (itself included):
     faiss ``IndexBinaryFlat.range_search`` when faiss is installed (exact), else an exact NumPy search. With an
-    approximate ``index`` (the default above APPROX_FROM codes), each code's ``knn`` nearest codes in a binary HNSW
-    graph, those within ``radius`` kept: near duplicates are among the nearest, and the search grows as n log n."""
+    approximate ``index`` (the default above APPROX_FROM codes), each code's ``knn`` nearest codes by
+    :func:`nearest_l2` on the unpacked bits (squared L2 between 0/1 vectors is the Hamming distance), those within
+    ``radius`` kept: near duplicates are among the nearest, and the search stays linear."""
     faiss = _faiss()
     kind = index_kind(len(codes), index) if faiss is not None else "exact"
     if kind != "exact":
-        idx = faiss.IndexBinaryHNSW(codes.shape[1] * 8, 16)
-        idx.add(codes)
-        dist, labels = idx.search(codes, min(knn, len(codes)))
-        return [lab[(d <= radius) & (lab >= 0)] for d, lab in zip(dist, labels)]
+        bits = np.unpackbits(codes, axis=1).astype(np.float32)
+        labels, dist = nearest_l2(bits, min(knn, len(codes)), index=kind, return_distances=True)
+        return [lab[(d <= radius + 0.5) & (lab >= 0)] for d, lab in zip(dist, labels)]
     if faiss is not None:
         idx = faiss.IndexBinaryFlat(codes.shape[1] * 8)
         idx.add(codes)
@@ -260,24 +261,21 @@ def nearest_l2(x: np.ndarray, k: int, block: int = 2048, index: str = "auto",
                return_distances: bool = False):
     """[N, k] indices of each row's k nearest rows by L2 distance (itself among them; -1 where fewer were found),
     and with ``return_distances`` their squared distances. ``index``: exact (faiss ``IndexFlatL2``, or NumPy
-    without faiss), hnsw (``IndexHNSWFlat``, M=32: n log n), ivf (``IndexIVFFlat``, about 1,000 rows a list,
-    16 lists probed), auto: exact below APPROX_FROM rows, HNSW above."""
+    without faiss: quadratic), ivf (:func:`cell_knn`: exact within cells of ~1,000 rows, linear), hnsw
+    (``IndexHNSWFlat``, M=32), auto: exact below APPROX_FROM rows, ivf above."""
     faiss = _faiss()
     x = np.ascontiguousarray(x, dtype=np.float32)
     kind = index_kind(len(x), index) if faiss is not None else "exact"
+    if kind == "ivf":
+        labels, dist = cell_knn(x, k)
+        return (labels, dist) if return_distances else labels
     if faiss is not None:
         if kind == "exact":
             idx = faiss.IndexFlatL2(x.shape[1])
-        elif kind == "hnsw":
+        else:
             idx = faiss.IndexHNSWFlat(x.shape[1], 32)
             idx.hnsw.efConstruction = 40
-            idx.hnsw.efSearch = max(32, 2 * k)
-        else:
-            nlist = max(16, len(x) // 1000)
-            idx = faiss.IndexIVFFlat(faiss.IndexFlatL2(x.shape[1]), x.shape[1], nlist)
-            sample = np.random.default_rng(0).choice(len(x), min(len(x), 64 * nlist), replace=False)
-            idx.train(x[np.sort(sample)])
-            idx.nprobe = 16
+            idx.hnsw.efSearch = max(64, 2 * k)
         idx.add(x)
         dist, labels = idx.search(x, k)
         return (labels, dist) if return_distances else labels
@@ -292,6 +290,46 @@ def nearest_l2(x: np.ndarray, k: int, block: int = 2048, index: str = "auto",
         outd.append(np.take_along_axis(d, out[-1], 1))
     labels, dist = np.concatenate(out), np.concatenate(outd).astype(np.float32)
     return (labels, dist) if return_distances else labels
+
+
+def cell_knn(x: np.ndarray, k: int, cell: int = 1000, probe: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate kNN that finds near duplicates, in time linear in N: k-means cells of about ``cell`` rows (faiss,
+    trained on a sample); each row is stored in its nearest cell and searched, exactly, in its ``probe`` nearest
+    cells, so a copy that lands across a cell border from its original is still found. (labels, squared
+    distances) [N, k], nearest first, -1 / inf where a row's cells held fewer than k rows."""
+    faiss = _faiss()
+    n, d = x.shape
+    nlist = max(1, n // cell)
+    rng = np.random.default_rng(seed)
+    km = faiss.Kmeans(d, nlist, niter=10, seed=seed, max_points_per_centroid=64)
+    km.train(x[np.sort(rng.choice(n, min(n, 64 * nlist), replace=False))])
+    quantizer = faiss.IndexFlatL2(d) if nlist <= 2000 else faiss.IndexHNSWFlat(d, 32)  # n log n assignment
+    quantizer.add(km.centroids)
+    _, cells = quantizer.search(x, min(probe, nlist))  # [N, probe], nearest cell first
+    probe = cells.shape[1]
+    home = cells[:, 0]
+    stored = np.argsort(home, kind="stable")
+    stored_at = np.searchsorted(home[stored], np.arange(nlist + 1))
+    flat = cells.ravel()
+    asked = np.argsort(flat, kind="stable")
+    asked_at = np.searchsorted(flat[asked], np.arange(nlist + 1))
+    row_of = np.repeat(np.arange(n), probe)
+    labels = np.full((n, probe * k), -1, np.int64)
+    dist = np.full((n, probe * k), np.inf, np.float32)
+    filled = np.zeros(n, np.int64)  # the next free block of k columns of each row
+    for c in range(nlist):
+        db = stored[stored_at[c]:stored_at[c + 1]]
+        qs = row_of[asked[asked_at[c]:asked_at[c + 1]]]
+        if len(db) == 0 or len(qs) == 0:
+            continue
+        flat_c = faiss.IndexFlatL2(d)
+        flat_c.add(x[db])
+        dd, ll = flat_c.search(x[qs], min(k, len(db)))
+        cols = filled[qs, None] * k + np.arange(ll.shape[1])[None, :]
+        labels[qs[:, None], cols], dist[qs[:, None], cols] = db[ll], dd
+        filled[qs] += 1
+    order = np.argsort(dist, axis=1, kind="stable")[:, :k]  # the cells are disjoint: no neighbour appears twice
+    return np.take_along_axis(labels, order, 1), np.take_along_axis(dist, order, 1)
 
 
 def find_duplicates(rows: list[dict], cfg: CurateConfig, loader) -> tuple[UnionFind, dict]:
