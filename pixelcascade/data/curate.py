@@ -301,12 +301,28 @@ def cell_knn(x: np.ndarray, k: int, cell: int = 1000, probe: int = 2, seed: int 
     n, d = x.shape
     nlist = max(1, n // cell)
     rng = np.random.default_rng(seed)
-    km = faiss.Kmeans(d, nlist, niter=10, seed=seed, max_points_per_centroid=64)
-    km.train(x[np.sort(rng.choice(n, min(n, 64 * nlist), replace=False))])
-    quantizer = faiss.IndexFlatL2(d) if nlist <= 2000 else faiss.IndexHNSWFlat(d, 32)  # n log n assignment
-    quantizer.add(km.centroids)
-    _, cells = quantizer.search(x, min(probe, nlist))  # [N, probe], nearest cell first
-    probe = cells.shape[1]
+
+    def kmeans(rows: np.ndarray, cells_wanted: int) -> np.ndarray:
+        km = faiss.Kmeans(d, cells_wanted, niter=10, seed=seed, max_points_per_centroid=64)
+        km.train(rows[np.sort(rng.choice(len(rows), min(len(rows), 64 * cells_wanted), replace=False))])
+        return km.centroids
+
+    def assign(centroids: np.ndarray) -> np.ndarray:
+        quantizer = faiss.IndexFlatL2(d) if len(centroids) <= 2000 else faiss.IndexHNSWFlat(d, 32)  # n log n
+        quantizer.add(centroids)
+        return quantizer.search(x, min(probe, len(centroids)))[1]  # [N, probe], nearest cell first
+
+    centroids = kmeans(x, nlist)
+    cells = assign(centroids)
+    # a cell that took several dense clusters costs its size squared: split it by k-means of its own rows
+    sizes = np.bincount(cells[:, 0], minlength=len(centroids))
+    big = np.flatnonzero(sizes > 3 * cell)
+    if len(big):
+        parts = [np.delete(centroids, big, axis=0)]
+        parts += [kmeans(x[cells[:, 0] == c], -(-int(sizes[c]) // cell)) for c in big]
+        centroids = np.concatenate(parts)
+        cells = assign(centroids)
+    nlist, probe = len(centroids), cells.shape[1]
     home = cells[:, 0]
     stored = np.argsort(home, kind="stable")
     stored_at = np.searchsorted(home[stored], np.arange(nlist + 1))
