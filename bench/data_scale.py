@@ -1,7 +1,8 @@
 """Training data at scale: peak memory and speed of `files64` streamed from shards against the decoded cache.
 
-Modes (each in a fresh process, its peak RSS summed over the process and its DataLoader workers, polled from
-/proc every 0.1 s; steps timed after 2 warm-up steps, the training step only: no validation or checkpoint):
+Modes (each in a fresh process, its peak RSS and PSS summed over the process and its DataLoader workers, polled
+from /proc every 0.1 s: RSS counts the pages a forked worker shares with its parent in both, PSS splits them;
+steps timed after 2 warm-up steps, the training step only: no validation or checkpoint):
 
 - stream-10k-wN / stream-200k-wN: `data.world=files`, the first 10 shards (10,000 images) or all 200 shards of a
   synthetic shapes set (`pixelcascade data shapes-shards`), N DataLoader workers, MiniLM encoding each batch;
@@ -95,7 +96,8 @@ def _trainer(mode: str, root: Path, cache: Path):
     shards = root / ("shapes10k" if size == "10k" else "shapes200k")
     over = [f"data.path={shards}", f"data.workers={workers}", "train.val_every=1000000", "train.ckpt_every=1000000"]
     if kind.startswith("t5"):
-        over += ["unet.encoder_dim=4096", f"text_encoder={FAKE_T5}", "data.text_max_length=77"]
+        over += ["unet.encoder_dim=4096", "unet.att_pool_heads=64", f"text_encoder={FAKE_T5}",
+                 "data.text_max_length=77"]
     if kind == "t5states":
         over += [f"data.text_states={root / f't5states-shapes{size}'}"]
     if kind in ("cached", "t5cached"):
@@ -141,8 +143,9 @@ def one(mode: str, root: Path, cache: Path, steps: int) -> dict:
 # the driver
 
 
-def _tree_rss(pid: int) -> int:
-    """RSS in bytes of a process and all its descendants, from /proc."""
+def _tree_memory(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) in bytes of a process and all its descendants, from /proc. RSS counts a page shared by forked
+    workers once in each; PSS divides it among them."""
     children: dict[int, list[int]] = {}
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
@@ -152,28 +155,32 @@ def _tree_rss(pid: int) -> int:
         except (OSError, IndexError, ValueError):
             continue
         children.setdefault(ppid, []).append(int(d.name))
-    total, todo = 0, [pid]
+    rss = pss = 0
+    todo = [pid]
     while todo:
         p = todo.pop()
         try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Rss:"):
+                    rss += int(line.split()[1]) * 1024
+                elif line.startswith("Pss:"):
+                    pss += int(line.split()[1]) * 1024
         except OSError:
             pass
         todo += children.get(p, [])
-    return total
+    return rss, pss
 
 
 def run_mode(mode: str, root: Path, cache: Path, steps: int, out: Path) -> dict:
     env = dict(os.environ, BENCH_OUT=str(out / mode))
     proc = subprocess.Popen([sys.executable, __file__, "--one", mode, "--data", str(root), "--cache", str(cache),
                              "--steps", str(steps)], stdout=subprocess.PIPE, text=True, env=env)
-    peak = [0]
+    peak = [0, 0]
 
     def poll():
         while proc.poll() is None:
-            peak[0] = max(peak[0], _tree_rss(proc.pid))
+            rss, pss = _tree_memory(proc.pid)
+            peak[0], peak[1] = max(peak[0], rss), max(peak[1], pss)
             time.sleep(0.1)
     th = threading.Thread(target=poll, daemon=True)
     th.start()
@@ -182,7 +189,7 @@ def run_mode(mode: str, root: Path, cache: Path, steps: int, out: Path) -> dict:
     if proc.returncode:
         raise SystemExit(f"{mode} failed (exit {proc.returncode})")
     r = json.loads(stdout.strip().splitlines()[-1])
-    r["peak_rss_mb"] = round(peak[0] / 2**20)
+    r["peak_rss_mb"], r["peak_pss_mb"] = round(peak[0] / 2**20), round(peak[1] / 2**20)
     return r
 
 
@@ -216,17 +223,19 @@ def main() -> None:
     info = machine()
     print(f"\n{info['cpu']}, {info['cores']} cores, avx512_bf16={info['avx512_bf16']}, torch {info['torch']}, "
           f"{time.strftime('%Y-%m-%d')}")
-    print("| mode | examples | s / step | steps/s vs cached | peak RSS (MB) |")
-    print("|---|---|---|---|---|")
+    print("| mode | examples | s / step | steps/s vs cached | peak RSS (MB) | peak PSS (MB) |")
+    print("|---|---|---|---|---|---|")
     for r in results:
         base = by.get("t5cached-10k" if r["mode"].startswith("t5") else "cached-10k")
         ratio = f"{base['s_per_step'] / r['s_per_step']:.2f}x" if base else "-"
-        print(f"| {r['mode']} | {r['examples']:,} | {r['s_per_step']:.3f} | {ratio} | {r['peak_rss_mb']:,} |")
+        print(f"| {r['mode']} | {r['examples']:,} | {r['s_per_step']:.3f} | {ratio} | {r['peak_rss_mb']:,} | "
+              f"{r['peak_pss_mb']:,} |")
     for kind in ("stream", "t5states"):
         for w in ("w1", "w2"):
             a10, a200 = by.get(f"{kind}-10k-{w}"), by.get(f"{kind}-200k-{w}")
             if a10 and a200:
-                print(f"{kind} {w}: peak RSS 200k / 10k = {a200['peak_rss_mb'] / a10['peak_rss_mb']:.3f}")
+                print(f"{kind} {w}: peak RSS 200k / 10k = {a200['peak_rss_mb'] / a10['peak_rss_mb']:.3f}, "
+                      f"PSS {a200['peak_pss_mb'] / a10['peak_pss_mb']:.3f}")
     out = Path(__file__).parent / "results" / "data_scale.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "a") as f:

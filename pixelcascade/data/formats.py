@@ -168,7 +168,7 @@ def _read_tar(path: Path, stats: ReadStats) -> Iterator[Record]:
                 if len(data) != m.size:
                     raise EOFError(f"member {m.name} has {len(data)} of its {m.size} bytes")
                 group[ext.lower()] = data
-        if not _has_end_marker(path):
+        if not has_end_marker(path):
             raise EOFError("no end-of-archive marker: the file was cut short")
     except (tarfile.TarError, EOFError, OSError) as e:
         stats.note("truncated_shards", path.name, f"{type(e).__name__}: {e}; kept the records before the break")
@@ -179,7 +179,7 @@ def _read_tar(path: Path, stats: ReadStats) -> Iterator[Record]:
             yield rec
 
 
-def _has_end_marker(path: Path) -> bool:
+def has_end_marker(path: Path) -> bool:
     """A complete tar ends with at least two 512-byte zero blocks (writers pad to the record size)."""
     size = path.stat().st_size
     if size < 1024 or size % 512:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..utils import atomic_path
-from .formats import DataFormatError
+from .formats import DataFormatError, has_end_marker
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 # one row per record: the image's and the caption's byte ranges in the shard (caption size 0: no .txt member)
@@ -99,18 +99,10 @@ def scan_shard(path: Path) -> tuple[np.ndarray, list[str], ShardStats]:
         stats.problems.append({"shard": path.name, "why": f"{type(e).__name__}: {e}"})
     if key is not None:
         close(key, group)
-    if not stats.truncated_shards and not _complete(path, size):
+    if not stats.truncated_shards and not has_end_marker(path):
         stats.truncated_shards += 1
         stats.problems.append({"shard": path.name, "why": "no end-of-archive marker: the file was cut short"})
     return np.array(rows, dtype=RECORD_DTYPE), keys, stats
-
-
-def _complete(path: Path, size: int) -> bool:
-    if size < 1024 or size % 512:
-        return False
-    with open(path, "rb") as f:
-        f.seek(size - 1024)
-        return f.read(1024) == bytes(1024)
 
 
 def _cache_name(path: Path) -> str:

@@ -157,6 +157,8 @@ class ShardStream(torch.utils.data.IterableDataset):
                 step += nw
         finally:
             reader.close()
+            if states is not None:
+                states.close()
 
     def _batch(self, step: int, rows: int, order: EpochOrder, reader: RecordReader, states) -> dict:
         s = self.spec

@@ -143,21 +143,25 @@ def check_states(folder: str | Path, index: DatasetIndex, encoder_spec: str, dim
 
 
 class StatesReader:
-    """States of records by (shard, key), padded with zeros to the window; keeps a few files open."""
+    """States of records by (shard, key), padded with zeros to the window. Each file's header (name -> byte range)
+    is parsed once and the bytes of one record are read with one seek: no file is memory-mapped, so a worker's
+    memory holds the batch, not the pages of every states shard it touched."""
 
-    def __init__(self, folder: str | Path, index: DatasetIndex, max_length: int, max_open: int = 8):
+    def __init__(self, folder: str | Path, index: DatasetIndex, max_length: int, max_open: int = 16):
         self.folder, self.index, self.max_length, self.max_open = Path(folder), index, max_length, max_open
-        self._files: OrderedDict[int, object] = OrderedDict()
+        self._open: OrderedDict[int, tuple[object, dict, int]] = OrderedDict()
 
-    def _file(self, shard: int):
-        from safetensors import safe_open
-        f = self._files.pop(shard, None)
-        if f is None:
-            f = safe_open(str(states_file(self.folder, self.index.shards[shard])), framework="pt")
-            while len(self._files) >= self.max_open:
-                self._files.popitem(last=False)
-        self._files[shard] = f
-        return f
+    def _entry(self, shard: int):
+        entry = self._open.pop(shard, None)
+        if entry is None:
+            path = states_file(self.folder, self.index.shards[shard])
+            f = open(path, "rb")  # noqa: SIM115 (kept open across reads, closed on eviction)
+            n = int.from_bytes(f.read(8), "little")
+            entry = (f, json.loads(f.read(n)), 8 + n)
+            while len(self._open) >= self.max_open:
+                self._open.popitem(last=False)[1][0].close()
+        self._open[shard] = entry
+        return entry
 
     def pad(self, t: torch.Tensor) -> torch.Tensor:
         out = torch.zeros(self.max_length, t.shape[-1])
@@ -165,11 +169,15 @@ class StatesReader:
         return out
 
     def get(self, shard: int, key: str) -> torch.Tensor:
-        try:
-            return self.pad(self._file(shard).get_tensor(key))
-        except Exception:
+        f, header, base = self._entry(shard)
+        info = header.get(key)
+        if info is None or info.get("dtype") != "BF16":
             raise StatesError(f"{states_file(self.folder, self.index.shards[shard])} has no states for record "
-                              f"{key!r}: encode the dataset again") from None
+                              f"{key!r}: encode the dataset again")
+        start, end = info["data_offsets"]
+        f.seek(base + start)
+        raw = bytearray(f.read(end - start))
+        return self.pad(torch.frombuffer(raw, dtype=torch.bfloat16).reshape(info["shape"]))
 
     def batch(self, shard_keys: list[tuple[int, str]]) -> torch.Tensor:
         return torch.stack([self.get(s, k) for s, k in shard_keys])  # [B, L, D]
@@ -178,3 +186,8 @@ class StatesReader:
         from safetensors import safe_open
         with safe_open(str(self.folder / "empty.safetensors"), framework="pt") as f:
             return self.pad(f.get_tensor("empty"))
+
+    def close(self) -> None:
+        for f, _, _ in self._open.values():
+            f.close()
+        self._open.clear()
