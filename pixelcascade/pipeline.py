@@ -206,16 +206,18 @@ def negative_states(encoder, negative_prompts: str | list[str] | None, n: int,
         idx = [i for i, t in enumerate(negs) if t.strip()]
         if idx:
             neg, neg_mask = encoder([negs[i] for i in idx])
-            uncond, mask = uncond.clone(), mask.clone()
+            uncond = uncond.clone()
             uncond[idx] = neg.to(uncond.dtype)
-            mask[idx] = neg_mask.to(mask.dtype)
+            if mask is not None and neg_mask is not None:
+                mask = mask.clone()
+                mask[idx] = neg_mask.to(mask.dtype)
     return (uncond, mask) if with_mask else uncond
 
 
-def zero_padding(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def zero_padding(states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """States with the padding positions zeroed: the input of a model trained on stored text states, which keep
-    only the real tokens (data.text_states; its metadata says ``text_padding=zeros``)."""
-    return states * mask.to(states.device, states.dtype)[..., None]
+    only the real tokens (data.text_states; its metadata says ``text_padding=zeros``). No mask: unchanged."""
+    return states if mask is None else states * mask.to(states.device, states.dtype)[..., None]
 
 
 @dataclass
