@@ -95,6 +95,33 @@ _RES = {"in_layers.0": "norm1", "in_layers.2": "conv1", "emb_layers.1": "time_em
 _ATTN = {"norm": "group_norm", "norm_encoder": "norm_cross", "proj_out": "to_out.0"}
 
 
+_ATTN_OURS = {"qkv", "encoder_kv", *_ATTN}  # an attention block's modules on each side
+_ATTN_DIFFUSERS = {"to_q", "to_k", "to_v", "add_k_proj", "add_v_proj", *_ATTN.values()}
+
+
+def _refuse_unmapped(sd: dict[str, torch.Tensor], side: str, attn_modules: set[str], cfg: UNetConfig) -> None:
+    """Every key of ``sd`` (``side``: "ours" or "diffusers") must have a place on the other side: a layer IF does
+    not have (the text_* options, attention position) would otherwise be dropped, and the converted model would
+    compute something else without a word."""
+    blocks = [(dif if side == "diffusers" else off, kind) for off, dif, kind in _block_map(cfg)]
+    prefixes = [p for p, _ in blocks]
+    attn = {p for p, kind in blocks if kind == "attn"}
+    unknown = []
+    for key in sd:
+        owner = next((p for p in prefixes if key.startswith(p + ".")), None)
+        if owner is None:
+            unknown.append(key)
+        elif owner in attn:
+            mod = key[len(owner) + 1:].rsplit(".", 1)[0]
+            if mod not in attn_modules:
+                unknown.append(key)
+    if unknown:
+        raise CheckpointError(f"{len(unknown)} weights have no counterpart in diffusers' IF UNet (first: "
+                              f"{', '.join(unknown[:3])}): this model has layers IF does not (unet.text_* or "
+                              "unet.attention_position options), so it cannot be converted without changing what "
+                              "it computes")
+
+
 def _split_heads(w: torch.Tensor, head_ch: int, parts: int) -> list[torch.Tensor]:
     """Rows [p0_h0, p1_h0, ..., p0_h1, ...] (chunks of head_ch) -> one tensor per part (diffusers split_attentions)."""
     chunks = w.reshape(-1, parts, head_ch, *w.shape[1:])  # [heads, parts, head_ch, ...]
@@ -110,6 +137,7 @@ def official_to_diffusers(sd: dict[str, torch.Tensor], cfg: UNetConfig) -> dict[
     """An official-layout (= ours) state dict -> diffusers ``UNet2DConditionModel`` keys."""
     if cfg.encoder_dim == cfg.encoder_channels:
         raise ConfigError("diffusers' IF UNet always has encoder_hid_proj; encoder_dim == encoder_channels has none")
+    _refuse_unmapped(sd, "ours", _ATTN_OURS, cfg)
     out: dict[str, torch.Tensor] = {}
     hc = cfg.num_head_channels
     for off, dif, kind in _block_map(cfg):
@@ -138,6 +166,7 @@ def official_to_diffusers(sd: dict[str, torch.Tensor], cfg: UNetConfig) -> dict[
 
 def diffusers_to_official(sd: dict[str, torch.Tensor], cfg: UNetConfig) -> dict[str, torch.Tensor]:
     """diffusers ``UNet2DConditionModel`` keys -> the official layout (ours)."""
+    _refuse_unmapped(sd, "diffusers", _ATTN_DIFFUSERS, cfg)
     out: dict[str, torch.Tensor] = {}
     hc = cfg.num_head_channels
     res_inv = {v: k for k, v in _RES.items()}

@@ -47,9 +47,29 @@ def zero_module(module: nn.Module) -> nn.Module:
     return module
 
 
-def conv1x1_linear(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
-    """Apply a kernel-1 ``Conv1d`` (kept for IF's key names and shapes) as a matmul on [B, L, C] tokens."""
-    return F.linear(x, conv.weight.squeeze(-1), conv.bias)
+class TokenLinear(nn.Linear):
+    """A linear map over tokens [B, L, C] that IF stores as a kernel-1 ``Conv1d``: its ``weight`` is saved and loaded
+    in the Conv1d shape [out, in, 1] (IF's key names and shapes, so official checkpoints load as they are), and it is
+    an ``nn.Linear`` in the model, called through its own forward: adapters that wrap ``nn.Linear`` modules (peft's
+    LoRA) work on it. Initialised exactly as the Conv1d was (same fan-in, same draws)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__(in_features, out_features, bias)
+        self.register_state_dict_post_hook(_weight_to_conv_shape)
+        self.register_load_state_dict_pre_hook(_weight_from_conv_shape)
+
+
+def _weight_to_conv_shape(module, state_dict, prefix, local_metadata) -> None:
+    key = prefix + "weight"
+    if key in state_dict and state_dict[key].ndim == 2:
+        state_dict[key] = state_dict[key].unsqueeze(-1)  # a view: [out, in, 1]
+
+
+def _weight_from_conv_shape(module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors) -> None:
+    key = prefix + "weight"
+    w = state_dict.get(key)
+    if w is not None and w.ndim == 3 and w.shape[-1] == 1:
+        state_dict[key] = w.squeeze(-1)
 
 
 def _gemm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

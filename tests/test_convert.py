@@ -96,3 +96,16 @@ def test_bin_files_are_loaded_without_running_code(tmp_path):
     torch.save({"x": Evil()}, tmp_path / "pytorch_model.bin")
     with pytest.raises(convert.CheckpointError, match="corrupt or truncated"):
         convert.read_tensors(tmp_path / "pytorch_model.bin")
+
+
+@pytest.mark.parametrize("option", ["text_whiten", "attention_position"])
+def test_conversion_refuses_layers_if_does_not_have(option):
+    """A model with layers IF lacks is refused by name, both ways, instead of converted without them (diffusers
+    would load the result without a missing key and compute something else)."""
+    cfg = tiny_cfg(**{option: True})
+    sd = build_unet(cfg).state_dict()
+    with pytest.raises(convert.CheckpointError, match="no counterpart in diffusers' IF UNet.*cannot be converted"):
+        convert.official_to_diffusers(sd, cfg)
+    plain = convert.official_to_diffusers(build_unet(tiny_cfg()).state_dict(), tiny_cfg())
+    with pytest.raises(convert.CheckpointError, match="first: extra.weight"):
+        convert.diffusers_to_official({**plain, "extra.weight": torch.zeros(1)}, tiny_cfg())

@@ -170,7 +170,7 @@ def test_attention_position_starts_as_the_model_without_it(super_res):
         # one block alone: without position, attention commutes with a mirror image; with it, it does not
         blk = blocks[0]
         h = torch.randn(2, blk.heads * blk.head_ch, 6, 6)
-        enc = torch.randn(2, blk.encoder_kv.in_channels, 5)
+        enc = torch.randn(2, blk.encoder_kv.in_features, 5)
         pos = blk.pos_proj
         del blk.pos_proj
         assert torch.allclose(blk(h.flip(-1), enc), blk(h, enc).flip(-1), atol=1e-5)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import UNetConfig
-from ..nn import GroupNorm32, attention, conv1x1_linear, timestep_embedding, zero_module
+from ..nn import GroupNorm32, TokenLinear, attention, timestep_embedding, zero_module
 
 SKIP_SCALE = 0.7071  # IF's constant (not exactly 1/sqrt(2)); https://arxiv.org/abs/2104.07636
 
@@ -133,10 +133,11 @@ class AttentionBlock(nn.Module):
         self.heads, self.head_ch = ch // head_ch, head_ch
         self.self_attention = not disable_self_attention
         self.norm = GroupNorm32(ch)
-        self.qkv = nn.Conv1d(ch, 3 * ch if self.self_attention else ch, 1)
-        self.encoder_kv = nn.Conv1d(encoder_channels, 2 * ch, 1)
+        # IF's kernel-1 Conv1d projections, as linear maps over tokens called through their forward (adapters wrap them)
+        self.qkv = TokenLinear(ch, 3 * ch if self.self_attention else ch)
+        self.encoder_kv = TokenLinear(encoder_channels, 2 * ch)
         self.norm_encoder = GroupNorm32(encoder_channels)
-        self.proj_out = zero_module(nn.Conv1d(ch, ch, 1))
+        self.proj_out = zero_module(TokenLinear(ch, ch))
         self.text_maps: list[torch.Tensor] | None = None  # a list while UNet.record_text_attention is on
         if position:  # not in IF (config attention_position); zero-initialised: starts as the block without it
             self.pos_proj = zero_module(nn.Linear(4 * POSITION_FREQS, ch))
@@ -149,12 +150,12 @@ class AttentionBlock(nn.Module):
             pos = self.pos_proj(position_features(hgt, wid, x.device).to(self.pos_proj.weight.dtype))
             tokens = tokens + pos.to(tokens.dtype)  # [HW, C], broadcast over the batch
         # qkv rows are head-interleaved: [q_h0, k_h0, v_h0, q_h1, ...], 64 rows each
-        qkv = conv1x1_linear(tokens, self.qkv)  # [B, HW, 3C]
+        qkv = self.qkv(tokens)  # [B, HW, 3C]
         parts = 3 if self.self_attention else 1
         qkv = qkv.view(b, hgt * wid, n, parts, d).permute(3, 0, 2, 1, 4)  # [parts, B, n, HW, d]
         # text: GroupNorm over [B, C_enc, L] (channel groups across all L tokens), then k/v per head
         text = self.norm_encoder(encoder_out.to(x.dtype)).transpose(1, 2)  # [B, L, C_enc]
-        ekv = conv1x1_linear(text, self.encoder_kv)  # [B, L, 2C]
+        ekv = self.encoder_kv(text)  # [B, L, 2C]
         ekv = ekv.view(b, -1, n, 2, d).permute(3, 0, 2, 1, 4)  # [2, B, n, L, d]
         q = qkv[0]
         if self.self_attention:
@@ -170,7 +171,7 @@ class AttentionBlock(nn.Module):
             self.text_maps.append(maps.reshape(b, -1, hgt, wid))  # [B, L, H, W]
             a = (w @ v.float()).to(v.dtype)
         a = a.transpose(1, 2).reshape(b, hgt * wid, c)  # [B, HW, C]
-        h = conv1x1_linear(a, self.proj_out).view(b, hgt, wid, c).permute(0, 3, 1, 2)  # [B, C, H, W] (NHWC memory)
+        h = self.proj_out(a).view(b, hgt, wid, c).permute(0, 3, 1, 2)  # [B, C, H, W] (NHWC memory)
         return h.add_(x)
 
 
