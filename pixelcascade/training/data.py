@@ -116,19 +116,22 @@ class StreamData:
 
 
 class StoredStates:
-    """An encoder stand-in over stored states (the validation captions and the empty one): what the sample grid
-    of a run trained on ``data.text_states`` encodes with."""
+    """An encoder stand-in over stored states (the validation captions' and the empty one's, rows of a table): what
+    the sample grid of a run trained on ``data.text_states`` encodes with."""
 
-    def __init__(self, table: dict[str, torch.Tensor], empty: torch.Tensor, name: str):
-        self.table, self._empty, self.name = table, empty, name
-        self.dim, self.max_length = empty.shape[-1], empty.shape[0]
+    def __init__(self, table: torch.Tensor, rows: dict[str, int], null_row: int, name: str):
+        self.table, self.rows, self.null_row, self.name = table, rows, null_row, name
+        self.max_length, self.dim = table.shape[1:]
+
+    def _states(self, rows: list[int]):
+        emb = self.table[rows].float()  # [B, L, D]
+        return emb, (emb.abs().sum(-1) > 0).long()  # stored states are zero exactly at the padding
 
     def __call__(self, texts: list[str], allow_empty: bool = False):
-        emb = torch.stack([self.table[t] for t in texts])
-        return emb, (emb.abs().sum(-1) > 0).long()
+        return self._states([self.rows[t] for t in texts])
 
     def empty(self, n: int = 1):
-        return self._empty.expand(n, -1, -1), (self._empty.abs().sum(-1) > 0).long().expand(n, -1)
+        return self._states([self.null_row] * n)
 
 
 def prepare_stream(cfg: RunConfig, cache: Path, progress: bool = True):
@@ -141,16 +144,21 @@ def prepare_stream(cfg: RunConfig, cache: Path, progress: bool = True):
     if dc.text_states:
         check_states(dc.text_states, index, cfg.text_encoder, cfg.unet.encoder_dim, dc.text_max_length)
         reader = StatesReader(dc.text_states, index, dc.text_max_length)
-        table = {c: reader.get(int(index.records["shard"][i]), index.key(i)) for c, i in zip(val_caps, val_kept)}
+        rows = {}  # caption -> row of the table (a caption held out twice has one row)
+        for c, i in zip(val_caps, val_kept):
+            rows.setdefault(c, (len(rows), i))
+        states = [reader.get(int(index.records["shard"][i]), index.key(i)) for _, i in rows.values()]
         null = reader.empty()
-        meta = read_meta(Path(dc.text_states) / "empty.safetensors")
-        encoder = StoredStates(table, null, meta["encoder_name"])
-        val = TrainData(images=val_images, caption_idx=np.array([list(table).index(c) for c in val_caps]),
-                        text_table=torch.stack(list(table.values()) + [null]).half(), null_idx=len(table),
-                        captions=val_caps)
+        reader.close()
+        table = torch.stack(states + [null]).half()  # [U + 1, L, D]
+        row_of = {c: r for c, (r, _) in rows.items()}
+        encoder = StoredStates(table, row_of, len(rows), read_meta(Path(dc.text_states) / "empty.safetensors")
+                               ["encoder_name"])
+        val = TrainData(images=val_images, caption_idx=np.array([row_of[c] for c in val_caps]), text_table=table,
+                        null_idx=len(rows), captions=val_caps)
         stream_encoder = None
     else:
-        encoder = run_encoder(cfg)
+        encoder = run_encoder(cfg, device=_encoder_device(cfg))
         val = build_train_data(WorldSplit(val_images, [[c] for c in val_caps]), encoder, cache, progress)
         null = encoder.empty(1)[0][0].float().cpu()
         stream_encoder = encoder
@@ -162,10 +170,15 @@ def prepare_stream(cfg: RunConfig, cache: Path, progress: bool = True):
               f"({info['skipped']}; shards fingerprint {info['fingerprint']}), centre-cropped and resized to "
               f"{dc.image_size} px; {len(train_ids)} training, {len(val_caps)} held out for validation (data.seed "
               f"{dc.seed}); shuffle window {dc.shuffle_buffer}"
-              + (f"; text states from {dc.text_states} (padding zeros)" if dc.text_states else "")
-              + f"; training seed {cfg.train.seed}")
+              + (f"; text states from {dc.text_states} (padding zeros)" if dc.text_states else ""))
     prompts = ([c for c in val_caps[:8]] * 2)[:16]
     return data, val, recipe, encoder, prompts
+
+
+def _encoder_device(cfg: RunConfig) -> str:
+    """Captions are encoded on the training device when it is a GPU."""
+    device = resolve_device(cfg.train.device)
+    return str(device) if device.type == "cuda" else "cpu"
 
 
 def prepare_data(cfg: RunConfig, cache: Path | None = None, progress: bool = True):
@@ -174,15 +187,15 @@ def prepare_data(cfg: RunConfig, cache: Path | None = None, progress: bool = Tru
     a cascade started together) call it once first, so that they do not build the same cache at the same time."""
     cache = cache or default_cache_dir()
     if streams(cfg.data):
-        return prepare_stream(cfg, cache, progress)
-    # captions are encoded once (then cached) on the training device
-    enc_device = resolve_device(cfg.train.device)
-    encoder = run_encoder(cfg, device=str(enc_device) if enc_device.type == "cuda" else "cpu")
-    world = get_world(cfg.data.world)
-    train_split, val_split = world.splits(cfg.data, cache, progress, super_res=cfg.unet.super_res)
-    data = build_train_data(train_split, encoder, cache, progress)
-    val = build_train_data(val_split, encoder, cache, progress)
-    recipe = world.recipe(cfg.data, train_split, val_split) + f"; training seed {cfg.train.seed}"
+        data, val, recipe, encoder, prompts = prepare_stream(cfg, cache, progress)
+    else:
+        encoder = run_encoder(cfg, device=_encoder_device(cfg))
+        world = get_world(cfg.data.world)
+        train_split, val_split = world.splits(cfg.data, cache, progress, super_res=cfg.unet.super_res)
+        data = build_train_data(train_split, encoder, cache, progress)
+        val = build_train_data(val_split, encoder, cache, progress)
+        recipe, prompts = world.recipe(cfg.data, train_split, val_split), world.preview_prompts(cfg.data, val_split)
+    recipe += f"; training seed {cfg.train.seed}"
     if cfg.train.init_from:
         recipe += f"; fine-tuned from {Path(cfg.train.init_from).name} (sha256 {sha256_file(cfg.train.init_from)[:16]})"
-    return data, val, recipe, encoder, world.preview_prompts(cfg.data, val_split)
+    return data, val, recipe, encoder, prompts
