@@ -6,6 +6,7 @@ steps timed after 2 warm-up steps, the training step only: no validation or chec
 
 - stream-10k-wN / stream-200k-wN: `data.world=files`, the first 10 shards (10,000 images) or all 200 shards of a
   synthetic shapes set (`pixelcascade data shapes-shards`), N DataLoader workers, MiniLM encoding each batch;
+- mlstates-10k-wN: the same with MiniLM's states computed once by `data encode` and read from disk;
 - cached-10k: the same 10 shards through the decoded cache (data.stream=false), text states in a table in RAM;
 - t5states-10k-wN / t5states-200k-wN: a 4096-wide UNet (files64 with unet.encoder_dim=4096) reading fake T5 states
   from disk (`data.text_states`, 77-token window, 14 real tokens a caption, bf16, as `data encode` writes them);
@@ -13,6 +14,7 @@ steps timed after 2 warm-up steps, the training step only: no validation or chec
   run without text-state shards keeps T5 states).
 
     python bench/data_scale.py --data /work/runs/data          # makes the shards and states there if missing
+                                                               # 3 rounds, modes interleaved; medians reported
     python bench/data_scale.py --data DIR --modes stream-10k-w1 cached-10k
 Prints a table and appends JSON lines to bench/results/data_scale.jsonl.
 """
@@ -28,8 +30,9 @@ import threading
 import time
 from pathlib import Path
 
-MODES = ["cached-10k", "stream-10k-w1", "stream-10k-w2", "stream-200k-w1", "stream-200k-w2",
-         "t5cached-10k", "t5states-10k-w1", "t5states-10k-w2", "t5states-200k-w1", "t5states-200k-w2"]
+MODES = ["cached-10k", "stream-10k-w1", "stream-10k-w2", "mlstates-10k-w1", "mlstates-10k-w2", "stream-200k-w1",
+         "stream-200k-w2", "t5cached-10k", "t5states-10k-w1", "t5states-10k-w2", "t5states-200k-w1",
+         "t5states-200k-w2"]
 FAKE_T5 = "fake-t5-v1_1-xxl"
 
 
@@ -49,6 +52,11 @@ def prepare(root: Path) -> None:
             (small / s.name).symlink_to(s)
     for name in ("shapes10k", "shapes200k"):
         fake_states(root / name, root / f"t5states-{name}")
+    if not (root / "mlstates-shapes10k" / "encoder.json").is_file():
+        from pixelcascade.data.shard_index import index_dataset
+        from pixelcascade.data.text_states import encode_dataset
+        from pixelcascade.text.encoder import load_encoder
+        encode_dataset(index_dataset(small), root / "mlstates-shapes10k", load_encoder("minilm", 32), "minilm")
 
 
 def fake_states(shards: Path, out: Path, tokens: int = 14, dim: int = 4096) -> None:
@@ -98,8 +106,8 @@ def _trainer(mode: str, root: Path, cache: Path):
     if kind.startswith("t5"):
         over += ["unet.encoder_dim=4096", "unet.att_pool_heads=64", f"text_encoder={FAKE_T5}",
                  "data.text_max_length=77"]
-    if kind == "t5states":
-        over += [f"data.text_states={root / f't5states-shapes{size}'}"]
+    if kind in ("t5states", "mlstates"):
+        over += [f"data.text_states={root / f'{kind}-shapes{size}'}"]
     if kind in ("cached", "t5cached"):
         over += ["data.stream=false"]
     cfg = run_config("files64", over)
@@ -209,7 +217,9 @@ def main() -> None:
     ap.add_argument("--data", required=True, help="folder for the synthetic shards and fake states")
     ap.add_argument("--cache", default="", help="pixelcascade cache (default: DATA/cache)")
     ap.add_argument("--modes", nargs="+", default=MODES, choices=MODES)
-    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=6, help="timed steps per run of a mode")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="every mode runs once per round, modes interleaved; the median run of each mode is kept")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()
     root = Path(a.data)
@@ -218,11 +228,22 @@ def main() -> None:
         print(json.dumps(one(a.one, root, cache, a.steps)))
         return
     prepare(root)
-    results = [run_mode(m, root, cache, a.steps, root / "bench-runs") for m in a.modes]
+    runs: dict[str, list[dict]] = {m: [] for m in a.modes}
+    for _ in range(a.rounds):  # interleaved, so that a machine that slows down slows every mode alike
+        for m in a.modes:
+            runs[m].append(run_mode(m, root, cache, a.steps, root / "bench-runs"))
+    results = []
+    for m in a.modes:
+        rs = sorted(runs[m], key=lambda r: r["s_per_step"])
+        results.append({**rs[len(rs) // 2], "runs_s_per_step": [round(r["s_per_step"], 3) for r in runs[m]],
+                        "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
+                        "peak_pss_mb": max(r["peak_pss_mb"] for r in rs)})
     by = {r["mode"]: r for r in results}
     info = machine()
     print(f"\n{info['cpu']}, {info['cores']} cores, avx512_bf16={info['avx512_bf16']}, torch {info['torch']}, "
           f"{time.strftime('%Y-%m-%d')}")
+    print(f"{a.rounds} rounds of {a.steps} timed steps, modes interleaved: the median round's s / step, the "
+          "largest peak")
     print("| mode | examples | s / step | steps/s vs cached | peak RSS (MB) | peak PSS (MB) |")
     print("|---|---|---|---|---|---|")
     for r in results:
@@ -230,7 +251,7 @@ def main() -> None:
         ratio = f"{base['s_per_step'] / r['s_per_step']:.2f}x" if base else "-"
         print(f"| {r['mode']} | {r['examples']:,} | {r['s_per_step']:.3f} | {ratio} | {r['peak_rss_mb']:,} | "
               f"{r['peak_pss_mb']:,} |")
-    for kind in ("stream", "t5states"):
+    for kind in ("stream", "mlstates", "t5states"):
         for w in ("w1", "w2"):
             a10, a200 = by.get(f"{kind}-10k-{w}"), by.get(f"{kind}-200k-{w}")
             if a10 and a200:

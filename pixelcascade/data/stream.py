@@ -130,8 +130,8 @@ class StreamSpec:
 
 class ShardStream(torch.utils.data.IterableDataset):
     """Endless per-step batches of this process's rows: {"step", "images" uint8 [b, S, S, 3], "captions",
-    "keys", "states" (float [b, L, D], with ``spec.states``), "replaced" (records replaced, corrupt or
-    uncaptioned)}."""
+    "keys", "states" and "state_lengths" (with ``spec.states``: the stored states, packed as
+    text_states.StatesReader.packed gives them), "replaced" (records replaced, corrupt or uncaptioned)}."""
 
     def __init__(self, spec: StreamSpec):
         super().__init__()
@@ -185,7 +185,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         out = {"step": step, "images": torch.from_numpy(np.stack(images)), "captions": captions, "keys": keys,
                "replaced": replaced}
         if states is not None:
-            out["states"] = states.batch(list(zip(shards, keys)))
+            out["states"], out["state_lengths"] = states.packed(list(zip(shards, keys)))
         return out
 
 

@@ -12,7 +12,7 @@ import torch
 
 from ..config import RunConfig
 from ..data.stream import StreamSpec, read_records_by_id, stream_loader
-from ..data.text_states import StatesReader, check_states, read_meta
+from ..data.text_states import StatesReader, check_states, read_meta, unpack
 from ..data.worlds import DatasetError, WorldSplit, files_stream, get_world, streams
 from ..text.encoder import EmbeddingCache, load_encoder
 from ..utils import default_cache_dir, resolve_device, sha256_file
@@ -108,7 +108,7 @@ class StreamData:
     def text(self, batch: dict, drop: torch.Tensor) -> torch.Tensor:
         """The batch's text states [b, L, D], the dropped rows' replaced by the empty caption's."""
         if "states" in batch:
-            states = batch["states"]
+            states = unpack(batch["states"], batch["state_lengths"], self.spec.text_length)
         else:
             with torch.no_grad():
                 states = self.encoder(batch["captions"], allow_empty=True)[0].float().cpu()
