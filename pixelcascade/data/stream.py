@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import dataclasses
 import io
-from collections import OrderedDict
 
 import numpy as np
 import torch
 
 from ..images import center_crop_resize
-from .shard_index import DatasetIndex
+from .shard_index import DatasetIndex, RecordReader
 
 
 class EpochOrder:
@@ -60,39 +59,6 @@ class EpochOrder:
             self._perm = np.random.default_rng([self.seed, epoch, w, 1]).permutation(size)
             self._win = w
         return int(seq[w * self.window + self._perm[r]])
-
-
-class RecordReader:
-    """Reads a record's image bytes and caption through the index; keeps a few shards open (least recently used)."""
-
-    def __init__(self, index: DatasetIndex, max_open: int = 8):
-        self.index, self.max_open = index, max_open
-        self._files: OrderedDict[int, object] = OrderedDict()
-
-    def _file(self, shard: int):
-        f = self._files.pop(shard, None)
-        if f is None:
-            f = open(self.index.shards[shard], "rb")  # noqa: SIM115 (kept open across reads, closed on eviction)
-            while len(self._files) >= self.max_open:
-                self._files.popitem(last=False)[1].close()
-        self._files[shard] = f
-        return f
-
-    def read(self, i: int) -> tuple[bytes, str]:
-        r = self.index.records[i]
-        f = self._file(int(r["shard"]))
-        f.seek(int(r["image_offset"]))
-        image = f.read(int(r["image_size"]))
-        caption = ""
-        if r["text_size"]:
-            f.seek(int(r["text_offset"]))
-            caption = f.read(int(r["text_size"])).decode("utf-8", "replace").strip()
-        return image, caption
-
-    def close(self) -> None:
-        for f in self._files.values():
-            f.close()
-        self._files.clear()
 
 
 def decode_image(data: bytes, size: int) -> np.ndarray:

@@ -23,7 +23,7 @@ import torch
 
 from ..tensorfiles import write_safetensors
 from ..utils import atomic_write_text
-from .shard_index import DatasetIndex
+from .shard_index import DatasetIndex, RecordReader
 
 KIND = "pixelcascade-text-states"
 
@@ -75,7 +75,6 @@ def encode_dataset(index: DatasetIndex, out: str | Path, encoder, encoder_spec: 
                    rank: int = 0, world: int = 1, progress: bool = True) -> dict:
     """Encode every record's caption, one states shard per image shard; this process takes shards rank, rank +
     world, ...; shards already encoded with the same encoder are skipped (so a stopped run resumes)."""
-    from .stream import RecordReader
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     reader = RecordReader(index, max_open=2)
