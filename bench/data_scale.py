@@ -28,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from pathlib import Path
 
 MODES = ["cached-10k", "stream-10k-w1", "stream-10k-w2", "mlstates-10k-w1", "mlstates-10k-w2", "stream-200k-w1",
@@ -52,7 +53,7 @@ def prepare(root: Path) -> None:
             (small / s.name).symlink_to(s)
     for name in ("shapes10k", "shapes200k"):
         fake_states(root / name, root / f"t5states-{name}")
-    if not (root / "mlstates-shapes10k" / "encoder.json").is_file():
+    if not (root / "mlstates-shapes10k" / "empty.safetensors").is_file():
         from pixelcascade.data.shard_index import index_dataset
         from pixelcascade.data.text_states import encode_dataset
         from pixelcascade.text.encoder import load_encoder
@@ -65,18 +66,12 @@ def fake_states(shards: Path, out: Path, tokens: int = 14, dim: int = 4096) -> N
     import torch
 
     from pixelcascade.data.shard_index import index_dataset
-    from pixelcascade.data.text_states import KIND, states_file
+    from pixelcascade.data.text_states import states_file, states_meta
     from pixelcascade.tensorfiles import write_safetensors
     index = index_dataset(shards)
     g = torch.Generator().manual_seed(0)
     pool = torch.randn(64, tokens, dim, generator=g).to(torch.bfloat16)
-
-    def meta(shard, records):
-        m = {"kind": KIND, "encoder": FAKE_T5, "encoder_name": FAKE_T5, "dim": str(dim), "max_length": "77",
-             "padding": "zeros"}
-        if shard is not None:
-            m.update(shard=shard.name, shard_size=str(shard.stat().st_size), records=str(records))
-        return m
+    encoder = types.SimpleNamespace(name=FAKE_T5, dim=dim, max_length=77)  # what data encode records of T5-XXL
     out.mkdir(parents=True, exist_ok=True)
     for s, shard in enumerate(index.shards):
         path = states_file(out, shard)
@@ -84,8 +79,9 @@ def fake_states(shards: Path, out: Path, tokens: int = 14, dim: int = 4096) -> N
             continue
         ids = np.flatnonzero(index.records["shard"] == s)
         write_safetensors(path, {index.key(int(i)): pool[k % 64].clone() for k, i in enumerate(ids)},
-                          meta(shard, len(ids)))
-    write_safetensors(out / "empty.safetensors", {"empty": pool[0, :2].clone()}, meta(None, 1))
+                          states_meta(FAKE_T5, encoder, shard, len(ids)))
+    write_safetensors(out / "empty.safetensors", {"empty": pool[0, :2].clone()},
+                      states_meta(FAKE_T5, encoder, None, 1))
 
 
 # --------------------------------------------------------------------------------------------------

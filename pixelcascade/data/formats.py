@@ -26,6 +26,7 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 BYTES_COLUMNS = ("image", "jpg", "png", "webp", "bytes", "image_bytes")
 PATH_COLUMNS = ("file", "path", "image_path", "filepath")
 CAPTION_COLUMNS = ("caption", "text", "txt", "prompt")
+IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp")  # a webdataset record's image, by member extension
 
 
 class DataFormatError(ValueError):
@@ -42,17 +43,32 @@ class Record:
 
     def decode(self) -> np.ndarray:
         """uint8 RGB [H, W, 3]; raises ValueError for a corrupt image."""
-        from PIL import Image
         try:
-            with Image.open(io.BytesIO(self.image)) as im:
-                im.load()
-                if im.mode in ("RGBA", "LA", "P"):
-                    im = im.convert("RGBA")
-                    bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                    im = Image.alpha_composite(bg, im)
-                return np.asarray(im.convert("RGB"))
-        except Exception as e:  # PIL raises many types for broken files
-            raise ValueError(f"cannot decode image {self.key} ({type(e).__name__}: {e})") from None
+            return decode_rgb(self.image)
+        except ValueError as e:
+            raise ValueError(f"cannot decode image {self.key} ({e})") from None
+
+
+def decode_rgb(data: bytes) -> np.ndarray:
+    """Encoded image bytes -> uint8 RGB [H, W, 3], transparency composited on white; ValueError if they are not an
+    image."""
+    from PIL import Image
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            if im.mode in ("RGBA", "LA", "P"):
+                im = im.convert("RGBA")
+                im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im)
+            return np.asarray(im.convert("RGB"))
+    except Exception as e:  # PIL raises many types for broken files
+        raise ValueError(f"{type(e).__name__}: {e}") from None
+
+
+def member_key(name: str) -> tuple[str, str]:
+    """A webdataset tar member's (key, extension): the name up to its first dot, with its folder."""
+    path = Path(name)
+    key, _, ext = path.name.partition(".")
+    return (key if path.parent == Path(".") else str(path.parent / key)), ext.lower()
 
 
 @dataclasses.dataclass
@@ -132,7 +148,7 @@ def _read_tar(path: Path, stats: ReadStats) -> Iterator[Record]:
     key = None
 
     def emit(k, g):
-        img = next((g[e] for e in ("jpg", "jpeg", "png", "webp") if e in g), None)
+        img = next((g[e] for e in IMAGE_MEMBERS if e in g), None)
         if img is None:
             return None
         cap = g.get("txt", b"").decode("utf-8", "replace").strip()
@@ -154,9 +170,7 @@ def _read_tar(path: Path, stats: ReadStats) -> Iterator[Record]:
             for m in tf:
                 if not m.isfile():
                     continue
-                base = Path(m.name).name
-                k, _, ext = base.partition(".")
-                k = str(Path(m.name).parent / k) if Path(m.name).parent != Path(".") else k
+                k, ext = member_key(m.name)
                 if key is not None and k != key:
                     rec = emit(key, group)
                     if rec is not None:

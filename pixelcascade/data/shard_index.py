@@ -22,9 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from ..utils import atomic_path
-from .formats import DataFormatError, has_end_marker
+from .formats import IMAGE_MEMBERS, DataFormatError, has_end_marker, member_key
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 # one row per record: the image's and the caption's byte ranges in the shard (caption size 0: no .txt member)
 RECORD_DTYPE = np.dtype([("shard", np.int32), ("image_offset", np.int64), ("image_size", np.int64),
                          ("text_offset", np.int64), ("text_size", np.int64)])
@@ -57,13 +56,6 @@ class ShardStats:
     problems: list = dataclasses.field(default_factory=list)
 
 
-def _key_ext(name: str) -> tuple[str, str]:
-    base = Path(name).name
-    key, _, ext = base.partition(".")
-    parent = str(Path(name).parent)
-    return (key if parent == "." else f"{parent}/{key}"), ext.lower()
-
-
 def scan_shard(path: Path) -> tuple[np.ndarray, list[str], ShardStats]:
     """(records [n] of RECORD_DTYPE with shard 0, their keys, stats) from one shard's headers."""
     stats = ShardStats()
@@ -73,7 +65,7 @@ def scan_shard(path: Path) -> tuple[np.ndarray, list[str], ShardStats]:
     key = None
 
     def close(k, g):
-        img = next((g[e] for e in IMAGE_EXTS if e in g), None)
+        img = next((g[e] for e in IMAGE_MEMBERS if e in g), None)
         if img is None:
             stats.dropped_records += 1
             return
@@ -89,7 +81,7 @@ def scan_shard(path: Path) -> tuple[np.ndarray, list[str], ShardStats]:
             for m in tf:
                 if not m.isfile():
                     continue
-                k, ext = _key_ext(m.name)
+                k, ext = member_key(m.name)
                 if key is not None and k != key:
                     close(key, group)
                     group = {}

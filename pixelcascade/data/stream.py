@@ -20,12 +20,12 @@ be decoded, or whose caption is empty, is replaced by the next record of the seq
 from __future__ import annotations
 
 import dataclasses
-import io
 
 import numpy as np
 import torch
 
 from ..images import center_crop_resize
+from .formats import decode_rgb
 from .shard_index import DatasetIndex, RecordReader
 
 
@@ -64,17 +64,19 @@ class EpochOrder:
 def decode_image(data: bytes, size: int) -> np.ndarray:
     """Encoded bytes -> uint8 [size, size, 3]: transparency on white, centre crop, bicubic resize. ValueError if the
     bytes are not an image."""
-    from PIL import Image
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            if im.mode in ("RGBA", "LA", "P"):
-                im = im.convert("RGBA")
-                im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im)
-            arr = np.asarray(im.convert("RGB"))
-    except Exception as e:  # PIL raises many types for broken files
-        raise ValueError(f"{type(e).__name__}: {e}") from None
+    arr = decode_rgb(data)
     return arr if arr.shape[:2] == (size, size) else center_crop_resize(arr, size)
+
+
+def usable(reader: RecordReader, i: int, size: int) -> tuple[np.ndarray, str] | None:
+    """Record i's image at ``size`` and its caption, or None when the caption is empty or the image is broken."""
+    data, caption = reader.read(i)
+    if not caption:
+        return None
+    try:
+        return decode_image(data, size), caption
+    except ValueError:
+        return None
 
 
 @dataclasses.dataclass
@@ -133,16 +135,12 @@ class ShardStream(torch.utils.data.IterableDataset):
             pos = step * s.batch_size + s.rank + j * s.world
             for attempt in range(64):  # a bad record: the next one in the sequence, deterministically
                 i = int(s.ids[order[pos + attempt]])
-                data, caption = reader.read(i)
-                if not caption:
+                got = usable(reader, i, s.image_size)
+                if got is None:
                     replaced += 1
                     continue
-                try:
-                    images.append(decode_image(data, s.image_size))
-                except ValueError:
-                    replaced += 1
-                    continue
-                captions.append(caption)
+                images.append(got[0])
+                captions.append(got[1])
                 keys.append(s.index.key(i))
                 shards.append(int(s.index.records["shard"][i]))
                 break
@@ -169,15 +167,11 @@ def read_records_by_id(index: DatasetIndex, ids: np.ndarray, image_size: int) ->
     images, captions, kept = [], [], []
     try:
         for i in ids:
-            data, caption = reader.read(int(i))
-            if not caption:
-                continue
-            try:
-                images.append(decode_image(data, image_size))
-            except ValueError:
-                continue
-            captions.append(caption)
-            kept.append(int(i))
+            got = usable(reader, int(i), image_size)
+            if got is not None:
+                images.append(got[0])
+                captions.append(got[1])
+                kept.append(int(i))
     finally:
         reader.close()
     if not images:

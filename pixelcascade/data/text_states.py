@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from ..tensorfiles import write_safetensors
-from ..utils import atomic_write_text
 from .shard_index import DatasetIndex, RecordReader
 
 KIND = "pixelcascade-text-states"
@@ -36,7 +35,8 @@ def states_file(folder: str | Path, shard: Path) -> Path:
     return Path(folder) / f"{shard.stem}.safetensors"
 
 
-def _meta(encoder_spec: str, encoder, shard: Path | None, records: int) -> dict[str, str]:
+def states_meta(encoder_spec: str, encoder, shard: Path | None, records: int) -> dict[str, str]:
+    """A states file's metadata: the encoder (spec, name, width, window) and, for a shard's file, that shard."""
     meta = {"kind": KIND, "encoder": encoder_spec, "encoder_name": encoder.name, "dim": str(encoder.dim),
             "max_length": str(encoder.max_length), "padding": "zeros"}
     if shard is not None:
@@ -97,8 +97,8 @@ def encode_dataset(index: DatasetIndex, out: str | Path, encoder, encoder_spec: 
                 tensors[index.key(int(i))] = t
             if bar is not None:
                 bar.update(len(chunk))
-        write_safetensors(states_file(out, index.shards[s]), tensors, _meta(encoder_spec, encoder, index.shards[s],
-                                                                            len(ids)))
+        meta = states_meta(encoder_spec, encoder, index.shards[s], len(ids))
+        write_safetensors(states_file(out, index.shards[s]), tensors, meta)
     reader.close()
     if bar is not None:
         bar.close()
@@ -106,10 +106,7 @@ def encode_dataset(index: DatasetIndex, out: str | Path, encoder, encoder_spec: 
         with torch.no_grad():
             emb, mask = encoder.empty(1)
         write_safetensors(out / "empty.safetensors", {"empty": _real_tokens(emb.float().cpu(), mask.cpu())[0]},
-                          _meta(encoder_spec, encoder, None, 1))
-        atomic_write_text(out / "encoder.json", json.dumps(
-            {"encoder": encoder_spec, "encoder_name": encoder.name, "dim": encoder.dim,
-             "max_length": encoder.max_length, "padding": "zeros"}, indent=1))
+                          states_meta(encoder_spec, encoder, None, 1))
     return {"shards": len(mine), "encoded": len(todo), "skipped": len(mine) - len(todo)}
 
 
@@ -126,18 +123,20 @@ def check_states(folder: str | Path, index: DatasetIndex, encoder_spec: str, dim
         raise StatesError(f"data.text_states={folder}: no states for {len(missing)} of {len(index.shards)} shards "
                           f"(first: {missing[0]}); {fix} (it encodes only what is missing)")
     counts = np.bincount(index.records["shard"], minlength=len(index.shards))
-    for s, shard in enumerate([folder / "empty"] + list(index.shards)):
-        path = folder / "empty.safetensors" if s == 0 else states_file(folder, shard)
+    files = [(folder / "empty.safetensors", None, 1)] + [(states_file(folder, s), s, counts[i])
+                                                       for i, s in enumerate(index.shards)]
+    for path, shard, records in files:
         meta = read_meta(path)
         if meta.get("encoder") != encoder_spec or meta.get("dim") != str(dim) or \
                 meta.get("max_length") != str(max_length):
             raise StatesError(f"{path} holds states of {meta.get('encoder')} ({meta.get('dim')}-d, window "
                               f"{meta.get('max_length')}), this run reads {encoder_spec} ({dim}-d, window "
                               f"{max_length}): {fix}, or set text_encoder= and data.text_max_length= to match")
-        if s and (meta.get("shard_size") != str(shard.stat().st_size) or meta.get("records") != str(counts[s - 1])):
+        if shard is not None and (meta.get("shard_size") != str(shard.stat().st_size)
+                                  or meta.get("records") != str(records)):
             raise StatesError(f"{path} was encoded from another version of {shard.name} ({meta.get('records')} "
-                              f"records, {meta.get('shard_size')} bytes; now {counts[s - 1]}, "
-                              f"{shard.stat().st_size}): delete it and {fix}")
+                              f"records, {meta.get('shard_size')} bytes; now {records}, {shard.stat().st_size}): "
+                              f"delete it and {fix}")
     return {"shards": len(index.shards), "encoder": encoder_spec}
 
 

@@ -171,7 +171,7 @@ def prepare_stream(cfg: RunConfig, cache: Path, progress: bool = True):
               f"{dc.image_size} px; {len(train_ids)} training, {len(val_caps)} held out for validation (data.seed "
               f"{dc.seed}); shuffle window {dc.shuffle_buffer}"
               + (f"; text states from {dc.text_states} (padding zeros)" if dc.text_states else ""))
-    prompts = ([c for c in val_caps[:8]] * 2)[:16]
+    prompts = get_world("files").preview_prompts(dc, WorldSplit(val_images, [[c] for c in val_caps]))
     return data, val, recipe, encoder, prompts
 
 
