@@ -69,13 +69,15 @@ class Stages:
 
 def load(model: str | Path = "shapes", *, device: str = "cpu", dtype=None, text_encoder: str | None = None,
          max_stages: int | None = None, allow_sr_first: bool = False, offload: bool = False,
-         stage3: str | None = None):
+         stage3: str | None = None, lora: list | None = None):
     """A :class:`~pixelcascade.pipeline.Cascade` from ``model``: a shipped model's name, one of our .safetensors
     files, a folder of stage*.safetensors, an IF folder (official or diffusers layout), or several of those
     comma-separated, stage I first. ``text_encoder``: a local folder (default: the one the model names; a
     diffusers IF-I folder's own T5; MiniLM for 384-d models). ``max_stages``: run only the first N.
     ``offload``: keep every model on the CPU and move each to ``device`` only while it runs. ``stage3``: a
-    stable-diffusion-x4-upscaler folder (IF's stage III) or another super-resolution stage, appended."""
+    stable-diffusion-x4-upscaler folder (IF's stage III) or another super-resolution stage, appended. ``lora``:
+    LoRA adapter files, ``"PATH"`` or ``"PATH:SCALE"`` (or (path, scale) pairs), each merged into the stage it
+    was trained on at its scale."""
     import torch
 
     from .convert import CheckpointError
@@ -101,6 +103,8 @@ def load(model: str | Path = "shapes", *, device: str = "cpu", dtype=None, text_
                   for p in paths]
     except (CheckpointError, PipelineError) as e:
         raise ModelError(str(e)) from None
+    if lora:
+        _merge_loras(stages, lora)
     if not allow_sr_first and stages[0].is_super_res:
         raise ModelError(f"{paths[0]}: the first stage is a super-resolution model; stage I (text -> image) must "
                          "run first: list the stage I model before the stage II one")
@@ -129,3 +133,29 @@ def load(model: str | Path = "shapes", *, device: str = "cpu", dtype=None, text_
         return Cascade(stages, encoder, offload=device if offload and device != "cpu" else None)
     except ValueError as e:
         raise ModelError(str(e)) from None
+
+
+def _merge_loras(stages, loras: list) -> None:
+    """Each adapter into the stage whose UNet it was trained on (at its scale), merged into the weights: sampling
+    costs what the base model costs. The stages' metadata lists them (sidecars record it)."""
+    from .lora import LoraError, apply_adapters, merge_adapters, parse_lora_arg, read_adapter, same_unet
+    per_stage: dict[int, list] = {}
+    for item in loras:
+        path, scale = parse_lora_arg(item) if isinstance(item, str) else item
+        try:
+            tensors, spec, meta = read_adapter(path)
+        except LoraError as e:
+            raise ModelError(str(e)) from None
+        hits = [i for i, st in enumerate(stages) if not st.uses_prompts and same_unet(meta, st.cfg)]
+        if not hits:
+            raise ModelError(f"--lora {path}: it adapts a UNet that no stage of this model has (it was trained on "
+                             f"{meta.get('base') or 'another model'}): load it with that model")
+        per_stage.setdefault(hits[0], []).append((tensors, spec, scale, f"{Path(path).name}:{scale:g}"))
+    for i, adapters in per_stage.items():
+        unet = stages[i].unet
+        try:
+            apply_adapters(unet, [a[:3] for a in adapters])
+        except LoraError as e:
+            raise ModelError(str(e)) from None
+        merge_adapters(unet)
+        stages[i].meta = dict(stages[i].meta, lora=", ".join(a[3] for a in adapters))

@@ -103,6 +103,9 @@ def _sampling_args(g: argparse.ArgumentParser) -> None:
     g.add_argument("--text-encoder", help="override the text encoder: 'minilm' or a local HF/T5 folder")
     g.add_argument("--stage3", help="append a third stage: a local stable-diffusion-x4-upscaler folder (IF's "
                                     "stage III) or one of our super-resolution .safetensors")
+    g.add_argument("--lora", action="append", metavar="PATH[:SCALE]",
+                   help="a LoRA adapter (a LoRA run's lora.safetensors) merged into the stage it was trained on, "
+                        "at SCALE (default 1; 0.5 half its effect); repeat the flag for several")
     g.add_argument("--offload", action="store_true",
                    help="small GPUs: keep the models on the CPU and move each to --device only while it runs")
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
@@ -228,15 +231,23 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="ship a run's EMA weights as one small .safetensors file",
                        description="Cast a run folder's ema.safetensors (config and recipe in its metadata) to "
                                    "fp16 and write it where `generate --model` can load it. Given a model file "
-                                   "instead, rewrite it (e.g. new default sampling settings, same weights).",
+                                   "instead, rewrite it (e.g. new default sampling settings, same weights). A LoRA "
+                                   "run exports its adapter (for --lora), or with --merge-lora a full model.",
                        epilog="examples:\n  pixelcascade export runs/shapes32 -o pixelcascade/weights/shapes/"
                               "stage1.safetensors\n  pixelcascade export model.safetensors -o model.safetensors "
-                              "--sample layout_guidance=0", formatter_class=argparse.RawDescriptionHelpFormatter)
+                              "--sample layout_guidance=0\n  pixelcascade export runs/lora-star --merge-lora "
+                              "-o star.safetensors\n  pixelcascade export stage1.safetensors --merge-lora "
+                              "star.safetensors:0.8 -o m.safetensors",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     x.add_argument("run", help="a training run folder (holds ema.safetensors), or a model .safetensors file")
     x.add_argument("-o", "--output", required=True)
     x.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"])
     x.add_argument("--sample", nargs="*", default=[], metavar="KEY=VALUE",
                    help="default sampling settings stored with the weights, e.g. guidance_scale=4 num_steps=smart50")
+    x.add_argument("--merge-lora", nargs="*", metavar="PATH[:SCALE]",
+                   help="a LoRA run: merge its adapter into the base it trained on (no files); a model file: merge "
+                        "these adapters into it, each at SCALE (default 1). Without the flag a LoRA run exports "
+                        "its adapter alone (small)")
     x.set_defaults(fn=cmd_export)
 
     d = sub.add_parser("data", help="make datasets")

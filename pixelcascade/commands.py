@@ -43,12 +43,12 @@ def _dtype(name: str):
 
 def load_cascade(model: str | Path, device: str = "cpu", dtype=None, text_encoder: str | None = None,
                  max_stages: int | None = None, allow_sr_first: bool = False, offload: bool = False,
-                 stage3: str | None = None):
+                 stage3: str | None = None, lora: list[str] | None = None):
     """:func:`pixelcascade.api.load`, its errors as one line for the command line."""
     from .api import load
     try:
         return load(model, device=device, dtype=dtype, text_encoder=text_encoder, max_stages=max_stages,
-                    allow_sr_first=allow_sr_first, offload=offload, stage3=stage3)
+                    allow_sr_first=allow_sr_first, offload=offload, stage3=stage3, lora=lora)
     except ModelError as e:
         raise UserError(str(e)) from None
 
@@ -173,6 +173,7 @@ def _run_and_save(a, cascade, prompts: list[str], *, init=None, mask=None, stren
                         "stages": n_stages, "device": a.device, "dtype": a.dtype,
                         "settings": [dataclasses.asdict(s) for s in settings],
                         "size": list(stage_imgs[-1][j].shape[:2]), "pixelcascade": _version(),
+                        **({"lora": a.lora} if getattr(a, "lora", None) else {}),
                         **({"negative_prompt": a.negative_prompt} if a.negative_prompt.strip() else {}),
                         **(extra_sidecar or {})}
                 save_png(stage_imgs[-1][j], path, side)
@@ -198,7 +199,7 @@ def cmd_generate(a) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     cascade = load_cascade(a.model, _device(a.device), _dtype(a.dtype), a.text_encoder, max_stages=a.stages,
-                           offload=a.offload, stage3=a.stage3)
+                           offload=a.offload, stage3=a.stage3, lora=a.lora)
     return _run_and_save(a, cascade, prompts)
 
 
@@ -217,7 +218,8 @@ def cmd_img2img(a) -> int:
         mask = torch.from_numpy((m > 127).astype("float32"))[None, None]
     prompts = _read_prompts(a)
     _check_writable(Path(a.output))
-    cascade = load_cascade(a.model, _device(a.device), _dtype(a.dtype), a.text_encoder, max_stages=a.stages)
+    cascade = load_cascade(a.model, _device(a.device), _dtype(a.dtype), a.text_encoder, max_stages=a.stages,
+                           lora=a.lora)
     size = cascade.stages[-1].cfg.image_size if a.stages is None else cascade.stages[a.stages - 1].cfg.image_size
     from .pipeline import resize
     init = resize(img, (size, size))
@@ -233,7 +235,8 @@ def cmd_upscale(a) -> int:
     img = from_uint8(load_image(a.image))
     paths = stage_paths(a.model)
     sr_path = next((p for p in paths if "stage1" not in p.name), None) if len(paths) > 1 else paths[0]
-    cascade_like = load_cascade(sr_path, _device(a.device), _dtype(a.dtype), a.text_encoder, allow_sr_first=True)
+    cascade_like = load_cascade(sr_path, _device(a.device), _dtype(a.dtype), a.text_encoder, allow_sr_first=True,
+                                lora=a.lora)
     if not cascade_like.stages[0].is_super_res:
         raise UserError(f"{sr_path} is a text-to-image model, not a super-resolution stage: pass a stage II model")
     a.prompts = [a.prompt]
@@ -293,11 +296,28 @@ def cmd_export(a) -> int:
 
     from .config import ConfigError
     from .convert import CheckpointError
+    from .lora import LoraError
+    from .training import lora_export
+    from .training.checkpoint import ResumeError
     from .weights import export_weights
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[a.dtype]
+    adapter = lora_export.run_adapter(Path(a.run))
     try:
-        path = export_weights(a.run, a.output, dtype, a.sample)
-    except (CheckpointError, ConfigError) as e:
+        if adapter and a.merge_lora is not None:
+            if a.merge_lora:
+                raise UserError(f"{a.run} is a LoRA run: --merge-lora takes no files there (it merges the run's "
+                                "adapter into its base); give adapter files with a model .safetensors instead")
+            path = lora_export.merge_run(adapter, Path(a.output), dtype, a.sample)
+        elif adapter:
+            path = lora_export.export_adapter(adapter, Path(a.output), dtype)
+        elif a.merge_lora:
+            path = lora_export.merge_files(Path(a.run), a.merge_lora, Path(a.output), dtype, a.sample)
+        elif a.merge_lora is not None:
+            raise UserError(f"--merge-lora without files: {a.run} is not a LoRA run; give the adapters to merge "
+                            "(--merge-lora a.safetensors b.safetensors:0.5)")
+        else:
+            path = export_weights(a.run, a.output, dtype, a.sample)
+    except (CheckpointError, ConfigError, LoraError, ResumeError) as e:
         raise UserError(str(e)) from None
     print(f"{path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0

@@ -198,6 +198,25 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class LoraConfig:
+    """train.lora: a LoRA fine-tune (rank > 0) of train.init_from's weights, which stay frozen. The adapter is
+    saved alone (lora.safetensors, its config in the metadata): `generate --lora`, `export --merge-lora`."""
+
+    rank: int = 0  # 0: no LoRA, every weight trains
+    alpha: float = 0.0  # the update is scaled by alpha / rank; 0: alpha = rank (scale 1)
+    # which layers get an adapter: "attention" (every attention block's qkv, encoder_kv and proj_out),
+    # "attention+resblocks" (and each ResBlock's two convolutions, time projection and skip), or comma-separated
+    # globs over module names ("*.qkv,output_blocks.*.proj_out")
+    targets: str = "attention"
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        if self.rank < 0 or self.alpha < 0 or not 0 <= self.dropout < 1:
+            raise ConfigError(f"train.lora: rank and alpha must be 0 or more and dropout in [0, 1), got rank="
+                              f"{self.rank}, alpha={self.alpha}, dropout={self.dropout}")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     lr: float = 2e-4
     weight_decay: float = 0.0
@@ -232,8 +251,15 @@ class TrainConfig:
     # pooling, every block's encoder_kv and norm_encoder, and the text_* options' layers and whitening buffers).
     # For a new text encoder (another width), or to retrain how the UNet reads the text. "": load everything.
     init_reset: str = ""
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
     def __post_init__(self):
+        if self.lora.rank and not self.init_from:
+            raise ConfigError("train.lora.rank > 0 trains an adapter on top of a model: give train.init_from (a "
+                              "run's checkpoint, an EMA .safetensors or an IF model folder)")
+        if self.lora.rank and self.init_reset:
+            raise ConfigError("train.lora keeps every base weight frozen: it cannot be combined with "
+                              "train.init_reset")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ConfigError(f"train.lr_schedule={self.lr_schedule!r}: choose constant or cosine")
         ranges = {  # field: (test, what it must be)

@@ -3,6 +3,8 @@ LoRA wraps them and changes what the model computes, and a LoRA trains."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from conftest import randomize, tiny_cfg
@@ -79,3 +81,124 @@ def test_a_lora_trains_while_the_base_stays_frozen():
         losses.append(loss.item())
     assert losses[0] > 0 and losses[-1] < 0.5 * losses[0], losses[::8]
     assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
+
+
+# -- LoRA fine-tunes: train.lora, the adapter file, --lora and export --merge-lora -------------------------------
+
+
+def _lora_run(tmp_path, base, folder, steps, **lora):
+    from test_training import _cfg, _data
+
+    from pixelcascade.config import LoraConfig
+    from pixelcascade.training.loop import Trainer
+    cfg = _cfg(init_from=str(base), lora=LoraConfig(**{"rank": 4, **lora}), lr=1e-2)
+    trainer = Trainer(cfg, _data(), tmp_path / folder, progress=False)
+    trainer.fit(max_steps=steps)
+    return trainer
+
+
+@pytest.fixture
+def base_model(tmp_path):
+    """A tiny stage I trained for 3 steps: its EMA file is the base the adapters learn on."""
+    from test_training import _cfg, _data
+
+    from pixelcascade.training.loop import Trainer
+    Trainer(_cfg(), _data(), tmp_path / "base", progress=False).fit(max_steps=3)
+    return tmp_path / "base" / "ema.safetensors"
+
+
+def test_a_lora_run_trains_the_adapter_alone_saves_it_small_and_resumes_exactly(tmp_path, base_model):
+    from pixelcascade.tensorfiles import read_tensors
+    from pixelcascade.training.checkpoint import load_checkpoint
+    base, _ = read_tensors(base_model)
+    a = _lora_run(tmp_path, base_model, "a", 6)
+    trained = {n for n, p in a.model.named_parameters() if p.requires_grad}
+    assert trained and all(".lora_" in n for n in trained)
+    plain = {k.replace(".base_layer", ""): v for k, v in a.model.state_dict().items() if ".lora_" not in k}
+    assert all(torch.equal(plain[k], base[k].float()) for k in base)  # the base never moved
+    state = load_checkpoint(tmp_path / "a" / "checkpoint.pt")
+    assert set(state["model"]) == trained and set(state["ema"]["model"]) == trained  # no copy of the base
+    adapter, meta = read_tensors(tmp_path / "a" / "lora.safetensors")
+    assert adapter and all(".lora_A." in k or ".lora_B." in k for k in adapter)
+    assert not (tmp_path / "a" / "ema.safetensors").exists()
+    assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)  # it learned something
+    b = _lora_run(tmp_path, base_model, "b", 3)
+    del b
+    b = _lora_run(tmp_path, base_model, "b", 6)  # resumed from step 3
+    assert b.step == 6
+    for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(va, vb), k
+    assert all(torch.equal(v, read_tensors(tmp_path / "b" / "lora.safetensors")[0][k]) for k, v in adapter.items())
+
+
+def test_the_learned_variance_keeps_training_under_lora(tmp_path, base_model):
+    """The hybrid loss stays: its variational term alone sends gradient into the adapter."""
+    from pixelcascade.diffusion.losses import diffusion_loss
+    t = _lora_run(tmp_path, base_model, "v", 2)
+    g = torch.Generator().manual_seed(0)
+    x0, text = t.data.batch(torch.arange(4), torch.zeros(4, dtype=torch.bool))
+    noise, ts = torch.randn(x0.shape, generator=g), torch.tensor([10, 200, 500, 900])
+    x_t = t.schedule.q_sample(x0, ts, noise)
+    terms = diffusion_loss(t.model(x_t, ts.float(), text), x0, x_t, ts, noise, t.schedule, t.cfg.diffusion)
+    terms["vb"].mean().backward()
+    grads = [p.grad for n, p in t.model.named_parameters() if p.requires_grad]
+    assert terms["vb"].mean() > 0 and any(gr is not None and gr.abs().sum() > 0 for gr in grads)
+
+
+@pytest.mark.parametrize("targets", ["attention", "attention+resblocks", "*.proj_out"])
+def test_an_adapter_merged_at_load_or_by_export_gives_the_runs_model(tmp_path, base_model, targets):
+    from pixelcascade.api import _merge_loras
+    from pixelcascade.cli import main
+    from pixelcascade.weights import load_stage
+    run = _lora_run(tmp_path, base_model, "r", 4, targets=targets)
+    x, t, _, _ = _inputs()
+    te = torch.randn(2, 6, 24, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = run.ema.model(x[:, :, :16, :16], t, te)
+        base_out = load_stage(base_model).unet(x[:, :, :16, :16], t, te)
+    adapter = tmp_path / "r" / "lora.safetensors"
+    for scale, expect in ((1.0, want), (0.0, base_out)):
+        stage = load_stage(base_model)
+        _merge_loras([stage], [f"{adapter}:{scale}"])
+        assert not lora_wrapped(stage.unet)  # merged: the plain layers, IF's key names
+        with torch.no_grad():
+            torch.testing.assert_close(stage.unet(x[:, :, :16, :16], t, te), expect, atol=1e-5, rtol=1e-5)
+    assert main(["export", str(tmp_path / "r"), "--merge-lora", "--dtype", "fp32", "-o", str(tmp_path / "m.safetensors")]) == 0
+    merged = load_stage(tmp_path / "m.safetensors")
+    assert set(merged.unet.state_dict()) == set(load_stage(base_model).unet.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(merged.unet(x[:, :, :16, :16], t, te), want, atol=1e-5, rtol=1e-5)
+    assert main(["export", str(tmp_path / "r"), "-o", str(tmp_path / "a.safetensors")]) == 0  # the adapter, fp16
+    assert (tmp_path / "a.safetensors").stat().st_size < 0.2 * base_model.stat().st_size
+    assert main(["export", str(base_model), "--merge-lora", f"{tmp_path / 'a.safetensors'}:1", "--dtype", "fp32",
+                 "-o", str(tmp_path / "m2.safetensors")]) == 0
+    with torch.no_grad():
+        torch.testing.assert_close(load_stage(tmp_path / "m2.safetensors").unet(x[:, :, :16, :16], t, te), want,
+                                   atol=2e-3, rtol=2e-3)  # the adapter went through fp16
+
+
+def lora_wrapped(model) -> bool:
+    return any(isinstance(m, peft.tuners.lora.LoraLayer) for m in model.modules())
+
+
+def test_lora_errors_name_the_fix(tmp_path, base_model):
+    from pixelcascade.api import ModelError, _merge_loras
+    from pixelcascade.config import ConfigError, LoraConfig, TrainConfig
+    from pixelcascade.weights import load_stage
+    with pytest.raises(ConfigError, match="train.init_from"):
+        TrainConfig(lora=LoraConfig(rank=4))
+    with pytest.raises(ModelError, match="not a pixelcascade LoRA adapter"):
+        _merge_loras([load_stage(base_model)], [str(base_model)])
+    _lora_run(tmp_path, base_model, "r", 1)
+    other = tmp_path / "other.safetensors"
+    from test_training import _cfg, _data
+
+    from pixelcascade.training.loop import Trainer
+    cfg = _cfg()
+    cfg = dataclasses.replace(cfg, unet=dataclasses.replace(cfg.unet, model_channels=64))
+    Trainer(cfg, _data(), tmp_path / "o", progress=False).fit(max_steps=1)
+    (tmp_path / "o" / "ema.safetensors").rename(other)
+    with pytest.raises(ModelError, match="no stage of this model"):
+        _merge_loras([load_stage(other)], [str(tmp_path / "r" / "lora.safetensors")])
+    with pytest.raises(Exception, match="picks no Linear or Conv2d"):
+        _lora_run(tmp_path, base_model, "bad", 1, targets="*.nothing_here")

@@ -115,6 +115,20 @@ def test_streamed_run_stopped_and_resumed_equals_uninterrupted(shards, tmp_path,
     assert any(not torch.equal(sa["model"][k], c.model.state_dict()[k]) for k in sa["model"])
 
 
+def test_captions_are_encoded_in_the_workers_when_there_are_workers(shards):
+    """A CPU encoder runs where the batch is made (in a worker, overlapping the step), giving the states the
+    training process would; with no workers, or an encoder on a GPU, the training process encodes."""
+    drop = torch.zeros(4, dtype=torch.bool)
+    in_worker = next(iter(_stream_data(shards, workers=1).batches(0)))
+    in_process = next(iter(_stream_data(shards, workers=0).batches(0)))
+    assert "encoded" in in_worker and "encoded" not in in_process
+    data = _stream_data(shards, workers=0)
+    assert torch.equal(data.text(in_worker, drop), data.text(in_process, drop))
+    on_gpu = _stream_data(shards, workers=1)
+    on_gpu.encoder.device = "cuda"
+    assert not on_gpu._encode_in_workers
+
+
 def test_resume_refuses_other_shards(shards, tmp_path):
     from pixelcascade.training.data import ConfigMismatch
     cfg = _stream_cfg()

@@ -99,13 +99,17 @@ class StreamSpec:
 class ShardStream(torch.utils.data.IterableDataset):
     """Endless per-step batches of this process's rows: {"step", "images" uint8 [b, S, S, 3], "captions",
     "keys", "states" and "state_lengths" (with ``spec.states``: the stored states, packed as
-    text_states.StatesReader.packed gives them), "replaced" (records replaced, corrupt or uncaptioned)}."""
+    text_states.StatesReader.packed gives them), "encoded" (with ``encoder``: its float states [b, L, D] of the
+    captions), "replaced" (records replaced, corrupt or uncaptioned)}.
 
-    def __init__(self, spec: StreamSpec):
+    ``encoder`` (a CPU text encoder, called as ``encoder(captions, allow_empty=True)``) encodes each batch's
+    captions where the batch is made: in a DataLoader worker that overlaps the training step."""
+
+    def __init__(self, spec: StreamSpec, encoder=None):
         super().__init__()
         if spec.batch_size % spec.world:
             raise ValueError(f"batch size {spec.batch_size} does not split over {spec.world} processes")
-        self.spec = spec
+        self.spec, self.encoder = spec, encoder
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -150,13 +154,16 @@ class ShardStream(torch.utils.data.IterableDataset):
                "replaced": replaced}
         if states is not None:
             out["states"], out["state_lengths"] = states.packed(list(zip(shards, keys)))
+        if self.encoder is not None:
+            with torch.no_grad():
+                out["encoded"] = self.encoder(captions, allow_empty=True)[0].float()
         return out
 
 
-def stream_loader(spec: StreamSpec, workers: int = 1) -> torch.utils.data.DataLoader:
+def stream_loader(spec: StreamSpec, workers: int = 1, encoder=None) -> torch.utils.data.DataLoader:
     """A DataLoader over :class:`ShardStream` (batches already made per step: no collation); ``workers`` 0 reads in
-    this process."""
-    return torch.utils.data.DataLoader(ShardStream(spec), batch_size=None, num_workers=workers,
+    this process; ``encoder``: see :class:`ShardStream`."""
+    return torch.utils.data.DataLoader(ShardStream(spec, encoder), batch_size=None, num_workers=workers,
                                        prefetch_factor=2 if workers else None, persistent_workers=False)
 
 

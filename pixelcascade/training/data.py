@@ -103,12 +103,21 @@ class StreamData:
 
     def batches(self, first_step: int, rank: int = 0, world: int = 1):
         spec = dataclasses.replace(self.spec, first_step=first_step, rank=rank, world=world)
-        return stream_loader(spec, self.workers)
+        return stream_loader(spec, self.workers, self.encoder if self._encode_in_workers else None)
+
+    @property
+    def _encode_in_workers(self) -> bool:
+        """A CPU encoder runs in the DataLoader workers, beside the decoding, so that encoding overlaps the step; a
+        GPU encoder stays in the training process (a forked worker cannot use CUDA)."""
+        return (self.encoder is not None and self.workers > 0
+                and torch.device(getattr(self.encoder, "device", "cpu")).type == "cpu")
 
     def text(self, batch: dict, drop: torch.Tensor) -> torch.Tensor:
         """The batch's text states [b, L, D], the dropped rows' replaced by the empty caption's."""
         if "states" in batch:
             states = unpack(batch["states"], batch["state_lengths"], self.spec.text_length)
+        elif "encoded" in batch:
+            states = batch["encoded"]
         else:
             with torch.no_grad():
                 states = self.encoder(batch["captions"], allow_empty=True)[0].float().cpu()

@@ -74,9 +74,13 @@ class Trainer:
         # train.bf16: autocast where the hardware multiplies bf16 natively; fp32 where it would be emulated
         self.bf16 = tc.bf16 and bf16_autocast_pays(self.device)
         self.model = build_unet(cfg.unet).to(self.device)
+        self.adapter = None  # train.lora: the adapter's shape; the base weights stay frozen
+        if tc.lora.rank:
+            self.adapter = self._lora_base()
         self.ema = EMA(self.model, tc.ema_decay)
         self.stopped_by: int | None = None  # the signal that stopped the last fit, if one did
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(trainable, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
         self.ddp = None
         if self.world > 1:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
@@ -87,7 +91,7 @@ class Trainer:
         fold = False
         if self.ckpt_path.exists():
             self._resume()
-        elif tc.init_from:
+        elif tc.init_from and not self.adapter:
             src, reset = self._init_from(Path(tc.init_from))
             fold = (cfg.unet.text_whiten_attn and not src.get("text_whiten_attn", False)
                     and not any(k.startswith("encoder_proj.") for k in reset))
@@ -115,9 +119,23 @@ class Trainer:
             net.text_white_mean.copy_(mean)
             net.text_white_map.copy_(zca)
 
+    def _lora_base(self):
+        """train.lora: the frozen base from train.init_from (its EMA weights: the model one samples), wrapped with a
+        new adapter (B = 0, so the run starts as the base model). Returns the adapter's spec."""
+        from ..lora import AdapterSpec, add_adapter, target_modules
+        lc = self.cfg.train.lora
+        self._init_from(Path(self.cfg.train.init_from), nets=(self.model,), use_ema=True)
+        spec = AdapterSpec(lc.rank, lc.alpha or float(lc.rank), tuple(target_modules(self.model, lc.targets)),
+                           lc.dropout)
+        self.model.requires_grad_(False)
+        add_adapter(self.model, spec)  # peft leaves only the adapter's weights trainable
+        return spec
+
     # -- state ----------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        state = {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
+        """Weights, EMA, optimizer and step; a LoRA run's frozen base is left out (train.init_from has it)."""
+        model = {k: v for k, v in self.model.state_dict().items() if k not in self.ema.frozen}
+        state = {"model": model, "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
                  "step": self.step, "config": to_json(self.cfg)}
         if self.streaming:  # the stream's position is the step; it must continue over the same shards
             state["data_fingerprint"] = self.data.fingerprint
@@ -143,37 +161,25 @@ class Trainer:
             raise ConfigMismatch(f"{self.ckpt_path} was trained on other shards than {self.cfg.data.path} holds now "
                                  "(names, sizes or record counts differ): the stream could not continue where it "
                                  "stopped; use the same shards, or a new output folder")
-        self.model.load_state_dict(state["model"])
+        missing, unexpected = self.model.load_state_dict(state["model"], strict=not self.ema.frozen)
+        if unexpected or set(missing) - self.ema.frozen:
+            raise ConfigMismatch(f"{self.ckpt_path} holds other weights than this run trains (missing "
+                                 f"{sorted(set(missing) - self.ema.frozen)[:3]}, unexpected {unexpected[:3]}): "
+                                 "use a new output folder")
         self.ema.load_state_dict(state["ema"])
         self.opt.load_state_dict(state["opt"])
         self.step = int(state["step"])
 
-    def _init_from(self, path: Path) -> tuple[dict, list[str]]:
+    def _init_from(self, path: Path, nets: tuple | None = None, use_ema: bool = False) -> tuple[dict, list[str]]:
         """Fine-tuning: model and EMA weights from another run (optimizer and step start fresh), except the
         names train.init_reset picks, which keep this run's initialisation. Returns the source's unet config as
-        a dict ({} when the file does not record it) and the names reset."""
-        if not path.exists():
-            raise ResumeError(f"train.init_from={path}: no such file or folder; give a run's checkpoint.pt, an EMA "
-                              ".safetensors, or an IF model folder (official or diffusers layout)")
-        if path.is_dir():  # released IF weights: official config.yml + .bin, or a diffusers folder
-            from ..convert import CheckpointError, read_unet
-            try:
-                weights, src_cfg, _ = read_unet(path)
-            except CheckpointError as e:
-                raise ResumeError(f"train.init_from={path}: {e}") from None
-            model_sd = ema_sd = weights
-            src = json.loads(to_json(src_cfg))
-        elif path.suffix == ".safetensors":
-            from ..convert import read_tensors
-            weights, meta = read_tensors(path)
-            model_sd = ema_sd = weights
-            src = json.loads(meta.get("unet_config", "{}"))
-        else:
-            state = load_checkpoint(path)
-            model_sd, ema_sd = state["model"], state["ema"]["model"] if "ema" in state else state["model"]
-            src = json.loads(state.get("config", "{}")).get("unet", {})
+        a dict ({} when the file does not record it) and the names reset. ``nets``: load into these modules
+        (default: the model and its EMA) the source's EMA weights if ``use_ema``."""
+        model_sd, ema_sd, src = read_init_weights(path)
         reset = reset_names(self.cfg.train.init_reset, list(self.model.state_dict()) + list(model_sd))
-        for net, sd in ((self.model, model_sd), (self.ema.model, ema_sd)):
+        pairs = ((self.model, model_sd), (self.ema.model, ema_sd)) if nets is None else \
+            [(net, ema_sd if use_ema else model_sd) for net in nets]
+        for net, sd in pairs:
             try:
                 missing, unexpected = net.load_state_dict(
                     {k: v.float() for k, v in sd.items() if k not in reset}, strict=False)
@@ -194,7 +200,18 @@ class Trainer:
 
     def save(self) -> None:
         save_checkpoint(self.ckpt_path, self.state_dict())
-        self.export_ema(self.out / "ema.safetensors")
+        if self.adapter:
+            self.export_adapter(self.out / "lora.safetensors")
+        else:
+            self.export_ema(self.out / "ema.safetensors")
+
+    def export_adapter(self, path: Path) -> None:
+        """A LoRA run's EMA adapter alone, with its spec, the base it adapts and the run's settings."""
+        from ..lora import save_adapter
+        meta = {"diffusion_config": to_json(self.cfg.diffusion), "sample_config": to_json(self.cfg.sample),
+                "run_config": to_json(self.cfg), "step": str(self.step), "base": self.cfg.train.init_from,
+                **{k: str(v) for k, v in self.meta.items()}}
+        save_adapter(path, self.ema.model, self.adapter, self.cfg.unet, meta=meta)
 
     def export_ema(self, path: Path) -> None:
         meta = {"unet_config": to_json(self.cfg.unet), "diffusion_config": to_json(self.cfg.diffusion),
@@ -373,6 +390,28 @@ class Trainer:
         plot_val_loss(self.out / "val_loss.csv", self.out / "val_loss.png")
         if self.sample_fn is not None:
             self.sample_fn(self, self.out / "samples" / f"step{self.step:07d}.png")
+
+
+def read_init_weights(path: Path) -> tuple[dict, dict, dict]:
+    """train.init_from's weights: (model state, EMA state, the source's unet config as a dict, {} when the file does
+    not record it) from a run's checkpoint.pt, an EMA .safetensors, or a released IF folder."""
+    if not path.exists():
+        raise ResumeError(f"train.init_from={path}: no such file or folder; give a run's checkpoint.pt, an EMA "
+                          ".safetensors, or an IF model folder (official or diffusers layout)")
+    if path.is_dir():  # released IF weights: official config.yml + .bin, or a diffusers folder
+        from ..convert import CheckpointError, read_unet
+        try:
+            weights, src_cfg, _ = read_unet(path)
+        except CheckpointError as e:
+            raise ResumeError(f"train.init_from={path}: {e}") from None
+        return weights, weights, json.loads(to_json(src_cfg))
+    if path.suffix == ".safetensors":
+        from ..convert import read_tensors
+        weights, meta = read_tensors(path)
+        return weights, weights, json.loads(meta.get("unet_config", "{}"))
+    state = load_checkpoint(path)
+    ema = state["ema"]["model"] if "ema" in state else state["model"]
+    return state["model"], ema, json.loads(state.get("config", "{}")).get("unet", {})
 
 
 class _GracefulStop:
