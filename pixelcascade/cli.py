@@ -120,6 +120,8 @@ def _model_args(g: argparse.ArgumentParser, model: str = "shapes") -> None:
                    help=f"a shipped model by name ({', '.join(shipped_models()) or 'none installed'}) or a model "
                         f"file/folder (default: {model})")
     g.add_argument("--text-encoder", help="override the text encoder: 'minilm' or a local HF/T5 folder")
+    g.add_argument("--lora", action="append", metavar="PATH[:SCALE]",
+                   help="a LoRA adapter merged into the stage it was trained on (repeat for several)")
     g.add_argument("--stages", type=_at_least_1, help="run this many cascade stages (default: all)")
     g.add_argument("--guidance", type=_non_negative, help="stage I guidance (default: the model's)")
     g.add_argument("--guidance-ii", type=_non_negative, help="guidance of the later stages")
@@ -248,6 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a LoRA run: merge its adapter into the base it trained on (no files); a model file: merge "
                         "these adapters into it, each at SCALE (default 1). Without the flag a LoRA run exports "
                         "its adapter alone (small)")
+    x.add_argument("--format", choices=["pixelcascade", "diffusers"], default="pixelcascade",
+                   help="diffusers: a folder that diffusers' IFPipeline / IFSuperResolutionPipeline loads "
+                        "(model_index.json, unet/, scheduler/); -o names the folder")
+    x.add_argument("--text-encoder", help="with --format diffusers: a local T5 folder copied into the export "
+                                          "(default: none; pass prompt_embeds or text_encoder= when loading)")
     x.set_defaults(fn=cmd_export)
 
     d = sub.add_parser("data", help="make datasets")

@@ -303,6 +303,13 @@ def cmd_export(a) -> int:
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[a.dtype]
     adapter = lora_export.run_adapter(Path(a.run))
     try:
+        if a.format == "diffusers":
+            from .diffusers_export import export_diffusers
+            stage = lora_export.run_stage(Path(a.run), a.merge_lora)
+            folder = export_diffusers(stage, a.output, a.text_encoder)
+            print(f"{folder}: a diffusers {json.loads((folder / 'model_index.json').read_text())['_class_name']} "
+                  "folder")
+            return 0
         if adapter and a.merge_lora is not None:
             if a.merge_lora:
                 raise UserError(f"{a.run} is a LoRA run: --merge-lora takes no files there (it merges the run's "
@@ -341,7 +348,8 @@ def _eval_cascade(a):
     if a.threads:
         torch.set_num_threads(a.threads)
     _check_writable(Path(a.output))
-    return load_cascade(a.model, _device(a.device), _dtype(a.dtype), a.text_encoder, max_stages=a.stages)
+    return load_cascade(a.model, _device(a.device), _dtype(a.dtype), a.text_encoder, max_stages=a.stages,
+                        lora=a.lora)
 
 
 def _extractor(a, required: bool = True):

@@ -252,6 +252,14 @@ class TrainConfig:
     # For a new text encoder (another width), or to retrain how the UNet reads the text. "": load everything.
     init_reset: str = ""
     lora: LoraConfig = field(default_factory=LoraConfig)
+    # memory levers (the same model and data order; docs/fine-tuning.md has the measured savings):
+    # recompute each UNet block's activations in the backward pass instead of keeping them
+    grad_checkpointing: bool = False
+    # split each step's batch into this many micro-batches, gradients summed: the same step in 1/N the activations
+    grad_accum: int = 1
+    # adamw (fp32 moments), adafactor (factored second moments: torch.optim.Adafactor, a few bytes per parameter),
+    # adamw8bit (8-bit moments: torchao's AdamW8bit, or bitsandbytes' on CUDA; either must be installed)
+    optimizer: str = "adamw"
 
     def __post_init__(self):
         if self.lora.rank and not self.init_from:
@@ -260,6 +268,11 @@ class TrainConfig:
         if self.lora.rank and self.init_reset:
             raise ConfigError("train.lora keeps every base weight frozen: it cannot be combined with "
                               "train.init_reset")
+        if self.optimizer not in ("adamw", "adafactor", "adamw8bit"):
+            raise ConfigError(f"train.optimizer={self.optimizer!r}: choose adamw, adafactor or adamw8bit")
+        if self.grad_accum < 1 or self.batch_size % self.grad_accum:
+            raise ConfigError(f"train.grad_accum={self.grad_accum}: must be at least 1 and divide train.batch_size "
+                              f"({self.batch_size})")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ConfigError(f"train.lr_schedule={self.lr_schedule!r}: choose constant or cosine")
         ranges = {  # field: (test, what it must be)

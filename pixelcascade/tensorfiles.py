@@ -38,6 +38,16 @@ def read_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
     return dict(sd), {}
 
 
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """A .safetensors file's metadata alone (no tensor is read)."""
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except Exception as e:
+        raise CheckpointError(f"cannot read {path}: {type(e).__name__}: {e}; is it a .safetensors file?") from None
+
+
 def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """Write atomically: a temporary file in the same folder, then a rename."""
     from safetensors.torch import save_file

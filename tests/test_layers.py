@@ -17,7 +17,7 @@ LAYERS = {
     "models": 2, "text.encoder": 2, "diffusion.denoiser": 2, "diffusion.losses": 2, "diffusion.guidance": 2,
     "diffusion.layout": 2, "features": 2,
     "samplers": 3, "convert": 3, "lora": 3,
-    "pipeline": 4, "weights": 4, "stage3": 4, "data": 4,
+    "pipeline": 4, "weights": 4, "stage3": 4, "data": 4, "diffusers_export": 4,
     "api": 5, "__init__": 5, "training": 5,  # the package's __init__ is the public face: pixelcascade.load
     "eval": 6,
     "commands": 7, "cli": 7,

@@ -163,7 +163,8 @@ def test_an_adapter_merged_at_load_or_by_export_gives_the_runs_model(tmp_path, b
         assert not lora_wrapped(stage.unet)  # merged: the plain layers, IF's key names
         with torch.no_grad():
             torch.testing.assert_close(stage.unet(x[:, :, :16, :16], t, te), expect, atol=1e-5, rtol=1e-5)
-    assert main(["export", str(tmp_path / "r"), "--merge-lora", "--dtype", "fp32", "-o", str(tmp_path / "m.safetensors")]) == 0
+    merged_file = str(tmp_path / "m.safetensors")
+    assert main(["export", str(tmp_path / "r"), "--merge-lora", "--dtype", "fp32", "-o", merged_file]) == 0
     merged = load_stage(tmp_path / "m.safetensors")
     assert set(merged.unet.state_dict()) == set(load_stage(base_model).unet.state_dict())
     with torch.no_grad():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -116,10 +117,18 @@ def test_streamed_run_stopped_and_resumed_equals_uninterrupted(shards, tmp_path,
 
 
 def test_captions_are_encoded_in_the_workers_when_there_are_workers(shards):
-    """A CPU encoder runs where the batch is made (in a worker, overlapping the step), giving the states the
-    training process would; with no workers, or an encoder on a GPU, the training process encodes."""
+    """A CPU encoder runs where the batch is made (in a worker, overlapping the step) when a core is free for
+    it, giving the states the training process would; with no workers, no spare core, or an encoder on a GPU,
+    the training process encodes."""
+    threads = torch.get_num_threads()
     drop = torch.zeros(4, dtype=torch.bool)
-    in_worker = next(iter(_stream_data(shards, workers=1).batches(0)))
+    spare = len(os.sched_getaffinity(0)) >= torch.get_num_threads() + 1
+    assert _stream_data(shards, workers=1)._encode_in_workers == spare  # a core for the worker, or none
+    torch.set_num_threads(1)  # so this machine has a core for it
+    try:
+        in_worker = next(iter(_stream_data(shards, workers=1).batches(0)))
+    finally:
+        torch.set_num_threads(threads)
     in_process = next(iter(_stream_data(shards, workers=0).batches(0)))
     assert "encoded" in in_worker and "encoded" not in in_process
     data = _stream_data(shards, workers=0)

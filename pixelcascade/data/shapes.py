@@ -23,6 +23,11 @@ PALETTE: dict[str, tuple[int, int, int]] = {
     "yellow": (235, 210, 30), "purple": (150, 40, 190), "cyan": (30, 200, 210),
 }
 COLORS = tuple(PALETTE)
+# colours outside the benchmark: never in the shapes world's training data or suite, for teaching a model a new
+# concept (a LoRA study: scripts/lora_concept.py). Rendered and scored like the palette's; the benchmark's
+# prompts and scores do not change (a prompt is scored against the palette plus the colours it names).
+CONCEPT_COLORS: dict[str, tuple[int, int, int]] = {"orange": (245, 130, 20)}
+COLOR_RGB = {**PALETTE, **CONCEPT_COLORS}
 SHAPES = ("circle", "square", "triangle")
 RELATIONS = ("left of", "right of", "above", "below")
 NUMBERS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five"}
@@ -115,8 +120,9 @@ def _count_word(n: int) -> str:
     return "a" if n == 1 else NUMBERS[n]
 
 
-def all_prompts(task: str, size: int = 32) -> list[Prompt]:
-    """Every distinct benchmark prompt of a task at canvas ``size`` (deterministic order)."""
+def all_prompts(task: str, size: int = 32, colors: tuple[str, ...] = COLORS) -> list[Prompt]:
+    """Every distinct benchmark prompt of a task at canvas ``size`` (deterministic order); ``colors``: the colour
+    words of the colour tasks (the palette's; add CONCEPT_COLORS for a concept's prompts)."""
     out = []
     if task == "single_object":
         out = [Prompt(f"{article(s)} {s}", task, (Group(s, 1),)) for s in SHAPES]
@@ -127,17 +133,17 @@ def all_prompts(task: str, size: int = 32) -> list[Prompt]:
         out = [Prompt(f"{NUMBERS[n]} {s}s", task, (Group(s, n),), (Group(s, n + 1),))
                for s in SHAPES for n in range(2, max_objects(size) + 1)]
     elif task == "colors":
-        out = [Prompt(f"{article(c)} {c} {s}", task, (Group(s, 1, c),)) for c in COLORS for s in SHAPES]
+        out = [Prompt(f"{article(c)} {c} {s}", task, (Group(s, 1, c),)) for c in colors for s in SHAPES]
     elif task == "position":
         out = [Prompt(f"{article(a)} {a} {r} {article(b)} {b}", task, (Group(b, 1), Group(a, 1, None, (r, 0))))
                for a, b in itertools.product(SHAPES, SHAPES) for r in RELATIONS]
     elif task == "color_attr":
         out = [Prompt(f"{article(c1)} {c1} {a} and {article(c2)} {c2} {b}", task, (Group(a, 1, c1), Group(b, 1, c2)))
-               for a, b in itertools.permutations(SHAPES, 2) for c1, c2 in itertools.permutations(COLORS, 2)]
+               for a, b in itertools.permutations(SHAPES, 2) for c1, c2 in itertools.permutations(colors, 2)]
     elif task == "composite":
         for n in (1, 2, 3):
             for a, b in itertools.product(SHAPES, SHAPES):
-                for c1, c2 in itertools.product(COLORS, COLORS):
+                for c1, c2 in itertools.product(colors, colors):
                     if a == b and c1 == c2:
                         continue
                     for r in RELATIONS:
@@ -276,7 +282,7 @@ def render(objects: list[Obj], size: int) -> np.ndarray:
             _MASKS[key] = _mask(o.shape, o.d)
         m = _MASKS[key][..., None]
         region = img[o.y:o.y + o.d, o.x:o.x + o.d]
-        region[:] = region * (1 - m) + np.array(PALETTE[o.color], np.float32) * m
+        region[:] = region * (1 - m) + np.array(COLOR_RGB[o.color], np.float32) * m
     return np.clip(np.round(img), 0, 255).astype(np.uint8)
 
 

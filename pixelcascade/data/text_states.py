@@ -60,12 +60,11 @@ def _done(path: Path, shard: Path, encoder_spec: str) -> bool:
 
 
 def read_meta(path: Path) -> dict[str, str]:
-    from safetensors import safe_open
+    from ..tensorfiles import CheckpointError, read_metadata
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception as e:  # a cut or foreign file
-        raise StatesError(f"{path}: not a readable safetensors file ({type(e).__name__}); encode it again") from None
+        meta = read_metadata(path)
+    except CheckpointError as e:  # a cut or foreign file
+        raise StatesError(f"{e}: encode it again") from None
     if meta.get("kind") != KIND:
         raise StatesError(f"{path} is not a text-states file (made by `pixelcascade data encode`)")
     return meta

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..data.shapes import BACKGROUND, COLORS, GENEVAL_TASKS, PALETTE, Prompt, diameter
+from ..data.shapes import BACKGROUND, COLOR_RGB, COLORS, GENEVAL_TASKS, Prompt, diameter
 
-_CENTRES = np.array([BACKGROUND] + [PALETTE[c] for c in COLORS], np.float32)  # [7, 3]
 UNKNOWN = -1
 POSITION_THRESHOLD = 0.1  # GenEval
 
@@ -28,10 +27,11 @@ class Detection:
     area: int
 
 
-def label_pixels(img: np.ndarray) -> np.ndarray:
-    """[H, W] labels: 0 background, 1..6 palette index + 1, -1 unknown; majority-of-neighbours filtered."""
+def label_pixels(img: np.ndarray, colors: tuple[str, ...] = COLORS) -> np.ndarray:
+    """[H, W] labels: 0 background, i + 1 for colour ``colors[i]``, -1 unknown; majority-of-neighbours filtered."""
+    centres = np.array([BACKGROUND] + [COLOR_RGB[c] for c in colors], np.float32)  # [1 + colours, 3]
     px = img.astype(np.float32)[..., None, :]  # [H, W, 1, 3]
-    dist = np.linalg.norm(px - _CENTRES, axis=-1)  # [H, W, 7]
+    dist = np.linalg.norm(px - centres, axis=-1)  # [H, W, 1 + colours]
     lab = dist.argmin(-1)
     lab[dist.min(-1) > 90] = UNKNOWN
     pad = np.pad(lab, 1, mode="edge")
@@ -84,11 +84,11 @@ def classify_shape(pix: np.ndarray) -> tuple[str, tuple[int, int, int, int]]:
     return ("square" if float(np.mean([c.mean() for c in corners])) >= 0.6 else "circle"), box
 
 
-def detect(img: np.ndarray, min_area: float = 4) -> list[Detection]:
-    """All coloured objects in an RGB uint8 image."""
-    lab = label_pixels(img)
+def detect(img: np.ndarray, min_area: float = 4, colors: tuple[str, ...] = COLORS) -> list[Detection]:
+    """All coloured objects in an RGB uint8 image (``colors``: the colours told apart; the palette's)."""
+    lab = label_pixels(img, colors)
     out = []
-    for ci, color in enumerate(COLORS, start=1):
+    for ci, color in enumerate(colors, start=1):
         for pix in _components(lab == ci):
             if len(pix) < max(4, min_area):
                 continue
@@ -128,7 +128,8 @@ def _min_object_area(prompt: Prompt, size: int) -> float:
 def _groups(img: np.ndarray, prompt: Prompt) -> tuple[list, bool]:
     """Detections matching each include group, and whether the objects are right: every include group found
     often enough and no exclude group present."""
-    dets = detect(img, min_area=_min_object_area(prompt, img.shape[0]) / 4)
+    named = tuple(dict.fromkeys(g.color for g in prompt.include + prompt.exclude if g.color not in (None, *COLORS)))
+    dets = detect(img, min_area=_min_object_area(prompt, img.shape[0]) / 4, colors=COLORS + named)
 
     def match(g):
         return [d for d in dets if d.shape == g.shape and (g.color is None or d.color == g.color)]

@@ -4,6 +4,7 @@ cached on disk), as batches the Trainer draws by index."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,10 +108,14 @@ class StreamData:
 
     @property
     def _encode_in_workers(self) -> bool:
-        """A CPU encoder runs in the DataLoader workers, beside the decoding, so that encoding overlaps the step; a
-        GPU encoder stays in the training process (a forked worker cannot use CUDA)."""
-        return (self.encoder is not None and self.workers > 0
-                and torch.device(getattr(self.encoder, "device", "cpu")).type == "cpu")
+        """A CPU encoder runs in the DataLoader workers, beside the decoding, so that encoding overlaps the step,
+        when the machine has a core for each worker beside the training threads; else (a 2-core machine: a worker
+        encoding beside two training threads slowed the step more than the encoding it took over, measured in
+        docs/data.md) and for a GPU encoder (a forked worker cannot use CUDA) the training process encodes."""
+        if self.encoder is None or self.workers == 0:
+            return False
+        on_cpu = torch.device(getattr(self.encoder, "device", "cpu")).type == "cpu"
+        return on_cpu and len(os.sched_getaffinity(0)) >= torch.get_num_threads() + self.workers
 
     def text(self, batch: dict, drop: torch.Tensor) -> torch.Tensor:
         """The batch's text states [b, L, D], the dropped rows' replaced by the empty caption's."""

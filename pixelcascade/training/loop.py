@@ -12,6 +12,7 @@ of float sums), and a run can resume on another number of processes. Rank 0 logs
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import fnmatch
 import json
@@ -37,6 +38,32 @@ from .ema import EMA
 from .sr import degrade
 
 VAL_TIMESTEPS = (50, 250, 500, 750, 950)
+
+
+def make_optimizer(params: list, tc: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """train.optimizer over the trainable parameters."""
+    if tc.optimizer == "adafactor":  # factored second moments, no first moment: O(rows + cols) per matrix
+        return torch.optim.Adafactor(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    if tc.optimizer == "adamw8bit":
+        return _adamw8bit(params, tc, device)
+    return torch.optim.AdamW(params, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
+
+
+def _adamw8bit(params: list, tc: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW with 8-bit block-quantised moments: torchao's (CPU and CUDA), else bitsandbytes' (CUDA)."""
+    try:
+        from torchao.optim import AdamW8bit
+        return AdamW8bit(params, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
+    except ImportError:
+        pass
+    if device.type == "cuda":
+        try:
+            import bitsandbytes as bnb
+            return bnb.optim.AdamW8bit(params, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
+        except ImportError:
+            pass
+    raise ConfigError("train.optimizer=adamw8bit needs torchao (pip install torchao; CPU and CUDA) or, on CUDA, "
+                      "bitsandbytes; or use train.optimizer=adafactor (built into torch)")
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -79,8 +106,11 @@ class Trainer:
             self.adapter = self._lora_base()
         self.ema = EMA(self.model, tc.ema_decay)
         self.stopped_by: int | None = None  # the signal that stopped the last fit, if one did
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(trainable, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
+        self.model.gradient_checkpointing = tc.grad_checkpointing
+        self.opt = make_optimizer([p for p in self.model.parameters() if p.requires_grad], tc, self.device)
+        if (tc.batch_size // self.world) % tc.grad_accum:
+            raise ValueError(f"train.grad_accum={tc.grad_accum} does not split this process's "
+                             f"{tc.batch_size // self.world} rows: use a divisor of it")
         self.ddp = None
         if self.world > 1:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
@@ -248,24 +278,41 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = lr_at(self.step, tc)
         self.model.train()
-        net = self.ddp or self.model
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.bf16):
-            out = net(x_t, t.float(), text, **low_res_kw)
-        terms = diffusion_loss(out.float(), x0, x_t, t, noise, self.schedule, dc)
-        loss = terms["loss"].mean()
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        terms = self._backward(x0, x_t, t, noise, text, low_res_kw)
+        loss = terms["loss"].mean()
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
         self.opt.step()
         self.ema.update(self.model)
         self.step += 1
-        terms = {k: v.detach() for k, v in terms.items()}
         out = {"loss": float(loss.detach()), "mse": float(terms["mse"].mean()),
                "vb": float(terms["vb"].mean()) if "vb" in terms else 0.0, "grad_norm": float(gnorm),
                "lr": self.opt.param_groups[0]["lr"]}
         if self.streaming:  # records replaced in this batch (corrupt images, empty captions): summed in the log
             out["replaced"] = float(replaced)
         return out
+
+    def _backward(self, x0, x_t, t, noise, text, low_res_kw: dict) -> dict[str, torch.Tensor]:
+        """Forward and backward over the step's rows in train.grad_accum micro-batches (gradients summed, each
+        weighed by its share of the rows: the gradient of the whole batch's mean loss). Returns the per-row loss
+        terms, detached."""
+        dc, n = self.cfg.diffusion, x0.shape[0]
+        net = self.ddp or self.model
+        parts = self.cfg.train.grad_accum
+        bounds = [n * i // parts for i in range(parts + 1)]
+        collected: dict[str, list] = {}
+        for i in range(parts):
+            rows = slice(bounds[i], bounds[i + 1])
+            last = i == parts - 1
+            sync = contextlib.nullcontext() if last or self.ddp is None else net.no_sync()  # all-reduce once
+            with sync:
+                with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                    out = net(x_t[rows], t[rows].float(), text[rows], **{k: v[rows] for k, v in low_res_kw.items()})
+                terms = diffusion_loss(out.float(), x0[rows], x_t[rows], t[rows], noise[rows], self.schedule, dc)
+                (terms["loss"].mean() * ((bounds[i + 1] - bounds[i]) / n)).backward()
+            for k, v in terms.items():
+                collected.setdefault(k, []).append(v.detach())
+        return {k: torch.cat(v) for k, v in collected.items()}
 
     def _sr_inputs(self, x0: torch.Tensor, g: torch.Generator, b: int | None = None, mine: slice = slice(None),
                    idx: torch.Tensor | None = None) -> dict:
@@ -469,7 +516,8 @@ def _train_changed(old: dict, new: dict) -> bool:
     """Only schedule-extending fields may change on resume (max_steps unless it shapes the lr decay, cadences)
     and how this machine computes a step (threads, device, bf16 autocast: a run moved to a CPU without native
     bf16 goes on in fp32)."""
-    free = {"ckpt_every", "val_every", "log_every", "num_threads", "device", "bf16"}
+    free = {"ckpt_every", "val_every", "log_every", "num_threads", "device", "bf16", "grad_checkpointing",
+            "grad_accum"}
     if new.get("lr_schedule", "constant") == "constant":
         free.add("max_steps")
     return any(old.get(k) != v for k, v in new.items() if k not in free)

@@ -30,6 +30,12 @@ def export_adapter(src: Path, dest: Path, dtype: torch.dtype) -> Path:
 
 def merge_run(src: Path, dest: Path, dtype: torch.dtype, sample_overrides: list[str] | None = None) -> Path:
     """A LoRA run's adapter merged into the base it was trained on (its train.init_from): a full model file."""
+    model, meta = merged_run_model(src)
+    return _write(model, meta, dest, dtype, sample_overrides)
+
+
+def merged_run_model(src: Path) -> tuple[torch.nn.Module, dict]:
+    """(the merged UNet, the metadata of a model file) from a LoRA run's adapter and its base."""
     tensors, spec, meta = read_adapter(src)
     cfg = from_dict(RunConfig, json.loads(meta["run_config"]))
     _, base, _ = read_init_weights(Path(cfg.train.init_from))
@@ -41,12 +47,18 @@ def merge_run(src: Path, dest: Path, dtype: torch.dtype, sample_overrides: list[
             "encoder_name", "command", "data_recipe", "world", "text_padding")
     out = {k: meta[k] for k in keep if k in meta}
     out.update(unet_config=to_json(cfg.unet), source=f"{src} merged into {cfg.train.init_from}")
-    return _write(model, out, dest, dtype, sample_overrides)
+    return model, out
 
 
 def merge_files(model_file: Path, adapters: list[str], dest: Path, dtype: torch.dtype,
                 sample_overrides: list[str] | None = None) -> Path:
     """Adapter files (``PATH[:SCALE]``) merged into a model .safetensors."""
+    stage = merged_stage(model_file, adapters)
+    return _write(stage.unet, stage.meta, dest, dtype, sample_overrides)
+
+
+def merged_stage(model_file: Path, adapters: list[str]):
+    """The stage of a model file with adapter files (``PATH[:SCALE]``) merged in."""
     from ..lora import LoraError, same_unet
     from ..weights import load_stage
     stage = load_stage(model_file)
@@ -58,10 +70,26 @@ def merge_files(model_file: Path, adapters: list[str], dest: Path, dtype: torch.
             raise LoraError(f"--merge-lora {path}: it adapts another UNet than {model_file}'s (it was trained on "
                             f"{meta.get('base') or 'another model'})")
         loaded.append((tensors, spec, scale))
-    apply_adapters(stage.unet, loaded)
-    merge_adapters(stage.unet)
-    meta = dict(stage.meta, lora_merged=", ".join(adapters))
-    return _write(stage.unet, meta, dest, dtype, sample_overrides)
+    if loaded:
+        apply_adapters(stage.unet, loaded)
+        merge_adapters(stage.unet)
+        stage.meta = dict(stage.meta, lora_merged=", ".join(adapters))
+    return stage
+
+
+def run_stage(run: Path, adapters: list[str] | None = None):
+    """What `export --format diffusers` converts: a run's EMA (a LoRA run: merged into its base), or a model file
+    with ``adapters`` merged in."""
+    from ..weights import load_stage
+    adapter = run_adapter(run)
+    if adapter is None:
+        src = run / "ema.safetensors" if run.is_dir() else run
+        return merged_stage(src, adapters or []) if adapters else load_stage(src)
+    model, meta = merged_run_model(adapter)
+    from ..config import DiffusionConfig
+    from ..pipeline import Stage
+    return Stage(unet=model.eval(), diffusion=from_dict(DiffusionConfig, json.loads(meta["diffusion_config"])),
+                 settings=from_dict(SampleConfig, json.loads(meta["sample_config"])), meta=meta)
 
 
 def _write(model: torch.nn.Module, meta: dict, dest: Path, dtype: torch.dtype, sample_overrides) -> Path:
