@@ -260,6 +260,9 @@ class TrainConfig:
     # adamw (fp32 moments), adafactor (factored second moments: torch.optim.Adafactor, a few bytes per parameter),
     # adamw8bit (8-bit moments: torchao's AdamW8bit, or bitsandbytes' on CUDA; either must be installed)
     optimizer: str = "adamw"
+    # several processes (torchrun): "ddp" keeps a whole copy of the model on each; "fsdp" shards weights,
+    # gradients, optimizer moments and EMA across them (FSDP2 per UNet block), for full fine-tunes too big for one
+    sharding: str = "ddp"
 
     def __post_init__(self):
         if self.lora.rank and not self.init_from:
@@ -268,6 +271,11 @@ class TrainConfig:
         if self.lora.rank and self.init_reset:
             raise ConfigError("train.lora keeps every base weight frozen: it cannot be combined with "
                               "train.init_reset")
+        if self.sharding not in ("ddp", "fsdp"):
+            raise ConfigError(f"train.sharding={self.sharding!r}: choose ddp or fsdp")
+        if self.sharding == "fsdp" and self.lora.rank:
+            raise ConfigError("train.sharding=fsdp is for full fine-tunes; a LoRA's few weights train with "
+                              "train.sharding=ddp")
         if self.optimizer not in ("adamw", "adafactor", "adamw8bit"):
             raise ConfigError(f"train.optimizer={self.optimizer!r}: choose adamw, adafactor or adamw8bit")
         if self.grad_accum < 1 or self.batch_size % self.grad_accum:

@@ -68,3 +68,22 @@ def run_generate(rank: int, world: int, port: int, model: str, out: str) -> None
         json.dump(counts, f)
     import torch.distributed as dist
     dist.destroy_process_group()
+
+
+def run_sharded(rank: int, world: int, port: int, out: str, steps: int) -> None:
+    """A process of a 2-process sharded (FSDP2) run: the same run as ``run`` with train.sharding=fsdp."""
+    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), PIXELCASCADE_BACKEND="gloo")
+    import torch
+
+    torch.set_num_threads(1)
+    from test_training import _cfg, _data
+
+    from pixelcascade.training.loop import Trainer
+    t = Trainer(_cfg(bf16=False, sharding="fsdp", ckpt_every=2, val_every=2), _data(), out, val_data=_data(),
+                progress=False)
+    assert t.sharded and type(t.model.input_blocks[1][0].in_layers[2].weight).__name__ == "DTensor"
+    t.fit(max_steps=steps)
+    import torch.distributed as dist
+    dist.barrier()
+    dist.destroy_process_group()

@@ -27,7 +27,8 @@ def _data(n=32, size=16, seed=0):
 def _cfg(super_res=False, **train):
     unet = get_preset("tiny-sr" if super_res else "tiny")
     unet = dataclasses.replace(unet, image_size=16)
-    tc = TrainConfig(batch_size=4, max_steps=6, warmup_steps=2, ckpt_every=3, val_every=3, log_every=1, **train)
+    tc = TrainConfig(**{**dict(batch_size=4, max_steps=6, warmup_steps=2, ckpt_every=3, val_every=3, log_every=1),
+                        **train})
     return RunConfig(name="t", unet=unet, data=DataConfig(image_size=16, low_res_size=8), train=tc)
 
 
@@ -192,6 +193,42 @@ def test_data_parallel_run_equals_one_process(tmp_path):
     import json
     for rank in (0, 1):  # each process computed its half of every global batch
         assert json.loads((tmp_path / "two" / f"rows{rank}.json").read_text()) == [2] * 4
+
+
+def test_a_sharded_run_trains_as_one_process_and_resumes_on_one(tmp_path):
+    """Two processes with FSDP2 (gloo on CPU) log the losses one process logs, up to float sums; stopped at step 2
+    they leave a checkpoint of full tensors and named optimizer state, from which one process resumes with the
+    same step, weights and moments, and ends where the one-process run ends."""
+    import csv
+    import socket
+
+    import torch.multiprocessing as mp
+    from ddp_worker import run_sharded
+    single = Trainer(_cfg(bf16=False, sharding="fsdp", ckpt_every=2, val_every=2), _data(), tmp_path / "one",
+                     val_data=_data(), progress=False)
+    single.fit(max_steps=4)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(run_sharded, args=(2, port, str(tmp_path / "two"), 2), nprocs=2, join=True)
+
+    def losses(folder):
+        with open(folder / "train_log.csv") as f:
+            return [float(r["loss"]) for r in csv.DictReader(f)]
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one")[:2], rel=1e-5)
+    saved = load_checkpoint(tmp_path / "two" / "checkpoint.pt")
+    assert saved["step"] == 2 and saved["opt_by_name"]
+    resumed = Trainer(_cfg(bf16=False, sharding="fsdp", ckpt_every=2, val_every=2), _data(), tmp_path / "two",
+                      val_data=_data(), progress=False)  # one process: not sharded
+    assert resumed.step == 2 and not resumed.sharded
+    for k, v in resumed.model.state_dict().items():
+        assert torch.equal(v, saved["model"][k]), k
+    names = [n for n, p in resumed.model.named_parameters()]
+    for i, n in enumerate(names):
+        assert torch.equal(resumed.opt.state_dict()["state"][i]["exp_avg"], saved["opt"]["state"][n]["exp_avg"]), n
+    resumed.fit(max_steps=4)
+    for k, v in single.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[k], v, atol=1e-5, rtol=1e-4, msg=k)
 
 
 def test_lr_schedule_warmup_then_cosine_to_lr_min():
@@ -523,3 +560,69 @@ def test_your_own_data_errors_say_what_to_do(tmp_path, capsys):
     assert code != 0 and "0 usable image-caption records" in err
     code = main(["train", "shapes32", "-o", str(tmp_path / "r"), f"data.path={tmp_path / 'empty'}", "-q"])
     assert code != 0 and "add data.world=files" in capsys.readouterr().err
+
+
+# -- memory levers -----------------------------------------------------------------------------------------------
+
+
+def test_gradient_checkpointing_and_accumulation_train_the_same_model(tmp_path):
+    """Recomputing each block in the backward pass, or splitting the batch into micro-batches, changes how a step
+    is computed, not what it computes: the step's gradients agree up to the order of float sums (fp32 here)."""
+    grads, losses = {}, {}
+    for name, extra in (("plain", {}), ("ckpt", {"grad_checkpointing": True}), ("accum", {"grad_accum": 2}),
+                        ("both", {"grad_checkpointing": True, "grad_accum": 4})):
+        t = Trainer(_cfg(bf16=False, **extra), _data(), tmp_path / name, progress=False)
+        losses[name] = t.train_step()["loss"]
+        grads[name] = {n: p.grad.clone() for n, p in t.model.named_parameters() if p.grad is not None}
+        assert t.model.gradient_checkpointing == ("grad_checkpointing" in extra)
+    for name in ("ckpt", "accum", "both"):
+        assert losses[name] == pytest.approx(losses["plain"], rel=1e-6)
+        assert grads[name].keys() == grads["plain"].keys()
+        for k, g in grads["plain"].items():
+            torch.testing.assert_close(grads[name][k], g, atol=1e-6, rtol=1e-4, msg=f"{name}: {k}")
+
+
+def test_gradient_checkpointing_keeps_less_for_the_backward_pass():
+    """The activations saved for the backward pass: checkpointing keeps each block's input, a fraction."""
+    from pixelcascade.models.unet import build_unet
+    saved = {}
+    for on in (False, True):
+        model = build_unet(_cfg().unet)
+        model.gradient_checkpointing = on
+        total = [0]
+
+        def pack(x, total=total):
+            total[0] += x.numel() * x.element_size()
+            return x
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+            model(torch.randn(4, 3, 16, 16), torch.tensor([1.0, 2, 3, 4]), torch.randn(4, 6, 24)).sum().backward()
+        saved[on] = total[0]
+    assert saved[True] < 0.6 * saved[False], saved
+
+
+# torchao's 8-bit step compiles itself (a C++ build on CPU: about 100 s), hence slow
+@pytest.mark.parametrize("optimizer", ["adafactor", pytest.param("adamw8bit", marks=pytest.mark.slow)])
+def test_the_lighter_optimizers_train_and_resume(tmp_path, optimizer):
+    if optimizer == "adamw8bit":
+        pytest.importorskip("torchao")
+    a = Trainer(_cfg(optimizer=optimizer, lr=3e-3), _data(), tmp_path / "a", progress=False)
+    first = a.train_step()["loss"]
+    a.fit(max_steps=6)
+    b = Trainer(_cfg(optimizer=optimizer, lr=3e-3), _data(), tmp_path / "b", progress=False)
+    b.fit(max_steps=3)
+    b = Trainer(_cfg(optimizer=optimizer, lr=3e-3), _data(), tmp_path / "b", progress=False)
+    b.fit(max_steps=6)
+    _assert_same_weights(a, b)
+    assert first > 0
+
+
+def test_an_optimizer_that_is_not_installed_names_the_package(tmp_path, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "torchao", None)
+    monkeypatch.setitem(sys.modules, "torchao.optim", None)
+    with pytest.raises(ConfigError, match="pip install torchao"):
+        Trainer(_cfg(optimizer="adamw8bit"), _data(), tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="train.optimizer='sgd'"):
+        _cfg(optimizer="sgd")
+    with pytest.raises(ConfigError, match="grad_accum=3"):
+        _cfg(grad_accum=3)

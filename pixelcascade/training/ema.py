@@ -6,6 +6,8 @@ import copy
 
 import torch
 
+from .sharding import local
+
 
 class EMA:
     """theta_ema <- d theta_ema + (1 - d) theta, with warm-up d_k = min(decay, (1 + k) / (10 + k)).
@@ -30,8 +32,9 @@ class EMA:
         d = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
         src = dict(model.named_parameters())
         names = [n for n, _ in self.model.named_parameters() if n not in self.frozen]
-        ema_p = [p for n, p in self.model.named_parameters() if n not in self.frozen]
-        src_p = [src[n].detach().float() for n in names]
+        # sharded (train.sharding=fsdp): model and EMA are sharded alike, so each process averages its shards
+        ema_p = [local(p) for n, p in self.model.named_parameters() if n not in self.frozen]
+        src_p = [local(src[n].detach()).float() for n in names]
         torch._foreach_mul_(ema_p, d)
         torch._foreach_add_(ema_p, src_p, alpha=1 - d)
 

@@ -107,20 +107,17 @@ class Trainer:
         self.ema = EMA(self.model, tc.ema_decay)
         self.stopped_by: int | None = None  # the signal that stopped the last fit, if one did
         self.model.gradient_checkpointing = tc.grad_checkpointing
-        self.opt = make_optimizer([p for p in self.model.parameters() if p.requires_grad], tc, self.device)
         if (tc.batch_size // self.world) % tc.grad_accum:
             raise ValueError(f"train.grad_accum={tc.grad_accum} does not split this process's "
                              f"{tc.batch_size // self.world} rows: use a divisor of it")
-        self.ddp = None
-        if self.world > 1:
-            self.ddp = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        # train.sharding=fsdp on several processes: weights, gradients, moments and EMA sharded (.sharding)
+        self.sharded = self.world > 1 and tc.sharding == "fsdp"
         self.schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.num_timesteps)
         self.step = 0
         self.ckpt_path = self.out / "checkpoint.pt"
-        fold = False
+        fold, opt_state = False, None
         if self.ckpt_path.exists():
-            self._resume()
+            opt_state = self._resume()
         elif tc.init_from and not self.adapter:
             src, reset = self._init_from(Path(tc.init_from))
             fold = (cfg.unet.text_whiten_attn and not src.get("text_whiten_attn", False)
@@ -135,6 +132,18 @@ class Trainer:
         if fold:  # unet.text_whiten_attn added by this fine-tune: attention reads the whitened states, same output
             for net in (self.model, self.ema.model):
                 net.fold_white_attn()
+        self._trainable = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        if self.sharded:
+            from .sharding import shard_model
+            for net in (self.model, self.ema.model):
+                shard_model(net, self.device)
+        self.opt = make_optimizer([p for p in self.model.parameters() if p.requires_grad], tc, self.device)
+        if opt_state is not None:
+            self._load_optimizer(opt_state)
+        self.ddp = None
+        if self.world > 1 and not self.sharded:
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         g = torch.Generator().manual_seed(10_000 + tc.seed)  # the fixed validation batch and noise
         n_val = min(64, len(self.val))
         self.val_idx = torch.randperm(len(self.val), generator=g)[:n_val]
@@ -163,15 +172,24 @@ class Trainer:
 
     # -- state ----------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """Weights, EMA, optimizer and step; a LoRA run's frozen base is left out (train.init_from has it)."""
-        model = {k: v for k, v in self.model.state_dict().items() if k not in self.ema.frozen}
-        state = {"model": model, "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
+        """Weights, EMA, optimizer and step; a LoRA run's frozen base is left out (train.init_from has it). A
+        sharded run gathers full tensors (every process calls this) and keys the optimizer state by name."""
+        if self.sharded:
+            from .sharding import full_model_state, named_optimizer_state
+            model, opt = full_model_state(self.model), named_optimizer_state(self.model, self.opt)
+            ema = {**self.ema.state_dict(), "model": full_model_state(self.ema.model)}
+        else:
+            model, opt, ema = self.model.state_dict(), self.opt.state_dict(), self.ema.state_dict()
+        model = {k: v for k, v in model.items() if k not in self.ema.frozen}
+        state = {"model": model, "ema": ema, "opt": opt, "opt_by_name": self.sharded,
                  "step": self.step, "config": to_json(self.cfg)}
         if self.streaming:  # the stream's position is the step; it must continue over the same shards
             state["data_fingerprint"] = self.data.fingerprint
         return state
 
-    def _resume(self) -> None:
+    def _resume(self) -> tuple[dict, bool]:
+        """Weights, EMA and step from the run's checkpoint; returns its optimizer state (and whether it is keyed
+        by parameter name), loaded once the optimizer exists."""
         state = load_checkpoint(self.ckpt_path)
         if state.get("config") != to_json(self.cfg):
             old = json.loads(state.get("config", "{}"))
@@ -197,8 +215,17 @@ class Trainer:
                                  f"{sorted(set(missing) - self.ema.frozen)[:3]}, unexpected {unexpected[:3]}): "
                                  "use a new output folder")
         self.ema.load_state_dict(state["ema"])
-        self.opt.load_state_dict(state["opt"])
         self.step = int(state["step"])
+        return state["opt"], bool(state.get("opt_by_name"))
+
+    def _load_optimizer(self, saved: tuple[dict, bool]) -> None:
+        """The checkpoint's optimizer state, written by this or another number of processes, sharded or not."""
+        state, by_name_ = saved
+        if not by_name_ and not self.sharded:
+            self.opt.load_state_dict(state)
+            return
+        from .sharding import by_name, load_named_optimizer_state
+        load_named_optimizer_state(self.model, self.opt, state if by_name_ else by_name(state, self._trainable))
 
     def _init_from(self, path: Path, nets: tuple | None = None, use_ema: bool = False) -> tuple[dict, list[str]]:
         """Fine-tuning: model and EMA weights from another run (optimizer and step start fresh), except the
@@ -229,11 +256,16 @@ class Trainer:
         return src, sorted(reset)
 
     def save(self) -> None:
-        save_checkpoint(self.ckpt_path, self.state_dict())
+        """The checkpoint and the EMA weights (or a LoRA run's adapter), written by rank 0. Every process calls
+        it when the run is sharded (the tensors are gathered from all)."""
+        state = self.state_dict()
+        if self.rank != 0:
+            return
+        save_checkpoint(self.ckpt_path, state)
         if self.adapter:
             self.export_adapter(self.out / "lora.safetensors")
         else:
-            self.export_ema(self.out / "ema.safetensors")
+            self.export_ema(self.out / "ema.safetensors", state["ema"]["model"])
 
     def export_adapter(self, path: Path) -> None:
         """A LoRA run's EMA adapter alone, with its spec, the base it adapts and the run's settings."""
@@ -243,11 +275,12 @@ class Trainer:
                 **{k: str(v) for k, v in self.meta.items()}}
         save_adapter(path, self.ema.model, self.adapter, self.cfg.unet, meta=meta)
 
-    def export_ema(self, path: Path) -> None:
+    def export_ema(self, path: Path, weights: dict | None = None) -> None:
         meta = {"unet_config": to_json(self.cfg.unet), "diffusion_config": to_json(self.cfg.diffusion),
                 "sample_config": to_json(self.cfg.sample), "run_config": to_json(self.cfg), "step": str(self.step),
                 **{k: str(v) for k, v in self.meta.items()}}
-        write_safetensors(path, {k: v.float().cpu() for k, v in self.ema.model.state_dict().items()}, meta)
+        weights = self.ema.model.state_dict() if weights is None else weights
+        write_safetensors(path, {k: v.float().cpu() for k, v in weights.items()}, meta)
 
     # -- one step ---------------------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
@@ -276,7 +309,10 @@ class Trainer:
         low_res_kw = {k: v.to(dev) for k, v in low_res_kw.items()}
         x_t = self.schedule.q_sample(x0, t, noise)
         for group in self.opt.param_groups:
-            group["lr"] = lr_at(self.step, tc)
+            if isinstance(group["lr"], torch.Tensor):  # torchao's optimizers keep lr as a tensor (compiled step)
+                group["lr"].fill_(lr_at(self.step, tc))
+            else:
+                group["lr"] = lr_at(self.step, tc)
         self.model.train()
         self.opt.zero_grad(set_to_none=True)
         terms = self._backward(x0, x_t, t, noise, text, low_res_kw)
@@ -287,7 +323,7 @@ class Trainer:
         self.step += 1
         out = {"loss": float(loss.detach()), "mse": float(terms["mse"].mean()),
                "vb": float(terms["vb"].mean()) if "vb" in terms else 0.0, "grad_norm": float(gnorm),
-               "lr": self.opt.param_groups[0]["lr"]}
+               "lr": float(self.opt.param_groups[0]["lr"])}
         if self.streaming:  # records replaced in this batch (corrupt images, empty captions): summed in the log
             out["replaced"] = float(replaced)
         return out
@@ -304,6 +340,8 @@ class Trainer:
         for i in range(parts):
             rows = slice(bounds[i], bounds[i + 1])
             last = i == parts - 1
+            if self.sharded:  # reduce-scatter the gradients once, after the last micro-batch
+                self.model.set_requires_gradient_sync(last)
             sync = contextlib.nullcontext() if last or self.ddp is None else net.no_sync()  # all-reduce once
             with sync:
                 with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=self.bf16):
@@ -394,20 +432,22 @@ class Trainer:
                             if k not in ("step", "time"):
                                 writer.add_scalar(f"train/{k}", v, self.step)
                     acc, n, last = {}, 0, time.time()
-                if (self.step % tc.val_every == 0 or self.step == max_steps) and main:
+                busy = main or self.sharded  # a sharded model's forward and gathering need every process
+                if (self.step % tc.val_every == 0 or self.step == max_steps) and busy:
                     val = self.validate()
-                    _append_csv(val_path, {"step": self.step, **{f"t{k}": v for k, v in val.items()}})
+                    if main:
+                        _append_csv(val_path, {"step": self.step, **{f"t{k}": v for k, v in val.items()}})
                     if writer:
                         for k, v in val.items():
                             writer.add_scalar(f"val/mse_t{k}", v, self.step)
                 saved = False
-                if (self.step % tc.ckpt_every == 0 or self.step == max_steps) and main:
+                if (self.step % tc.ckpt_every == 0 or self.step == max_steps) and busy:
                     self.save()
                     saved = True
                     self._after_checkpoint()
                 timed_out = bool(time_limit_s) and time.time() - t0 > time_limit_s
                 if self._agree(timed_out or stop.signum is not None):
-                    if main and not saved:
+                    if busy and not saved:
                         self.save()
                     self.stopped_by = stop.signum
                     break
@@ -434,9 +474,11 @@ class Trainer:
         return bool(v.item() > 0)
 
     def _after_checkpoint(self) -> None:
-        plot_val_loss(self.out / "val_loss.csv", self.out / "val_loss.png")
+        """The validation plot and the sample grid (rank 0 writes; a sharded run samples on every process)."""
+        if self.rank == 0:
+            plot_val_loss(self.out / "val_loss.csv", self.out / "val_loss.png")
         if self.sample_fn is not None:
-            self.sample_fn(self, self.out / "samples" / f"step{self.step:07d}.png")
+            self.sample_fn(self, self.out / "samples" / f"step{self.step:07d}.png" if self.rank == 0 else None)
 
 
 def read_init_weights(path: Path) -> tuple[dict, dict, dict]:
@@ -517,7 +559,7 @@ def _train_changed(old: dict, new: dict) -> bool:
     and how this machine computes a step (threads, device, bf16 autocast: a run moved to a CPU without native
     bf16 goes on in fp32)."""
     free = {"ckpt_every", "val_every", "log_every", "num_threads", "device", "bf16", "grad_checkpointing",
-            "grad_accum"}
+            "grad_accum", "sharding"}
     if new.get("lr_schedule", "constant") == "constant":
         free.add("max_steps")
     return any(old.get(k) != v for k, v in new.items() if k not in free)

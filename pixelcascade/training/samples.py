@@ -19,5 +19,6 @@ def sample_grid_fn(encoder, prompts: list[str]):
         unc, _ = encoder.empty(len(prompts))
         stage = Stage(unet=trainer.ema.model, diffusion=cfg.diffusion, settings=cfg.sample)
         imgs = stage.sample(emb, unc, list(range(len(prompts))))
-        contact_sheet(imgs, prompts, path, scale=3)
+        if path is not None:  # None: another process of a sharded run, which samples along but writes nothing
+            contact_sheet(imgs, prompts, path, scale=3)
     return fn
