@@ -203,3 +203,21 @@ def test_lora_errors_name_the_fix(tmp_path, base_model):
         _merge_loras([load_stage(other)], [str(tmp_path / "r" / "lora.safetensors")])
     with pytest.raises(Exception, match="picks no Linear or Conv2d"):
         _lora_run(tmp_path, base_model, "bad", 1, targets="*.nothing_here")
+
+
+def test_the_gpu_script_runs_its_two_steps_at_a_tiny_size():
+    """scripts/gpu_xl_step.py (IF-I-XL on a GPU) at the tiny preset on the CPU: a LoRA step that trains only the
+    adapter and a full step with checkpointing, each reporting its peak memory."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).parents[1] / "scripts" / "gpu_xl_step.py"
+    done = subprocess.run([sys.executable, str(script), "--preset", "tiny", "--device", "cpu", "--batch", "2",
+                           "--optimizer", "adamw"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert [r["mode"] for r in rows] == ["lora", "full"]
+    lora, full = rows
+    assert lora["trainable"] < 0.1 * lora["params"] and full["trainable"] == full["params"]
+    assert all(r["peak_gb"] > 0 and 0 < r["loss"] < 10 and r["dtype"] == "bfloat16" for r in rows)
