@@ -148,6 +148,18 @@ class SampleConfig:
 
 
 @dataclass(frozen=True)
+class DreamBoothConfig:
+    """data.world=dreambooth: data.path holds 3 to 20 images of one subject (training.dreambooth)."""
+
+    instance_prompt: str = ""  # what the subject's images are called: "a photo of sks dog"
+    # prior preservation: images of the class, drawn by the base model before training; "": none
+    class_prompt: str = ""
+    class_images: int = 100
+    prior_weight: float = 1.0  # class examples : subject examples in the batches
+    class_model: str = ""  # a super-resolution stage: the stage I model that draws the class images' low-res input
+
+
+@dataclass(frozen=True)
 class DataConfig:
     # shapes (rendered, specs/shapes-world.md), emoji (the curated emoji set) or files (your data: data.path)
     world: str = "shapes"
@@ -179,12 +191,15 @@ class DataConfig:
     # streamed: a folder of text states made by `pixelcascade data encode` (T5 states computed once); "": the run's
     # text encoder encodes each batch's captions as it goes
     text_states: str = ""
+    dreambooth: DreamBoothConfig = field(default_factory=DreamBoothConfig)
 
     def __post_init__(self):
-        if self.world not in ("shapes", "emoji", "files"):
-            raise ConfigError(f"data.world={self.world!r}: choose shapes, emoji, or files (your own data, with "
-                              "data.path=DATASET)")
-        if self.path and self.world != "files":
+        if self.world not in ("shapes", "emoji", "files", "dreambooth"):
+            raise ConfigError(f"data.world={self.world!r}: choose shapes, emoji, files (your own data, with "
+                              "data.path=DATASET) or dreambooth (data.path=SUBJECT_IMAGES)")
+        if self.world == "dreambooth":
+            self._check_dreambooth()
+        if self.path and self.world not in ("files", "dreambooth"):
             raise ConfigError(f"data.path is read only with data.world=files (this run's world is {self.world}); "
                               "add data.world=files")
         if self.text_states and self.world != "files":
@@ -195,6 +210,15 @@ class DataConfig:
         for name in ("paired_low_res", "template_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"data.{name}={getattr(self, name)}: a share of the examples, from 0 to 1")
+
+    def _check_dreambooth(self) -> None:
+        db = self.dreambooth
+        if not self.path or not db.instance_prompt.strip():
+            raise ConfigError("data.world=dreambooth needs data.path=FOLDER (the subject's images) and "
+                              "data.dreambooth.instance_prompt='a photo of sks dog'")
+        if db.class_prompt and (db.class_images < 1 or db.prior_weight <= 0):
+            raise ConfigError("data.dreambooth: class_images must be at least 1 and prior_weight more than 0 (or "
+                              "leave class_prompt empty: no prior preservation)")
 
 
 @dataclass(frozen=True)

@@ -202,6 +202,18 @@ def prepare_data(cfg: RunConfig, cache: Path | None = None, progress: bool = Tru
     cache = cache or default_cache_dir()
     if streams(cfg.data):
         data, val, recipe, encoder, prompts = prepare_stream(cfg, cache, progress)
+    elif cfg.data.world == "dreambooth":
+        from .dreambooth import dreambooth_recipe, dreambooth_splits
+        if cfg.unet.super_res and cfg.data.dreambooth.class_prompt and not cfg.data.dreambooth.class_model:
+            raise DatasetError("DreamBooth with prior preservation for a super-resolution stage: give "
+                               "data.dreambooth.class_model=STAGE_I (it draws the class images' low-res input)")
+        encoder = run_encoder(cfg, device=_encoder_device(cfg))
+        train_split, val_split = dreambooth_splits(cfg, cache, progress)
+        data = build_train_data(train_split, encoder, cache, progress)
+        val = build_train_data(val_split, encoder, cache, progress)
+        db = cfg.data.dreambooth
+        recipe = dreambooth_recipe(cfg, train_split, val_split)
+        prompts = [db.instance_prompt] * 8 + [db.class_prompt or db.instance_prompt] * 8
     else:
         encoder = run_encoder(cfg, device=_encoder_device(cfg))
         world = get_world(cfg.data.world)
