@@ -287,6 +287,10 @@ class TrainConfig:
     # several processes (torchrun): "ddp" keeps a whole copy of the model on each; "fsdp" shards weights,
     # gradients, optimizer moments and EMA across them (FSDP2 per UNet block), for full fine-tunes too big for one
     sharding: str = "ddp"
+    # log the curves, sample grids and recipe to Weights & Biases too (pip install wandb; WANDB_MODE=offline
+    # needs no network). TensorBoard (tb/) and the CSV files are always written.
+    wandb: bool = False
+    wandb_project: str = "pixelcascade"
 
     def __post_init__(self):
         if self.lora.rank and not self.init_from:

@@ -626,3 +626,45 @@ def test_an_optimizer_that_is_not_installed_names_the_package(tmp_path, monkeypa
         _cfg(optimizer="sgd")
     with pytest.raises(ConfigError, match="grad_accum=3"):
         _cfg(grad_accum=3)
+
+
+def test_wandb_gets_the_curves_grids_and_recipe_and_a_resumed_run_continues_its_run(tmp_path, monkeypatch):
+    """train.wandb: every logged row, the fixed-timestep validation curves, each sample grid and the run's
+    config and data recipe go to one W&B run per run folder (a fake wandb module records the calls)."""
+    import sys
+    import types
+    calls = {"init": [], "log": [], "finish": 0}
+
+    class Run:
+        def log(self, values, step):
+            calls["log"].append((step, values))
+
+        def finish(self):
+            calls["finish"] += 1
+
+    def init(**kw):
+        calls["init"].append(kw)
+        return Run()
+    fake = types.SimpleNamespace(init=init, Image=lambda path: ("image", path),
+                                 util=types.SimpleNamespace(generate_id=lambda: "abc123"))
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+
+    def grid(trainer, path):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"png")
+    cfg = _cfg(wandb=True, wandb_project="proj")
+    t = Trainer(cfg, _data(), tmp_path, progress=False, sample_fn=grid, meta={"data_recipe": "shapes: 32 images"})
+    t.fit(max_steps=3)
+    init = calls["init"][0]
+    assert init["project"] == "proj" and init["id"] == "abc123" and init["resume"] == "allow"
+    assert init["config"]["data_recipe"] == "shapes: 32 images" and init["config"]["train"]["wandb"] is True
+    logged = {k for _, values in calls["log"] for k in values}
+    assert {"train/loss", "train/grad_norm", "val/mse_t50", "val/mse_t950", "samples"} <= logged
+    assert [s for s, v in calls["log"] if "samples" in v] == [3] and calls["finish"] == 1
+    fake.util.generate_id = lambda: "other"
+    Trainer(cfg, _data(), tmp_path, progress=False).fit(max_steps=4)  # resumed: the same W&B run
+    assert calls["init"][1]["id"] == "abc123"
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    with pytest.raises(RuntimeError, match="pip install wandb"):
+        Trainer(_cfg(wandb=True), _data(), tmp_path / "b", progress=False).fit(max_steps=1)

@@ -106,6 +106,7 @@ class Trainer:
             self.adapter = self._lora_base()
         self.ema = EMA(self.model, tc.ema_decay)
         self.stopped_by: int | None = None  # the signal that stopped the last fit, if one did
+        self.trackers: list = []  # TensorBoard, W&B: opened by fit on rank 0
         self.model.gradient_checkpointing = tc.grad_checkpointing
         if (tc.batch_size // self.world) % tc.grad_accum:
             raise ValueError(f"train.grad_accum={tc.grad_accum} does not split this process's "
@@ -392,7 +393,8 @@ class Trainer:
         max_steps = max_steps or tc.max_steps
         log_path, val_path = self.out / "train_log.csv", self.out / "val_loss.csv"
         main = self.rank == 0  # the one process that logs, validates and writes
-        writer = _tensorboard(self.out / "tb") if main else None
+        from .trackers import open_trackers
+        self.trackers = open_trackers(self.out, self.cfg, self.meta.get("data_recipe", "")) if main else []
         t0 = time.time()
         bar = None
         if self.progress and main:
@@ -427,19 +429,17 @@ class Trainer:
                     row = {"step": self.step, **{k: (v if k == "replaced" else v / n) for k, v in acc.items()},
                            "img_per_s": n * tc.batch_size / max(1e-9, time.time() - last), "time": time.time()}
                     _append_csv(log_path, row)
-                    if writer:
-                        for k, v in row.items():
-                            if k not in ("step", "time"):
-                                writer.add_scalar(f"train/{k}", v, self.step)
+                    for tracker in self.trackers:
+                        tracker.scalars({f"train/{k}": v for k, v in row.items() if k not in ("step", "time")},
+                                        self.step)
                     acc, n, last = {}, 0, time.time()
                 busy = main or self.sharded  # a sharded model's forward and gathering need every process
                 if (self.step % tc.val_every == 0 or self.step == max_steps) and busy:
                     val = self.validate()
                     if main:
                         _append_csv(val_path, {"step": self.step, **{f"t{k}": v for k, v in val.items()}})
-                    if writer:
-                        for k, v in val.items():
-                            writer.add_scalar(f"val/mse_t{k}", v, self.step)
+                    for tracker in self.trackers:
+                        tracker.scalars({f"val/mse_t{k}": v for k, v in val.items()}, self.step)
                 saved = False
                 if (self.step % tc.ckpt_every == 0 or self.step == max_steps) and busy:
                     self.save()
@@ -458,8 +458,9 @@ class Trainer:
         if replaced_total and main:
             print(f"note: {replaced_total} streamed records were replaced by the next in the stream (images that "
                   "could not be decoded, empty captions); train_log.csv has the count per log window", file=sys.stderr)
-        if writer:
-            writer.close()
+        for tracker in self.trackers:
+            tracker.close()
+        self.trackers = []
         if self.world > 1:  # nobody leaves while rank 0 still writes the last checkpoint: a gloo peer that
             import torch.distributed as dist  # exits mid-way aborts the others
             dist.barrier()
@@ -478,7 +479,11 @@ class Trainer:
         if self.rank == 0:
             plot_val_loss(self.out / "val_loss.csv", self.out / "val_loss.png")
         if self.sample_fn is not None:
-            self.sample_fn(self, self.out / "samples" / f"step{self.step:07d}.png" if self.rank == 0 else None)
+            grid = self.out / "samples" / f"step{self.step:07d}.png"
+            self.sample_fn(self, grid if self.rank == 0 else None)
+            for tracker in self.trackers:
+                if grid.is_file():
+                    tracker.image("samples", grid, self.step)
 
 
 def read_init_weights(path: Path) -> tuple[dict, dict, dict]:
@@ -559,7 +564,7 @@ def _train_changed(old: dict, new: dict) -> bool:
     and how this machine computes a step (threads, device, bf16 autocast: a run moved to a CPU without native
     bf16 goes on in fp32)."""
     free = {"ckpt_every", "val_every", "log_every", "num_threads", "device", "bf16", "grad_checkpointing",
-            "grad_accum", "sharding"}
+            "grad_accum", "sharding", "wandb", "wandb_project"}
     if new.get("lr_schedule", "constant") == "constant":
         free.add("max_steps")
     return any(old.get(k) != v for k, v in new.items() if k not in free)
@@ -572,14 +577,6 @@ def _append_csv(path: Path, row: dict) -> None:
         if new:
             w.writeheader()
         w.writerow(row)
-
-
-def _tensorboard(path: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except Exception:  # tensorboard not installed: CSV logs only
-        return None
-    return SummaryWriter(str(path))
 
 
 def plot_val_loss(csv_path: Path, png_path: Path) -> None:
