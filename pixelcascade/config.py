@@ -287,6 +287,9 @@ class TrainConfig:
     # several processes (torchrun): "ddp" keeps a whole copy of the model on each; "fsdp" shards weights,
     # gradients, optimizer moments and EMA across them (FSDP2 per UNet block), for full fine-tunes too big for one
     sharding: str = "ddp"
+    # where a run that encodes captions as it goes keeps its text encoder: "auto" (the training device), or "cpu"
+    # (off the GPU: T5-XXL's 9.5 GB in bf16 stay in host memory, encoding on the CPU)
+    text_encoder_device: str = "auto"
     # log the curves, sample grids and recipe to Weights & Biases too (pip install wandb; WANDB_MODE=offline
     # needs no network). TensorBoard (tb/) and the CSV files are always written.
     wandb: bool = False
@@ -299,6 +302,8 @@ class TrainConfig:
         if self.lora.rank and self.init_reset:
             raise ConfigError("train.lora keeps every base weight frozen: it cannot be combined with "
                               "train.init_reset")
+        if self.text_encoder_device not in ("auto", "cpu"):
+            raise ConfigError(f"train.text_encoder_device={self.text_encoder_device!r}: choose auto or cpu")
         if self.sharding not in ("ddp", "fsdp"):
             raise ConfigError(f"train.sharding={self.sharding!r}: choose ddp or fsdp")
         if self.sharding == "fsdp" and self.lora.rank:

@@ -32,6 +32,10 @@ class LoraError(ValueError):
 
 
 def _peft():
+    import logging
+    # peft imports torchao when it is installed, whose loader logs every CUDA kernel library it cannot load on
+    # this machine: not the user's concern when applying a LoRA
+    logging.getLogger("torchao").setLevel(logging.ERROR)
     try:
         import peft
     except ImportError:

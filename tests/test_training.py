@@ -668,3 +668,16 @@ def test_wandb_gets_the_curves_grids_and_recipe_and_a_resumed_run_continues_its_
     monkeypatch.setitem(sys.modules, "wandb", None)
     with pytest.raises(RuntimeError, match="pip install wandb"):
         Trainer(_cfg(wandb=True), _data(), tmp_path / "b", progress=False).fit(max_steps=1)
+
+
+def test_the_text_encoder_can_stay_off_the_training_gpu(monkeypatch):
+    """train.text_encoder_device=cpu keeps an on-the-fly encoder (T5-XXL: 9.5 GB in bf16) in host memory while the
+    UNet trains on the GPU; "auto" puts it on the training device."""
+    import pixelcascade.training.data as data_module
+    monkeypatch.setattr(data_module, "resolve_device", lambda name: torch.device("cuda", 0))
+    cfg = RunConfig(train=TrainConfig(device="cuda"))
+    assert data_module._encoder_device(cfg) == "cuda:0"
+    cfg = RunConfig(train=TrainConfig(device="cuda", text_encoder_device="cpu"))
+    assert data_module._encoder_device(cfg) == "cpu"
+    with pytest.raises(ConfigError, match="text_encoder_device"):
+        TrainConfig(text_encoder_device="gpu")

@@ -190,9 +190,9 @@ def prepare_stream(cfg: RunConfig, cache: Path, progress: bool = True):
 
 
 def _encoder_device(cfg: RunConfig) -> str:
-    """Captions are encoded on the training device when it is a GPU."""
+    """Captions are encoded on the training device when it is a GPU, unless train.text_encoder_device=cpu."""
     device = resolve_device(cfg.train.device)
-    return str(device) if device.type == "cuda" else "cpu"
+    return str(device) if device.type == "cuda" and cfg.train.text_encoder_device == "auto" else "cpu"
 
 
 def prepare_data(cfg: RunConfig, cache: Path | None = None, progress: bool = True):

@@ -75,6 +75,10 @@ def _generate(cfg: RunConfig, folder: Path, todo: list[int], progress: bool, bat
                 img = center_crop_resize(img, cfg.data.image_size)
             save_png(img, folder / f"{seed:05d}.png", {"prompt": db.class_prompt, "seed": seed, "model": model,
                                                        "purpose": "DreamBooth prior preservation"})
+    del cascade  # the drawing models leave the device before training starts
+    import torch
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def dreambooth_splits(cfg: RunConfig, cache: Path, progress: bool = True) -> tuple[WorldSplit, WorldSplit]:

@@ -564,7 +564,7 @@ def _train_changed(old: dict, new: dict) -> bool:
     and how this machine computes a step (threads, device, bf16 autocast: a run moved to a CPU without native
     bf16 goes on in fp32)."""
     free = {"ckpt_every", "val_every", "log_every", "num_threads", "device", "bf16", "grad_checkpointing",
-            "grad_accum", "sharding", "wandb", "wandb_project"}
+            "grad_accum", "sharding", "wandb", "wandb_project", "text_encoder_device"}
     if new.get("lr_schedule", "constant") == "constant":
         free.add("max_steps")
     return any(old.get(k) != v for k, v in new.items() if k not in free)
