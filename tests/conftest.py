@@ -103,3 +103,17 @@ def make_user_dataset(folder, n=30):
     (folder / "broken.txt").write_text("a broken picture")
     Image.new("RGB", (20, 20)).save(folder / "nocaption.png")
     return folder
+
+
+class FixedStates:
+    """A text encoder stand-in that returns given states: the first n rows of ``emb`` for n prompts, of ``unc``
+    for the empty prompt (parity tests hand both sides the same states)."""
+
+    def __init__(self, emb, unc):
+        self.emb, self.unc = emb, unc
+
+    def __call__(self, prompts):
+        return self.emb[:len(prompts)], None
+
+    def empty(self, n):
+        return self.unc[:n], None

@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import FixedStates as _Encoder
 from conftest import randomize, tiny_cfg
 
 from pixelcascade.config import DiffusionConfig, SampleConfig
@@ -18,17 +19,6 @@ from diffusers.pipelines.deepfloyd_if.timesteps import smart27_timesteps  # noqa
 
 SEEDS = [3, 11]
 SETTINGS = SampleConfig(sampler="ddpm", num_steps="smart27", guidance_scale=5.0, dyn_thresh_p=0.95, dyn_thresh_max=1.5)
-
-
-class _Encoder:
-    def __init__(self, emb, unc):
-        self.emb, self.unc = emb, unc
-
-    def __call__(self, prompts):
-        return self.emb[:len(prompts)], None
-
-    def empty(self, n):
-        return self.unc[:n], None
 
 
 def _states(dim, seed=5):

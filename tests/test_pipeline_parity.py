@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import FixedStates as _Encoder
 from conftest import randomize, tiny_cfg
 
 from pixelcascade import convert
@@ -22,17 +23,6 @@ from diffusers.pipelines.deepfloyd_if.timesteps import smart27_timesteps  # noqa
 
 SEEDS = [3, 11]
 TOL = 1e-4
-
-
-class _Encoder:
-    def __init__(self, emb, unc):
-        self.emb, self.unc = emb, unc
-
-    def __call__(self, prompts):
-        return self.emb[:len(prompts)], None
-
-    def empty(self, n):
-        return self.unc[:n], None
 
 
 def _stage(cfg, seed, settings):
