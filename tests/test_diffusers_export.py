@@ -15,10 +15,12 @@ from pixelcascade.models.unet import build_unet
 from pixelcascade.pipeline import Cascade, Stage
 
 diffusers = pytest.importorskip("diffusers")
-from diffusers.pipelines.deepfloyd_if.timesteps import smart27_timesteps  # noqa: E402
+from pixelcascade.diffusion.schedule import space_timesteps  # noqa: E402
 
 SEEDS = [3, 11]
-SETTINGS = SampleConfig(sampler="ddpm", num_steps="smart27", guidance_scale=5.0, dyn_thresh_p=0.95, dyn_thresh_max=1.5)
+STEPS = "12"  # a short respacing (the parity tests cover IF's presets); diffusers takes the same timesteps
+TIMESTEPS = sorted(space_timesteps(1000, STEPS), reverse=True)
+SETTINGS = SampleConfig(sampler="ddpm", num_steps=STEPS, guidance_scale=5.0, dyn_thresh_p=0.95, dyn_thresh_max=1.5)
 
 
 def _states(dim, seed=5):
@@ -30,7 +32,7 @@ def _theirs(folder, emb, unc, **kw):
     cls = diffusers.IFSuperResolutionPipeline if "low_res" in kw else diffusers.IFPipeline
     pipe = cls.from_pretrained(str(folder))
     extra = {"image": kw.pop("low_res"), "noise_level": 250} if kw else {}
-    return pipe(prompt_embeds=emb, negative_prompt_embeds=unc, timesteps=smart27_timesteps, guidance_scale=5.0,
+    return pipe(prompt_embeds=emb, negative_prompt_embeds=unc, timesteps=TIMESTEPS, guidance_scale=5.0,
                 generator=[torch.Generator().manual_seed(s) for s in SEEDS], output_type="pt", **extra).images
 
 
@@ -66,7 +68,7 @@ def test_a_lora_run_exports_merged_and_a_model_with_non_if_layers_is_refused(tmp
     emb, unc = _states(stage.cfg.encoder_dim)
     ours = Cascade([stage], _Encoder(emb, unc))(["a", "b"], SEEDS)[0]
     pipe = diffusers.IFPipeline.from_pretrained(str(tmp_path / "dif"))
-    ref = pipe(prompt_embeds=emb, negative_prompt_embeds=unc, timesteps=smart27_timesteps, guidance_scale=5.0,
+    ref = pipe(prompt_embeds=emb, negative_prompt_embeds=unc, timesteps=TIMESTEPS, guidance_scale=5.0,
                generator=[torch.Generator().manual_seed(s) for s in SEEDS], output_type="pt",
                height=16, width=16).images
     # the exported scheduler has the run's own thresholding; ours here uses SETTINGS: same values for this preset

@@ -65,7 +65,7 @@ def test_dreambooth_for_a_super_resolution_stage_draws_class_images_through_a_st
     cfg = _dreambooth(base, subject, tmp_path / "run", *extra, f"data.dreambooth.class_model={tiny_model}")
     trainer = train(cfg, tmp_path / "run", cache=tmp_path / "cache", progress=False, grids=False)
     assert trainer.step == 2 and trainer.data.images.shape[1:3] == (64, 64)
-    assert trainer.data.captions.count("a square") == 6
+    assert trainer.data.captions.count("a square") == 6  # drawn at 64 px: stage I, then the base stage II
 
 
 def test_dreambooth_settings_that_cannot_work_are_refused():
