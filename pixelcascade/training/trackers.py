@@ -5,6 +5,7 @@ A W&B run keeps one id per run folder (``wandb_id.txt``), so a resumed run conti
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 
@@ -33,7 +34,7 @@ class WandB:
                                "a network; `wandb sync` uploads later)") from None
         self.wandb = wandb
         id_file = out / "wandb_id.txt"
-        run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:8]
         id_file.write_text(run_id)
         self.run = wandb.init(project=project, name=name, id=run_id, resume="allow", dir=str(out),
                               config={**config, "data_recipe": recipe})
