@@ -8,11 +8,11 @@ there), resets the kernel's high-water mark (/proc/self/clear_refs), takes ``--s
 RSS (VmHWM). The table gives the peak and what the steps added over the resident weights and optimizer.
 
 Computed for IF-I-XL: weights, gradients, optimizer moments and EMA from the exact parameter count (bytes per
-parameter of each mode), and activations from the XL UNet itself, run forward and backward on PyTorch's meta
-device (shapes, no memory) with saved-tensor hooks that add up what each block keeps for the backward pass.
-With checkpointing a block keeps only its inputs, and one block's activations exist again during its backward
-pass, so the peak is the sum of block inputs plus the largest block. fp32 activation bytes are scaled by the
-bf16/fp32 ratio measured on the preset here (autocast keeps most activations in bf16).
+parameter of each mode), and activations from the XL UNet itself: built here in bf16 (8.6 GB) and run forward at
+batch 1 under bf16 autocast with saved-tensor hooks that add up what each block keeps for the backward pass
+(tensors sharing storage once), times the batch. With checkpointing a block keeps only its input, and one
+block's activations exist again during its backward pass, so the peak is the block inputs plus the largest
+block.
 
     python bench/train_memory.py                              # IF-I-M, batch 4, 64 px; + the IF-I-XL table
     python bench/train_memory.py --preset if64-t5xxl --batch 8 --modes full-adamw full-ckpt
@@ -86,8 +86,7 @@ def measure(mode: str, preset: str, batch: int, steps: int, work: Path, bf16: bo
     peak = _rss_peak()
     return {"mode": mode, "preset": preset, "batch": batch, "bf16": trainer.bf16, "params": sum(
         p.numel() for p in trainer.model.parameters()), "trainable": trainable, "resident_gb": resident / GB,
-        "peak_gb": peak / GB, "step_gb": (peak - resident) / GB, "s_per_step": secs,
-        "activation_bytes": saved_bytes(trainer.model, unet, batch, trainer.bf16)}
+        "peak_gb": peak / GB, "step_gb": (peak - resident) / GB, "s_per_step": secs}
 
 
 def _base_file(preset: str, work: Path) -> Path:
@@ -106,42 +105,35 @@ def _base_file(preset: str, work: Path) -> Path:
     return path
 
 
-def saved_bytes(model, cfg, batch: int, bf16: bool) -> int:
-    """What the forward pass keeps for the backward pass (saved-tensor hooks), on this device."""
-    import torch
-    size = cfg.image_size
-    total = [0]
-
-    def pack(t):
-        total[0] += t.numel() * t.element_size()
-        return t
-    x = torch.randn(batch, cfg.in_channels if not cfg.super_res else 3, size, size)
-    kw = {"low_res": torch.randn(batch, 3, size, size), "aug_t": torch.zeros(batch)} if cfg.super_res else {}
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
-            torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        model(x, torch.full((batch,), 500.0), torch.randn(batch, 77, cfg.encoder_dim), **kw)
-    return total[0]
-
-
 # --------------------------------------------------------------------------------------------------
 # IF-I-XL from per-block figures on the meta device
 
 
-def block_activations(preset: str, batch: int) -> dict:
-    """fp32 bytes each UNet block keeps for the backward pass, and each block's input, for ``preset`` at
-    ``batch``, computed on the meta device (exact shapes, nothing allocated)."""
+def block_activations(preset: str, batch: int = 1, bf16: bool = True) -> dict:
+    """What each UNet block keeps for the backward pass (bytes; tensors that share storage counted once) and each
+    block's input, measured by a real forward pass on this CPU (weights built in bf16 when ``bf16``, under bf16
+    autocast as training runs), with saved-tensor hooks; and the parameter count."""
     import torch
 
     from pixelcascade.models.unet import build_unet
     from pixelcascade.presets import get_preset
     cfg = get_preset(preset)
-    with torch.device("meta"):
+    torch.manual_seed(0)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16 if bf16 else torch.float32)
+    try:
         model = build_unet(cfg)
+    finally:
+        torch.set_default_dtype(old)
     blocks = [*model.input_blocks, model.middle_block, *model.output_blocks]
     current, kept, inputs = [None], {}, {}
+    seen = {p.untyped_storage().data_ptr() for p in model.parameters()}  # weights saved for backward: not new
 
     def pack(t):
-        kept[current[0]] = kept.get(current[0], 0) + t.numel() * t.element_size()
+        key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+        if key[0] not in seen:  # a tensor saved by several ops (or views of one) is held once
+            seen.add(key[0])
+            kept[current[0]] = kept.get(current[0], 0) + key[1]
         return t
 
     def enter(i):
@@ -155,37 +147,35 @@ def block_activations(preset: str, batch: int) -> dict:
             layer.register_forward_pre_hook(enter(i))
     model.out.register_forward_pre_hook(enter(None))  # after the blocks
     size = cfg.image_size
-    with torch.device("meta"), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        x = torch.randn(batch, 3, size, size)
-        out = model(x, torch.full((batch,), 500.0), torch.randn(batch, 77, cfg.encoder_dim))
-    params = sum(p.numel() for p in model.parameters())
-    per_block = [kept.get(i, 0) for i in range(len(blocks))]
-    return {"preset": preset, "batch": batch, "params": params, "all": sum(kept.values()),
-            "blocks": per_block, "block_inputs": [inputs.get(i, 0) for i in range(len(blocks))],
-            "outside_blocks": kept.get(None, 0), "output_numel": out.numel()}
+    g = torch.Generator().manual_seed(0)
+    x, text = torch.randn(batch, 3, size, size, generator=g), torch.randn(batch, 77, cfg.encoder_dim, generator=g)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+            torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        model(x, torch.full((batch,), 500.0), text)
+    return {"preset": preset, "batch": batch, "bf16": bf16, "params": sum(p.numel() for p in model.parameters()),
+            "all": sum(kept.values()), "blocks": [kept.get(i, 0) for i in range(len(blocks))],
+            "block_inputs": [inputs.get(i, 0) for i in range(len(blocks))], "outside_blocks": kept.get(None, 0)}
 
 
 def xl_table(measured: list[dict], batch: int) -> list[dict]:
-    """IF-I-XL's peak per mode: states from bytes per parameter, activations from the meta-device figures."""
-    act = block_activations("IF-I-XL", batch)
-    ratio = 1.0
-    m = {r["mode"]: r for r in measured}
-    if "full-adamw" in m:  # bf16 autocast against fp32 activations, measured on the preset here
-        ref = block_activations(m["full-adamw"]["preset"], m["full-adamw"]["batch"])["all"]
-        ratio = m["full-adamw"]["activation_bytes"] / ref
+    """IF-I-XL's peak per mode: weights, gradients, moments and EMA from the exact parameter count (bytes per
+    parameter of each mode), activations from IF-I-XL's own blocks measured at batch 1 (bf16), times ``batch``."""
+    act = block_activations("IF-I-XL", 1)
     p = act["params"]
-    full_act = act["all"] * ratio
-    ckpt_act = (sum(act["block_inputs"]) + max(act["blocks"]) + act["outside_blocks"]) * ratio
-    lora_p = 0.005 * p  # rank-16 attention adapters: about 0.5% of the parameters (measured below on the preset)
-    if "lora" in m:
-        lora_p = m["lora"]["trainable"] / m["lora"]["params"] * p
-    # bytes per parameter: fp32 weights 4, gradients 4, AdamW moments 8 (8-bit: 2), Adafactor ~0, EMA 4
-    rows = [("full-adamw", p * 20, full_act), ("full-ckpt", p * 20, ckpt_act), ("full-adamw8bit", p * 14, full_act),
-            ("full-adamw8bit-ckpt", p * 14, ckpt_act), ("full-adafactor-ckpt", p * 12, ckpt_act),
-            ("lora", p * 4 + lora_p * 20, full_act), ("lora-ckpt", p * 4 + lora_p * 20, ckpt_act),
+    full_act = act["all"] * batch
+    # checkpointing keeps every block's input; one block's inside exists again during its backward pass
+    ckpt_act = (sum(act["block_inputs"]) + act["outside_blocks"]) * batch + max(act["blocks"]) * batch
+    m = {r["mode"]: r for r in measured}
+    share = m["lora"]["trainable"] / m["lora"]["params"] if "lora" in m else 0.005  # adapters' share, measured
+    lora_p = share * p
+    # bytes per parameter: fp32 weights 4, gradients 4, AdamW moments 8 (8-bit: 2; Adafactor: ~0), EMA 4; and
+    # with fp32 weights, bf16 autocast's copies of them (2), held from the forward to the backward pass
+    rows = [("full-adamw", p * 22, full_act), ("full-ckpt", p * 22, ckpt_act), ("full-adamw8bit", p * 16, full_act),
+            ("full-adamw8bit-ckpt", p * 16, ckpt_act), ("full-adafactor-ckpt", p * 14, ckpt_act),
+            ("lora", p * 6 + lora_p * 20, full_act), ("lora-ckpt", p * 6 + lora_p * 20, ckpt_act),
             ("lora-ckpt, base in bf16", p * 2 + lora_p * 20, ckpt_act)]
     return [{"mode": name, "states_gb": states / GB, "activations_gb": a / GB, "peak_gb": (states + a) / GB}
-            for name, states, a in rows] + [{"params": p, "bf16_ratio": ratio, "batch": batch}]
+            for name, states, a in rows] + [{"params": p, "batch": batch, "xl_blocks_batch1": act}]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -206,9 +196,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1, help="measured steps after the warm-up step")
     ap.add_argument("--modes", nargs="+", default=MODES, choices=MODES)
     ap.add_argument("--xl-batch", type=int, default=1, help="batch of the computed IF-I-XL table")
+    ap.add_argument("--no-xl", action="store_true", help="skip the IF-I-XL table (its measurement builds the XL "
+                                                         "UNet in bf16: 8.6 GB)")
     ap.add_argument("--fp32", action="store_true", help="no bf16 autocast (default: where the CPU has bf16)")
     ap.add_argument("--work", default="/tmp/pixelcascade-train-memory", help="run folders and the LoRA base")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "train_memory.jsonl"))
+    ap.add_argument("--xl-only", action="store_true", help="only the IF-I-XL table (the LoRA share from the last "
+                                                           "measured lora row of --out)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()
     work = Path(a.work)
@@ -217,7 +211,10 @@ def main() -> None:
         print(json.dumps(measure(a.one, a.preset, a.batch, a.steps, work, not a.fp32)))
         return
     rows = []
-    for mode in a.modes:
+    if a.xl_only:
+        with open(a.out) as f:
+            rows = [r for r in map(json.loads, f) if r.get("mode") == "lora"][-1:]
+    for mode in [] if a.xl_only else a.modes:
         cmd = [sys.executable, __file__, "--one", mode, "--preset", a.preset, "--batch", str(a.batch),
                "--steps", str(a.steps), "--work", str(work)] + (["--fp32"] if a.fp32 else [])
         done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
@@ -238,17 +235,21 @@ def main() -> None:
         rel = f"{r['peak_gb'] / base:.2f}x" if base else "-"
         print(f"| {r['mode']} | {r['trainable'] / 1e6:.1f}M | {r['peak_gb']:.2f} | {r['step_gb']:.2f} | {rel} | "
               f"{r['s_per_step']:.1f} |")
+    if not a.xl_only:
+        with open(a.out, "a") as f:
+            for r in rows:
+                f.write(json.dumps({**r, **info}) + "\n")
+    if a.no_xl:
+        return
     xl = xl_table(rows, a.xl_batch)
     meta = xl.pop()
-    print(f"\nIF-I-XL ({meta['params'] / 1e9:.2f}B parameters), batch {meta['batch']}, 64 px, computed "
-          f"(activations x {meta['bf16_ratio']:.2f} for bf16 autocast):\n")
-    print("| mode | weights, gradients, optimizer, EMA (GB) | activations (GB) | total (GB) |")
+    print(f"\nIF-I-XL ({meta['params'] / 1e9:.2f}B parameters), batch {meta['batch']}, 64 px, computed from its "
+          f"blocks' activations measured here at batch 1 in bf16 ({meta['xl_blocks_batch1']['all'] / GB:.2f} GB):\n")
+    print("| mode | weights, bf16 copies, gradients, optimizer, EMA (GB) | activations (GB) | total (GB) |")
     print("|---|---|---|---|")
     for r in xl:
         print(f"| {r['mode']} | {r['states_gb']:.1f} | {r['activations_gb']:.1f} | {r['peak_gb']:.1f} |")
     with open(a.out, "a") as f:
-        for r in rows:
-            f.write(json.dumps({**r, **info}) + "\n")
         f.write(json.dumps({"if_i_xl": xl, **meta, **info}) + "\n")
 
 
