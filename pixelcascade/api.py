@@ -19,7 +19,7 @@ from pathlib import Path
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_MODEL = WEIGHTS_DIR / "shapes"  # stage files: stage1.safetensors (32 px), stage2.safetensors (64 px)
 # where the emoji cascade ships (weights/emoji/stage1, stage2: 64 px, 64 -> 128) with the feature extractor that
-# `eval emoji` uses by default; not trained yet (it needs a GPU: README, "The emoji model")
+# `eval emoji` uses by default; not trained yet (it needs a GPU: docs/emoji.md)
 EMOJI_FEATURES = WEIGHTS_DIR / "emoji" / "emoji_features.safetensors"
 
 

@@ -176,11 +176,11 @@ class DataConfig:
     task_weights: str = ""
     # shapes super-resolution: the share of examples whose low-res input is the scene's own render at
     # low_res_size (objects at that world's sizes, as stage I draws them) instead of the down-sampled target.
-    # The spec's 8-px floor at 32 px makes the two differ for 3+ objects (README, stage II). 0: IF's recipe.
+    # The spec's 8-px floor at 32 px makes the two differ for 3+ objects (docs/models.md, "Stage II"). 0: IF's recipe.
     paired_low_res: float = 0.0
     # shapes world: the share of training captions that are the plain benchmark template (the rest: the caption
     # generator's varied wording). Varied wording moves the nouns' token positions, and with MiniLM the order of
-    # two shapes did not bind under it (README, "Position"); 0.4 before that was known.
+    # two shapes did not bind under it (docs/models.md, "Position"); 0.4 before that was known.
     template_share: float = 0.4
     # world=files with webdataset shards (data.path a .tar, a folder of them or a glob): stream them (decoded in
     # DataLoader workers, read through an index; memory stays flat as the data grows) instead of decoding everything

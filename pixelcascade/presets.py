@@ -90,7 +90,7 @@ RUN_PRESETS: dict[str, RunConfig] = {
     ),
     "shapes64-sr": RunConfig(
         # v-prediction: an eps model cannot express x0 at the first sampling step (SNR ~1e-9 at t=999), and the
-        # colour error of that step survived the whole chain as a tint (README, "Stage II")
+        # colour error of that step survived the whole chain as a tint (docs/models.md, "Stage II")
         name="shapes64-sr", unet=get_preset("shapes64-II"),
         diffusion=DiffusionConfig(prediction="v"),
         sample=SampleConfig(sampler="ddpm", num_steps="smart27", guidance_scale=1.0, dyn_thresh_max=1.0,

@@ -2,7 +2,7 @@
 
 The world: the shapes world's position task with two different shapes and horizontal relations only, 32 px,
 20,000 images. A small `shapes32-I` (model_channels 32) trains for MINUTES on one thread, then draws every prompt
-x 8 seeds, and the scorer sorts the images into pass / swapped / misplaced / objects (README, "Position").
+x 8 seeds, and the scorer sorts the images into pass / swapped / misplaced / objects (docs/models.md, "Position").
 Text modes (everything else is the same, seeds included):
   minilm        MiniLM per-token states of the caption (the benchmark template or its inverse wording, 50/50)
   oracle        a structured code with no language: token i = one-hot(shape i) + one-hot(its side)

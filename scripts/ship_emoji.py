@@ -63,7 +63,7 @@ def main() -> None:
     for png in sorted((runs / "eval").glob("contact_sheet_*.png")):
         shutil.copy2(png, docs / png.name)
     lines = ["# The shipped emoji cascade", "",
-             "Made by `scripts/device_emoji.sh` / `scripts/train_emoji_cascade.sh` (README, \"The emoji model\"); "
+             "Made by `scripts/device_emoji.sh` / `scripts/train_emoji_cascade.sh` (docs/emoji.md); "
              "shipped with `python scripts/ship_emoji.py RUNS`.", ""]
     for k, title, run in (("stage1", "Stage I (64 px)", runs / "stage1"), ("stage2", "Stage II (64 -> 128)",
                                                                            runs / "stage2")):

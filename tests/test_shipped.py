@@ -53,7 +53,7 @@ def test_shipped_metadata_carries_its_recipe():
 
 def test_shipped_stage_i_follows_relations_with_layout_guidance():
     """The shipped default (layout guidance 500) puts two different shapes where the relation says; the network
-    alone draws about the same scene whatever the relation (README, "Position"). 8 prompts, seed 0."""
+    alone draws about the same scene whatever the relation (docs/models.md, "Position"). 8 prompts, seed 0."""
     from pixelcascade.data.shapes import benchmark_prompts
     from pixelcascade.eval.shapes_score import relation_outcome
     from pixelcascade.pipeline import stage_settings, to_uint8
