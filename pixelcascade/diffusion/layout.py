@@ -1,12 +1,12 @@
 """Layout guidance: a spatial relation in the prompt steers sampling through the cross-attention maps.
 
 A frozen text encoder read by cross-attention may carry what is in a prompt and not where: with MiniLM the shapes
-stage I draws "a circle left of a square" as often with the circle on the right (docs/models.md, "Position").
-The relation is in the words, though, and each noun's cross-attention map shows where the network is drawing
-it. So, training free (Chen et al. 2024, "Training-Free Layout Control with Cross-Attention Guidance", backward guidance; Epstein
-et al. 2023, "Diffusion Self-Guidance"): parse the relation, and during the early (noisy) steps add the gradient
-of a loss that wants the centre of the subject's attention on the relation's side of the object's centre, in the
-form of classifier guidance:
+stage I draws "a circle left of a square" as often with the circle on the right (docs/models.md, "Position"). The
+relation is in the words, though, and each noun's cross-attention map shows where the network is drawing it. So,
+training free (Chen et al. 2024, "Training-Free Layout Control with Cross-Attention Guidance", backward guidance;
+Epstein et al. 2023, "Diffusion Self-Guidance"): parse the relation, and during the early (noisy) steps add the
+gradient of a loss that wants the centre of the subject's attention on the relation's side of the object's centre,
+in the form of classifier guidance:
 
     eps' = eps + s * sqrt(1 - alpha_bar_t) * grad_x L(x_t)
 
