@@ -308,7 +308,7 @@ def cmd_export(a) -> int:
             stage = lora_export.run_stage(Path(a.run), a.merge_lora)
             folder = export_diffusers(stage, a.output, a.text_encoder)
             print(f"{folder}: a diffusers {json.loads((folder / 'model_index.json').read_text())['_class_name']} "
-                  "folder")
+                  "folder (model card: README.md)")
             return 0
         if adapter and a.merge_lora is not None:
             if a.merge_lora:
@@ -326,7 +326,7 @@ def cmd_export(a) -> int:
             path = export_weights(a.run, a.output, dtype, a.sample)
     except (CheckpointError, ConfigError, LoraError, ResumeError) as e:
         raise UserError(str(e)) from None
-    print(f"{path} ({path.stat().st_size / 1e6:.1f} MB)")
+    print(f"{path} ({path.stat().st_size / 1e6:.1f} MB), model card {path.with_suffix('.md')}")
     return 0
 
 

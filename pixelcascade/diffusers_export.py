@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .config import DiffusionConfig, SampleConfig
 from .convert import CheckpointError, diffusers_config, official_to_diffusers
+from .model_card import write_model_card
 from .pipeline import Stage
 from .tensorfiles import write_safetensors
 from .utils import atomic_write_text
@@ -74,6 +75,9 @@ def export_diffusers(stage: Stage, out: str | Path, text_encoder: str | Path | N
         "sample_config": dataclasses.asdict(stage.settings), "source": stage.meta.get("source", ""),
         "note": "pass prompt_embeds (the named encoder's states), or text_encoder= and tokenizer= to "
                 "from_pretrained, when the folder carries no text encoder"})
+    from .config import to_json
+    write_model_card(out, {**stage.meta, "unet_config": to_json(cfg), "sample_config": to_json(stage.settings),
+                           "diffusion_config": to_json(stage.diffusion)})
     return out
 
 

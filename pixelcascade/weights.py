@@ -10,6 +10,7 @@ import torch
 
 from .config import DiffusionConfig, SampleConfig, apply_overrides, from_dict, to_json
 from .convert import load_unet
+from .model_card import write_model_card
 from .pipeline import DEFAULT_SAMPLE_I, DEFAULT_SAMPLE_II, Stage
 from .tensorfiles import read_tensors, write_safetensors
 
@@ -26,7 +27,8 @@ def load_stage(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch
 
 def export_weights(run_dir: str | Path, dest: str | Path, dtype: torch.dtype = torch.float16,
                    sample_overrides: list[str] | None = None) -> Path:
-    """Ship a run's final EMA: ``ema.safetensors`` cast to ``dtype`` (fp16 halves the size), metadata kept.
+    """Ship a run's final EMA: ``ema.safetensors`` cast to ``dtype`` (fp16 halves the size), metadata kept, and a
+    model card beside it (``model_card``).
 
     Loading casts back to the requested dtype (fp32 by default), so shipping fp16 costs < 1e-3 in outputs.
     ``sample_overrides`` (``["guidance_scale=4", "num_steps=smart50"]``) set the default sampling settings.
@@ -39,4 +41,5 @@ def export_weights(run_dir: str | Path, dest: str | Path, dtype: torch.dtype = t
         sample = from_dict(SampleConfig, json.loads(meta["sample_config"]))
         meta["sample_config"] = to_json(apply_overrides(sample, sample_overrides))
     write_safetensors(dest, {k: v.to(dtype) for k, v in tensors.items()}, meta)
+    write_model_card(Path(dest), meta)
     return Path(dest)

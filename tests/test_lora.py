@@ -221,3 +221,19 @@ def test_the_gpu_script_runs_its_two_steps_at_a_tiny_size():
     lora, full = rows
     assert lora["trainable"] < 0.1 * lora["params"] and full["trainable"] == full["params"]
     assert all(r["peak_gb"] > 0 and 0 < r["loss"] < 10 and r["dtype"] == "bfloat16" for r in rows)
+
+
+def test_every_export_writes_a_model_card_from_its_metadata(tmp_path, base_model):
+    """export writes a Markdown card beside the file (an adapter's names its base and how to use it; a diffusers
+    folder gets README.md), filled from the metadata: the recipe, the command, the sampling defaults, a licence."""
+    from pixelcascade.cli import main
+    _lora_run(tmp_path, base_model, "r", 2)
+    assert main(["export", str(base_model), "-o", str(tmp_path / "m.safetensors")]) == 0
+    card = (tmp_path / "m.md").read_text()
+    assert card.startswith("# m\n") and "## Training" in card and "## Licence" in card and "MIT" in card
+    assert "smart" in card or "steps" in card
+    assert main(["export", str(tmp_path / "r"), "-o", str(tmp_path / "a.safetensors")]) == 0
+    adapter_card = (tmp_path / "a.md").read_text()
+    assert "LoRA adapter (rank 4" in adapter_card and str(base_model) in adapter_card
+    assert main(["export", str(tmp_path / "r"), "--format", "diffusers", "-o", str(tmp_path / "d")]) == 0
+    assert "## Sampling defaults" in (tmp_path / "d" / "README.md").read_text()

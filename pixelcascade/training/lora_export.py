@@ -10,6 +10,7 @@ import torch
 
 from ..config import RunConfig, SampleConfig, apply_overrides, from_dict, to_json
 from ..lora import apply_adapters, merge_adapters, parse_lora_arg, read_adapter
+from ..model_card import write_model_card
 from ..models.unet import build_unet
 from ..tensorfiles import read_tensors, write_safetensors
 from .loop import read_init_weights
@@ -25,6 +26,7 @@ def export_adapter(src: Path, dest: Path, dtype: torch.dtype) -> Path:
     """The adapter cast to ``dtype``, its metadata kept (fp16: half the size)."""
     tensors, meta = read_tensors(src)
     write_safetensors(dest, {k: v.to(dtype) for k, v in tensors.items()}, dict(meta, shipped_dtype=str(dtype)[6:]))
+    write_model_card(Path(dest), meta, "adapter")
     return Path(dest)
 
 
@@ -98,4 +100,5 @@ def _write(model: torch.nn.Module, meta: dict, dest: Path, dtype: torch.dtype, s
         meta["sample_config"] = to_json(apply_overrides(sample, sample_overrides))
     meta["shipped_dtype"] = str(dtype).replace("torch.", "")
     write_safetensors(dest, {k: v.to(dtype) for k, v in model.state_dict().items()}, meta)
+    write_model_card(Path(dest), meta)
     return Path(dest)
