@@ -54,10 +54,26 @@ def _at_least_1(text: str) -> int:
 
 
 def _non_negative(text: str) -> float:
-    """argparse type: a number >= 0 (guidance scales, thresholding limits)."""
+    """argparse type: a finite number >= 0 (guidance scales, thresholding limits, time limits)."""
     v = _number(text, float)
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    if not 0 <= v < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number, 0 or more, got {text}")
+    return v
+
+
+def _seed(text: str) -> int:
+    """argparse type: a seed torch's generators take (0 to 2**63 - 1)."""
+    v = _number(text, int)
+    if not 0 <= v < 2 ** 63:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to 2**63 - 1, got {text}")
+    return v
+
+
+def _threads(text: str) -> int:
+    """argparse type: CPU threads, 0 for torch's default."""
+    v = _number(text, int)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (torch's default) or more, got {text}")
     return v
 
 
@@ -72,7 +88,7 @@ def _fraction(text: str) -> float:
 def _sampling_args(g: argparse.ArgumentParser) -> None:
     """The options every image-making command shares."""
     g.add_argument("-o", "--output", default="out.png", help="a .png path for one image, a folder for several")
-    g.add_argument("--seed", type=int, default=0, help="seed of the first image; image i gets seed+i")
+    g.add_argument("--seed", type=_seed, default=0, help="seed of the first image; image i gets seed+i")
     g.add_argument("--num-images", type=_at_least_1, default=1, help="images per prompt")
     g.add_argument("--steps", help="stage I steps: a count or preset (smart27, smart50, smart100, fast27, ...)")
     g.add_argument("--steps-ii", help="steps of the later stages")
@@ -110,7 +126,7 @@ def _sampling_args(g: argparse.ArgumentParser) -> None:
                    help="small GPUs: keep the models on the CPU and move each to --device only while it runs")
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
     g.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16 (UNet weights)")
-    g.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    g.add_argument("--threads", type=_threads, default=0, help="CPU threads (0: torch's default)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -133,7 +149,7 @@ def _model_args(g: argparse.ArgumentParser, model: str = "shapes") -> None:
     g.add_argument("--sampler", help="ddpm (IF's), ddim or dpmpp_2m")
     g.add_argument("--device", default="cpu")
     g.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16 (UNet weights)")
-    g.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    g.add_argument("--threads", type=_threads, default=0, help="CPU threads (0: torch's default)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
@@ -225,8 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("preset")
     t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.lr=1e-4")
     t.add_argument("-o", "--output", required=True, help="run folder (checkpoint, EMA weights, logs, samples)")
-    t.add_argument("--max-steps", type=int, help="stop after this many steps (overrides train.max_steps)")
-    t.add_argument("--time-limit", type=float, help="stop (and checkpoint) after this many seconds")
+    t.add_argument("--max-steps", type=_at_least_1, help="stop after this many steps (overrides train.max_steps)")
+    t.add_argument("--time-limit", type=_non_negative, help="stop (and checkpoint) after this many seconds")
     t.add_argument("-q", "--quiet", action="store_true")
     t.set_defaults(fn=cmd_train)
 
@@ -269,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--font", help="NotoColorEmoji.ttf (default: the Debian package's, or setup.sh's copy)")
     de.add_argument("--per-shard", type=int, default=1000)
     de.add_argument("--heldout", type=float, default=0.05, help="fraction of emoji whose captions are held out")
-    de.add_argument("--seed", type=int, default=0)
+    de.add_argument("--seed", type=_seed, default=0)
     de.add_argument("--basic-layout", action="store_true",
                     help="draw without text shaping, for a Pillow without libraqm/FriBiDi: keeps only the "
                          "single-code-point emoji (about 40%%)")
@@ -285,8 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
                          epilog="example: pixelcascade data emoji-features -o weights/emoji_features.safetensors")
     df.add_argument("-o", "--output", required=True)
     df.add_argument("--steps", type=int, default=3000)
-    df.add_argument("--seed", type=int, default=0)
-    df.add_argument("--threads", type=int, default=0)
+    df.add_argument("--seed", type=_seed, default=0)
+    df.add_argument("--threads", type=_threads, default=0)
     df.add_argument("--device", default="cpu", help="where the net trains: cpu, cuda, auto (batches are drawn on "
                                                     "the CPU either way)")
     df.add_argument("-q", "--quiet", action="store_true")
@@ -328,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     dz.add_argument("--num", type=int, required=True, help="number of scenes")
     dz.add_argument("--size", type=int, default=64, help="image size in px (32 or more)")
     dz.add_argument("--per-shard", type=int, default=1000)
-    dz.add_argument("--seed", type=int, default=0)
+    dz.add_argument("--seed", type=_seed, default=0)
     dz.add_argument("--workers", type=int, default=1, help="processes rendering shards")
     dz.add_argument("-q", "--quiet", action="store_true")
     dz.set_defaults(fn=cmd_data_shapes_shards)
@@ -431,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     eo.add_argument("--captions", help="COCO captions (.json annotations, or TSV/CSV with image_id, caption); "
                                        "default: val2017's from ../shared/prompts")
     eo.add_argument("--num", type=int, default=30000, help="captions drawn, one per image (default 30000)")
-    eo.add_argument("--seed", type=int, default=0, help="seeds the caption draw; image of row r gets seed+r")
+    eo.add_argument("--seed", type=_seed, default=0, help="seeds the caption draw; image of row r gets seed+r")
     eo.add_argument("-o", "--output", default="eval/coco")
     eo.add_argument("--ref", help="real-image statistics (.npz) or folder; without it only generation runs")
     _feature_args(eo)
@@ -492,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     eu.add_argument("--prompts-dir", help="folder holding the suite files (default: ../shared/prompts)")
     eu.add_argument("--per-category", type=int, default=8)
     eu.add_argument("--images-per-prompt", type=int, default=1)
-    eu.add_argument("--seed", type=int, default=0)
+    eu.add_argument("--seed", type=_seed, default=0)
     _model_args(eu)
     eu.add_argument("-o", "--output", default="eval/suite")
     eu.add_argument("--batch-size", type=_at_least_1, default=16)

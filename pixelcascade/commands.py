@@ -27,6 +27,8 @@ def _device(name: str) -> str:
     import torch
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
+        raise UserError(f"--device {name}: not a device pixelcascade runs on; use cpu, cuda, cuda:N or auto")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {name}: no CUDA device here; use --device cpu")
     from .utils import resolve_device
@@ -78,9 +80,14 @@ def _read_prompts(a) -> list[str]:
     prompts = list(a.prompts)
     if getattr(a, "prompts_file", None):
         try:
-            prompts += [ln.strip() for ln in Path(a.prompts_file).read_text().splitlines() if ln.strip()]
+            prompts += [ln.strip() for ln in Path(a.prompts_file).read_text(encoding="utf-8").splitlines()
+                        if ln.strip()]
         except OSError as e:
             raise UserError(f"--prompts-file {a.prompts_file}: {e.strerror}") from None
+        except UnicodeDecodeError as e:
+            line = Path(a.prompts_file).read_bytes()[:e.start].count(b"\n") + 1
+            raise UserError(f"--prompts-file {a.prompts_file}: line {line} is not UTF-8 text; save the file as "
+                            "UTF-8 (one prompt a line)") from None
     if not prompts:
         raise UserError("no prompt: give one or more prompts, or --prompts-file FILE (one prompt a line)")
     if any(not p.strip() for p in prompts):
@@ -301,6 +308,7 @@ def cmd_export(a) -> int:
     from .training.checkpoint import ResumeError
     from .weights import export_weights
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[a.dtype]
+    _check_writable(Path(a.output))
     adapter = lora_export.run_adapter(Path(a.run))
     try:
         if a.format == "diffusers":

@@ -146,6 +146,17 @@ class SampleConfig:
     layout_guidance: float = 0.0
     layout_steps: float = 0.5
 
+    def __post_init__(self):
+        if self.sampler not in ("ddpm", "ddim", "dpmpp_2m"):
+            raise ConfigError(f"sample.sampler={self.sampler!r}: choose ddpm, ddim or dpmpp_2m")
+        for name in ("guidance_scale", "dyn_thresh_max", "layout_guidance"):
+            v = getattr(self, name)
+            if not 0 <= v < float("inf"):
+                raise ConfigError(f"sample.{name}={v}: must be a finite number, 0 or more")
+        for name in ("dyn_thresh_p", "aug_level", "layout_steps"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"sample.{name}={getattr(self, name)}: a share, from 0 to 1")
+
 
 @dataclass(frozen=True)
 class DreamBoothConfig:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .config import DiffusionConfig, SampleConfig, apply_overrides, from_dict, to_json
+from .config import ConfigError, DiffusionConfig, SampleConfig, apply_overrides, from_dict, to_json
 from .convert import load_unet
 from .model_card import write_model_card
 from .pipeline import DEFAULT_SAMPLE_I, DEFAULT_SAMPLE_II, Stage
@@ -25,6 +25,15 @@ def load_stage(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch
     return Stage(unet=unet, diffusion=diffusion, settings=sample, meta=meta)
 
 
+def check_steps(num_steps: str) -> None:
+    """A sampling setting's step spec must respace IF's 1,000-step chain (checked at export, not at first use)."""
+    from .diffusion.schedule import space_timesteps
+    try:
+        space_timesteps(1000, num_steps)
+    except (ValueError, KeyError) as e:
+        raise ConfigError(f"num_steps: {e}") from None
+
+
 def export_weights(run_dir: str | Path, dest: str | Path, dtype: torch.dtype = torch.float16,
                    sample_overrides: list[str] | None = None) -> Path:
     """Ship a run's final EMA: ``ema.safetensors`` cast to ``dtype`` (fp16 halves the size), metadata kept, and a
@@ -38,8 +47,9 @@ def export_weights(run_dir: str | Path, dest: str | Path, dtype: torch.dtype = t
     tensors, meta = read_tensors(src)
     meta = dict(meta, shipped_dtype=str(dtype).replace("torch.", ""), source=meta.get("source", str(src.name)))
     if sample_overrides:
-        sample = from_dict(SampleConfig, json.loads(meta["sample_config"]))
-        meta["sample_config"] = to_json(apply_overrides(sample, sample_overrides))
+        sample = apply_overrides(from_dict(SampleConfig, json.loads(meta["sample_config"])), sample_overrides)
+        check_steps(sample.num_steps)
+        meta["sample_config"] = to_json(sample)
     write_safetensors(dest, {k: v.to(dtype) for k, v in tensors.items()}, meta)
     write_model_card(Path(dest), meta)
     return Path(dest)

@@ -59,9 +59,16 @@ def test_generate_is_seeded_and_batch_invariant(tiny_model, tmp_path):
     (["train", "tiny", "train.lr=-1", "-o", "/tmp/x"], "train.lr=-1.0: must be more than 0"),
     (["train", "tiny", "train.ema_decay=1.5", "-o", "/tmp/x"], "train.ema_decay=1.5: must be from 0 up to"),
     (["train", "tiny", "-o", "/tmp/x", "train.device=cuda"], "no CUDA device here"),
+    (["generate", "a", "--device", "tpu"], "--device tpu: not a device pixelcascade runs on"),
+    (["generate", "--prompts-file", "bad-utf8.txt"], "line 2 is not UTF-8 text"),
+    (["export", "MODEL", "-o", "/proc/forbidden/x.safetensors"], "cannot write to"),
+    (["export", "MODEL", "-o", "x.safetensors", "--sample", "guidance_scale=inf"], "sample.guidance_scale=inf"),
+    (["export", "MODEL", "-o", "x.safetensors", "--sample", "num_steps=bogus"], "unknown step spec 'bogus'"),
 ])
 def test_bad_input_is_one_clear_line(tiny_model, args, msg, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad-utf8.txt").write_bytes(b"a red circle\nthe caf\xe9 is blue\n")  # Latin-1, not UTF-8
+    args = [str(tiny_model) if x == "MODEL" else x for x in args]
     if args[0] == "generate" and "--model" not in args:
         args = args + ["--model", str(tiny_model)]
     assert main(args) == 2
@@ -72,12 +79,18 @@ def test_bad_input_is_one_clear_line(tiny_model, args, msg, capsys, tmp_path, mo
 @pytest.mark.parametrize("args,msg", [
     (["generate", "a", "--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
     (["generate", "a", "--num-images", "-1"], "argument --num-images: must be at least 1, got -1"),
-    (["generate", "a", "--guidance", "-2"], "argument --guidance: must be 0 or more, got -2"),
+    (["generate", "a", "--guidance", "-2"], "argument --guidance: must be a finite number, 0 or more, got -2"),
     (["generate", "a", "--aug-level", "1.5"], "argument --aug-level: must be between 0 and 1, got 1.5"),
     (["generate", "a", "--height", "0"], "argument --height: must be at least 1"),
     (["eval", "shapes", "--per-task", "0"], "argument --per-task: must be at least 1"),
     (["generate", "a", "--batch-size", "two"], "argument --batch-size: expected a whole number, got 'two'"),
-    (["eval", "emoji", "--guidance", "nan"], "argument --guidance: must be 0 or more, got nan"),
+    (["eval", "emoji", "--guidance", "nan"], "argument --guidance: must be a finite number, 0 or more, got nan"),
+    (["generate", "a", "--guidance", "inf"], "argument --guidance: must be a finite number, 0 or more, got inf"),
+    (["generate", "a", "--seed", "99999999999999999999999"], "argument --seed: must be a whole number from 0 to"),
+    (["generate", "a", "--threads", "-1"], "argument --threads: must be 0 (torch's default) or more"),
+    (["train", "tiny", "-o", "/tmp/x", "--max-steps", "-1"], "argument --max-steps: must be at least 1"),
+    (["train", "tiny", "-o", "/tmp/x", "--max-steps", "0"], "argument --max-steps: must be at least 1"),
+    (["train", "tiny", "-o", "/tmp/x", "--time-limit", "-5"], "argument --time-limit: must be a finite number"),
 ])
 def test_out_of_range_options_are_refused_before_any_work(args, msg, capsys):
     """Numbers no run can use (a batch of 0, negative guidance, an augmentation level above 1) stop at the

@@ -96,8 +96,10 @@ def run_stage(run: Path, adapters: list[str] | None = None):
 
 def _write(model: torch.nn.Module, meta: dict, dest: Path, dtype: torch.dtype, sample_overrides) -> Path:
     if sample_overrides:
-        sample = from_dict(SampleConfig, json.loads(meta["sample_config"]))
-        meta["sample_config"] = to_json(apply_overrides(sample, sample_overrides))
+        from ..weights import check_steps
+        sample = apply_overrides(from_dict(SampleConfig, json.loads(meta["sample_config"])), sample_overrides)
+        check_steps(sample.num_steps)
+        meta["sample_config"] = to_json(sample)
     meta["shipped_dtype"] = str(dtype).replace("torch.", "")
     write_safetensors(dest, {k: v.to(dtype) for k, v in model.state_dict().items()}, meta)
     write_model_card(Path(dest), meta)
