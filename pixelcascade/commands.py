@@ -107,6 +107,8 @@ def load_image(path: str, what: str = "image"):
     except (UnidentifiedImageError, OSError) as e:
         raise UserError(f"{what} {path}: not a readable image ({e})") from None
     if what == "mask":
+        if img.mode.startswith("I;16") or img.mode == "I":  # 16-bit greyscale: scaled to 8 bits, not clipped
+            return np.clip(np.round(np.asarray(img, dtype=np.float64) / 257), 0, 255).astype(np.uint8)
         return np.asarray(img.convert("L"))
     if img.mode != "RGB":
         raise UserError(f"{what} {path} is {img.mode}, not RGB: convert it first (e.g. PIL's "
@@ -128,6 +130,9 @@ def _run_and_save(a, cascade, prompts: list[str], *, init=None, mask=None, stren
             raise UserError(f"{flag} {val}: unknown; choose one of {', '.join(SAMPLERS)}")
     n_images = len(prompts) * a.num_images
     out = Path(a.output)
+    if out.suffix and out.suffix.lower() != ".png" and not out.is_dir():
+        raise UserError(f"-o {out}: images are written as PNG with a JSON sidecar; give a .png path, or a folder "
+                        "(a name without an extension)")
     single = out.suffix.lower() == ".png"
     if single and n_images > 1:
         raise UserError(f"-o {out} is one PNG but {n_images} images will be made: pass a folder instead")

@@ -304,7 +304,11 @@ def read_unet(path: str | Path) -> tuple[dict[str, torch.Tensor], UNetConfig, di
         if "unet_config" not in meta:
             raise CheckpointError(f"{path} has no 'unet_config' in its metadata: it is not a pixelcascade model "
                                   "file; pass the folder it came with (config.yml / config.json)")
-        cfg = from_dict(UNetConfig, json.loads(meta["unet_config"]))
+        try:
+            cfg = from_dict(UNetConfig, json.loads(meta["unet_config"]))
+        except (json.JSONDecodeError, ConfigError) as e:
+            raise CheckpointError(f"{path}: its 'unet_config' metadata is not a UNet config ({e}); the file was "
+                                  "not written by pixelcascade, or was edited: export the model again") from None
     else:
         path = _unet_folder(path)
         weights = _find_weights(path)

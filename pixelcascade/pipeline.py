@@ -137,7 +137,12 @@ class Stage:
                 x = noisy
         elif mask is not None:
             raise PipelineError("a mask needs the image to inpaint (init_image)")
-        return sampler(den, x, steps, cond=cond, noise=noise, callback=callback, **extra).clamp(-1, 1)
+        out = sampler(den, x, steps, cond=cond, noise=noise, callback=callback, **extra)
+        if not torch.isfinite(out).all():  # clamp would turn NaN into a black image without a word
+            raise PipelineError(f"the {self.cfg.image_size} px stage produced NaN or infinite pixels: its weights are "
+                                "broken (NaN or inf in the file), or fp16 overflowed; check the model file, or use "
+                                "--dtype bf16 / fp32")
+        return out.clamp(-1, 1)
 
 
 def resize(x: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:

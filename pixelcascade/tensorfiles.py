@@ -13,6 +13,16 @@ class CheckpointError(ValueError):
     """A checkpoint that does not fit the model, or a path that holds no checkpoint."""
 
 
+def unreadable(path: Path, e: Exception) -> str:
+    """Why a weights or checkpoint file could not be read: refused because loading it could run code (a pickle
+    with more than tensors in it), or corrupt / truncated."""
+    if "Weights only load failed" in str(e) or "weights_only" in str(e):
+        return (f"{path} was refused: it is a pickle holding more than tensors, and loading it could run code. "
+                "Load it only if you trust it, with your own code, and save the tensors as .safetensors")
+    return (f"cannot read {path} ({type(e).__name__}: {str(e).splitlines()[0][:200]}): the file is corrupt or "
+            "truncated; download or copy it again")
+
+
 def read_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors, metadata) from a .safetensors file or a .bin loaded with weights_only (no code runs)."""
     path = Path(path)
@@ -30,9 +40,8 @@ def read_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except CheckpointError:
         raise
-    except Exception as e:  # corrupt or truncated file
-        raise CheckpointError(f"cannot read weights from {path}: {type(e).__name__}: {e}. The file is corrupt "
-                              "or truncated: download or copy it again") from None
+    except Exception as e:
+        raise CheckpointError(unreadable(path, e)) from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     return dict(sd), {}

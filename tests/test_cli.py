@@ -321,3 +321,57 @@ def test_train_stopped_by_ctrl_c_says_where_the_checkpoint_is(tmp_path, capsys, 
     monkeypatch.setattr(Trainer, "train_step", step)
     assert main(["train", "tiny", "-o", str(out), "-q"]) == 0
     assert load_checkpoint(out / "checkpoint.pt")["step"] == 4
+
+
+def test_hostile_files_are_one_clear_line(tiny_model, tmp_path, capsys, monkeypatch):
+    """A model with NaN weights, metadata that is not a config, a pickle that would run code, an -o that is not a
+    PNG: each one line naming the problem (and never the advice to load a pickle with weights_only=False)."""
+    import pickle
+
+    from safetensors.torch import save_file
+
+    from pixelcascade.tensorfiles import read_tensors
+    monkeypatch.chdir(tmp_path)
+    tensors, meta = read_tensors(tiny_model)
+    save_file({k: torch.full_like(v, float("nan")) for k, v in tensors.items()}, "nan.safetensors", meta)
+    save_file(tensors, "badmeta.safetensors", {**meta, "unet_config": "{not json"})
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this ran",))
+    with open("evil.bin", "wb") as f:
+        pickle.dump({"w": Payload()}, f)
+    cases = [(["generate", "a red circle", "--model", "nan.safetensors", "-o", "n.png"], "NaN or infinite pixels"),
+             (["generate", "a red circle", "--model", "badmeta.safetensors", "-o", "b.png"],
+              "'unet_config' metadata is not a UNet config"),
+             (["generate", "a red circle", "--model", str(tiny_model), "-o", "out/x.jpg"], "written as PNG")]
+    for args, msg in cases:
+        assert main(args + ["-q"]) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and msg in err[0] and "Traceback" not in err[0], err
+    assert not (tmp_path / "out" / "x.jpg").exists() and not list(tmp_path.glob("*.png"))
+    from pixelcascade.tensorfiles import CheckpointError
+    with pytest.raises(CheckpointError) as e:
+        read_tensors(tmp_path / "evil.bin")
+    assert "refused" in str(e.value) and "could run code" in str(e.value) and "weights_only=False" not in str(e.value)
+    assert "this ran" not in capsys.readouterr().out
+
+
+def test_a_16_bit_mask_is_scaled_not_clipped(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from pixelcascade.commands import load_image
+    values = np.array([[0, 200, 32768, 65535]], dtype=np.uint16)  # 200 of 65535 is near black: keep
+    Image.fromarray(values).save(tmp_path / "m.png")  # a 16-bit greyscale PNG
+    assert load_image(str(tmp_path / "m.png"), "mask").tolist() == [[0, 1, 128, 255]]
+
+
+def test_captions_in_another_encoding_are_read_not_a_traceback(tmp_path):
+    from PIL import Image
+
+    from pixelcascade.data.formats import read_records
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "a.png")
+    (tmp_path / "a.txt").write_bytes(b"un caf\xe9 rouge")  # Latin-1
+    (record,) = list(read_records(tmp_path))
+    assert record.caption == "un caf\ufffd rouge"

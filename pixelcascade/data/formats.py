@@ -271,7 +271,8 @@ def _read_folder(path: Path, stats: ReadStats) -> Iterator[Record]:
         return
     for fp in sorted(q for q in path.rglob("*") if q.suffix.lower() in IMAGE_EXTS):
         txt = fp.with_suffix(".txt")
-        cap = txt.read_text().strip() if txt.is_file() else ""
+        # the same decoding as a shard's .txt: bytes that are not UTF-8 become U+FFFD, never a traceback
+        cap = txt.read_bytes().decode("utf-8", "replace").strip() if txt.is_file() else ""
         if not cap:
             stats.note("missing_captions", str(fp), "no sidecar .txt")
         data = _read_bytes(fp, stats)

@@ -24,5 +24,6 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ResumeError(f"cannot read checkpoint {path} ({type(e).__name__}: {e}); it is corrupt or truncated. "
-                          f"Delete it to start over, or restore a copy") from None
+        from ..tensorfiles import unreadable
+        raise ResumeError(f"{unreadable(path, e)}. A run's own checkpoint: delete it to start over, or restore a "
+                          "copy") from None
