@@ -16,11 +16,16 @@ class CheckpointError(ValueError):
 def unreadable(path: Path, e: Exception) -> str:
     """Why a weights or checkpoint file could not be read: refused because loading it could run code (a pickle
     with more than tensors in it), or corrupt / truncated."""
-    if "Weights only load failed" in str(e) or "weights_only" in str(e):
-        return (f"{path} was refused: it is a pickle holding more than tensors, and loading it could run code. "
+    text = str(e)
+    if "Unsupported global" in text:  # the pickle names a function or class to call: never loaded here
+        return (f"{path} was refused: it is a pickle that names code to run when loaded (not only tensors). "
                 "Load it only if you trust it, with your own code, and save the tensors as .safetensors")
-    return (f"cannot read {path} ({type(e).__name__}: {str(e).splitlines()[0][:200]}): the file is corrupt or "
-            "truncated; download or copy it again")
+    if "Weights only load failed" in text:  # torch's message goes on to advise weights_only=False: not repeated
+        detail = text[text.find("WeightsUnpickler error"):].split("\n\n")[0].replace("\n", " ").strip()
+        return (f"cannot read {path} ({detail or 'not a tensor pickle'}): not a PyTorch weights file, or a corrupt "
+                "or truncated one; download or copy it again")
+    return (f"cannot read {path} ({type(e).__name__}: {text.splitlines()[0][:200] if text else ''}): the file is "
+            "corrupt or truncated; download or copy it again")
 
 
 def read_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -339,7 +339,8 @@ def test_hostile_files_are_one_clear_line(tiny_model, tmp_path, capsys, monkeypa
     class Payload:
         def __reduce__(self):
             return (print, ("this ran",))
-    with open("evil.bin", "wb") as f:
+    torch.save({"w": Payload()}, "evil.bin")
+    with open("other.bin", "wb") as f:  # a plain pickle: not a torch file
         pickle.dump({"w": Payload()}, f)
     cases = [(["generate", "a red circle", "--model", "nan.safetensors", "-o", "n.png"], "NaN or infinite pixels"),
              (["generate", "a red circle", "--model", "badmeta.safetensors", "-o", "b.png"],
@@ -353,7 +354,12 @@ def test_hostile_files_are_one_clear_line(tiny_model, tmp_path, capsys, monkeypa
     from pixelcascade.tensorfiles import CheckpointError
     with pytest.raises(CheckpointError) as e:
         read_tensors(tmp_path / "evil.bin")
-    assert "refused" in str(e.value) and "could run code" in str(e.value) and "weights_only=False" not in str(e.value)
+    assert "refused" in str(e.value) and "names code to run" in str(e.value)
+    with pytest.raises(CheckpointError) as other:
+        read_tensors(tmp_path / "other.bin")
+    assert "not a PyTorch weights file" in str(other.value)
+    for message in (str(e.value), str(other.value)):
+        assert "weights_only" not in message and "False" not in message
     assert "this ran" not in capsys.readouterr().out
 
 
