@@ -282,6 +282,7 @@ def cmd_train(a) -> int:
     from .data.worlds import DatasetError
     from .training.checkpoint import ResumeError
     from .training.data import ConfigMismatch
+    from .training.run_folder import FolderBusy
     from .utils import resolve_device
     try:
         resolve_device(cfg.train.device)
@@ -292,7 +293,7 @@ def cmd_train(a) -> int:
     try:
         trainer = train(cfg, a.output, progress=not a.quiet, max_steps=a.max_steps, time_limit_s=a.time_limit,
                         command=command)
-    except (ResumeError, ConfigMismatch, EmojiError, DatasetError, StatesError) as e:
+    except (ResumeError, ConfigMismatch, EmojiError, DatasetError, StatesError, FolderBusy) as e:
         raise UserError(str(e)) from None
     if trainer.stopped_by is not None:
         import signal

@@ -692,3 +692,38 @@ def test_wandb_offline_mode_logs_a_run_without_a_network(tmp_path, monkeypatch):
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
     assert runs[0].name.endswith((tmp_path / "wandb_id.txt").read_text())
+
+
+def test_a_run_folder_stays_consistent_across_kills_and_a_second_process(tmp_path, capsys):
+    """Log rows written after the last checkpoint by a run that was killed are dropped on resume (each step logged
+    once), a killed write's temporary file is removed, and a second training process on a busy folder stops with
+    one line before any work."""
+    import csv
+    import subprocess
+    import sys
+    import time
+
+    from pixelcascade.cli import main
+    a = Trainer(_cfg(ckpt_every=2), _data(), tmp_path / "run", progress=False)
+    a.fit(max_steps=2)
+    with open(tmp_path / "run" / "train_log.csv", "a") as f:  # logged by the killed run after its checkpoint
+        f.write("3,9,9,9,9,9,9,9\n4,9,9,9,9,9,9,9\n")
+    stale = tmp_path / "run" / ".checkpoint.pt.abc123.tmp"
+    stale.write_bytes(b"half")
+    b = Trainer(_cfg(ckpt_every=2), _data(), tmp_path / "run", progress=False)
+    b.fit(max_steps=4)
+    with open(tmp_path / "run" / "train_log.csv") as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f)]
+    assert steps == [1, 2, 3, 4] and not stale.exists()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\n"
+                               "from pixelcascade.training.run_folder import exclusive\n"
+                               f"with exclusive({str(tmp_path / 'busy')!r}):\n"
+                               "    print('held', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        t0 = time.time()
+        assert main(["train", "tiny", "-o", str(tmp_path / "busy"), "-q"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "is in use by a training process (pid" in err[0] and time.time() - t0 < 30
+    finally:
+        holder.kill()

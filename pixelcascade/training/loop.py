@@ -389,6 +389,17 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------------------
     def fit(self, max_steps: int | None = None, time_limit_s: float | None = None) -> None:
+        """Train to ``max_steps`` (or the time limit, or a signal), holding the run folder's lock on rank 0."""
+        from .run_folder import exclusive, remove_leftovers, trim_log
+        if self.rank != 0:
+            return self._fit(max_steps, time_limit_s)
+        with exclusive(self.out):
+            remove_leftovers(self.out)
+            for log in ("train_log.csv", "val_loss.csv"):
+                trim_log(self.out / log, self.step)
+            return self._fit(max_steps, time_limit_s)
+
+    def _fit(self, max_steps: int | None = None, time_limit_s: float | None = None) -> None:
         tc = self.cfg.train
         max_steps = max_steps or tc.max_steps
         log_path, val_path = self.out / "train_log.csv", self.out / "val_loss.csv"

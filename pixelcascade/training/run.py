@@ -6,15 +6,26 @@ import sys
 from pathlib import Path
 
 from ..config import RunConfig
+from ..utils import dist_info
 from .data import prepare_data
 from .loop import Trainer, write_recipe
+from .run_folder import exclusive
 from .samples import sample_grid_fn
 
 
 def train(cfg: RunConfig, out_dir: str | Path, *, cache: Path | None = None, progress: bool = True,
           max_steps: int | None = None, time_limit_s: float | None = None, command: str = "",
           grids: bool = True) -> Trainer:
+    """Prepare the data, build the Trainer (resuming the folder's checkpoint, if any) and fit; rank 0 holds the
+    run folder's lock throughout, so a second process on the same folder stops before any work."""
     out_dir = Path(out_dir)
+    if dist_info()[0] != 0:
+        return _train(cfg, out_dir, cache, progress, max_steps, time_limit_s, command, grids)
+    with exclusive(out_dir):  # before the data is prepared: a busy folder is found at once
+        return _train(cfg, out_dir, cache, progress, max_steps, time_limit_s, command, grids)
+
+
+def _train(cfg: RunConfig, out_dir: Path, cache, progress, max_steps, time_limit_s, command, grids) -> Trainer:
     data, val, recipe, encoder, prompts = prepare_data(cfg, cache, progress)
     meta = {"text_encoder": cfg.text_encoder, "text_max_length": cfg.data.text_max_length,
             "encoder_name": encoder.name, "command": command, "data_recipe": recipe, "world": cfg.data.world}
