@@ -271,10 +271,10 @@ def cmd_train(a) -> int:
     from .presets import RUN_PRESETS
     from .training.fine_tune import run_config
     from .training.run import train
+    if a.preset not in RUN_PRESETS:
+        raise UserError(f"unknown training preset {a.preset!r}; known: {', '.join(RUN_PRESETS)}")
     try:
         cfg = run_config(a.preset, a.overrides)
-    except KeyError:
-        raise UserError(f"unknown training preset {a.preset!r}; known: {', '.join(RUN_PRESETS)}") from None
     except ConfigError as e:
         raise UserError(str(e)) from None
     from .data.emoji import EmojiError

@@ -332,10 +332,16 @@ def _unet_folder(path: Path) -> Path:
 
 def _folder_config(folder: Path) -> UNetConfig | None:
     """The config a model folder states: official config.yml, else diffusers config.json; None without either."""
-    if (folder / "config.yml").is_file():
-        return config_from_official_yaml(_read_yaml_params(folder / "config.yml"))
-    if (folder / "config.json").is_file():
-        return config_from_diffusers(json.loads((folder / "config.json").read_text()))
+    try:
+        if (folder / "config.yml").is_file():
+            return config_from_official_yaml(_read_yaml_params(folder / "config.yml"))
+        if (folder / "config.json").is_file():
+            return config_from_diffusers(json.loads((folder / "config.json").read_text()))
+    except KeyError as e:
+        raise CheckpointError(f"{folder}: its config lacks the field {e}; it is not a complete IF config (copy the "
+                              "model's config.yml / config.json again)") from None
+    except (ValueError, TypeError) as e:  # JSON that does not parse, values of the wrong kind
+        raise CheckpointError(f"{folder}: its config cannot be read ({e}); copy it again") from None
     return None
 
 

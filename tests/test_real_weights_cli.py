@@ -138,3 +138,18 @@ def test_a_lora_on_released_if_weights_trains_and_generates_with_them(if_folders
                      "-q", *extra]) == 0
         outs[name] = np.asarray(Image.open(path))
     assert np.array_equal(outs["zero"], outs["base"]) and not np.array_equal(outs["lora"], outs["base"])
+
+
+def test_an_if_folder_whose_config_lacks_a_field_is_one_line(if_folders, tmp_path, capsys):
+    """config.yml without `encoder_dim`: generate and train each say which field is missing (not a KeyError
+    traceback, and not "unknown training preset")."""
+    import shutil
+    broken = tmp_path / "IF-II"
+    shutil.copytree(if_folders / "IF-II", broken)
+    text = (broken / "config.yml").read_text().replace("  encoder_dim: 16\n", "")
+    (broken / "config.yml").write_text(text)
+    for args in (["generate", "a", "--model", f"{if_folders / 'IF-I'},{broken}", "-o", str(tmp_path / "x.png")],
+                 ["train", "files128-sr", "-o", str(tmp_path / "run"), f"train.init_from={broken}"]):
+        assert main(args + ["-q"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "lacks the field 'encoder_dim'" in err[0] and "preset" not in err[0], err
