@@ -148,7 +148,8 @@ def apply_adapters(model: torch.nn.Module, adapters: list[tuple[dict, AdapterSpe
 def merge_adapters(model: torch.nn.Module) -> torch.nn.Module:
     """Fold every active adapter into the weights and put the plain layers back: the state dict is the base
     model's names and shapes again (IF's), with the adapters' changes in the weights."""
-    wrapped = [(n, m) for n, m in model.named_modules() if m in set(lora_layers(model))]
+    peft = _peft()
+    wrapped = [(n, m) for n, m in model.named_modules() if isinstance(m, peft.tuners.lora.LoraLayer)]
     for name, layer in wrapped:
         layer.merge()
         parent_name, _, child = name.rpartition(".")
