@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .errors import PixelcascadeError
+
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_MODEL = WEIGHTS_DIR / "shapes"  # stage files: stage1.safetensors (32 px), stage2.safetensors (64 px)
 # where the emoji cascade ships (weights/emoji/stage1, stage2: 64 px, 64 -> 128) with the feature extractor that
@@ -23,7 +25,7 @@ DEFAULT_MODEL = WEIGHTS_DIR / "shapes"  # stage files: stage1.safetensors (32 px
 EMOJI_FEATURES = WEIGHTS_DIR / "emoji" / "emoji_features.safetensors"
 
 
-class ModelError(ValueError):
+class ModelError(PixelcascadeError, ValueError):
     """A model that cannot be loaded as asked: a missing path, stages in the wrong order, no text encoder."""
 
 

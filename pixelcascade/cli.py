@@ -33,6 +33,8 @@ from .commands import (  # noqa: F401  (load_cascade, load_image: used by script
     load_cascade,
     load_image,
 )
+from .errors import PixelcascadeError
+from .inputs import DEFAULT_MAX_PIXELS
 
 # --------------------------------------------------------------------------------------------------
 
@@ -50,6 +52,22 @@ def _at_least_1(text: str) -> int:
     v = _number(text, int)
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return v
+
+
+def _whole(text: str) -> int:
+    """argparse type: a whole number >= 0 (radii, counts that may be zero)."""
+    v = _number(text, int)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return v
+
+
+def _finite(text: str) -> float:
+    """argparse type: any finite number (thresholds on a score)."""
+    v = _number(text, float)
+    if v != v or v in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
     return v
 
 
@@ -83,6 +101,21 @@ def _fraction(text: str) -> float:
     if not 0 <= v <= 1:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
     return v
+
+
+def _positive(text: str) -> float:
+    """argparse type: a finite number > 0 (upscaling factors)."""
+    v = _number(text, float)
+    if not 0 < v < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
+    return v
+
+
+def _image_input_args(g: argparse.ArgumentParser) -> None:
+    """The options of commands that read the user's image."""
+    g.add_argument("--max-pixels", type=_at_least_1, default=DEFAULT_MAX_PIXELS,
+                   help=f"refuse input images with more pixels than this before decoding them (default "
+                        f"{DEFAULT_MAX_PIXELS:,}: a small PNG can declare a huge image)")
 
 
 def _sampling_args(g: argparse.ArgumentParser) -> None:
@@ -191,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     i2i.add_argument("prompts", nargs="+", help="the new prompt(s)")
     i2i.add_argument("--strength", type=float, default=0.7, help="how much to change: (0, 1], 1 = from noise")
     _sampling_args(i2i)
+    _image_input_args(i2i)
     i2i.set_defaults(fn=cmd_img2img)
 
     inp = sub.add_parser("inpaint", help="repaint the white part of a mask, keep the rest",
@@ -203,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     inp.add_argument("prompts", nargs="+")
     inp.add_argument("--strength", type=float, default=1.0, help="(0, 1]: how noisy the masked area starts")
     _sampling_args(inp)
+    _image_input_args(inp)
     inp.set_defaults(fn=cmd_img2img)
 
     up = sub.add_parser("upscale", help="super-resolution of your image with a stage II model",
@@ -212,8 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
                         epilog='example:\n  pixelcascade upscale small.png --prompt "two red circles" -o big.png')
     up.add_argument("image", help="an RGB image (the low-res input)")
     up.add_argument("--prompt", default="a picture", help="what the image shows (guides the upscaler)")
-    up.add_argument("--scale", type=float, default=2.0, help="output size / input size")
+    up.add_argument("--scale", type=_positive, default=2.0, help="output size / input size")
     _sampling_args(up)
+    _image_input_args(up)
     up.set_defaults(fn=cmd_upscale)
 
     t = sub.add_parser("train", help="train a stage from a preset plus dotted overrides",
@@ -281,10 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      "languages go into the metadata. A seeded 5%% of the emoji are held out.",
                          epilog="example: pixelcascade data emoji -o data/emoji128 --size 128")
     de.add_argument("-o", "--output", required=True)
-    de.add_argument("--size", type=int, default=128)
+    de.add_argument("--size", type=_at_least_1, default=128)
     de.add_argument("--font", help="NotoColorEmoji.ttf (default: the Debian package's, or setup.sh's copy)")
-    de.add_argument("--per-shard", type=int, default=1000)
-    de.add_argument("--heldout", type=float, default=0.05, help="fraction of emoji whose captions are held out")
+    de.add_argument("--per-shard", type=_at_least_1, default=1000)
+    de.add_argument("--heldout", type=_fraction, default=0.05, help="fraction of emoji whose captions are held out")
     de.add_argument("--seed", type=_seed, default=0)
     de.add_argument("--basic-layout", action="store_true",
                     help="draw without text shaping, for a Pillow without libraqm/FriBiDi: keeps only the "
@@ -300,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "Inception numbers.",
                          epilog="example: pixelcascade data emoji-features -o weights/emoji_features.safetensors")
     df.add_argument("-o", "--output", required=True)
-    df.add_argument("--steps", type=int, default=3000)
+    df.add_argument("--steps", type=_at_least_1, default=3000)
     df.add_argument("--seed", type=_seed, default=0)
     df.add_argument("--threads", type=_threads, default=0)
     df.add_argument("--device", default="cpu", help="where the net trains: cpu, cuda, auto (batches are drawn on "
@@ -327,10 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
     dn.add_argument("-o", "--output", required=True, help="folder for the states shards")
     dn.add_argument("--text-encoder", default="minilm",
                     help="minilm (the offline default) or a local folder (T5: IF's 77-token window)")
-    dn.add_argument("--max-length", type=int, default=0,
+    dn.add_argument("--max-length", type=_whole, default=0,
                     help="the encoder's window in tokens (default: 77 for T5, 32 otherwise; the run's "
                          "data.text_max_length must match)")
-    dn.add_argument("--batch-size", type=int, default=64)
+    dn.add_argument("--batch-size", type=_at_least_1, default=64)
     dn.add_argument("--device", default="cpu", help="cpu, cuda or auto; under torchrun, cuda means each process's GPU")
     dn.add_argument("-q", "--quiet", action="store_true")
     dn.set_defaults(fn=cmd_data_encode)
@@ -341,11 +377,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      "scale, measurable offline. Shards already there are kept.",
                          epilog="example: pixelcascade data shapes-shards -o data/shapes200k --num 200000 --size 64")
     dz.add_argument("-o", "--output", required=True)
-    dz.add_argument("--num", type=int, required=True, help="number of scenes")
-    dz.add_argument("--size", type=int, default=64, help="image size in px (32 or more)")
-    dz.add_argument("--per-shard", type=int, default=1000)
+    dz.add_argument("--num", type=_at_least_1, required=True, help="number of scenes")
+    dz.add_argument("--size", type=_at_least_1, default=64, help="image size in px (32 or more)")
+    dz.add_argument("--per-shard", type=_at_least_1, default=1000)
     dz.add_argument("--seed", type=_seed, default=0)
-    dz.add_argument("--workers", type=int, default=1, help="processes rendering shards")
+    dz.add_argument("--workers", type=_at_least_1, default=1, help="processes rendering shards")
     dz.add_argument("-q", "--quiet", action="store_true")
     dz.set_defaults(fn=cmd_data_shapes_shards)
 
@@ -360,23 +396,24 @@ def build_parser() -> argparse.ArgumentParser:
                                "  pixelcascade curate laion/ -o laion-clean --aesthetic-threshold 4.5 --workers 16\n"
                                "  pixelcascade curate s3shards/ -o out --ray auto")
     cu.add_argument("input")
-    cu.add_argument("-o", "--output", required=True)
-    cu.add_argument("--near-threshold", type=float, default=6.5,
+    cu.add_argument("-o", "--output", required=True, help="a new or empty folder: shards in data/, report.json")
+    cu.add_argument("--overwrite", action="store_true", help="replace an earlier curate's output in -o")
+    cu.add_argument("--near-threshold", type=_non_negative, default=6.5,
                     help="largest aligned 8x8-block difference (0-255) of a near duplicate; 0 = exact only")
-    cu.add_argument("--phash-radius", type=int, default=10, help="candidate pairs: pHash Hamming radius")
-    cu.add_argument("--knn", type=int, default=8, help="candidate pairs: nearest thumbnails per image")
+    cu.add_argument("--phash-radius", type=_whole, default=10, help="candidate pairs: pHash Hamming radius")
+    cu.add_argument("--knn", type=_whole, default=8, help="candidate pairs: nearest thumbnails per image")
     cu.add_argument("--index", choices=("auto", "exact", "hnsw", "ivf"), default="auto",
                     help="nearest-neighbour search: exact (quadratic), ivf (exact within k-means cells, linear) or "
                          "hnsw (a graph); auto: exact below 20,000 images, ivf above")
-    cu.add_argument("--compare-size", type=int, default=128)
-    cu.add_argument("--max-shift", type=int, default=3, help="alignment search, px at --compare-size")
-    cu.add_argument("--min-size", type=int, default=0, help="drop images with a shorter side below this")
-    cu.add_argument("--max-aspect", type=float, default=0.0, help="drop images more elongated than this")
-    cu.add_argument("--aesthetic-threshold", type=float, help="keep images scoring at least this (IF: 4.5)")
+    cu.add_argument("--compare-size", type=_at_least_1, default=128, help="side of the thumbnails compared, px")
+    cu.add_argument("--max-shift", type=_whole, default=3, help="alignment search, px at --compare-size")
+    cu.add_argument("--min-size", type=_whole, default=0, help="drop images with a shorter side below this")
+    cu.add_argument("--max-aspect", type=_non_negative, default=0.0, help="drop images more elongated than this")
+    cu.add_argument("--aesthetic-threshold", type=_finite, help="keep images scoring at least this (IF: 4.5)")
     cu.add_argument("--aesthetic-model", help="scorer folder (clip/ + mlp.safetensors) when the data has no score")
-    cu.add_argument("--workers", type=int, default=1, help="local processes for the per-shard work")
+    cu.add_argument("--workers", type=_at_least_1, default=1, help="local processes for the per-shard work")
     cu.add_argument("--ray", help="a Ray cluster address (or 'auto'): the per-shard work as Ray tasks")
-    cu.add_argument("--per-shard", type=int, default=1000)
+    cu.add_argument("--per-shard", type=_at_least_1, default=1000, help="records per output shard")
     cu.add_argument("-q", "--quiet", action="store_true")
     cu.set_defaults(fn=cmd_curate)
 
@@ -418,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     ef.add_argument("reference", nargs="?", help="a folder of real images or a .npz of saved statistics")
     _feature_args(ef)
     ef.add_argument("--save-stats", help="write the statistics of IMAGES to this .npz (reference sets: once)")
-    ef.add_argument("--ref-size", type=int, help="centre-crop + resize IMAGES to this size first (real photos)")
+    ef.add_argument("--ref-size", type=_at_least_1, help="centre-crop + resize IMAGES to this size first (real photos)")
     ef.add_argument("--batch-size", type=_at_least_1, default=64)
     ef.add_argument("-q", "--quiet", action="store_true")
     ef.set_defaults(fn=cmd_eval_fid)
@@ -446,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(eo)
     eo.add_argument("--captions", help="COCO captions (.json annotations, or TSV/CSV with image_id, caption); "
                                        "default: val2017's from ../shared/prompts")
-    eo.add_argument("--num", type=int, default=30000, help="captions drawn, one per image (default 30000)")
+    eo.add_argument("--num", type=_at_least_1, default=30000, help="captions drawn, one per image (default 30000)")
     eo.add_argument("--seed", type=_seed, default=0, help="seeds the caption draw; image of row r gets seed+r")
     eo.add_argument("-o", "--output", default="eval/coco")
     eo.add_argument("--ref", help="real-image statistics (.npz) or folder; without it only generation runs")
@@ -472,14 +509,14 @@ def build_parser() -> argparse.ArgumentParser:
                                 "aug_level=0:0.5 --num 1000 --ref coco256.npz --inception I.pt --clip CLIP/")
     ew.add_argument("space", nargs="+", help="NAME=v1,v2,... (grid) or NAME=lo:hi (with --random)")
     ew.add_argument("--metric", default="shapes", choices=["shapes", "coco", "emoji"])
-    ew.add_argument("--random", type=int, help="random search with this many points instead of the grid")
-    ew.add_argument("--search-seed", type=int, default=0)
+    ew.add_argument("--random", type=_at_least_1, help="random search with this many points instead of the grid")
+    ew.add_argument("--search-seed", type=_seed, default=0)
     _model_args(ew)
     ew.add_argument("-o", "--output", default="eval/sweep")
     ew.add_argument("--per-task", type=_at_least_1, default=16, help="shapes: prompts per task at each point")
     ew.add_argument("--seeds", type=_at_least_1, default=2, help="shapes: images per prompt at each point")
     ew.add_argument("--captions", help="coco: captions file")
-    ew.add_argument("--num", type=int, default=1000, help="coco: captions per point (FID-1K by default)")
+    ew.add_argument("--num", type=_at_least_1, default=1000, help="coco: captions per point (FID-1K by default)")
     ew.add_argument("--ref", help="coco: real-image statistics")
     _feature_args(ew)
     ew.add_argument("--clip", help="coco: local CLIP folder")
@@ -506,14 +543,18 @@ def build_parser() -> argparse.ArgumentParser:
     eu.add_argument("name", help="drawbench, parti, geneval, or a suite file (CSV/TSV with Prompt[, Category], "
                                  "or GenEval-style JSONL)")
     eu.add_argument("--prompts-dir", help="folder holding the suite files (default: ../shared/prompts)")
-    eu.add_argument("--per-category", type=int, default=8)
-    eu.add_argument("--images-per-prompt", type=int, default=1)
+    eu.add_argument("--per-category", type=_at_least_1, default=8)
+    eu.add_argument("--images-per-prompt", type=_at_least_1, default=1)
     eu.add_argument("--seed", type=_seed, default=0)
     _model_args(eu)
     eu.add_argument("-o", "--output", default="eval/suite")
     eu.add_argument("--batch-size", type=_at_least_1, default=16)
     eu.set_defaults(fn=cmd_eval_suite)
     return ap
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -526,8 +567,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.fn(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except PixelcascadeError as e:  # every error a user can fix (UserError and each loader's own): one line
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

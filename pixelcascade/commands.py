@@ -13,9 +13,11 @@ import warnings
 from pathlib import Path
 
 from .api import EMOJI_FEATURES, ModelError, stage_paths
+from .errors import PixelcascadeError
+from .inputs import DEFAULT_MAX_PIXELS, read_image, read_mask, read_prompt_lines
 
 
-class UserError(Exception):
+class UserError(PixelcascadeError):
     """Bad input from the command line: printed as one line, exit status 2."""
 
 
@@ -79,15 +81,7 @@ def _check_writable(path: Path) -> None:
 def _read_prompts(a) -> list[str]:
     prompts = list(a.prompts)
     if getattr(a, "prompts_file", None):
-        try:
-            prompts += [ln.strip() for ln in Path(a.prompts_file).read_text(encoding="utf-8").splitlines()
-                        if ln.strip()]
-        except OSError as e:
-            raise UserError(f"--prompts-file {a.prompts_file}: {e.strerror}") from None
-        except UnicodeDecodeError as e:
-            line = Path(a.prompts_file).read_bytes()[:e.start].count(b"\n") + 1
-            raise UserError(f"--prompts-file {a.prompts_file}: line {line} is not UTF-8 text; save the file as "
-                            "UTF-8 (one prompt a line)") from None
+        prompts += read_prompt_lines(a.prompts_file)
     if not prompts:
         raise UserError("no prompt: give one or more prompts, or --prompts-file FILE (one prompt a line)")
     if any(not p.strip() for p in prompts):
@@ -95,25 +89,9 @@ def _read_prompts(a) -> list[str]:
     return prompts
 
 
-def load_image(path: str, what: str = "image"):
-    """An RGB image file as uint8 [H, W, 3]; anything else is one clear error."""
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
-    try:
-        img = Image.open(path)
-        img.load()
-    except FileNotFoundError:
-        raise UserError(f"{what} {path}: no such file") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise UserError(f"{what} {path}: not a readable image ({e})") from None
-    if what == "mask":
-        if img.mode.startswith("I;16") or img.mode == "I":  # 16-bit greyscale: scaled to 8 bits, not clipped
-            return np.clip(np.round(np.asarray(img, dtype=np.float64) / 257), 0, 255).astype(np.uint8)
-        return np.asarray(img.convert("L"))
-    if img.mode != "RGB":
-        raise UserError(f"{what} {path} is {img.mode}, not RGB: convert it first (e.g. PIL's "
-                        f"Image.open(p).convert('RGB').save(...))")
-    return np.asarray(img)
+def load_image(path: str, what: str = "image", max_pixels: int | None = DEFAULT_MAX_PIXELS):
+    """An RGB image (uint8 [H, W, 3]) or, for ``what="mask"``, a greyscale mask (uint8 [H, W])."""
+    return read_mask(path, what, max_pixels) if what == "mask" else read_image(path, what, max_pixels)
 
 
 def _run_and_save(a, cascade, prompts: list[str], *, init=None, mask=None, strength: float = 1.0,
@@ -219,10 +197,10 @@ def cmd_img2img(a) -> int:
     from .pipeline import from_uint8
     if not 0.0 < a.strength <= 1.0:
         raise UserError(f"--strength {a.strength}: must be in (0, 1]; 0.3 keeps most of the image, 1.0 none")
-    img = from_uint8(load_image(a.image))
+    img = from_uint8(load_image(a.image, max_pixels=a.max_pixels))
     mask = None
     if a.command == "inpaint":
-        m = load_image(a.mask, "mask")
+        m = load_image(a.mask, "mask", a.max_pixels)
         if m.shape[:2] != tuple(img.shape[-2:]):
             raise UserError(f"mask {a.mask} is {m.shape[1]}x{m.shape[0]} but image {a.image} is "
                             f"{img.shape[3]}x{img.shape[2]}: the mask must have the image's size (white = repaint)")
@@ -242,15 +220,28 @@ def cmd_img2img(a) -> int:
                                         **({"mask": a.mask} if mask is not None else {})})
 
 
+def _check_upscaled_size(path: str, h: int, w: int, scale: float, div: int) -> None:
+    """The output size (the input's times --scale) must be a multiple of what the stage's UNet halves to: said
+    in terms of the input the user gave."""
+    oh, ow = round(h * scale), round(w * scale)
+    if oh < div or ow < div or oh % div or ow % div:
+        def fit(n: int) -> int:  # the nearest input side at or above n whose output is a whole multiple of div
+            return round(max(div, -(-n * scale // div) * div) / scale)
+        raise UserError(f"image {path} is {w}x{h}: upscaled x{scale:g} it would be {ow}x{oh}, but this stage makes "
+                        f"sides that are multiples of {div}; resize the input so its sides times {scale:g} are "
+                        f"(e.g. {fit(w)}x{fit(h)}), or change --scale")
+
+
 def cmd_upscale(a) -> int:
     from .pipeline import from_uint8
-    img = from_uint8(load_image(a.image))
+    img = from_uint8(load_image(a.image, max_pixels=a.max_pixels))
     paths = stage_paths(a.model)
     sr_path = next((p for p in paths if "stage1" not in p.name), None) if len(paths) > 1 else paths[0]
     cascade_like = load_cascade(sr_path, _device(a.device), _dtype(a.dtype), a.text_encoder, allow_sr_first=True,
                                 lora=a.lora)
     if not cascade_like.stages[0].is_super_res:
         raise UserError(f"{sr_path} is a text-to-image model, not a super-resolution stage: pass a stage II model")
+    _check_upscaled_size(a.image, img.shape[2], img.shape[3], a.scale, cascade_like.stages[0].cfg.min_divisor)
     a.prompts = [a.prompt]
     a.num_images, a.stages = 1, 1
     _check_writable(Path(a.output))
@@ -667,7 +658,7 @@ def cmd_curate(a) -> int:
                        aesthetic_model=a.aesthetic_model, workers=a.workers, ray_address=a.ray,
                        per_shard=a.per_shard)
     try:
-        r = curate(a.input, a.output, cfg, progress=not a.quiet)
+        r = curate(a.input, a.output, cfg, progress=not a.quiet, overwrite=a.overwrite)
     except (CurateError, DataFormatError) as e:
         raise UserError(str(e)) from None
     rd = r["read"]

@@ -13,8 +13,10 @@ import types
 import typing
 from dataclasses import dataclass, field
 
+from .errors import PixelcascadeError
 
-class ConfigError(ValueError):
+
+class ConfigError(PixelcascadeError, ValueError):
     """A configuration value that does not fit its field."""
 
 

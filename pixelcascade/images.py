@@ -12,12 +12,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from .errors import PixelcascadeError
+from .inputs import open_image
 from .utils import atomic_path, atomic_write_text
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".tif", ".tiff", ".npy"}
 
 
-class ImageInputError(ValueError):
+class ImageInputError(PixelcascadeError, ValueError):
     """Images that cannot be used (a missing folder, a folder without images): one clear message."""
 
 
@@ -34,7 +36,7 @@ def list_images(folder: str | Path) -> list[Path]:
 def read_rgb(path: Path) -> np.ndarray:
     if path.suffix.lower() == ".npy":
         return np.load(path, allow_pickle=False)
-    with Image.open(path) as im:
+    with open_image(path, fix="downscale it first") as im:
         return np.asarray(im.convert("RGB"))
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .config import to_json
+from .errors import PixelcascadeError
 from .tensorfiles import read_tensors, write_safetensors
 
 FORMAT = "pixelcascade-lora"
@@ -27,7 +28,7 @@ RESBLOCK = ("*.in_layers.2", "*.out_layers.3", "*.emb_layers.1", "*.skip_connect
 TARGET_PRESETS = {"attention": ATTENTION, "attention+resblocks": ATTENTION + RESBLOCK}
 
 
-class LoraError(ValueError):
+class LoraError(PixelcascadeError, ValueError):
     """An adapter that cannot be made or applied as asked; the message names the fix."""
 
 

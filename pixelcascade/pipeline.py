@@ -17,6 +17,7 @@ from .diffusion.denoiser import Denoiser
 from .diffusion.guidance import aug_level_to_t, noise_augment
 from .diffusion.layout import LayoutGuidance, LayoutTarget, parse_relation, relation_target
 from .diffusion.schedule import truncate
+from .errors import PixelcascadeError
 from .samplers import get_sampler
 
 DEFAULT_SAMPLE_I = SampleConfig(sampler="ddpm", num_steps="smart100", guidance_scale=7.0, dyn_thresh_max=1.5)
@@ -24,7 +25,7 @@ DEFAULT_SAMPLE_II = SampleConfig(sampler="ddpm", num_steps="smart50", guidance_s
                                  aug_level=0.25)
 
 
-class PipelineError(ValueError):
+class PipelineError(PixelcascadeError, ValueError):
     """Bad input to a pipeline, with the fix in the message."""
 
 

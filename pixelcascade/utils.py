@@ -109,3 +109,16 @@ def barrier() -> None:
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def import_transformers():
+    """transformers, offline and quiet: no hub calls, no progress bars, and none of the log lines it (or a library
+    it pulls in, such as torchao) prints on import, which a user need not read."""
+    import logging
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    for name in ("torch.utils._pytree", "torchao"):  # torchao (optional, imported by transformers when present)
+        logging.getLogger(name).setLevel(logging.ERROR)  # logs GPU kernels it cannot load and a deprecation
+    import transformers
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    return transformers

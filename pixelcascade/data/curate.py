@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import PixelcascadeError
 from .formats import ReadStats, Record, ShardWriter, read_shard, shard_list
 
 SCORE_COLUMNS = ("aesthetic", "aesthetic_score", "AESTHETIC_SCORE", "score")
@@ -58,7 +59,7 @@ class CurateConfig:
     top_captions: int = 20
 
 
-class CurateError(ValueError):
+class CurateError(PixelcascadeError, ValueError):
     pass
 
 
@@ -390,9 +391,37 @@ def find_duplicates(rows: list[dict], cfg: CurateConfig, loader) -> tuple[UnionF
     return uf, info
 
 
-def curate(input_path: str | Path, output: str | Path, cfg: CurateConfig | None = None, progress: bool = True) -> dict:
+OUTPUTS = ("data", "report.json", "clusters.png", "scores.png")  # what curate writes into its output folder
+
+
+def prepare_output(out: Path, overwrite: bool) -> None:
+    """An output folder that holds nothing of an earlier run: training reads every shard in ``out/data``, so
+    stale ones would join the new data. A non-empty folder is refused unless ``overwrite``; then curate's own
+    outputs are removed (and nothing else)."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise CurateError(f"-o {out} is not empty: curate writes its shards there and would mix them with what is "
+                          "in it; choose a new folder, or pass --overwrite to replace an earlier curate's output")
+    import shutil
+    data = out / "data"
+    if data.is_dir():
+        others = [p.name for p in data.iterdir() if not p.name.endswith((".tar", ".tar.tmp"))]
+        if others:
+            raise CurateError(f"--overwrite: {data} holds files curate did not write ({', '.join(others[:3])}); "
+                              "move them away or choose a new folder")
+        shutil.rmtree(data)
+    for name in OUTPUTS[1:]:
+        (out / name).unlink(missing_ok=True)
+
+
+def curate(input_path: str | Path, output: str | Path, cfg: CurateConfig | None = None, progress: bool = True,
+           overwrite: bool = False) -> dict:
+    """Read, deduplicate, filter and write ``input_path``'s records as shards in ``output/data`` with a report.
+    ``output`` must be new or empty, or hold an earlier curate's output with ``overwrite``."""
     cfg = cfg or CurateConfig()
     out = Path(output)
+    prepare_output(out, overwrite)
     shards = shard_list(input_path)
     results = _map_shards(shards, cfg, progress)
     rows = [r for res in results for r in res["rows"]]

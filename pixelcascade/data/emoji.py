@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import PixelcascadeError
 from .formats import Record, ShardWriter
 
 FONT_CANDIDATES = ("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf",
@@ -25,7 +26,7 @@ FONT_CANDIDATES = ("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf",
 STRIKE = 109  # the size of Noto Color Emoji's bitmap strike (CBDT): 136x128 px glyphs
 
 
-class EmojiError(RuntimeError):
+class EmojiError(PixelcascadeError, RuntimeError):
     pass
 
 

@@ -22,6 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import PixelcascadeError
+from ..inputs import decode_caption
+
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 BYTES_COLUMNS = ("image", "jpg", "png", "webp", "bytes", "image_bytes")
 PATH_COLUMNS = ("file", "path", "image_path", "filepath")
@@ -29,7 +32,7 @@ CAPTION_COLUMNS = ("caption", "text", "txt", "prompt")
 IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp")  # a webdataset record's image, by member extension
 
 
-class DataFormatError(ValueError):
+class DataFormatError(PixelcascadeError, ValueError):
     pass
 
 
@@ -78,6 +81,7 @@ class ReadStats:
     truncated_shards: int = 0
     unreadable_files: int = 0
     missing_captions: int = 0
+    empty_captions: int = 0
     problems: list = dataclasses.field(default_factory=list)  # the first few, with their location
 
     def note(self, kind: str, where: str, why: str) -> None:
@@ -151,7 +155,7 @@ def _read_tar(path: Path, stats: ReadStats) -> Iterator[Record]:
         img = next((g[e] for e in IMAGE_MEMBERS if e in g), None)
         if img is None:
             return None
-        cap = g.get("txt", b"").decode("utf-8", "replace").strip()
+        cap = decode_caption(g.get("txt", b""))
         meta = {}
         if "json" in g:
             try:
@@ -161,7 +165,9 @@ def _read_tar(path: Path, stats: ReadStats) -> Iterator[Record]:
         if not cap:
             cap = meta.get("caption", "") if isinstance(meta, dict) else ""
         if not cap:
-            stats.note("missing_captions", f"{path.name}:{k}", "no .txt caption")
+            empty = "txt" in g
+            stats.note("empty_captions" if empty else "missing_captions", f"{path.name}:{k}",
+                       "empty .txt caption" if empty else "no .txt caption")
         stats.records += 1
         return Record(k, img, cap, meta if isinstance(meta, dict) else {}, source=path.name)
 
@@ -271,10 +277,11 @@ def _read_folder(path: Path, stats: ReadStats) -> Iterator[Record]:
         return
     for fp in sorted(q for q in path.rglob("*") if q.suffix.lower() in IMAGE_EXTS):
         txt = fp.with_suffix(".txt")
-        # the same decoding as a shard's .txt: bytes that are not UTF-8 become U+FFFD, never a traceback
-        cap = txt.read_bytes().decode("utf-8", "replace").strip() if txt.is_file() else ""
-        if not cap:
+        cap = decode_caption(txt.read_bytes()) if txt.is_file() else ""  # decoded as a shard's .txt is
+        if not txt.is_file():
             stats.note("missing_captions", str(fp), "no sidecar .txt")
+        elif not cap:
+            stats.note("empty_captions", str(fp), "empty .txt caption")
         data = _read_bytes(fp, stats)
         if data is not None:
             stats.records += 1

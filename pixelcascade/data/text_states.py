@@ -21,13 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import PixelcascadeError
 from ..tensorfiles import write_safetensors
 from .shard_index import DatasetIndex, RecordReader
 
 KIND = "pixelcascade-text-states"
 
 
-class StatesError(ValueError):
+class StatesError(PixelcascadeError, ValueError):
     """Stored text states that do not fit the data or the run: one clear line."""
 
 

@@ -18,6 +18,7 @@ from typing import Protocol
 import numpy as np
 
 from ..config import DataConfig
+from ..errors import PixelcascadeError
 from ..images import center_crop_resize
 from ..utils import atomic_path, default_cache_dir  # noqa: F401  (default_cache_dir: the cache every world uses)
 
@@ -134,7 +135,7 @@ def emoji_images(dc: DataConfig, cache: Path, progress: bool = True, split: str 
     return np.stack(images), caps
 
 
-class DatasetError(RuntimeError):
+class DatasetError(PixelcascadeError, RuntimeError):
     """A data.world=files dataset that cannot be trained on (missing, empty, too few usable records)."""
 
 

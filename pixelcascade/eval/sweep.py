@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import PixelcascadeError
 from ..utils import atomic_path, atomic_write_text
 
 PARAMS = {"guidance": float, "guidance_ii": float, "aug_level": float, "dyn_thresh_max": float, "steps": str,
@@ -23,7 +24,7 @@ PARAMS = {"guidance": float, "guidance_ii": float, "aug_level": float, "dyn_thre
 DIRECTION = {"overall": 1, "fid": -1, "kid": -1, "clip_score": 1, "retrieval": 1}
 
 
-class SweepError(ValueError):
+class SweepError(PixelcascadeError, ValueError):
     pass
 
 

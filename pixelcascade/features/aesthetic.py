@@ -6,10 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import PixelcascadeError
 from .clip import CLIPScorer
 
 
-class AestheticModelError(ValueError):
+class AestheticModelError(PixelcascadeError, ValueError):
     """A scorer folder that lacks its files."""
 
 

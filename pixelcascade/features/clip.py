@@ -14,13 +14,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import PixelcascadeError
 
-class CLIPScoreError(ValueError):
+
+class CLIPScoreError(PixelcascadeError, ValueError):
     pass
 
 
 class CLIPScorer:
     def __init__(self, path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32):
+        from ..utils import import_transformers
+        import_transformers()
         from transformers import CLIPModel, CLIPTokenizer
         try:  # transformers >= 5: the PIL processor (the default one needs torchvision)
             from transformers import CLIPImageProcessorPil as CLIPImageProcessor
@@ -31,9 +35,13 @@ class CLIPScorer:
             raise CLIPScoreError(f"--clip {p}: no CLIP model folder there (needs config.json and weights); save "
                                  "openai/clip-vit-base-patch32 with save_pretrained on a machine with internet and "
                                  "pass that folder")
-        self.model = CLIPModel.from_pretrained(str(p), local_files_only=True, torch_dtype=dtype).to(device).eval()
-        self.image_processor = CLIPImageProcessor.from_pretrained(str(p), local_files_only=True)
-        self.tokenizer = CLIPTokenizer.from_pretrained(str(p), local_files_only=True)
+        try:
+            self.model = CLIPModel.from_pretrained(str(p), local_files_only=True, torch_dtype=dtype).to(device).eval()
+            self.image_processor = CLIPImageProcessor.from_pretrained(str(p), local_files_only=True)
+            self.tokenizer = CLIPTokenizer.from_pretrained(str(p), local_files_only=True)
+        except Exception as e:  # whatever transformers raises for a broken folder: one line naming --clip
+            from ..tensorfiles import folder_unreadable
+            raise CLIPScoreError(f"--clip: {folder_unreadable(p, e, 'a CLIP model')}") from None
         self.max_length = self.model.config.text_config.max_position_embeddings
         self.device, self.dtype = device, dtype
         self.name = f"clip[{p.name}]"

@@ -20,10 +20,11 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from ..errors import PixelcascadeError
 from .captions import clean_caption
 
 
-class TextEncoderError(ValueError):
+class TextEncoderError(PixelcascadeError, ValueError):
     """A prompt or encoder path that cannot be used, with the fix in the message."""
 
 
@@ -64,6 +65,18 @@ class HFEncoder:
         if not (path / "config.json").is_file():
             raise TextEncoderError(f"no text encoder at {path}: expected a Hugging Face model folder with "
                                    "config.json (and tokenizer files); models cannot be downloaded here")
+        try:
+            self._load(path, tok_path, dtype, device, max_length, t5)
+        except TextEncoderError:
+            raise
+        except Exception as e:  # whatever transformers or tokenizers raise for a broken folder: one line
+            from ..tensorfiles import folder_unreadable
+            raise TextEncoderError(folder_unreadable(path, e, "a text encoder")) from None
+        self.max_length, self.device, self.clean = max_length, device, clean
+        self.name = name or f"{path.name}-L{max_length}"
+        self.warned = False
+
+    def _load(self, path: Path, tok_path: Path, dtype, device: str, max_length: int, t5: bool) -> None:
         from .bert import load_native_bert, native_bert_supported
         # BERT-family folders (the default MiniLM) run on our own BERT: the same states, no transformers import
         self.native = not t5 and tok_path == path and native_bert_supported(path)
@@ -75,10 +88,8 @@ class HFEncoder:
             self.tokenizer.enable_padding(length=max_length, pad_id=pad, pad_token=self.tokenizer.id_to_token(pad))
             self.dim = self.model.hidden_size
         else:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            import transformers
-            transformers.logging.set_verbosity_error()
-            transformers.utils.logging.disable_progress_bar()
+            from ..utils import import_transformers
+            import_transformers()
             from transformers import AutoConfig, AutoModel, AutoTokenizer, T5EncoderModel
             self.tokenizer = AutoTokenizer.from_pretrained(str(tok_path))
             is_t5 = t5 or AutoConfig.from_pretrained(str(path)).model_type in ("t5", "mt5", "umt5")
@@ -87,9 +98,6 @@ class HFEncoder:
             self.model.requires_grad_(False)
             self.dim = int(self.model.config.hidden_size if hasattr(self.model.config, "hidden_size")
                            else self.model.config.d_model)
-        self.max_length, self.device, self.clean = max_length, device, clean
-        self.name = name or f"{path.name}-L{max_length}"
-        self.warned = False
 
     def prepare(self, texts: list[str]) -> list[str]:
         """The texts as they are tokenized: IF's caption cleaning (T5), else lower case."""

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import torch
 
+from ..errors import PixelcascadeError
+from ..tensorfiles import torch_load_tensors, unreadable
 from ..utils import atomic_path
 
 
-class ResumeError(RuntimeError):
+class ResumeError(PixelcascadeError, RuntimeError):
     pass
 
 
@@ -22,8 +24,7 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
 def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch_load_tensors(path)
     except Exception as e:
-        from ..tensorfiles import unreadable
         raise ResumeError(f"{unreadable(path, e)}. A run's own checkpoint: delete it to start over, or restore a "
                           "copy") from None

@@ -15,6 +15,7 @@ from ..config import RunConfig
 from ..data.stream import StreamSpec, read_records_by_id, stream_loader
 from ..data.text_states import StatesReader, check_states, read_meta, unpack
 from ..data.worlds import DatasetError, WorldSplit, files_stream, get_world, streams
+from ..errors import PixelcascadeError
 from ..text.encoder import EmbeddingCache, load_encoder
 from ..utils import default_cache_dir, resolve_device, sha256_file
 
@@ -69,7 +70,7 @@ def build_train_data(split: WorldSplit, encoder, cache: Path, progress: bool = T
                      low_images=split.low_images)
 
 
-class ConfigMismatch(RuntimeError):
+class ConfigMismatch(PixelcascadeError, RuntimeError):
     """Resuming a run folder with a config that would train another model, or an encoder the UNet cannot read."""
 
 

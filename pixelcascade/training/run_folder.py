@@ -8,10 +8,11 @@ import csv
 import os
 from pathlib import Path
 
+from ..errors import PixelcascadeError
 from ..utils import atomic_path
 
 
-class FolderBusy(RuntimeError):
+class FolderBusy(PixelcascadeError, RuntimeError):
     """Another process is training in this run folder."""
 
 
