@@ -39,6 +39,9 @@ def shipped_models() -> list[str]:
 
 def stage_paths(model: str | Path) -> list[Path]:
     """A .safetensors file (one stage), or a folder of stage1/stage2/... files, or comma-separated files."""
+    if not isinstance(model, (str, Path)) or not str(model).strip():
+        raise ModelError(f"model={model!r}: give a shipped model's name ({', '.join(shipped_models())}), a "
+                         ".safetensors file or a model folder")
     if isinstance(model, str) and "," in model:
         paths = [Path(p).expanduser() for p in model.split(",") if p]
         for p in paths:
@@ -62,6 +65,35 @@ def stage_paths(model: str | Path) -> list[Path]:
     return [p]
 
 
+DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16", "half": "float16",
+          "bf16": "bfloat16", "bfloat16": "bfloat16"}
+
+
+def torch_dtype(dtype):
+    """A torch dtype from a torch dtype or its name ("fp16", "bf16", "fp32", "float16", ...); None: float32."""
+    import torch
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype) and dtype in (torch.float32, torch.float16, torch.bfloat16):
+        return dtype
+    if isinstance(dtype, str) and dtype.lower() in DTYPES:
+        return getattr(torch, DTYPES[dtype.lower()])
+    raise ModelError(f"dtype={dtype!r}: use torch.float32, torch.float16, torch.bfloat16 or 'fp32', 'fp16', 'bf16'")
+
+
+def _device(device) -> str:
+    """A device the models can move to: "cpu", "cuda", "cuda:N" (or a torch.device); anything else one error."""
+    import re
+
+    import torch
+    name = str(device) if isinstance(device, (str, torch.device)) else None
+    if name is None or not re.fullmatch(r"cpu|cuda(:\d+)?", name):
+        raise ModelError(f"device={device!r}: use 'cpu', 'cuda' or 'cuda:N'")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"device={device!r}: no CUDA device here; use 'cpu'")
+    return name
+
+
 class Stages:
     """Stages and an encoder without the cascade's ordering checks (upscale runs a stage II on its own)."""
 
@@ -80,14 +112,13 @@ def load(model: str | Path = "shapes", *, device: str = "cpu", dtype=None, text_
     stable-diffusion-x4-upscaler folder (IF's stage III) or another super-resolution stage, appended. ``lora``:
     LoRA adapter files, ``"PATH"`` or ``"PATH:SCALE"`` (or (path, scale) pairs), each merged into the stage it
     was trained on at its scale."""
-    import torch
 
     from .convert import CheckpointError
     from .pipeline import Cascade, PipelineError
     from .stage3 import SDx4Stage, is_sdx4_folder
     from .text.encoder import TextEncoderError, carries_text_encoder, load_encoder
     from .weights import load_stage
-    dtype = dtype or torch.float32
+    dtype, device = torch_dtype(dtype), _device(device)
     paths = stage_paths(model)
     if stage3:
         p3 = Path(stage3).expanduser()

@@ -39,6 +39,13 @@ from .inputs import DEFAULT_MAX_PIXELS
 # --------------------------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, its errors on one line with where to read more (not the usage block above them)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _number(text: str, kind: type):
     try:
         return kind(text)
@@ -111,13 +118,6 @@ def _positive(text: str) -> float:
     return v
 
 
-def _image_input_args(g: argparse.ArgumentParser) -> None:
-    """The options of commands that read the user's image."""
-    g.add_argument("--max-pixels", type=_at_least_1, default=DEFAULT_MAX_PIXELS,
-                   help=f"refuse input images with more pixels than this before decoding them (default "
-                        f"{DEFAULT_MAX_PIXELS:,}: a small PNG can declare a huge image)")
-
-
 def _sampling_args(g: argparse.ArgumentParser) -> None:
     """The options every image-making command shares."""
     g.add_argument("-o", "--output", default="out.png", help="a .png path for one image, a folder for several")
@@ -160,6 +160,10 @@ def _sampling_args(g: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
     g.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16 (UNet weights)")
     g.add_argument("--threads", type=_threads, default=0, help="CPU threads (0: torch's default)")
+    g.add_argument("--max-pixels", type=_at_least_1, default=DEFAULT_MAX_PIXELS,
+                   help=f"the largest image read or made, in pixels (default {DEFAULT_MAX_PIXELS:,}): input images "
+                        "are checked from their header before decoding (a small PNG can declare a huge image), "
+                        "output sizes before sampling")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -193,7 +197,7 @@ def _feature_args(g: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog="pixelcascade",
         description="Cascaded pixel-space text-to-image diffusion (DeepFloyd IF design): generate, train, evaluate.",
         epilog="Run `pixelcascade COMMAND --help` for each command's options and examples.")
@@ -224,7 +228,6 @@ def build_parser() -> argparse.ArgumentParser:
     i2i.add_argument("prompts", nargs="+", help="the new prompt(s)")
     i2i.add_argument("--strength", type=float, default=0.7, help="how much to change: (0, 1], 1 = from noise")
     _sampling_args(i2i)
-    _image_input_args(i2i)
     i2i.set_defaults(fn=cmd_img2img)
 
     inp = sub.add_parser("inpaint", help="repaint the white part of a mask, keep the rest",
@@ -237,7 +240,6 @@ def build_parser() -> argparse.ArgumentParser:
     inp.add_argument("prompts", nargs="+")
     inp.add_argument("--strength", type=float, default=1.0, help="(0, 1]: how noisy the masked area starts")
     _sampling_args(inp)
-    _image_input_args(inp)
     inp.set_defaults(fn=cmd_img2img)
 
     up = sub.add_parser("upscale", help="super-resolution of your image with a stage II model",
@@ -249,7 +251,6 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--prompt", default="a picture", help="what the image shows (guides the upscaler)")
     up.add_argument("--scale", type=_positive, default=2.0, help="output size / input size")
     _sampling_args(up)
-    _image_input_args(up)
     up.set_defaults(fn=cmd_upscale)
 
     t = sub.add_parser("train", help="train a stage from a preset plus dotted overrides",

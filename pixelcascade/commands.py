@@ -61,6 +61,11 @@ def _slug(text: str, n: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:n] or "image"
 
 
+def _out_of_memory(e: RuntimeError) -> bool:
+    import torch
+    return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e)
+
+
 def _check_writable(path: Path) -> None:
     """Fail before any work if the output cannot be written (tries to create a file there)."""
     import tempfile
@@ -152,9 +157,14 @@ def _run_and_save(a, cascade, prompts: list[str], *, init=None, mask=None, stren
                         base = cascade.stages[0].cfg.image_size
                         size = [(a.height or base, a.width or base)]
                     outs = cascade(ps, ss, settings=settings, num_stages=n_stages, progress=not a.quiet,
-                                   sizes=size, negative_prompts=a.negative_prompt, **kw)
+                                   sizes=size, negative_prompts=a.negative_prompt, max_pixels=a.max_pixels, **kw)
             except (PipelineError, TextEncoderError, ValueError) as e:
                 raise UserError(str(e)) from None
+            except RuntimeError as e:  # torch's allocation failures (CPU or CUDA): the size asked for, not a bug
+                if not _out_of_memory(e):
+                    raise
+                raise UserError(f"out of memory sampling {len(ps)} image(s): lower --batch-size or --height/--width"
+                                f"{', or add --offload' if 'cuda' in str(a.device) else ''}") from None
             stage_imgs = [to_uint8(o) for o in outs]
             for j, (p, sd) in enumerate(zip(ps, ss)):
                 k = start + j
@@ -220,10 +230,13 @@ def cmd_img2img(a) -> int:
                                         **({"mask": a.mask} if mask is not None else {})})
 
 
-def _check_upscaled_size(path: str, h: int, w: int, scale: float, div: int) -> None:
-    """The output size (the input's times --scale) must be a multiple of what the stage's UNet halves to: said
-    in terms of the input the user gave."""
+def _check_upscaled_size(path: str, h: int, w: int, scale: float, div: int, max_pixels: int) -> None:
+    """The output size (the input's times --scale) must be a multiple of what the stage's UNet halves to, said in
+    terms of the input the user gave, and within --max-pixels."""
     oh, ow = round(h * scale), round(w * scale)
+    if oh * ow > max_pixels:
+        raise UserError(f"image {path} is {w}x{h}: upscaled x{scale:g} it would be {ow}x{oh} ({oh * ow / 1e6:.1f} "
+                        f"MP), over the limit of {max_pixels / 1e6:.1f} MP: lower --scale (or raise --max-pixels)")
     if oh < div or ow < div or oh % div or ow % div:
         def fit(n: int) -> int:  # the nearest input side at or above n whose output is a whole multiple of div
             return round(max(div, -(-n * scale // div) * div) / scale)
@@ -241,7 +254,8 @@ def cmd_upscale(a) -> int:
                                 lora=a.lora)
     if not cascade_like.stages[0].is_super_res:
         raise UserError(f"{sr_path} is a text-to-image model, not a super-resolution stage: pass a stage II model")
-    _check_upscaled_size(a.image, img.shape[2], img.shape[3], a.scale, cascade_like.stages[0].cfg.min_divisor)
+    _check_upscaled_size(a.image, img.shape[2], img.shape[3], a.scale, cascade_like.stages[0].cfg.min_divisor,
+                         a.max_pixels)
     a.prompts = [a.prompt]
     a.num_images, a.stages = 1, 1
     _check_writable(Path(a.output))
@@ -307,6 +321,11 @@ def cmd_export(a) -> int:
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[a.dtype]
     _check_writable(Path(a.output))
     adapter = lora_export.run_adapter(Path(a.run))
+    if Path(a.run).is_dir():
+        from .training.run_folder import refresh_stale_ema
+        note = refresh_stale_ema(Path(a.run))
+        if note:
+            print(f"note: {note}", file=sys.stderr)
     try:
         if a.format == "diffusers":
             from .diffusers_export import export_diffusers

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -94,6 +95,7 @@ class UNetConfig:
                                   "with unet.text_layers or unet.text_context")
         if self.text_whiten_attn and self.encoder_dim == self.encoder_channels:
             raise ConfigError("unet.text_whiten_attn needs encoder_proj (encoder_channels != encoder_dim)")
+        self._check_ranges()
         if len(self.num_res_blocks) != len(self.channel_mult):
             raise ConfigError(
                 f"num_res_blocks has {len(self.num_res_blocks)} entries but channel_mult has "
@@ -104,6 +106,24 @@ class UNetConfig:
                 f"image_size {self.image_size} is not divisible by 2**{len(self.channel_mult) - 1} "
                 f"(the UNet's {len(self.channel_mult)} levels)"
             )
+
+    # far beyond IF-I-XL (512 channels, 4 levels, 3 blocks, 4096-d T5): a value outside is an edited or corrupt
+    # config, refused before a model of that size is built (it would exhaust memory, not fail cleanly)
+    _RANGES = {"image_size": (1, 65536), "in_channels": (1, 64), "out_channels": (1, 64),
+               "model_channels": (1, 8192), "num_head_channels": (1, 8192), "encoder_dim": (1, 65536),
+               "encoder_channels": (1, 65536), "att_pool_heads": (1, 1024)}
+
+    def _check_ranges(self) -> None:
+        for name, (lo, hi) in self._RANGES.items():
+            if not lo <= getattr(self, name) <= hi:
+                raise ConfigError(f"unet.{name}={getattr(self, name)}: outside what a UNet config can hold "
+                                  f"({lo}..{hi})")
+        if not 1 <= len(self.channel_mult) <= 10 or not all(1 <= m <= 64 for m in self.channel_mult):
+            raise ConfigError(f"unet.channel_mult={self.channel_mult}: 1 to 10 levels of 1..64 x model_channels")
+        if not all(0 <= n <= 64 for n in self.num_res_blocks):
+            raise ConfigError(f"unet.num_res_blocks={self.num_res_blocks}: 0..64 blocks a level")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"unet.dropout={self.dropout}: must be in [0, 1)")
 
     @property
     def time_embed_dim(self) -> int:
@@ -409,7 +429,7 @@ def _coerce(value, tp, where: str):
             f = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
-        if f != int(f):
+        if not math.isfinite(f) or f != int(f):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return int(f)
     if tp is float:
@@ -418,11 +438,15 @@ def _coerce(value, tp, where: str):
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: expected a number, got {value!r}") from None
     if tp is str:
+        if value is None or isinstance(value, (bool, dict, list, tuple)):
+            raise ConfigError(f"{where}: expected text, got {value!r}")
         return str(value)
     raise ConfigError(f"{where}: unsupported field type {tp}")
 
 
 def from_dict(cls, data: dict, where: str = ""):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping of fields, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names

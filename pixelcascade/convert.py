@@ -304,11 +304,7 @@ def read_unet(path: str | Path) -> tuple[dict[str, torch.Tensor], UNetConfig, di
         if "unet_config" not in meta:
             raise CheckpointError(f"{path} has no 'unet_config' in its metadata: it is not a pixelcascade model "
                                   "file; pass the folder it came with (config.yml / config.json)")
-        try:
-            cfg = from_dict(UNetConfig, json.loads(meta["unet_config"]))
-        except (json.JSONDecodeError, ConfigError) as e:
-            raise CheckpointError(f"{path}: its 'unet_config' metadata is not a UNet config ({e}); the file was "
-                                  "not written by pixelcascade, or was edited: export the model again") from None
+        cfg = meta_config(meta, "unet_config", UNetConfig, path)
     else:
         path = _unet_folder(path)
         weights = _find_weights(path)
@@ -323,6 +319,30 @@ def read_unet(path: str | Path) -> tuple[dict[str, torch.Tensor], UNetConfig, di
     meta = dict(meta)
     meta.setdefault("unet_config", to_json(cfg))
     return sd, cfg, meta
+
+
+def meta_config(meta: dict, key: str, cls, path: Path, default=None):
+    """A config stored as JSON in a model file's metadata (``unet_config``, ``sample_config``, ...); ``default``
+    when the file has none. Anything else there is one clear error."""
+    if key not in meta:
+        return default
+    try:
+        return from_dict(cls, json.loads(meta[key]))
+    except (json.JSONDecodeError, ConfigError) as e:
+        raise CheckpointError(f"{path}: its '{key}' metadata is not a {cls.__name__} ({e}); the file was not "
+                              "written by pixelcascade, or was edited: export the model again") from None
+
+
+def meta_int(meta: dict, key: str, default: int, path: Path, lo: int = 1, hi: int = 1 << 20) -> int:
+    """A whole number stored in a model file's metadata (``text_max_length``), checked."""
+    try:
+        value = int(meta.get(key, default))
+    except (TypeError, ValueError):
+        value = None
+    if value is None or not lo <= value <= hi:
+        raise CheckpointError(f"{path}: its '{key}' metadata is {meta.get(key)!r}, not a whole number in {lo}..{hi}; "
+                              "the file was edited or damaged: export the model again")
+    return value
 
 
 def _unet_folder(path: Path) -> Path:
@@ -356,6 +376,8 @@ def unet_config_of(path: str | Path) -> UNetConfig:
 def load_unet(path: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> tuple[UNet, dict]:
     """:func:`read_unet`, built and loaded strictly. Returns (model in eval mode, metadata dict)."""
     sd, cfg, meta = read_unet(path)
+    with torch.device("meta"):  # names and shapes checked on a model that holds no memory, before the real one
+        check_state_dict(build_unet(cfg), sd)
     model = build_unet(cfg)
     load_state_dict_checked(model, sd)
     return model.to(device=device, dtype=dtype).eval(), meta

@@ -18,9 +18,10 @@ OWN_LICENCE = ("Trained with pixelcascade from no third-party weights; the code 
 
 def _json(meta: dict, key: str) -> dict:
     try:
-        return json.loads(meta.get(key, "{}"))
+        value = json.loads(meta.get(key, "{}"))
     except json.JSONDecodeError:
         return {}
+    return value if isinstance(value, dict) else {}  # a card describes what it can; damaged entries stay out
 
 
 def model_card(meta: dict, name: str, kind: str = "model") -> str:

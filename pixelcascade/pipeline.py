@@ -7,17 +7,18 @@ every image has its own seed and its own noise stream, so an image does not depe
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from .config import DiffusionConfig, SampleConfig, UNetConfig
+from .config import ConfigError, DiffusionConfig, SampleConfig, UNetConfig, from_dict, to_dict
 from .diffusion.denoiser import Denoiser
 from .diffusion.guidance import aug_level_to_t, noise_augment
 from .diffusion.layout import LayoutGuidance, LayoutTarget, parse_relation, relation_target
 from .diffusion.schedule import truncate
 from .errors import PixelcascadeError
+from .inputs import DEFAULT_MAX_PIXELS
 from .samplers import get_sampler
 
 DEFAULT_SAMPLE_I = SampleConfig(sampler="ddpm", num_steps="smart100", guidance_scale=7.0, dyn_thresh_max=1.5)
@@ -168,8 +169,41 @@ def from_uint8(img: np.ndarray) -> torch.Tensor:
     return t.permute(0, 3, 1, 2) / 127.5 - 1
 
 
+def prompt_list(prompts) -> list[str]:
+    """One prompt (a string) or several (a list or tuple of strings) as a list; anything else one clear error."""
+    if isinstance(prompts, str):
+        return [prompts]
+    if isinstance(prompts, (list, tuple)) and prompts and all(isinstance(p, str) for p in prompts):
+        return list(prompts)
+    raise PipelineError(f"prompt: expected a string or a non-empty list of strings, got {prompts!r:.80}")
+
+
+def whole_number(name: str, value, lo: int, hi: int) -> int:
+    """An argument that must be a whole number in [lo, hi] (seeds, counts)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
+        raise PipelineError(f"{name}={value!r}: expected a whole number from {lo} to {hi}")
+    return int(value)
+
+
 def with_overrides(s: SampleConfig, **kw) -> SampleConfig:
-    return replace(s, **{k: v for k, v in kw.items() if v is not None})
+    """``s`` with the settings given (None: keep), each checked as the config file's would be: a wrong type or
+    value is one :class:`ConfigError` naming the setting."""
+    changes = {k: v for k, v in kw.items() if v is not None}
+    if not changes:
+        return s
+    out = from_dict(SampleConfig, {**to_dict(s), **changes})
+    if "num_steps" in changes:
+        check_steps(out.num_steps)
+    return out
+
+
+def check_steps(num_steps: str, num_timesteps: int = 1000) -> None:
+    """A step spec must respace the chain (checked when it is set, not at first use)."""
+    from .diffusion.schedule import space_timesteps
+    try:
+        space_timesteps(num_timesteps, num_steps)
+    except (ValueError, KeyError) as e:
+        raise ConfigError(f"num_steps: {e}") from None
 
 
 def stage_settings(stages, *, sampler: str | None = None, sampler_ii: str | None = None, steps: str | None = None,
@@ -206,6 +240,10 @@ def negative_states(encoder, negative_prompts: str | list[str] | None, n: int,
     by a super-resolution stage run on its own (``pixelcascade upscale``). ``with_mask``: (states, token mask)."""
     uncond, mask = encoder.empty(n)
     if negative_prompts is not None:
+        if not (isinstance(negative_prompts, str) or isinstance(negative_prompts, (list, tuple))
+                and all(isinstance(t, str) for t in negative_prompts)):
+            raise PipelineError(f"negative_prompt: expected a string or a list of strings, got "
+                                f"{negative_prompts!r:.80}")
         negs = [negative_prompts] * n if isinstance(negative_prompts, str) else list(negative_prompts)
         if len(negs) != n:
             raise PipelineError(f"{len(negs)} negative prompts for {n} prompts: give one for all, or one per prompt")
@@ -252,7 +290,8 @@ class Cascade:
                  sizes: list[tuple[int, int] | None] | None = None, num_stages: int | None = None,
                  progress: bool = False, init_image: torch.Tensor | None = None, strength: float = 1.0,
                  mask: torch.Tensor | None = None,
-                 negative_prompts: str | list[str] | None = None) -> list[torch.Tensor]:
+                 negative_prompts: str | list[str] | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> list[torch.Tensor]:
         """Run the first ``num_stages`` stages; returns every stage's images in [-1, 1].
 
         ``init_image`` ([B, 3, H, W] in [-1, 1]) and ``strength``: image-to-image in every stage, the image
@@ -266,7 +305,13 @@ class Cascade:
         if not 1 <= n <= len(self.stages):
             raise PipelineError(f"--stages {n}: this cascade has {len(self.stages)} stage(s)")
         settings = list(settings or []) + [None] * n
-        sizes = list(sizes or []) + [None] * n
+        sizes = self.planned_sizes(sizes, n)
+        if max_pixels is not None:
+            for i, (h, w) in enumerate(sizes):
+                if h * w > max_pixels:
+                    raise PipelineError(f"stage {i + 1} would make {w}x{h} images ({h * w / 1e6:.1f} MP), over the "
+                                        f"limit of {max_pixels / 1e6:.1f} MP: ask for a smaller --height/--width "
+                                        "(or raise --max-pixels)")
         with self._on_device(self.encoder):
             text_emb, text_mask = self.encoder(prompts)
             uncond, uncond_mask = negative_states(self.encoder, negative_prompts, len(prompts), with_mask=True)
@@ -280,11 +325,7 @@ class Cascade:
             bar = tqdm(total=total, desc="sampling", unit="step", leave=False)
         outs, low = [], None
         for i, st in enumerate(self.stages[:n]):
-            size = sizes[i]
-            if size is None and low is not None:  # each stage scales by its own native ratio
-                ratio = st.scale if st.scale else st.cfg.image_size / self.stages[i - 1].cfg.image_size
-                size = (round(low.shape[2] * ratio), round(low.shape[3] * ratio))
-            h, w = size if size is not None else (None, None)
+            h, w = sizes[i]
             cb = (lambda *a: bar.update(1)) if bar is not None else None
             with self._on_device(st):
                 if st.uses_prompts:  # an external stage with its own text encoder (SD x4 upscaler)
@@ -293,9 +334,8 @@ class Cascade:
                 else:
                     init_i = mask_i = None
                     if init_image is not None:
-                        hh, ww = (h or st.cfg.image_size), (w or st.cfg.image_size)
-                        init_i = resize(init_image, (hh, ww))
-                        mask_i = None if mask is None else (resize(mask.float(), (hh, ww), "nearest") > 0.5).float()
+                        init_i = resize(init_image, (h, w))
+                        mask_i = None if mask is None else (resize(mask.float(), (h, w), "nearest") > 0.5).float()
                     emb_i, unc_i = text_emb, uncond
                     if st.meta.get("text_padding") == "zeros":
                         emb_i, unc_i = zero_padding(text_emb, text_mask), zero_padding(uncond, uncond_mask)
@@ -307,6 +347,19 @@ class Cascade:
             bar.close()
         return outs
 
+    def planned_sizes(self, sizes: list | None, n: int) -> list[tuple[int, int]]:
+        """Each of the first ``n`` stages' output (height, width): the size asked for it, else the previous stage's
+        scaled by this stage's native ratio (stage I: its native size)."""
+        asked = list(sizes or []) + [None] * n
+        out = []
+        for i, st in enumerate(self.stages[:n]):
+            size = asked[i]
+            if size is None and out:
+                ratio = st.scale if st.scale else st.cfg.image_size / self.stages[i - 1].cfg.image_size
+                size = (round(out[-1][0] * ratio), round(out[-1][1] * ratio))
+            out.append(tuple(size) if size is not None else (st.cfg.image_size, st.cfg.image_size))
+        return out
+
     def generate(self, prompts: str | list[str], *, seed: int = 0, num_images: int = 1,
                  steps: str | int | None = None, guidance: float | None = None, sampler: str | None = None,
                  negative_prompt: str | None = None, num_stages: int | None = None, progress: bool = True,
@@ -316,7 +369,11 @@ class Cascade:
         change stage I's settings; ``stage_options`` go to :func:`stage_settings` (``steps_ii``,
         ``guidance_ii``, ``aug_level``, ...). Everything else keeps each stage's shipped defaults."""
         from PIL import Image
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        prompts = prompt_list(prompts)
+        num_images = whole_number("num_images", num_images, 1, 10_000)
+        seed = whole_number("seed", seed, 0, 2 ** 63 - 1 - len(prompts) * num_images)
+        if num_stages is not None:
+            num_stages = whole_number("num_stages", num_stages, 1, len(self.stages))
         every = [p for p in prompts for _ in range(num_images)]
         settings = stage_settings(self.stages, sampler=sampler, steps=None if steps is None else str(steps),
                                   guidance=guidance, **stage_options)

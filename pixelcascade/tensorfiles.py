@@ -48,12 +48,13 @@ def _unpickler_detail(text: str) -> str:
     return detail.replace("WeightsUnpickler error:", "").strip()[:200] or "not a tensor pickle"
 
 
-def torch_load_tensors(path: Path):
-    """torch.load with weights_only (no code runs); its warnings about pickle protocols stay quiet."""
+def torch_load_tensors(path: Path, mmap: bool = False):
+    """torch.load with weights_only (no code runs); its warnings about pickle protocols stay quiet. ``mmap``: the
+    tensors stay on disk until read."""
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
 
 
 def read_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -8,30 +8,21 @@ from pathlib import Path
 
 import torch
 
-from .config import ConfigError, DiffusionConfig, SampleConfig, apply_overrides, from_dict, to_json
-from .convert import load_unet
+from .config import DiffusionConfig, SampleConfig, apply_overrides, from_dict, to_json
+from .convert import load_unet, meta_config, meta_int
 from .model_card import write_model_card
-from .pipeline import DEFAULT_SAMPLE_I, DEFAULT_SAMPLE_II, Stage
+from .pipeline import DEFAULT_SAMPLE_I, DEFAULT_SAMPLE_II, Stage, check_steps
 from .tensorfiles import read_tensors, write_safetensors
 
 
 def load_stage(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Stage:
     """A stage from a pixelcascade .safetensors file (UNet, diffusion and sampling settings in the metadata)."""
     unet, meta = load_unet(path, dtype=dtype, device=device)
-    diffusion = from_dict(DiffusionConfig, json.loads(meta["diffusion_config"])) if "diffusion_config" in meta \
-        else DiffusionConfig()
+    diffusion = meta_config(meta, "diffusion_config", DiffusionConfig, Path(path), DiffusionConfig())
     default = DEFAULT_SAMPLE_II if unet.cfg.super_res else DEFAULT_SAMPLE_I
-    sample = from_dict(SampleConfig, json.loads(meta["sample_config"])) if "sample_config" in meta else default
+    sample = meta_config(meta, "sample_config", SampleConfig, Path(path), default)
+    meta_int(meta, "text_max_length", 77, Path(path))
     return Stage(unet=unet, diffusion=diffusion, settings=sample, meta=meta)
-
-
-def check_steps(num_steps: str) -> None:
-    """A sampling setting's step spec must respace IF's 1,000-step chain (checked at export, not at first use)."""
-    from .diffusion.schedule import space_timesteps
-    try:
-        space_timesteps(1000, num_steps)
-    except (ValueError, KeyError) as e:
-        raise ConfigError(f"num_steps: {e}") from None
 
 
 def export_weights(run_dir: str | Path, dest: str | Path, dtype: torch.dtype = torch.float16,

@@ -406,7 +406,8 @@ def prepare_output(out: Path, overwrite: bool) -> None:
     import shutil
     data = out / "data"
     if data.is_dir():
-        others = [p.name for p in data.iterdir() if not p.name.endswith((".tar", ".tar.tmp"))]
+        others = [p.name for p in data.iterdir()
+                  if not (p.name.endswith((".tar", ".tar.tmp")) or p.name.startswith("manifest.parquet"))]
         if others:
             raise CurateError(f"--overwrite: {data} holds files curate did not write ({', '.join(others[:3])}); "
                               "move them away or choose a new folder")

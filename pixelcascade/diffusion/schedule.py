@@ -86,9 +86,11 @@ class Schedule:
 
     @cached_property
     def posterior_log_variance_clipped(self) -> np.ndarray:
-        """log beta~_t with the t=0 value (0) replaced by beta~_1, as guided-diffusion."""
+        """log beta~_t with the t=0 value (0) replaced by beta~_1, as guided-diffusion. A one-step chain (img2img
+        at a low strength) has no beta~_1: its t=0 value is beta_0, the same bound a longer chain's beta~_1
+        approaches; the last step adds no noise, so only the learned-variance interpolation sees it."""
         pv = self.posterior_variance
-        return np.log(np.append(pv[1], pv[1:]))
+        return np.log(np.append(pv[1] if len(pv) > 1 else self.betas[0], pv[1:]))
 
     @cached_property
     def posterior_mean_coef1(self) -> np.ndarray:

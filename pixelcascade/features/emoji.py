@@ -77,10 +77,15 @@ class EmojiExtractor(FeatureExtractor):
         sd, meta = read_tensors(p)
         if meta.get("kind") != "emoji-features":
             raise FIDError(f"{p} is not an emoji feature extractor (made by pixelcascade data emoji-features)")
-        self.net = EmojiNet(int(meta["num_classes"]), width=int(meta.get("width", 32)))
-        self.net.load_state_dict(sd)
+        try:
+            self.net = EmojiNet(int(meta["num_classes"]), width=int(meta.get("width", 32)))
+            self.net.load_state_dict(sd)
+            self.names = json.loads(meta["names"])
+        except (KeyError, ValueError, RuntimeError) as e:  # a file edited or cut: its parts do not fit together
+            reason = " ".join(str(e).split())[:160]
+            raise FIDError(f"{p}: an emoji feature extractor whose contents do not fit together ({reason}); make "
+                           f"it again with `pixelcascade data emoji-features -o {p}`") from None
         self.net.eval()
-        self.names = json.loads(meta["names"])
         self.name = f"emoji-features[{hashlib.sha256(p.read_bytes()).hexdigest()[:12]}]"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [0, 255] -> pooled features (FID/KID)

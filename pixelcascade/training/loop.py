@@ -80,6 +80,27 @@ def lr_at(step: int, tc: TrainConfig) -> float:
     return tc.lr
 
 
+def check_resumable_config(ckpt_path: Path, saved: str, cfg: RunConfig) -> None:
+    """Refuse to resume a checkpoint written under another config (``saved``: its JSON). Fields added since it was
+    written take their defaults; the train settings a resume may change (``_train_changed``) and the number of
+    stream workers (a machine's choice) are free."""
+    if saved == to_json(cfg):
+        return
+    old = json.loads(saved)
+    try:
+        old = json.loads(to_json(from_dict(RunConfig, old)))
+    except Exception:
+        pass
+    new = json.loads(to_json(cfg))  # JSON on both sides: tuples and lists compare equal
+    for d in (old, new):
+        if isinstance(d.get("data"), dict):
+            d["data"].pop("workers", None)
+    diff = [k for k in new if old.get(k) != new[k]]
+    if any(k != "train" for k in diff) or _train_changed(old.get("train", {}), new["train"]):
+        raise ConfigMismatch(f"{ckpt_path} was written by a run with another config (differs in {diff}); use a new "
+                             "output folder, or the same config to resume")
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig, data: TrainData, out_dir: str | Path, val_data: TrainData | None = None,
                  progress: bool = True, sample_fn=None, meta: dict | None = None):
@@ -192,20 +213,7 @@ class Trainer:
         """Weights, EMA and step from the run's checkpoint; returns its optimizer state (and whether it is keyed
         by parameter name), loaded once the optimizer exists."""
         state = load_checkpoint(self.ckpt_path)
-        if state.get("config") != to_json(self.cfg):
-            old = json.loads(state.get("config", "{}"))
-            try:  # fields added since the checkpoint was written take their defaults
-                old = json.loads(to_json(from_dict(RunConfig, old)))
-            except Exception:
-                pass
-            new = json.loads(to_json(self.cfg))  # JSON on both sides: tuples and lists compare equal
-            for d in (old, new):  # how many worker processes decode the stream: this machine's choice
-                if isinstance(d.get("data"), dict):
-                    d["data"].pop("workers", None)
-            diff = [k for k in new if old.get(k) != new[k]]
-            if any(k != "train" for k in diff) or _train_changed(old.get("train", {}), new["train"]):
-                raise ConfigMismatch(f"{self.ckpt_path} was written by a run with another config (differs in "
-                                   f"{diff}); use a new output folder, or the same config to resume")
+        check_resumable_config(self.ckpt_path, state.get("config", "{}"), self.cfg)
         if self.streaming and state.get("data_fingerprint", self.data.fingerprint) != self.data.fingerprint:
             raise ConfigMismatch(f"{self.ckpt_path} was trained on other shards than {self.cfg.data.path} holds now "
                                  "(names, sizes or record counts differ): the stream could not continue where it "
@@ -262,11 +270,13 @@ class Trainer:
         state = self.state_dict()
         if self.rank != 0:
             return
-        save_checkpoint(self.ckpt_path, state)
+        # the weights users export first, the checkpoint second: a stop between the two leaves the EMA ahead of
+        # the checkpoint (the weights the resumed run makes again, exactly), never behind it
         if self.adapter:
             self.export_adapter(self.out / "lora.safetensors")
         else:
             self.export_ema(self.out / "ema.safetensors", state["ema"]["model"])
+        save_checkpoint(self.ckpt_path, state)
 
     def export_adapter(self, path: Path) -> None:
         """A LoRA run's EMA adapter alone, with its spec, the base it adapts and the run's settings."""
@@ -591,8 +601,9 @@ def _append_csv(path: Path, row: dict) -> None:
 
 
 def plot_val_loss(csv_path: Path, png_path: Path) -> None:
-    """One line per fixed timestep: validation MSE against training step."""
-    if not csv_path.exists():
+    """One line per fixed timestep: validation MSE against training step. Redrawn only when the log is newer than
+    the plot (checkpoints may come more often than validations; a plot costs ~0.2 s)."""
+    if not csv_path.exists() or (png_path.exists() and png_path.stat().st_mtime_ns >= csv_path.stat().st_mtime_ns):
         return
     try:
         import matplotlib

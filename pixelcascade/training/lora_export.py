@@ -96,7 +96,7 @@ def run_stage(run: Path, adapters: list[str] | None = None):
 
 def _write(model: torch.nn.Module, meta: dict, dest: Path, dtype: torch.dtype, sample_overrides) -> Path:
     if sample_overrides:
-        from ..weights import check_steps
+        from ..pipeline import check_steps
         sample = apply_overrides(from_dict(SampleConfig, json.loads(meta["sample_config"])), sample_overrides)
         check_steps(sample.num_steps)
         meta["sample_config"] = to_json(sample)

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from ..errors import PixelcascadeError
+from ..tensorfiles import read_metadata, torch_load_tensors, unreadable, write_safetensors
 from ..utils import atomic_path
 
 
@@ -72,3 +73,33 @@ def trim_log(path: Path, last_step: int) -> None:
         return
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         csv.writer(f).writerows(keep)
+
+
+def peek_checkpoint(path: Path) -> dict:
+    """A checkpoint memory-mapped: its step and config read without loading its tensors."""
+    from .checkpoint import ResumeError
+    try:
+        return torch_load_tensors(path, mmap=True)
+    except Exception as e:
+        raise ResumeError(f"{unreadable(path, e)}. A run's own checkpoint: delete it to start over, or restore a "
+                          "copy") from None
+
+
+def refresh_stale_ema(folder: Path) -> str | None:
+    """Make ``ema.safetensors`` the checkpoint's EMA when it is older than the checkpoint, and say so.
+
+    The trainer writes the EMA file before the checkpoint, so a stop between the two leaves the EMA ahead (it is
+    the weights the resumed run makes again, exactly). An EMA behind the checkpoint comes from a folder written
+    the other way round, or an EMA file restored by hand: exporting it would ship older weights without a word.
+    """
+    ema, ckpt = Path(folder) / "ema.safetensors", Path(folder) / "checkpoint.pt"
+    if not (ema.is_file() and ckpt.is_file()):
+        return None
+    meta = read_metadata(ema)
+    state = peek_checkpoint(ckpt)
+    ema_step, ckpt_step = int(meta.get("step", -1)), int(state["step"])
+    if ema_step >= ckpt_step:
+        return None
+    write_safetensors(ema, {k: v.float() for k, v in state["ema"]["model"].items()}, {**meta, "step": str(ckpt_step)})
+    return (f"{ema} was from step {ema_step} but checkpoint.pt from step {ckpt_step} (the run stopped between the "
+            f"two writes): rewrote it from the checkpoint's EMA (step {ckpt_step})")
