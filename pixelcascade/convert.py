@@ -329,8 +329,9 @@ def meta_config(meta: dict, key: str, cls, path: Path, default=None):
     try:
         return from_dict(cls, json.loads(meta[key]))
     except (json.JSONDecodeError, ConfigError) as e:
-        raise CheckpointError(f"{path}: its '{key}' metadata is not a {cls.__name__} ({e}); the file was not "
-                              "written by pixelcascade, or was edited: export the model again") from None
+        what = cls.__name__.replace("Config", " config")  # UNetConfig -> "UNet config"
+        raise CheckpointError(f"{path}: its '{key}' metadata is not a {what} ({e}); the file was not written by "
+                              "pixelcascade, or was edited: export the model again") from None
 
 
 def meta_int(meta: dict, key: str, default: int, path: Path, lo: int = 1, hi: int = 1 << 20) -> int:
