@@ -98,7 +98,8 @@ def test_out_of_range_options_are_refused_before_any_work(args, msg, capsys):
     with pytest.raises(SystemExit) as e:
         main(args)
     assert e.value.code == 2
-    assert msg in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and msg in err[0] and err[0].endswith("--help)"), err  # one line, not the usage block
 
 
 def test_long_prompt_is_truncated_with_a_warning(tiny_model, tmp_path, capsys):
