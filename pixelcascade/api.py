@@ -16,54 +16,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import PixelcascadeError
+import torch
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-DEFAULT_MODEL = WEIGHTS_DIR / "shapes"  # stage files: stage1.safetensors (32 px), stage2.safetensors (64 px)
-# where the emoji cascade ships (weights/emoji/stage1, stage2: 64 px, 64 -> 128) with the feature extractor that
-# `eval emoji` uses by default; not trained yet (it needs a GPU: docs/emoji.md)
-EMOJI_FEATURES = WEIGHTS_DIR / "emoji" / "emoji_features.safetensors"
-
-
-class ModelError(PixelcascadeError, ValueError):
-    """A model that cannot be loaded as asked: a missing path, stages in the wrong order, no text encoder."""
-
-
-def shipped_models() -> list[str]:
-    """Names of the models shipped in the package (``load(NAME)``, ``--model NAME``): folders of weights/ with
-    stage files."""
-    if not WEIGHTS_DIR.is_dir():
-        return []
-    return sorted(p.name for p in WEIGHTS_DIR.iterdir() if p.is_dir() and any(p.glob("stage*.safetensors")))
-
-
-def stage_paths(model: str | Path) -> list[Path]:
-    """A .safetensors file (one stage), or a folder of stage1/stage2/... files, or comma-separated files."""
-    if not isinstance(model, (str, Path)) or not str(model).strip():
-        raise ModelError(f"model={model!r}: give a shipped model's name ({', '.join(shipped_models())}), a "
-                         ".safetensors file or a model folder")
-    if isinstance(model, str) and "," in model:
-        paths = [Path(p).expanduser() for p in model.split(",") if p]
-        for p in paths:
-            if not p.exists():
-                raise ModelError(f"--model: stage {p} (of {model}): no such file or folder; list each stage's "
-                                 "file or folder, stage I first, separated by commas")
-        return paths
-    p = Path(model).expanduser()
-    if not p.exists() and isinstance(model, str) and model in shipped_models():
-        p = WEIGHTS_DIR / model  # a shipped model by name: shapes, emoji
-    if p.is_dir():
-        files = sorted(p.glob("stage*.safetensors"))
-        if files:
-            return files
-        return [p]  # an official or diffusers folder: one stage
-    if not p.exists():
-        hint = " (the shipped model is missing: reinstall pixelcascade)" if p == DEFAULT_MODEL else ""
-        raise ModelError(f"--model {p}: no such file or folder{hint}; pass a shipped model's name "
-                         f"({', '.join(shipped_models())}), a .safetensors file, a folder with stage1.safetensors..., "
-                         "or an IF/diffusers model folder")
-    return [p]
-
+from .config import SampleConfig
+from .inputs import DEFAULT_MAX_PIXELS
+from .pipeline import (
+    DTYPE_NAMES,
+    CascadeOutput,
+    PipelineError,
+    from_uint8,
+    prompt_list,
+    settings_record,
+    stage_settings,
+    to_uint8,
+    whole_number,
+    with_overrides,
+)
+from .pipeline import Cascade as _EngineCascade
+from .shipped import DEFAULT_MODEL, EMOJI_FEATURES, WEIGHTS_DIR, ModelError, shipped_models, stage_paths  # noqa: F401
 
 DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16", "half": "float16",
           "bf16": "bfloat16", "bfloat16": "bfloat16"}
@@ -94,13 +64,6 @@ def _device(device) -> str:
     return name
 
 
-class Stages:
-    """Stages and an encoder without the cascade's ordering checks (upscale runs a stage II on its own)."""
-
-    def __init__(self, stages, encoder):
-        self.stages, self.encoder = stages, encoder
-
-
 def load(model: str | Path = "shapes", *, device: str = "cpu", dtype=None, text_encoder: str | None = None,
          max_stages: int | None = None, allow_sr_first: bool = False, offload: bool = False,
          stage3: str | None = None, lora: list | None = None):
@@ -114,7 +77,7 @@ def load(model: str | Path = "shapes", *, device: str = "cpu", dtype=None, text_
     was trained on at its scale."""
 
     from .convert import CheckpointError
-    from .pipeline import Cascade, PipelineError
+    from .pipeline import PipelineError
     from .stage3 import SDx4Stage, is_sdx4_folder
     from .text.encoder import TextEncoderError, carries_text_encoder, load_encoder
     from .weights import load_stage
@@ -160,10 +123,10 @@ def load(model: str | Path = "shapes", *, device: str = "cpu", dtype=None, text_
         raise ModelError(f"the text encoder gives {encoder.dim}-d states but {paths[0]} expects "
                          f"{stages[0].cfg.encoder_dim}-d: pass the encoder the model was trained with "
                          "(--text-encoder)")
-    if allow_sr_first:
-        return Stages(stages, encoder)
     try:
-        return Cascade(stages, encoder, offload=device if offload and device != "cpu" else None)
+        return Cascade(stages, encoder, offload=device if offload and device != "cpu" else None,
+                       starts_from_image=allow_sr_first, source=str(model), loras=tuple(str(x) for x in lora or ()),
+                       text_encoder=str(spec))
     except ValueError as e:
         raise ModelError(str(e)) from None
 
@@ -192,3 +155,271 @@ def _merge_loras(stages, loras: list) -> None:
             raise ModelError(str(e)) from None
         merge_adapters(unet)
         stages[i].meta = dict(stages[i].meta, lora=", ".join(a[3] for a in adapters))
+
+
+# --------------------------------------------------------------------------------------------------
+# the public cascade: diffusers' habits
+
+
+_PER_STAGE = ("num_inference_steps", "guidance_scale", "sampler", "dyn_thresh_max", "aug_level", "layout_guidance")
+_SETTING_OF = {"num_inference_steps": "num_steps", "guidance_scale": "guidance_scale", "sampler": "sampler",
+               "dyn_thresh_max": "dyn_thresh_max", "aug_level": "aug_level", "layout_guidance": "layout_guidance"}
+
+
+class Cascade(_EngineCascade):
+    """A loaded cascade, called as a diffusers pipeline is::
+
+        pipe = pixelcascade.Cascade.from_pretrained("shapes")          # or pixelcascade.load(...)
+        out = pipe("two red circles", num_inference_steps=27, guidance_scale=5.0, seed=0)
+        out.images[0].save("out.png"); out.settings[0]                 # the PNG and how it was made
+
+    Per-stage settings: a number sets stage I's (``aug_level``: every super-resolution stage's), a list one value
+    per stage (``num_inference_steps=[27, 50]``). The engine's ``run`` gives every stage's raw tensors.
+    """
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path = "shapes", *, torch_dtype=None, device: str = "cpu",
+                        **kwargs) -> Cascade:
+        """:func:`load` under diffusers' name: a shipped model's name, our files, IF folders."""
+        return load(name_or_path, dtype=torch_dtype, device=device, **kwargs)
+
+    def __call__(self, prompt: str | list[str] | None = None, *, negative_prompt: str | list[str] | None = None,
+                 num_inference_steps=None, guidance_scale=None, sampler=None, dyn_thresh_max=None, aug_level=None,
+                 layout_guidance=None, seed: int | list[int] | None = None, generator=None,
+                 num_images_per_prompt: int = 1, prompt_embeds=None, negative_prompt_embeds=None,
+                 height: int | None = None, width: int | None = None, image=None, strength: float = 1.0,
+                 mask_image=None, num_stages: int | None = None, output_type: str = "pil",
+                 return_stages: bool = False, callback_on_step_end=None, batch_size: int | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, settings: list | None = None, progress: bool = True,
+                 **unknown) -> CascadeOutput:
+        """Text to image (``image``: image to image; with ``mask_image``, white = repaint: inpainting; a cascade
+        that starts from an image: its input). Returns a :class:`CascadeOutput`. Image i is seeded ``seed + i``
+        (or ``seed[i]``; a ``generator`` draws the seeds), so it never depends on its batch. ``prompt_embeds``:
+        text states [B, L, D] given instead of prompts. ``callback_on_step_end(pipe, step, timestep, kwargs)``
+        runs after every step of every stage (``kwargs``: ``stage``, ``images`` in [-1, 1]). ``settings``: each
+        stage's :class:`~pixelcascade.config.SampleConfig` to start from (default: the stages' own)."""
+        if unknown:
+            raise PipelineError(f"unknown argument(s) {', '.join(sorted(unknown))}; accepted: "
+                                f"{', '.join(_accepted(self.__call__))}")
+        if output_type not in ("pil", "pt", "np"):
+            raise PipelineError(f"output_type={output_type!r}: choose 'pil', 'pt' or 'np'")
+        n_stages = len(self.stages) if num_stages is None else whole_number("num_stages", num_stages, 1,
+                                                                             len(self.stages))
+        prompts, states = self._prompts(prompt, prompt_embeds)
+        per = whole_number("num_images_per_prompt", num_images_per_prompt, 1, 10_000)
+        every = [p for p in prompts for _ in range(per)]
+        seeds = self._seeds(seed, generator, len(every))
+        settings = self.stage_settings(settings, num_inference_steps=num_inference_steps,
+                                       guidance_scale=guidance_scale, sampler=sampler, dyn_thresh_max=dyn_thresh_max,
+                                       aug_level=aug_level, layout_guidance=layout_guidance)[:n_stages]
+        init, mask, low = self._images(image, mask_image, max_pixels)
+        size = None if height is None and width is None else \
+            [(whole_number("height", height or self.stages[0].cfg.image_size, 1, 1 << 20),
+              whole_number("width", width or self.stages[0].cfg.image_size, 1, 1 << 20))]
+        step = [0]
+
+        def on_step(stage, k, steps, x):
+            step[0] += 1
+            if callback_on_step_end is not None:
+                callback_on_step_end(self, step[0], (stage, k), {"stage": stage, "images": x})
+        chunk = whole_number("batch_size", batch_size or len(every), 1, 1 << 20)
+        outs = []
+        for start in range(0, len(every), chunk):
+            part = slice(start, start + chunk)
+            nb = len(every[part])
+            kw = dict(init_image=None if init is None else init.expand(nb, -1, -1, -1), strength=strength,
+                      mask=None if mask is None else mask.expand(nb, -1, -1, -1),
+                      low_res=None if low is None else low.expand(nb, -1, -1, -1))
+            outs.append(self.run(every[part], seeds[part], settings=settings, sizes=size, num_stages=n_stages,
+                                 progress=progress, negative_prompts=negative_prompt, max_pixels=max_pixels,
+                                 text_states=None if states is None else _rows(states, part, per),
+                                 negative_states_=None if negative_prompt_embeds is None else
+                                 _rows((negative_prompt_embeds, None), part, per),
+                                 step_callback=on_step, **kw))
+        stages = [torch.cat([o[i] for o in outs]) for i in range(n_stages)]
+        records = [self.record(p, sd, settings, tuple(stages[-1].shape[-2:]), negative_prompt=negative_prompt,
+                               **({"strength": strength} if init is not None else {}))
+                   for p, sd in zip(every, seeds)]
+        return CascadeOutput(images=_as_output(stages[-1], output_type), seeds=seeds, settings=records,
+                             stage_images=[_as_output(x, output_type) for x in stages] if return_stages else None)
+
+    def generate(self, prompts: str | list[str], *, seed: int = 0, num_images: int = 1, steps=None,
+                 guidance: float | None = None, sampler: str | None = None, negative_prompt: str | None = None,
+                 num_stages: int | None = None, progress: bool = True, **options) -> list:
+        """Text to image, the short way: the last stage's PIL images, with the CLI's names (``steps_ii``,
+        ``guidance_ii``, ``sampler_ii``, ``aug_level``, ``dyn_thresh_max(_ii)``, ``layout_guidance``)."""
+        names = set(_accepted(stage_settings)) - {"stages"}
+        if set(options) - names:
+            raise PipelineError(f"unknown argument(s) {', '.join(sorted(set(options) - names))}; accepted: seed, "
+                                f"num_images, steps, guidance, sampler, negative_prompt, num_stages, progress, "
+                                f"{', '.join(sorted(names - {'steps', 'guidance', 'sampler'}))}")
+        settings = stage_settings(self.stages, sampler=sampler, steps=None if steps is None else str(steps),
+                                  guidance=guidance, **options)
+        return self(prompts, seed=seed, num_images_per_prompt=num_images, settings=settings,
+                    negative_prompt=negative_prompt, num_stages=num_stages, progress=progress).images
+
+    def stage_settings(self, base: list | None = None, **given) -> list:
+        """Each stage's sampling settings: ``base`` (default: its shipped defaults) with the arguments given (a
+        value: stage I's, or every super-resolution stage's for ``aug_level``; a list: one per stage)."""
+        if base is not None and (not isinstance(base, (list, tuple)) or len(base) > len(self.stages) or
+                                 not all(isinstance(b, SampleConfig) or b is None for b in base)):
+            raise PipelineError("settings: expected a list of SampleConfig, at most one per stage")
+        base = list(base or []) + [None] * len(self.stages)
+        out = []
+        for i, st in enumerate(self.stages):
+            changes = {}
+            for name, value in given.items():
+                if isinstance(value, (list, tuple)):
+                    if len(value) > len(self.stages):
+                        raise PipelineError(f"{name}: {len(value)} values for {len(self.stages)} stages")
+                    value = value[i] if i < len(value) else None
+                elif name == "aug_level":
+                    value = value if st.is_super_res else None
+                elif i > 0:
+                    value = None
+                if value is not None:
+                    changes[_SETTING_OF[name]] = str(value) if name == "num_inference_steps" else value
+            out.append(with_overrides(base[i] or st.settings, **changes))
+        return out
+
+    def record(self, prompt: str, seed: int, settings: list, size, *, command: str = "generate",
+               negative_prompt=None, **extra) -> dict:
+        """The settings record of one image this cascade made (:func:`pixelcascade.pipeline.settings_record`)."""
+        p = next(self.stages[0].unet.parameters()) if hasattr(self.stages[0], "unet") else None
+        return settings_record(prompt=prompt, seed=seed, settings=settings, size=size, model=self.source,
+                               device=self.offload or (str(p.device) if p is not None else "cpu"),
+                               dtype=DTYPE_NAMES.get(p.dtype, str(p.dtype)) if p is not None else "fp32",
+                               command=command, negative_prompt=negative_prompt
+                               if isinstance(negative_prompt, str) else "", lora=self.loras, **extra)
+
+    def to(self, device=None, dtype=None) -> Cascade:
+        """Move every stage and the text encoder (diffusers' ``pipe.to``); ``dtype`` casts the UNets."""
+        if device is not None:
+            device = _device(device)
+            for part in (*self.stages, self.encoder):
+                part.to(device)
+        if dtype is not None:
+            dtype = torch_dtype(dtype)
+            for st in self.stages:
+                if hasattr(st, "unet"):
+                    st.unet.to(dtype)
+        return self
+
+    def enable_model_cpu_offload(self, device: str = "cuda") -> Cascade:
+        """Keep every model on the CPU and move each to ``device`` only while it runs (diffusers' name)."""
+        self.to("cpu")
+        self.offload = _device(device)
+        return self
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Each stage as ``stageN.safetensors`` with its model card, loadable by :func:`load` (``folder``)."""
+        from .weights import save_stage
+        folder = Path(folder)
+        for i, st in enumerate(self.stages, start=1):
+            if not hasattr(st, "unet"):
+                raise PipelineError(f"stage {i} is an external pipeline ({st.meta.get('path')}): only our stages "
+                                    "can be saved; keep that folder beside the saved ones")
+            save_stage(st, folder / f"stage{i}.safetensors", encoder_name=self.text_encoder)
+        return folder
+
+    def _prompts(self, prompt, prompt_embeds):
+        if prompt_embeds is None:
+            return prompt_list(prompt), None
+        if prompt is not None:
+            raise PipelineError("give prompt or prompt_embeds, not both")
+        if not isinstance(prompt_embeds, torch.Tensor) or prompt_embeds.ndim != 3:
+            raise PipelineError("prompt_embeds: expected a tensor [batch, tokens, width] of text states")
+        return [""] * prompt_embeds.shape[0], (prompt_embeds, None)
+
+    @staticmethod
+    def _seeds(seed, generator, n: int) -> list[int]:
+        if generator is not None:
+            if isinstance(generator, (list, tuple)):
+                if len(generator) != n:
+                    raise PipelineError(f"{len(generator)} generators for {n} images: give one, or one per image")
+                return [int(g.initial_seed()) for g in generator]
+            if not isinstance(generator, torch.Generator):
+                raise PipelineError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
+            return torch.randint(0, 2 ** 62, (n,), generator=generator).tolist()
+        if isinstance(seed, (list, tuple)):
+            if len(seed) != n:
+                raise PipelineError(f"{len(seed)} seeds for {n} images: give one (image i gets seed + i), or one "
+                                    "per image")
+            return [whole_number("seed", s, 0, 2 ** 63 - 1) for s in seed]
+        first = whole_number("seed", 0 if seed is None else seed, 0, 2 ** 63 - 1 - n)
+        return [first + i for i in range(n)]
+
+    def _images(self, image, mask_image, max_pixels):
+        """(init image, mask, low-res input) in [-1, 1] / {0, 1} tensors, from PIL images, uint8 arrays or
+        tensors; ``image`` is the low-res input of a cascade that starts from an image."""
+        if image is None:
+            if mask_image is not None:
+                raise PipelineError("mask_image needs image: the picture whose white-masked part is repainted")
+            return None, None, None
+        img = _image_tensor(image, "image", max_pixels)
+        if self.starts_from_image:
+            return None, None, img
+        mask = None
+        if mask_image is not None:
+            mask = _mask_tensor(mask_image, max_pixels)
+            if tuple(mask.shape[-2:]) != tuple(img.shape[-2:]):
+                raise PipelineError(f"mask_image is {mask.shape[-1]}x{mask.shape[-2]} but image is "
+                                    f"{img.shape[-1]}x{img.shape[-2]}: the mask must have the image's size")
+        return img, mask, None
+
+
+def _accepted(fn) -> list[str]:
+    import inspect
+    return [n for n, p in inspect.signature(fn).parameters.items() if p.kind is not p.VAR_KEYWORD]
+
+
+def _rows(states: tuple, part: slice, per: int) -> tuple:
+    """Given states (one row per prompt), the rows of this chunk of images (num_images_per_prompt each)."""
+    emb, mask = states
+    idx = torch.arange(emb.shape[0]).repeat_interleave(per)[part]
+    return emb[idx], None if mask is None else mask[idx]
+
+
+def _as_output(x: torch.Tensor, output_type: str):
+    """[-1, 1] images as diffusers returns them: PIL, or [0, 1] tensors / arrays."""
+    if output_type == "pil":
+        from PIL import Image
+        return [Image.fromarray(a) for a in to_uint8(x)]
+    y = ((x.float() + 1) / 2).clamp(0, 1).cpu()
+    return y if output_type == "pt" else y.permute(0, 2, 3, 1).numpy()
+
+
+def _image_tensor(image, what: str, max_pixels) -> torch.Tensor:
+    """[1 or B, 3, H, W] in [-1, 1] from a PIL image, a uint8 array [H, W, 3] or a tensor already in [-1, 1]."""
+    import numpy as np
+    if isinstance(image, torch.Tensor):
+        x = image if image.ndim == 4 else image[None]
+        if x.ndim != 4 or x.shape[1] != 3 or not torch.isfinite(x).all():
+            raise PipelineError(f"{what}: a tensor must be [B, 3, H, W], finite, in [-1, 1]")
+        return x.float()
+    if hasattr(image, "convert") and hasattr(image, "size"):  # PIL
+        if image.mode != "RGB":
+            raise PipelineError(f"{what} is {image.mode}, not RGB: pass image.convert('RGB')")
+        image = np.asarray(image)
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise PipelineError(f"{what}: expected a PIL image, a uint8 array [H, W, 3] or a tensor [B, 3, H, W]")
+    if max_pixels is not None and image.shape[0] * image.shape[1] > max_pixels:
+        raise PipelineError(f"{what} is {image.shape[1]}x{image.shape[0]}: over the limit of {max_pixels} pixels")
+    return from_uint8(image)
+
+
+def _mask_tensor(mask, max_pixels) -> torch.Tensor:
+    """[1, 1, H, W] in {0, 1} (1 = repaint) from a PIL image, a uint8 array [H, W] or a tensor."""
+    import numpy as np
+    if isinstance(mask, torch.Tensor):
+        m = mask.float()
+        while m.ndim < 4:
+            m = m[None]
+        return (m > 0.5).float()
+    if hasattr(mask, "convert"):
+        mask = np.asarray(mask.convert("L"))
+    if not isinstance(mask, np.ndarray) or mask.ndim != 2:
+        raise PipelineError("mask_image: expected a PIL image, a uint8 array [H, W] or a tensor")
+    if max_pixels is not None and mask.size > max_pixels:
+        raise PipelineError(f"mask_image is {mask.shape[1]}x{mask.shape[0]}: over the limit of {max_pixels} pixels")
+    return torch.from_numpy((mask > 127).astype("float32"))[None, None]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .api import DEFAULT_MODEL, EMOJI_FEATURES, WEIGHTS_DIR, ModelError, shipped_models, stage_paths  # noqa: F401
 from .commands import (  # noqa: F401  (load_cascade, load_image: used by scripts and tests)
     UserError,
     cmd_curate,
@@ -33,8 +32,11 @@ from .commands import (  # noqa: F401  (load_cascade, load_image: used by script
     load_cascade,
     load_image,
 )
+from .config import SAMPLER_NAMES
 from .errors import PixelcascadeError
 from .inputs import DEFAULT_MAX_PIXELS
+from .shipped import DEFAULT_MODEL, EMOJI_FEATURES, WEIGHTS_DIR, ModelError, shipped_models, stage_paths  # noqa: F401
+from .version import __version__
 
 # --------------------------------------------------------------------------------------------------
 
@@ -118,11 +120,32 @@ def _positive(text: str) -> float:
     return v
 
 
-def _sampling_args(g: argparse.ArgumentParser) -> None:
-    """The options every image-making command shares."""
-    g.add_argument("-o", "--output", default="out.png", help="a .png path for one image, a folder for several")
-    g.add_argument("--seed", type=_seed, default=0, help="seed of the first image; image i gets seed+i")
-    g.add_argument("--num-images", type=_at_least_1, default=1, help="images per prompt")
+def _sampler(text: str) -> str:
+    """argparse type: one of the samplers."""
+    if text not in SAMPLER_NAMES:
+        raise argparse.ArgumentTypeError(f"{text}: unknown; choose one of {', '.join(SAMPLER_NAMES)}")
+    return text
+
+
+def _model_flags(g: argparse.ArgumentParser, default: str = "shapes") -> None:
+    """Which model, on what: every command that loads a cascade."""
+    g.add_argument("--model", default=default,
+                   help=f"a shipped model by name ({', '.join(shipped_models()) or 'none installed'}), a "
+                        ".safetensors stage, a folder of stage*.safetensors, comma-separated stage files, or an "
+                        f"official IF / diffusers model folder (default: {default})")
+    g.add_argument("--text-encoder", help="override the text encoder: 'minilm' or a local HF/T5 folder")
+    g.add_argument("--lora", action="append", metavar="PATH[:SCALE]",
+                   help="a LoRA adapter (a LoRA run's lora.safetensors) merged into the stage it was trained on, "
+                        "at SCALE (default 1; 0.5 half its effect); repeat the flag for several")
+    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
+    g.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16 (UNet weights)")
+    g.add_argument("--threads", type=_threads, default=0, help="CPU threads (0: torch's default)")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def _sampling_flags(g: argparse.ArgumentParser) -> None:
+    """How each stage samples: every command that makes images (generate, edit, upscale, eval)."""
+    g.add_argument("--stages", type=_at_least_1, help="how many cascade stages to run (default: all the model has)")
     g.add_argument("--steps", help="stage I steps: a count or preset (smart27, smart50, smart100, fast27, ...)")
     g.add_argument("--steps-ii", help="steps of the later stages")
     g.add_argument("--guidance", type=_non_negative, help="stage I classifier-free guidance scale (1 = none)")
@@ -131,63 +154,42 @@ def _sampling_args(g: argparse.ArgumentParser) -> None:
                    help="stage I layout guidance for prompts with a spatial relation ('a cat to the left of a dog'): "
                         "steers the two nouns' cross-attention to the stated sides (0 = off; default: the model's, "
                         "500 for the shipped shapes model)")
+    g.add_argument("--aug-level", type=_fraction, help="noise augmentation of the super-resolution stages' input")
+    g.add_argument("--sampler", type=_sampler, help="ddpm (IF's), ddim or dpmpp_2m (every stage, unless --sampler-ii)")
+
+
+def _sampling_args(g: argparse.ArgumentParser) -> None:
+    """The options of the commands that write images (generate, img2img, inpaint, upscale)."""
+    g.add_argument("-o", "--output", default="out.png", help="a .png path for one image, a folder for several")
+    g.add_argument("--seed", type=_seed, default=0, help="seed of the first image; image i gets seed+i")
+    g.add_argument("--num-images", type=_at_least_1, default=1, help="images per prompt")
     g.add_argument("--negative-prompt", default="",
                    help="what guidance steers away from, for every prompt, in stages I and II (default: nothing, "
                         "the empty prompt; an SD x4 --stage3 keeps its own); needs guidance > 1")
-    g.add_argument("--aug-level", type=_fraction, help="noise augmentation of the low-res input of later stages")
-    g.add_argument("--sampler", help="ddpm (IF's), ddim or dpmpp_2m (every stage, unless --sampler-ii)")
-    g.add_argument("--sampler-ii", help="the later stages' sampler")
+    _sampling_flags(g)
+    g.add_argument("--sampler-ii", type=_sampler, help="the later stages' sampler")
     g.add_argument("--thresh-max", type=_non_negative, help="stage I dynamic-thresholding limit (IF: 1.5)")
     g.add_argument("--thresh-max-ii", type=_non_negative, help="the later stages' limit (IF: 1.0)")
     g.add_argument("--batch-size", type=_at_least_1, default=8, help="images sampled together")
     g.add_argument("--height", type=_at_least_1, help="stage I height in px (default: the model's size; later stages "
                                               "scale it by their own ratio)")
     g.add_argument("--width", type=_at_least_1, help="stage I width in px (non-square images: give both)")
-    g.add_argument("--stages", type=_at_least_1, help="how many cascade stages to run (default: all the model has)")
     g.add_argument("--save-stages", action="store_true", help="also save every earlier stage's image")
-    g.add_argument("--model", default=str(DEFAULT_MODEL),
-                   help=f"a shipped model by name ({', '.join(shipped_models()) or 'none installed'}), a "
-                        ".safetensors stage, a folder of stage*.safetensors, comma-separated stage files, or an "
-                        "official IF / diffusers model folder (default: the shipped shapes model)")
-    g.add_argument("--text-encoder", help="override the text encoder: 'minilm' or a local HF/T5 folder")
+    _model_flags(g)
     g.add_argument("--stage3", help="append a third stage: a local stable-diffusion-x4-upscaler folder (IF's "
                                     "stage III) or one of our super-resolution .safetensors")
-    g.add_argument("--lora", action="append", metavar="PATH[:SCALE]",
-                   help="a LoRA adapter (a LoRA run's lora.safetensors) merged into the stage it was trained on, "
-                        "at SCALE (default 1; 0.5 half its effect); repeat the flag for several")
     g.add_argument("--offload", action="store_true",
                    help="small GPUs: keep the models on the CPU and move each to --device only while it runs")
-    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
-    g.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16 (UNet weights)")
-    g.add_argument("--threads", type=_threads, default=0, help="CPU threads (0: torch's default)")
     g.add_argument("--max-pixels", type=_at_least_1, default=DEFAULT_MAX_PIXELS,
                    help=f"the largest image read or made, in pixels (default {DEFAULT_MAX_PIXELS:,}): input images "
                         "are checked from their header before decoding (a small PNG can declare a huge image), "
                         "output sizes before sampling")
-    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
 def _model_args(g: argparse.ArgumentParser, model: str = "shapes") -> None:
-    """Which model and how to sample it: shared by the eval commands (``model``: the default shipped model)."""
-    g.add_argument("--model", default=str(WEIGHTS_DIR / model),
-                   help=f"a shipped model by name ({', '.join(shipped_models()) or 'none installed'}) or a model "
-                        f"file/folder (default: {model})")
-    g.add_argument("--text-encoder", help="override the text encoder: 'minilm' or a local HF/T5 folder")
-    g.add_argument("--lora", action="append", metavar="PATH[:SCALE]",
-                   help="a LoRA adapter merged into the stage it was trained on (repeat for several)")
-    g.add_argument("--stages", type=_at_least_1, help="run this many cascade stages (default: all)")
-    g.add_argument("--guidance", type=_non_negative, help="stage I guidance (default: the model's)")
-    g.add_argument("--guidance-ii", type=_non_negative, help="guidance of the later stages")
-    g.add_argument("--layout-guidance", type=_non_negative,
-                   help="stage I layout guidance for prompts with a spatial relation (0 = off; default: the model's)")
-    g.add_argument("--steps", help="stage I steps: a count or preset (smart27, smart50, ...)")
-    g.add_argument("--steps-ii", help="steps of the later stages")
-    g.add_argument("--aug-level", type=_fraction, help="noise augmentation of the later stages' low-res input")
-    g.add_argument("--sampler", help="ddpm (IF's), ddim or dpmpp_2m")
-    g.add_argument("--device", default="cpu")
-    g.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16 (UNet weights)")
-    g.add_argument("--threads", type=_threads, default=0, help="CPU threads (0: torch's default)")
-    g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    """Which model and how to sample it: the eval commands (``model``: the default shipped model)."""
+    _model_flags(g, default=model)
+    _sampling_flags(g)
 
 
 def _feature_args(g: argparse.ArgumentParser) -> None:
@@ -201,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pixelcascade",
         description="Cascaded pixel-space text-to-image diffusion (DeepFloyd IF design): generate, train, evaluate.",
         epilog="Run `pixelcascade COMMAND --help` for each command's options and examples.")
+    ap.add_argument("--version", action="version", version=f"pixelcascade {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="text -> image with the shipped model or your own",

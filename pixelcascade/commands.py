@@ -12,9 +12,9 @@ import time
 import warnings
 from pathlib import Path
 
-from .api import EMOJI_FEATURES, ModelError, stage_paths
 from .errors import PixelcascadeError
 from .inputs import DEFAULT_MAX_PIXELS, read_image, read_mask, read_prompt_lines
+from .shipped import EMOJI_FEATURES, ModelError, stage_paths
 
 
 class UserError(PixelcascadeError):
@@ -100,17 +100,13 @@ def load_image(path: str, what: str = "image", max_pixels: int | None = DEFAULT_
 
 
 def _run_and_save(a, cascade, prompts: list[str], *, init=None, mask=None, strength: float = 1.0,
-                  low_res=None, extra_sidecar: dict | None = None) -> int:
-    """Sample in batches, save PNG + JSON sidecars, print the paths. Shared by every image command."""
-    import dataclasses
+                  low_res=None, size=None, extra_sidecar: dict | None = None) -> int:
+    """The image commands' one loop: call the cascade batch by batch, write each image as PNG + its settings
+    record (the API's own, plus the input paths), print the paths."""
+    import numpy as np
 
     from .images import save_png
-    from .pipeline import PipelineError, negative_states, stage_settings, to_uint8, with_overrides
-    from .samplers import SAMPLERS
-    from .text.encoder import TextEncoderError
-    for flag, val in (("--sampler", a.sampler), ("--sampler-ii", a.sampler_ii)):
-        if val and val not in SAMPLERS:
-            raise UserError(f"{flag} {val}: unknown; choose one of {', '.join(SAMPLERS)}")
+    from .pipeline import stage_settings
     n_images = len(prompts) * a.num_images
     out = Path(a.output)
     if out.suffix and out.suffix.lower() != ".png" and not out.is_dir():
@@ -121,66 +117,37 @@ def _run_and_save(a, cascade, prompts: list[str], *, init=None, mask=None, stren
         raise UserError(f"-o {out} is one PNG but {n_images} images will be made: pass a folder instead")
     _check_writable(out)
     t0 = time.time()
-    n_stages = len(cascade.stages)
-    if low_res is not None:  # upscale: one super-resolution stage, driven by the stage I flags
-        settings = [with_overrides(cascade.stages[0].settings, sampler=a.sampler, num_steps=a.steps,
-                                   guidance_scale=a.guidance, aug_level=a.aug_level)]
-    else:
-        settings = stage_settings(cascade.stages, sampler=a.sampler, sampler_ii=a.sampler_ii, steps=a.steps,
-                                  steps_ii=a.steps_ii, guidance=a.guidance, guidance_ii=a.guidance_ii,
-                                  aug_level=a.aug_level, dyn_thresh_max=a.thresh_max,
-                                  dyn_thresh_max_ii=a.thresh_max_ii, layout_guidance=a.layout_guidance)
+    settings = stage_settings(cascade.stages, sampler=a.sampler, sampler_ii=a.sampler_ii, steps=a.steps,
+                              steps_ii=a.steps_ii, guidance=a.guidance, guidance_ii=a.guidance_ii,
+                              aug_level=a.aug_level, dyn_thresh_max=a.thresh_max, dyn_thresh_max_ii=a.thresh_max_ii,
+                              layout_guidance=a.layout_guidance)
     all_prompts = [p for p in prompts for _ in range(a.num_images)]
     seeds = [a.seed + i for i in range(len(all_prompts))]
+    if size is None and (getattr(a, "height", None) or getattr(a, "width", None)):
+        size = (a.height or cascade.stages[0].cfg.image_size, a.width or cascade.stages[0].cfg.image_size)
     paths = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for start in range(0, len(all_prompts), a.batch_size):
             ps, ss = all_prompts[start:start + a.batch_size], seeds[start:start + a.batch_size]
-            nb = len(ps)
-            kw = {}
-            if init is not None:
-                kw = dict(init_image=init.expand(nb, -1, -1, -1), strength=strength,
-                          mask=None if mask is None else mask.expand(nb, -1, -1, -1))
             try:
-                if low_res is not None:  # upscale: the cascade is one super-resolution stage
-                    emb, _ = cascade.encoder(ps)
-                    unc = negative_states(cascade.encoder, a.negative_prompt, nb)
-                    st = cascade.stages[0]
-                    scale = a.scale
-                    h, w = (round(low_res.shape[2] * scale), round(low_res.shape[3] * scale))
-                    outs = [st.sample(emb, unc, ss, height=h, width=w, settings=settings[0],
-                                      low_res=low_res.expand(nb, -1, -1, -1))]
-                else:
-                    size = None
-                    if getattr(a, "height", None) or getattr(a, "width", None):
-                        base = cascade.stages[0].cfg.image_size
-                        size = [(a.height or base, a.width or base)]
-                    outs = cascade(ps, ss, settings=settings, num_stages=n_stages, progress=not a.quiet,
-                                   sizes=size, negative_prompts=a.negative_prompt, max_pixels=a.max_pixels, **kw)
-            except (PipelineError, TextEncoderError, ValueError) as e:
-                raise UserError(str(e)) from None
+                result = cascade(ps, seed=ss, settings=settings, num_stages=a.stages, progress=not a.quiet,
+                                 negative_prompt=a.negative_prompt, image=init if low_res is None else low_res,
+                                 mask_image=mask, strength=strength, max_pixels=a.max_pixels,
+                                 height=None if size is None else size[0], width=None if size is None else size[1],
+                                 return_stages=bool(getattr(a, "save_stages", False)))
             except RuntimeError as e:  # torch's allocation failures (CPU or CUDA): the size asked for, not a bug
                 if not _out_of_memory(e):
                     raise
                 raise UserError(f"out of memory sampling {len(ps)} image(s): lower --batch-size or --height/--width"
                                 f"{', or add --offload' if 'cuda' in str(a.device) else ''}") from None
-            stage_imgs = [to_uint8(o) for o in outs]
-            for j, (p, sd) in enumerate(zip(ps, ss)):
-                k = start + j
-                path = out if single else out / f"{k:04d}-{_slug(p)}.png"
-                side = {"prompt": p, "seed": sd, "command": a.command, "model": str(a.model),
-                        "stages": n_stages, "device": a.device, "dtype": a.dtype,
-                        "settings": [dataclasses.asdict(s) for s in settings],
-                        "size": list(stage_imgs[-1][j].shape[:2]), "pixelcascade": _version(),
-                        **({"lora": a.lora} if getattr(a, "lora", None) else {}),
-                        **({"negative_prompt": a.negative_prompt} if a.negative_prompt.strip() else {}),
-                        **(extra_sidecar or {})}
-                save_png(stage_imgs[-1][j], path, side)
-                if getattr(a, "save_stages", False):
-                    for si in range(len(stage_imgs) - 1):
-                        save_png(stage_imgs[si][j], path.with_name(f"{path.stem}-stage{si + 1}.png"),
-                                 {**side, "stage": si + 1})
+            for j, image in enumerate(result.images):
+                path = out if single else out / f"{start + j:04d}-{_slug(ps[j])}.png"
+                record = {**result.settings[j], **(extra_sidecar or {})}
+                save_png(np.asarray(image), path, record)
+                for si, earlier in enumerate((result.stage_images or [])[:-1]):
+                    save_png(np.asarray(earlier[j]), path.with_name(f"{path.stem}-stage{si + 1}.png"),
+                             {**record, "stage": si + 1})
                 paths.append(path)
     for w in caught:
         if "truncated" in str(w.message):
@@ -259,7 +226,8 @@ def cmd_upscale(a) -> int:
     a.prompts = [a.prompt]
     a.num_images, a.stages = 1, 1
     _check_writable(Path(a.output))
-    return _run_and_save(a, cascade_like, [a.prompt], low_res=img, extra_sidecar={"input_image": a.image})
+    size = (round(img.shape[2] * a.scale), round(img.shape[3] * a.scale))
+    return _run_and_save(a, cascade_like, [a.prompt], low_res=img, size=size, extra_sidecar={"input_image": a.image})
 
 
 def _version() -> str:

@@ -21,6 +21,9 @@ class ConfigError(PixelcascadeError, ValueError):
     """A configuration value that does not fit its field."""
 
 
+SAMPLER_NAMES = ("ddpm", "ddim", "dpmpp_2m")  # samplers.SAMPLERS implements each
+
+
 @dataclass(frozen=True)
 class UNetConfig:
     """The IF UNet (guided-diffusion / ADM family with fused text cross-attention).
@@ -169,8 +172,8 @@ class SampleConfig:
     layout_steps: float = 0.5
 
     def __post_init__(self):
-        if self.sampler not in ("ddpm", "ddim", "dpmpp_2m"):
-            raise ConfigError(f"sample.sampler={self.sampler!r}: choose ddpm, ddim or dpmpp_2m")
+        if self.sampler not in SAMPLER_NAMES:
+            raise ConfigError(f"sample.sampler={self.sampler!r}: choose {', '.join(SAMPLER_NAMES)}")
         for name in ("guidance_scale", "dyn_thresh_max", "layout_guidance"):
             v = getattr(self, name)
             if not 0 <= v < float("inf"):

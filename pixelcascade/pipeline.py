@@ -211,11 +211,11 @@ def stage_settings(stages, *, sampler: str | None = None, sampler_ii: str | None
                    aug_level: float | None = None, dyn_thresh_max: float | None = None,
                    dyn_thresh_max_ii: float | None = None, layout_guidance: float | None = None) -> list[SampleConfig]:
     """Each stage's settings: its shipped defaults, with the user's choices (``*_ii`` for the later stages;
-    ``sampler`` alone sets every stage's)."""
+    ``sampler`` alone sets every stage's; ``aug_level`` every super-resolution stage's)."""
     return [with_overrides(st.settings, sampler=sampler if i == 0 else (sampler_ii or sampler),
                            num_steps=steps if i == 0 else steps_ii,
                            guidance_scale=guidance if i == 0 else guidance_ii,
-                           aug_level=aug_level if i > 0 else None,
+                           aug_level=aug_level if st.is_super_res else None,
                            dyn_thresh_max=dyn_thresh_max if i == 0 else dyn_thresh_max_ii,
                            layout_guidance=layout_guidance if i == 0 else None)
             for i, st in enumerate(stages)]
@@ -264,20 +264,63 @@ def zero_padding(states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tenso
     return states if mask is None else states * mask.to(states.device, states.dtype)[..., None]
 
 
+DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def settings_record(*, prompt: str, seed: int, settings: list[SampleConfig], size, model: str, device: str,
+                    dtype: str, command: str = "generate", negative_prompt: str = "", lora=(), **extra) -> dict:
+    """How one image was made: the JSON sidecar the CLI writes beside it, the record the API returns with it and
+    eval keeps with its images. The same function for all three, so they always agree."""
+    import dataclasses
+
+    from .version import __version__
+    record = {"prompt": prompt, "seed": int(seed), "command": command, "model": str(model), "stages": len(settings),
+              "device": device, "dtype": dtype, "settings": [dataclasses.asdict(s) for s in settings],
+              "size": [int(v) for v in size], "pixelcascade": __version__}
+    if lora:
+        record["lora"] = list(lora)
+    if negative_prompt and negative_prompt.strip():
+        record["negative_prompt"] = negative_prompt
+    record.update(extra)
+    return record
+
+
+@dataclass
+class CascadeOutput:
+    """What a cascade call returns (diffusers' ``ImagePipelineOutput`` with the rest a user needs to reproduce it).
+
+    ``images``: the last stage's images as ``output_type`` asked: PIL images ("pil"), a float tensor [B, 3, H, W]
+    in [0, 1] ("pt") or a float32 array [B, H, W, 3] in [0, 1] ("np"). ``stage_images``: every stage's, in the
+    same form, when asked for (``return_stages=True``). ``seeds``: each image's seed. ``settings``: each image's
+    settings record (:func:`settings_record`), what the CLI writes as its sidecar.
+    """
+
+    images: object
+    seeds: list[int]
+    settings: list[dict]
+    stage_images: list | None = None
+
+
 @dataclass
 class Cascade:
-    """Stage I then any number of super-resolution stages, sharing one text encoding."""
+    """Stage I then any number of super-resolution stages, sharing one text encoding: the engine under the public
+    :class:`pixelcascade.api.Cascade` (which adds diffusers' call, loading and saving)."""
 
     stages: list[Stage]
     encoder: object  # a text encoder: __call__(texts) -> (text_emb, text_mask), .empty(n)
     # run on this device one model at a time (text encoder, then each stage), the others parked on the CPU:
     # what lets IF-I-XL + T5-XXL run on a small GPU. None: every model stays where it was loaded.
     offload: str | None = None
+    # a cascade that starts from the user's image: its first stage is a super-resolution one (upscale)
+    starts_from_image: bool = False
+    source: str = ""  # the model it was loaded from, as given (recorded beside every image)
+    loras: tuple = ()  # the LoRA adapters merged into it, as given
+    text_encoder: str = ""  # the text encoder's spec ("minilm" or a folder), written into saved stages
 
     def __post_init__(self):
         if not self.stages:
             raise PipelineError("a cascade needs at least one stage")
-        if self.stages[0].is_super_res:
+        if self.stages[0].is_super_res and not self.starts_from_image:
             raise PipelineError("the first stage is a super-resolution model: stage I (text -> image) must run "
                                 "first; pass the stage I model before the stage II one")
         for i, st in enumerate(self.stages[1:], start=2):
@@ -286,12 +329,13 @@ class Cascade:
                                     "super-resolution model")
 
     @torch.no_grad()
-    def __call__(self, prompts: list[str], seeds: list[int], *, settings: list[SampleConfig | None] | None = None,
-                 sizes: list[tuple[int, int] | None] | None = None, num_stages: int | None = None,
-                 progress: bool = False, init_image: torch.Tensor | None = None, strength: float = 1.0,
-                 mask: torch.Tensor | None = None,
-                 negative_prompts: str | list[str] | None = None,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> list[torch.Tensor]:
+    def run(self, prompts: list[str], seeds: list[int], *, settings: list[SampleConfig | None] | None = None,
+            sizes: list[tuple[int, int] | None] | None = None, num_stages: int | None = None,
+            progress: bool = False, init_image: torch.Tensor | None = None, strength: float = 1.0,
+            mask: torch.Tensor | None = None, negative_prompts: str | list[str] | None = None,
+            max_pixels: int | None = DEFAULT_MAX_PIXELS, low_res: torch.Tensor | None = None,
+            text_states: tuple | None = None, negative_states_: tuple | None = None,
+            step_callback=None) -> list[torch.Tensor]:
         """Run the first ``num_stages`` stages; returns every stage's images in [-1, 1].
 
         ``init_image`` ([B, 3, H, W] in [-1, 1]) and ``strength``: image-to-image in every stage, the image
@@ -299,34 +343,42 @@ class Cascade:
         ``negative_prompts`` (one for all, or one per prompt; "" = none): what guidance steers away from, in
         every stage of ours (an external stage with its own encoder, the SD x4 upscaler, keeps its own): the
         unconditional branch of classifier-free guidance gets their states instead of the empty prompt's
-        (diffusers' ``negative_prompt``).
+        (diffusers' ``negative_prompt``). ``low_res`` ([B, 3, h, w] in [-1, 1]): the input of a cascade that starts
+        from an image. ``text_states`` / ``negative_states_``: (states [B, L, D], mask or None) given instead of
+        encoding the prompts (diffusers' ``prompt_embeds``). ``step_callback(stage, k, n, x)`` after every step.
         """
         n = num_stages or len(self.stages)
         if not 1 <= n <= len(self.stages):
             raise PipelineError(f"--stages {n}: this cascade has {len(self.stages)} stage(s)")
+        if self.starts_from_image and low_res is None:
+            raise PipelineError("this cascade starts with a super-resolution stage: give the image to upscale")
         settings = list(settings or []) + [None] * n
-        sizes = self.planned_sizes(sizes, n)
+        sizes = self.planned_sizes(sizes, n, low_res)
         if max_pixels is not None:
             for i, (h, w) in enumerate(sizes):
                 if h * w > max_pixels:
                     raise PipelineError(f"stage {i + 1} would make {w}x{h} images ({h * w / 1e6:.1f} MP), over the "
                                         f"limit of {max_pixels / 1e6:.1f} MP: ask for a smaller --height/--width "
                                         "(or raise --max-pixels)")
-        with self._on_device(self.encoder):
-            text_emb, text_mask = self.encoder(prompts)
-            uncond, uncond_mask = negative_states(self.encoder, negative_prompts, len(prompts), with_mask=True)
+        text_emb, text_mask, uncond, uncond_mask = self._states(prompts, negative_prompts, text_states,
+                                                                negative_states_)
         layout = None  # the relation each prompt states, for stages that sample with layout guidance
-        if any((s or st.settings).layout_guidance > 0 for s, st in zip(settings, self.stages[:n])):
+        if prompts and any((s or st.settings).layout_guidance > 0 for s, st in zip(settings, self.stages[:n])):
             layout = layout_targets(self.encoder, prompts)
         bar = None
         if progress:
             from tqdm import tqdm
             total = sum(st.num_steps(settings[i]) for i, st in enumerate(self.stages[:n]))
             bar = tqdm(total=total, desc="sampling", unit="step", leave=False)
-        outs, low = [], None
+        outs, low = [], low_res
         for i, st in enumerate(self.stages[:n]):
             h, w = sizes[i]
-            cb = (lambda *a: bar.update(1)) if bar is not None else None
+
+            def cb(k, steps, x, _pred, i=i):
+                if bar is not None:
+                    bar.update(1)
+                if step_callback is not None:
+                    step_callback(i, k, steps, x)
             with self._on_device(st):
                 if st.uses_prompts:  # an external stage with its own text encoder (SD x4 upscaler)
                     img = st.sample_prompts(prompts, seeds, low_res=low, size=(h, w), settings=settings[i],
@@ -347,39 +399,37 @@ class Cascade:
             bar.close()
         return outs
 
-    def planned_sizes(self, sizes: list | None, n: int) -> list[tuple[int, int]]:
+    def _states(self, prompts, negative_prompts, text_states, negative_states_):
+        """(text states, mask, unconditional states, mask): encoded here, or as given."""
+        if text_states is None:
+            with self._on_device(self.encoder):
+                text_emb, text_mask = self.encoder(prompts)
+        else:
+            text_emb, text_mask = text_states
+        if negative_states_ is not None:
+            uncond, uncond_mask = negative_states_
+        else:
+            with self._on_device(self.encoder):
+                uncond, uncond_mask = negative_states(self.encoder, negative_prompts, text_emb.shape[0],
+                                                      with_mask=True)
+        return text_emb, text_mask, uncond, uncond_mask
+
+    def planned_sizes(self, sizes: list | None, n: int, low_res: torch.Tensor | None = None) -> list[tuple[int, int]]:
         """Each of the first ``n`` stages' output (height, width): the size asked for it, else the previous stage's
-        scaled by this stage's native ratio (stage I: its native size)."""
+        (or the input image's) scaled by this stage's native ratio (stage I: its native size)."""
         asked = list(sizes or []) + [None] * n
         out = []
+        prev = None if low_res is None else tuple(low_res.shape[-2:])
         for i, st in enumerate(self.stages[:n]):
             size = asked[i]
-            if size is None and out:
-                ratio = st.scale if st.scale else st.cfg.image_size / self.stages[i - 1].cfg.image_size
-                size = (round(out[-1][0] * ratio), round(out[-1][1] * ratio))
-            out.append(tuple(size) if size is not None else (st.cfg.image_size, st.cfg.image_size))
+            if size is None and prev is not None:
+                ratio = st.scale if st.scale else (st.cfg.image_size / self.stages[i - 1].cfg.image_size if i
+                                                   else 2.0)
+                size = (round(prev[0] * ratio), round(prev[1] * ratio))
+            size = tuple(size) if size is not None else (st.cfg.image_size, st.cfg.image_size)
+            out.append(size)
+            prev = size
         return out
-
-    def generate(self, prompts: str | list[str], *, seed: int = 0, num_images: int = 1,
-                 steps: str | int | None = None, guidance: float | None = None, sampler: str | None = None,
-                 negative_prompt: str | None = None, num_stages: int | None = None, progress: bool = True,
-                 **stage_options) -> list:
-        """Text to image, the simple way: PIL images of the last stage run, ``num_images`` per prompt, image i
-        seeded ``seed + i`` (so an image never depends on its batch). ``steps`` / ``guidance`` / ``sampler``
-        change stage I's settings; ``stage_options`` go to :func:`stage_settings` (``steps_ii``,
-        ``guidance_ii``, ``aug_level``, ...). Everything else keeps each stage's shipped defaults."""
-        from PIL import Image
-        prompts = prompt_list(prompts)
-        num_images = whole_number("num_images", num_images, 1, 10_000)
-        seed = whole_number("seed", seed, 0, 2 ** 63 - 1 - len(prompts) * num_images)
-        if num_stages is not None:
-            num_stages = whole_number("num_stages", num_stages, 1, len(self.stages))
-        every = [p for p in prompts for _ in range(num_images)]
-        settings = stage_settings(self.stages, sampler=sampler, steps=None if steps is None else str(steps),
-                                  guidance=guidance, **stage_options)
-        outs = self(every, [seed + i for i in range(len(every))], settings=settings, num_stages=num_stages,
-                    progress=progress, negative_prompts=negative_prompt)
-        return [Image.fromarray(a) for a in to_uint8(outs[-1])]
 
     @contextmanager
     def _on_device(self, part):

@@ -44,3 +44,18 @@ def export_weights(run_dir: str | Path, dest: str | Path, dtype: torch.dtype = t
     write_safetensors(dest, {k: v.to(dtype) for k, v in tensors.items()}, meta)
     write_model_card(Path(dest), meta)
     return Path(dest)
+
+
+def save_stage(stage: Stage, dest: str | Path, encoder_name: str = "", dtype: torch.dtype | None = None) -> Path:
+    """One stage as our .safetensors (UNet weights; UNet, diffusion and sampling configs and the text encoder in
+    the metadata, so :func:`load_stage` rebuilds it as it is) with its model card."""
+    meta = {k: str(v) for k, v in stage.meta.items()}
+    meta.update(unet_config=to_json(stage.cfg), diffusion_config=to_json(stage.diffusion),
+                sample_config=to_json(stage.settings))
+    if encoder_name:
+        meta.setdefault("text_encoder", encoder_name)
+    weights = {k: (v if dtype is None else v.to(dtype)).detach().cpu().contiguous()
+               for k, v in stage.unet.state_dict().items()}
+    write_safetensors(dest, weights, meta)
+    write_model_card(Path(dest), meta)
+    return Path(dest)

@@ -21,7 +21,7 @@ bytext = {p.text: p for p in S.all_prompts("color_attr", 32)}
 out = collections.Counter()
 for i in range(0, len(P), 32):
     chunk = P[i:i + 32]
-    imgs = casc([p.text for p in chunk], seeds=list(range(len(chunk))))[-1]  # stage I's images
+    imgs = casc.run([p.text for p in chunk], seeds=list(range(len(chunk))))[-1]  # stage I's images
     for p, im in zip(chunk, to_uint8(imgs)):
         w = p.text.split()  # a c1 s1 and a c2 s2
         sw = bytext.get(f"a {w[5]} {w[2]} and a {w[1]} {w[6]}")

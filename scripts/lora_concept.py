@@ -85,7 +85,7 @@ def cmd_score(a) -> None:
     results, colours = [], {}
     for start in range(0, len(jobs), 64):
         chunk = jobs[start:start + 64]
-        imgs = to_uint8(cascade([p.text for p, _ in chunk], [s for _, s in chunk], num_stages=1)[-1])
+        imgs = to_uint8(cascade.run([p.text for p, _ in chunk], [s for _, s in chunk], num_stages=1)[-1])
         for (p, _), img in zip(chunk, imgs):
             results.append((p, score_image(img, p)))
             if p.task == "colors":  # what the model paints for "an orange ...": the object's mean colour

@@ -47,7 +47,6 @@ def test_generate_is_seeded_and_batch_invariant(tiny_model, tmp_path):
 @pytest.mark.parametrize("args,msg", [
     (["generate", ""], "empty prompt"),
     (["generate"], "no prompt"),
-    (["generate", "a", "--sampler", "euler"], "unknown; choose one of ddpm, ddim, dpmpp_2m"),
     (["generate", "a", "--model", "/does/not/exist"], "no such file or folder"),
     (["generate", "a", "b", "-o", "x.png"], "is one PNG but 2 images"),
     (["generate", "a", "-o", "/proc/forbidden/x.png"], "cannot write to"),
@@ -86,6 +85,7 @@ def test_bad_input_is_one_clear_line(tiny_model, args, msg, capsys, tmp_path, mo
     (["generate", "a", "--batch-size", "two"], "argument --batch-size: expected a whole number, got 'two'"),
     (["eval", "emoji", "--guidance", "nan"], "argument --guidance: must be a finite number, 0 or more, got nan"),
     (["generate", "a", "--guidance", "inf"], "argument --guidance: must be a finite number, 0 or more, got inf"),
+    (["generate", "a", "--sampler", "euler"], "argument --sampler: euler: unknown; choose one of ddpm, ddim, dpmpp_2m"),
     (["generate", "a", "--seed", "99999999999999999999999"], "argument --seed: must be a whole number from 0 to"),
     (["generate", "a", "--threads", "-1"], "argument --threads: must be 0 (torch's default) or more"),
     (["train", "tiny", "-o", "/tmp/x", "--max-steps", "-1"], "argument --max-steps: must be at least 1"),

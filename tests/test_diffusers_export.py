@@ -40,12 +40,12 @@ def test_a_stage_i_and_a_stage_ii_exported_draw_the_same_pixels_in_diffusers(tmp
     s1 = Stage(randomize(build_unet(tiny_cfg(image_size=16)), seed=1).eval(), DiffusionConfig(), SETTINGS)
     emb, unc = _states(s1.cfg.encoder_dim)
     export_diffusers(s1, tmp_path / "if-i")
-    ours = Cascade([s1], _Encoder(emb, unc))(["a", "b"], SEEDS)[0]
+    ours = Cascade([s1], _Encoder(emb, unc)).run(["a", "b"], SEEDS)[0]
     assert (ours - _theirs(tmp_path / "if-i", emb, unc).clamp(-1, 1)).abs().max() <= 1e-4
     s2 = Stage(randomize(build_unet(tiny_cfg(super_res=True, image_size=32)), seed=2).eval(), DiffusionConfig(),
                dataclasses.replace(SETTINGS, guidance_scale=5.0, dyn_thresh_max=1.0, aug_level=0.25))
     export_diffusers(s2, tmp_path / "if-ii")
-    both = Cascade([s1, s2], _Encoder(emb, unc))(["a", "b"], SEEDS)
+    both = Cascade([s1, s2], _Encoder(emb, unc)).run(["a", "b"], SEEDS)
     ref = _theirs(tmp_path / "if-ii", emb, unc, low_res=both[0])
     assert (both[1] - ref.clamp(-1, 1)).abs().max() <= 1e-4
 
@@ -66,7 +66,7 @@ def test_a_lora_run_exports_merged_and_a_model_with_non_if_layers_is_refused(tmp
     stage = load_stage(tmp_path / "m.safetensors")
     stage.settings = SETTINGS
     emb, unc = _states(stage.cfg.encoder_dim)
-    ours = Cascade([stage], _Encoder(emb, unc))(["a", "b"], SEEDS)[0]
+    ours = Cascade([stage], _Encoder(emb, unc)).run(["a", "b"], SEEDS)[0]
     pipe = diffusers.IFPipeline.from_pretrained(str(tmp_path / "dif"))
     ref = pipe(prompt_embeds=emb, negative_prompt_embeds=unc, timesteps=TIMESTEPS, guidance_scale=5.0,
                generator=[torch.Generator().manual_seed(s) for s in SEEDS], output_type="pt",

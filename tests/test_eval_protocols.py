@@ -41,11 +41,11 @@ class _StopAfter:
     def __init__(self, cascade, n):
         self.c, self.n, self.stages = cascade, n, cascade.stages
 
-    def __call__(self, *a, **k):
+    def run(self, *a, **k):
         if self.n == 0:
             raise KeyboardInterrupt
         self.n -= 1
-        return self.c(*a, **k)
+        return self.c.run(*a, **k)
 
 
 def test_interrupted_coco_generation_resumes_exactly(tiny_model, captions, tmp_path):

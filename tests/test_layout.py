@@ -183,11 +183,11 @@ def test_pipeline_contracts():
     cascade = Cascade([Stage(unet, settings=on)], enc)
     prompts = ["a red circle", "a circle left of a square"]
     assert layout_targets(enc, prompts) == [None, LayoutTarget((1,), (5,), 0, 1)]
-    img_on = cascade(prompts, [0, 1])[0]
-    img_off = cascade(prompts, [0, 1], settings=[off])[0]
+    img_on = cascade.run(prompts, [0, 1])[0]
+    img_off = cascade.run(prompts, [0, 1], settings=[off])[0]
     assert torch.equal(img_on[0], img_off[0])  # no relation: exactly the same image
     assert not torch.allclose(img_on[1], img_off[1], atol=1e-3)
-    alone = cascade(prompts[1:], [1])[0]
+    alone = cascade.run(prompts[1:], [1])[0]
     torch.testing.assert_close(alone[0], img_on[1], atol=1e-4, rtol=0)  # batch-mates do not matter
 
 

@@ -69,7 +69,7 @@ def _if_pipe(cls, stage, **extra):
 
 def test_text_to_image_and_cascade_equal_diffusers(setup):
     s1, s2, emb, unc = setup
-    ours = Cascade([s1, s2], _Encoder(emb, unc))(["a", "b"], SEEDS)
+    ours = Cascade([s1, s2], _Encoder(emb, unc)).run(["a", "b"], SEEDS)
     p1 = _if_pipe(diffusers.IFPipeline, s1)
     ref1 = p1(prompt_embeds=emb, negative_prompt_embeds=unc, timesteps=smart27_timesteps, guidance_scale=5.0,
               generator=_gens(), output_type="pt", height=16, width=16).images
@@ -94,18 +94,18 @@ def test_negative_prompts_equal_diffusers(setup):
             return torch.stack([table[p] for p in prompts]), None
 
     enc = Named(emb, unc)
-    ours = Cascade([s1], enc)(["a", "b"], SEEDS, negative_prompts=["blurry", ""])[0]
+    ours = Cascade([s1], enc).run(["a", "b"], SEEDS, negative_prompts=["blurry", ""])[0]
     ref = _if_pipe(diffusers.IFPipeline, s1)(
         prompt_embeds=emb, negative_prompt_embeds=torch.stack([neg[0], unc[1]]), timesteps=smart27_timesteps,
         guidance_scale=5.0, generator=_gens(), output_type="pt", height=16, width=16).images
     assert (ours - ref.clamp(-1, 1)).abs().max() <= TOL
-    plain = Cascade([s1], enc)(["a", "b"], SEEDS)[0]
+    plain = Cascade([s1], enc).run(["a", "b"], SEEDS)[0]
     assert (ours[0] - plain[0]).abs().max() > 1e-4 and torch.equal(ours[1], plain[1])  # (a weak random UNet)
-    both = Cascade([s1], enc)(["a", "b"], SEEDS, negative_prompts="blurry")[0]  # one for all
+    both = Cascade([s1], enc).run(["a", "b"], SEEDS, negative_prompts="blurry")[0]  # one for all
     assert torch.equal(both[0], ours[0]) and (both[1] - plain[1]).abs().max() > 1e-4
     from pixelcascade.pipeline import PipelineError
     with pytest.raises(PipelineError, match="3 negative prompts for 2 prompts"):
-        Cascade([s1], enc)(["a", "b"], SEEDS, negative_prompts=["x", "y", "z"])
+        Cascade([s1], enc).run(["a", "b"], SEEDS, negative_prompts=["x", "y", "z"])
 
 
 def test_img2img_and_inpainting_equal_diffusers(setup):
@@ -116,7 +116,7 @@ def test_img2img_and_inpainting_equal_diffusers(setup):
     mask[:, :, 4:12, 2:9] = 1
     enc = _Encoder(emb, unc)
     for cls, m, strength in ((diffusers.IFImg2ImgPipeline, None, 0.6), (diffusers.IFInpaintingPipeline, mask, 0.8)):
-        ours = Cascade([s1], enc)(["a", "b"], SEEDS, init_image=init, strength=strength, mask=m)[0]
+        ours = Cascade([s1], enc).run(["a", "b"], SEEDS, init_image=init, strength=strength, mask=m)[0]
         kw = {} if m is None else {"mask_image": m}
         ref = _if_pipe(cls, s1)(image=init, prompt_embeds=emb, negative_prompt_embeds=unc,
                                 timesteps=smart27_timesteps, strength=strength, guidance_scale=5.0,

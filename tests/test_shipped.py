@@ -64,7 +64,7 @@ def test_shipped_stage_i_follows_relations_with_layout_guidance():
 
     def passes(layout_guidance):
         settings = stage_settings(cascade.stages[:1], layout_guidance=layout_guidance)
-        imgs = to_uint8(cascade([p.text for p in prompts], [0] * 8, settings=settings, num_stages=1)[0])
+        imgs = to_uint8(cascade.run([p.text for p in prompts], [0] * 8, settings=settings, num_stages=1)[0])
         return sum(relation_outcome(im, p) == "pass" for im, p in zip(imgs, prompts))
 
     on, off = passes(None), passes(0)  # measured here: 7 and 3

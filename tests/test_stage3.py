@@ -65,14 +65,14 @@ def test_sdx4_as_third_stage_equals_its_pipeline(sdx4_folder):
     from pixelcascade.stage3 import SDx4Stage
     sd = SDx4Stage(sdx4_folder, settings=FAST)
     cascade = Cascade([_stage1(), sd], _Encoder())
-    outs = cascade(["a red circle", "two squares"], [4, 5], progress=True)
+    outs = cascade.run(["a red circle", "two squares"], [4, 5], progress=True)
     assert [tuple(o.shape) for o in outs] == [(2, 3, 16, 16), (2, 3, 64, 64)]
     ref = sd.pipe(prompt=["a red circle", "two squares"], image=(outs[0] + 1) / 2, num_inference_steps=3,
                   guidance_scale=9.0, noise_level=100, output_type="pt",
                   generator=[torch.Generator().manual_seed(s) for s in (4, 5)]).images
     assert (outs[1] - (ref * 2 - 1).clamp(-1, 1)).abs().max() < 1e-5
     # offloading runs each model on the device in turn and gives the same images
-    off = Cascade([_stage1(), sd], _Encoder(), offload="cpu")(["a red circle", "two squares"], [4, 5])
+    off = Cascade([_stage1(), sd], _Encoder(), offload="cpu").run(["a red circle", "two squares"], [4, 5])
     assert torch.equal(off[1], outs[1])
 
 
@@ -91,5 +91,5 @@ def test_three_pixel_stages():
                SampleConfig(sampler="ddpm", num_steps="3", guidance_scale=2.0, dyn_thresh_max=1.0, aug_level=0.25))
     s3 = Stage(randomize(SuperResUNet(tiny_cfg(super_res=True, image_size=64)), seed=3).eval(), DiffusionConfig(),
                SampleConfig(sampler="ddpm", num_steps="2", guidance_scale=1.0, dyn_thresh_max=1.0, aug_level=0.0))
-    outs = Cascade([_stage1(), s2, s3], _Encoder())(["x"], [0])
+    outs = Cascade([_stage1(), s2, s3], _Encoder()).run(["x"], [0])
     assert [o.shape[-1] for o in outs] == [16, 32, 64]

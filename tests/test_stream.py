@@ -274,9 +274,9 @@ def test_a_model_trained_on_stored_states_samples_with_zeroed_padding(tiny_model
             return torch.ones(n, 8, stage.cfg.encoder_dim), torch.tensor([[1] * 2 + [0] * 6] * n)
 
     enc = Enc()
-    plain = Cascade([stage], enc)(["x"], [0])[-1]
+    plain = Cascade([stage], enc).run(["x"], [0])[-1]
     stage.meta = dict(stage.meta, text_padding="zeros")
-    zeroed = Cascade([stage], enc)(["x"], [0])[-1]
+    zeroed = Cascade([stage], enc).run(["x"], [0])[-1]
     emb, mask = enc(["x"])
     unc, umask = enc.empty(1)
     by_hand = stage.sample(zero_padding(emb, mask), zero_padding(unc, umask), [0])

@@ -53,7 +53,7 @@ def generate_jobs(cascade, jobs: list[Job], out_dir: str | Path, *, settings=Non
     settings_json = [dataclasses.asdict(s) for s in settings] if settings else None
     for start in range(0, len(todo), batch_size):
         chunk = todo[start:start + batch_size]
-        outs = cascade([j.prompt for j in chunk], [j.seed for j in chunk], settings=settings, num_stages=n)
+        outs = cascade.run([j.prompt for j in chunk], [j.seed for j in chunk], settings=settings, num_stages=n)
         imgs = [to_uint8(o) for o in outs]
         for k, j in enumerate(chunk):
             meta = {"prompt": j.prompt, "seed": j.seed, "stages": n, "settings": settings_json, **(sidecar or {})}

@@ -66,7 +66,7 @@ def evaluate_emoji(cascade, extractor: EmojiExtractor, *, cache: Path | None = N
             it = tqdm(it, desc=f"emoji eval ({split})", unit="batch")
         for s in it:
             ps = prompts[s:s + batch_size]
-            out = cascade(ps, list(range(s, s + len(ps))), settings=settings, num_stages=n)[-1]
+            out = cascade.run(ps, list(range(s, s + len(ps))), settings=settings, num_stages=n)[-1]
             imgs.extend(to_uint8(out))
         gen = np.stack([np.asarray(Image.fromarray(im).resize((64, 64), Image.BICUBIC)) if im.shape[0] != 64 else im
                         for im in imgs])

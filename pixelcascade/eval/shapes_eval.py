@@ -54,7 +54,7 @@ def evaluate_shapes(cascade, *, num_stages: int | None = None, per_task: int = 6
         it = tqdm(it, desc=f"eval shapes ({len(jobs)} images)", unit="batch")
     for start in it:
         chunk = jobs[start:start + batch_size]
-        outs = cascade([p.text for p, _ in chunk], [s for _, s in chunk], settings=settings, num_stages=n)
+        outs = cascade.run([p.text for p, _ in chunk], [s for _, s in chunk], settings=settings, num_stages=n)
         imgs = [to_uint8(o) for o in outs]
         for j, (p, _s) in enumerate(chunk):
             outcome = relation_outcome(imgs[-1][j], p)  # "pass" exactly when score_image passes

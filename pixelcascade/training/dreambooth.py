@@ -69,7 +69,7 @@ def _generate(cfg: RunConfig, folder: Path, todo: list[int], progress: bool, bat
         from tqdm import tqdm
         chunks = tqdm(chunks, desc=f"class images ({db.class_prompt!r})", unit="batch")
     for seeds in chunks:
-        images = to_uint8(cascade([db.class_prompt] * len(seeds), seeds)[-1])
+        images = to_uint8(cascade.run([db.class_prompt] * len(seeds), seeds)[-1])
         for seed, img in zip(seeds, images):
             if img.shape[0] != cfg.data.image_size:
                 img = center_crop_resize(img, cfg.data.image_size)
