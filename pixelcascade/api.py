@@ -20,19 +20,17 @@ import torch
 
 from .config import SampleConfig
 from .inputs import DEFAULT_MAX_PIXELS
+from .pipeline import Cascade as _EngineCascade
 from .pipeline import (
-    DTYPE_NAMES,
     CascadeOutput,
     PipelineError,
     from_uint8,
     prompt_list,
-    settings_record,
     stage_settings,
     to_uint8,
     whole_number,
     with_overrides,
 )
-from .pipeline import Cascade as _EngineCascade
 from .shipped import DEFAULT_MODEL, EMOJI_FEATURES, WEIGHTS_DIR, ModelError, shipped_models, stage_paths  # noqa: F401
 
 DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16", "half": "float16",
@@ -281,16 +279,6 @@ class Cascade(_EngineCascade):
                     changes[_SETTING_OF[name]] = str(value) if name == "num_inference_steps" else value
             out.append(with_overrides(base[i] or st.settings, **changes))
         return out
-
-    def record(self, prompt: str, seed: int, settings: list, size, *, command: str = "generate",
-               negative_prompt=None, **extra) -> dict:
-        """The settings record of one image this cascade made (:func:`pixelcascade.pipeline.settings_record`)."""
-        p = next(self.stages[0].unet.parameters()) if hasattr(self.stages[0], "unet") else None
-        return settings_record(prompt=prompt, seed=seed, settings=settings, size=size, model=self.source,
-                               device=self.offload or (str(p.device) if p is not None else "cpu"),
-                               dtype=DTYPE_NAMES.get(p.dtype, str(p.dtype)) if p is not None else "fp32",
-                               command=command, negative_prompt=negative_prompt
-                               if isinstance(negative_prompt, str) else "", lora=self.loras, **extra)
 
     def to(self, device=None, dtype=None) -> Cascade:
         """Move every stage and the text encoder (diffusers' ``pipe.to``); ``dtype`` casts the UNets."""

@@ -8,11 +8,13 @@ a wrong type is one clear error, never a silent no-op.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import types
 import typing
 from dataclasses import dataclass, field
+from typing import Literal
 
 from .errors import PixelcascadeError
 
@@ -21,7 +23,20 @@ class ConfigError(PixelcascadeError, ValueError):
     """A configuration value that does not fit its field."""
 
 
-SAMPLER_NAMES = ("ddpm", "ddim", "dpmpp_2m")  # samplers.SAMPLERS implements each
+@functools.cache
+def _choices(cls) -> dict[str, tuple]:
+    """A config class's Literal fields and their choices."""
+    hints = typing.get_type_hints(cls)
+    return {name: typing.get_args(tp) for name, tp in hints.items() if typing.get_origin(tp) is Literal}
+
+
+def check_choices(cfg, section: str) -> None:
+    """Every Literal field of ``cfg`` holds one of its choices, however the config was made."""
+    for name, choices in _choices(type(cfg)).items():
+        if getattr(cfg, name) not in choices:
+            raise ConfigError(f"{section}.{name}={getattr(cfg, name)!r}: choose one of {', '.join(choices)}")
+
+
 
 
 @dataclass(frozen=True)
@@ -145,8 +160,8 @@ class UNetConfig:
 @dataclass(frozen=True)
 class DiffusionConfig:
     num_timesteps: int = 1000
-    schedule: str = "cosine"  # "cosine" (IF) or "linear"
-    prediction: str = "eps"  # "eps" (IF), "v" or "x0"
+    schedule: Literal["cosine", "linear"] = "cosine"  # cosine: IF's
+    prediction: Literal["eps", "v", "x0"] = "eps"  # eps: IF's
     learned_variance: bool = True  # learned-range interpolation between beta_t and the posterior variance
     vlb_weight: float = 0.001  # hybrid loss: MSE + vlb_weight * VLB (IF: RESCALED_MSE -> T/1000 = 1 ... x 0.001)
     min_snr_gamma: float = 0.0  # > 0 enables min-SNR-gamma weighting of the MSE term
@@ -156,10 +171,13 @@ class DiffusionConfig:
     snr_floor: float = 0.0
     snr_floor_cap: float = 100.0
 
+    def __post_init__(self):
+        check_choices(self, "diffusion")
+
 
 @dataclass(frozen=True)
 class SampleConfig:
-    sampler: str = "ddpm"  # ddpm | ddim | dpmpp_2m
+    sampler: Literal["ddpm", "ddim", "dpmpp_2m"] = "ddpm"
     num_steps: str = "smart50"  # a respacing preset or a plain count / section string
     guidance_scale: float = 7.0
     dyn_thresh_p: float = 0.95
@@ -172,8 +190,7 @@ class SampleConfig:
     layout_steps: float = 0.5
 
     def __post_init__(self):
-        if self.sampler not in SAMPLER_NAMES:
-            raise ConfigError(f"sample.sampler={self.sampler!r}: choose {', '.join(SAMPLER_NAMES)}")
+        check_choices(self, "sample")
         for name in ("guidance_scale", "dyn_thresh_max", "layout_guidance"):
             v = getattr(self, name)
             if not 0 <= v < float("inf"):
@@ -181,6 +198,9 @@ class SampleConfig:
         for name in ("dyn_thresh_p", "aug_level", "layout_steps"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"sample.{name}={getattr(self, name)}: a share, from 0 to 1")
+
+
+SAMPLER_NAMES = typing.get_args(typing.get_type_hints(SampleConfig)["sampler"])  # samplers.SAMPLERS: each
 
 
 @dataclass(frozen=True)
@@ -198,7 +218,7 @@ class DreamBoothConfig:
 @dataclass(frozen=True)
 class DataConfig:
     # shapes (rendered, specs/shapes-world.md), emoji (the curated emoji set) or files (your data: data.path)
-    world: str = "shapes"
+    world: Literal["shapes", "emoji", "files", "dreambooth"] = "shapes"
     # world=files: a dataset in any format data.formats reads (a folder of images with .txt captions or a
     # manifest, parquet, webdataset shards; e.g. what `pixelcascade curate` writes), centre-cropped and resized
     # to image_size once, into the cache; data.seed picks the held-out validation images
@@ -233,6 +253,7 @@ class DataConfig:
         if self.world not in ("shapes", "emoji", "files", "dreambooth"):
             raise ConfigError(f"data.world={self.world!r}: choose shapes, emoji, files (your own data, with "
                               "data.path=DATASET) or dreambooth (data.path=SUBJECT_IMAGES)")
+        check_choices(self, "data")
         if self.world == "dreambooth":
             self._check_dreambooth()
         if self.path and self.world not in ("files", "dreambooth"):
@@ -301,7 +322,7 @@ class TrainConfig:
     # generator either way, so a run moved between devices keeps its data order and resumes exactly.
     device: str = "cpu"
     # learning rate after warm-up: "constant", or "cosine" from lr down to lr_min at max_steps
-    lr_schedule: str = "constant"
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     lr_min: float = 0.0
     # fine-tuning: start a new run from these weights (a run's checkpoint.pt: model and EMA; or an EMA
     # .safetensors: both from it). The optimizer starts fresh. Ignored when the run folder resumes.
@@ -319,39 +340,32 @@ class TrainConfig:
     grad_accum: int = 1
     # adamw (fp32 moments), adafactor (factored second moments: torch.optim.Adafactor, a few bytes per parameter),
     # adamw8bit (8-bit moments: torchao's AdamW8bit, or bitsandbytes' on CUDA; either must be installed)
-    optimizer: str = "adamw"
+    optimizer: Literal["adamw", "adafactor", "adamw8bit"] = "adamw"
     # several processes (torchrun): "ddp" keeps a whole copy of the model on each; "fsdp" shards weights,
     # gradients, optimizer moments and EMA across them (FSDP2 per UNet block), for full fine-tunes too big for one
-    sharding: str = "ddp"
+    sharding: Literal["ddp", "fsdp"] = "ddp"
     # where a run that encodes captions as it goes keeps its text encoder: "auto" (the training device), or "cpu"
     # (off the GPU: T5-XXL's 9.5 GB in bf16 stay in host memory, encoding on the CPU)
-    text_encoder_device: str = "auto"
+    text_encoder_device: Literal["auto", "cpu"] = "auto"
     # log the curves, sample grids and recipe to Weights & Biases too (pip install wandb; WANDB_MODE=offline
     # needs no network). TensorBoard (tb/) and the CSV files are always written.
     wandb: bool = False
     wandb_project: str = "pixelcascade"
 
     def __post_init__(self):
+        check_choices(self, "train")
         if self.lora.rank and not self.init_from:
             raise ConfigError("train.lora.rank > 0 trains an adapter on top of a model: give train.init_from (a "
                               "run's checkpoint, an EMA .safetensors or an IF model folder)")
         if self.lora.rank and self.init_reset:
             raise ConfigError("train.lora keeps every base weight frozen: it cannot be combined with "
                               "train.init_reset")
-        if self.text_encoder_device not in ("auto", "cpu"):
-            raise ConfigError(f"train.text_encoder_device={self.text_encoder_device!r}: choose auto or cpu")
-        if self.sharding not in ("ddp", "fsdp"):
-            raise ConfigError(f"train.sharding={self.sharding!r}: choose ddp or fsdp")
         if self.sharding == "fsdp" and self.lora.rank:
             raise ConfigError("train.sharding=fsdp is for full fine-tunes; a LoRA's few weights train with "
                               "train.sharding=ddp")
-        if self.optimizer not in ("adamw", "adafactor", "adamw8bit"):
-            raise ConfigError(f"train.optimizer={self.optimizer!r}: choose adamw, adafactor or adamw8bit")
         if self.grad_accum < 1 or self.batch_size % self.grad_accum:
             raise ConfigError(f"train.grad_accum={self.grad_accum}: must be at least 1 and divide train.batch_size "
                               f"({self.batch_size})")
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise ConfigError(f"train.lr_schedule={self.lr_schedule!r}: choose constant or cosine")
         ranges = {  # field: (test, what it must be)
             "lr": (lambda v: v > 0, "more than 0"), "lr_min": (lambda v: v >= 0, "0 or more"),
             "weight_decay": (lambda v: v >= 0, "0 or more"), "warmup_steps": (lambda v: v >= 0, "0 or more"),
@@ -419,6 +433,11 @@ def _coerce(value, tp, where: str):
         if len(args) != len(value):
             raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
         return tuple(_coerce(v, a, where) for v, a in zip(value, args))
+    if origin is Literal:  # which choice is checked by the config itself (check_choices), with its own words
+        choices = typing.get_args(tp)
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}={value!r}: choose one of {', '.join(map(str, choices))}")
+        return value
     if tp is bool:
         if isinstance(value, bool):
             return value

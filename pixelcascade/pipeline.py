@@ -21,10 +21,6 @@ from .errors import PixelcascadeError
 from .inputs import DEFAULT_MAX_PIXELS
 from .samplers import get_sampler
 
-DEFAULT_SAMPLE_I = SampleConfig(sampler="ddpm", num_steps="smart100", guidance_scale=7.0, dyn_thresh_max=1.5)
-DEFAULT_SAMPLE_II = SampleConfig(sampler="ddpm", num_steps="smart50", guidance_scale=4.0, dyn_thresh_max=1.0,
-                                 aug_level=0.25)
-
 
 class PipelineError(PixelcascadeError, ValueError):
     """Bad input to a pipeline, with the fix in the message."""
@@ -398,6 +394,16 @@ class Cascade:
         if bar is not None:
             bar.close()
         return outs
+
+    def record(self, prompt: str, seed: int, settings: list, size, *, command: str = "generate",
+               negative_prompt=None, **extra) -> dict:
+        """The settings record of one image this cascade made (:func:`pixelcascade.pipeline.settings_record`)."""
+        p = next(self.stages[0].unet.parameters()) if hasattr(self.stages[0], "unet") else None
+        return settings_record(prompt=prompt, seed=seed, settings=settings, size=size, model=self.source,
+                               device=self.offload or (str(p.device) if p is not None else "cpu"),
+                               dtype=DTYPE_NAMES.get(p.dtype, str(p.dtype)) if p is not None else "fp32",
+                               command=command, negative_prompt=negative_prompt
+                               if isinstance(negative_prompt, str) else "", lora=self.loras, **extra)
 
     def _states(self, prompts, negative_prompts, text_states, negative_states_):
         """(text states, mask, unconditional states, mask): encoded here, or as given."""

@@ -1,5 +1,6 @@
-"""The one registry of presets: networks (the released IF models and the small models trained on this machine)
-and training runs (a network with its diffusion, sampling defaults, data and training settings).
+"""The one registry of presets: networks (the released IF models and the small models trained on this machine),
+IF's sampling defaults, and training runs (a network with its diffusion, sampling defaults, data and training
+settings).
 
 IF-I-XL and IF-II-L are the published configs (reference/if-anchor.md 1.6). IF-I-L/M and IF-II-M configs
 are not public: these presets follow the IF family's rules (width = heads x 64, encoder_channels =
@@ -74,6 +75,21 @@ def get_preset(name: str, **overrides) -> UNetConfig:
     if name not in PRESETS:
         raise KeyError(f"unknown UNet preset {name!r}; known: {', '.join(PRESETS)}")
     return dataclasses.replace(PRESETS[name], **overrides)
+
+
+# --------------------------------------------------------------------------------------------------
+# sampling defaults: IF's own (its pipelines' settings), used for a model whose file records none
+
+SAMPLING_PRESETS: dict[str, SampleConfig] = {
+    "IF-I": SampleConfig(sampler="ddpm", num_steps="smart100", guidance_scale=7.0, dyn_thresh_max=1.5),
+    "IF-II": SampleConfig(sampler="ddpm", num_steps="smart50", guidance_scale=4.0, dyn_thresh_max=1.0,
+                          aug_level=0.25),
+}
+
+
+def default_sampling(super_res: bool) -> SampleConfig:
+    """IF's sampling settings for a text-to-image stage or a super-resolution one."""
+    return SAMPLING_PRESETS["IF-II" if super_res else "IF-I"]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ import torch
 from .config import DiffusionConfig, SampleConfig, apply_overrides, from_dict, to_json
 from .convert import load_unet, meta_config, meta_int
 from .model_card import write_model_card
-from .pipeline import DEFAULT_SAMPLE_I, DEFAULT_SAMPLE_II, Stage, check_steps
+from .pipeline import Stage, check_steps
+from .presets import default_sampling
 from .tensorfiles import read_tensors, write_safetensors
 
 
@@ -19,7 +20,7 @@ def load_stage(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch
     """A stage from a pixelcascade .safetensors file (UNet, diffusion and sampling settings in the metadata)."""
     unet, meta = load_unet(path, dtype=dtype, device=device)
     diffusion = meta_config(meta, "diffusion_config", DiffusionConfig, Path(path), DiffusionConfig())
-    default = DEFAULT_SAMPLE_II if unet.cfg.super_res else DEFAULT_SAMPLE_I
+    default = default_sampling(unet.cfg.super_res)
     sample = meta_config(meta, "sample_config", SampleConfig, Path(path), default)
     meta_int(meta, "text_max_length", 77, Path(path))
     return Stage(unet=unet, diffusion=diffusion, settings=sample, meta=meta)

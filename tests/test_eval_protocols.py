@@ -41,6 +41,9 @@ class _StopAfter:
     def __init__(self, cascade, n):
         self.c, self.n, self.stages = cascade, n, cascade.stages
 
+    def record(self, *a, **k):
+        return self.c.record(*a, **k)
+
     def run(self, *a, **k):
         if self.n == 0:
             raise KeyboardInterrupt

@@ -240,7 +240,7 @@ def test_lr_schedule_warmup_then_cosine_to_lr_min():
     assert lr_at(110, tc) == pytest.approx(1e-4) and lr_at(500, tc) == pytest.approx(1e-4)
     const = dataclasses.replace(tc, lr_schedule="constant")
     assert lr_at(60, const) == lr_at(109, const) == 1e-3
-    with pytest.raises(ValueError, match="constant or cosine"):
+    with pytest.raises(ValueError, match="choose one of constant, cosine"):
         TrainConfig(lr_schedule="linear")
 
 

@@ -50,13 +50,13 @@ def generate_jobs(cascade, jobs: list[Job], out_dir: str | Path, *, settings=Non
     if progress and todo:
         from tqdm import tqdm
         bar = tqdm(total=len(todo), desc=f"generate -> {out}", unit="img", initial=0)
-    settings_json = [dataclasses.asdict(s) for s in settings] if settings else None
+    used = [s or st.settings for s, st in zip(list(settings or []) + [None] * n, cascade.stages[:n])]
     for start in range(0, len(todo), batch_size):
         chunk = todo[start:start + batch_size]
         outs = cascade.run([j.prompt for j in chunk], [j.seed for j in chunk], settings=settings, num_stages=n)
         imgs = [to_uint8(o) for o in outs]
         for k, j in enumerate(chunk):
-            meta = {"prompt": j.prompt, "seed": j.seed, "stages": n, "settings": settings_json, **(sidecar or {})}
+            meta = cascade.record(j.prompt, j.seed, used, imgs[-1][k].shape[:2], command="eval", **(sidecar or {}))
             if save_stages:
                 for si in range(len(imgs) - 1):
                     save_png(imgs[si][k], out / f"{j.name}-stage{si + 1}.png", {**meta, "stage": si + 1})
