@@ -40,6 +40,48 @@ def check_choices(cfg, section: str) -> None:
 
 
 @dataclass(frozen=True)
+class TextAdapterConfig:
+    """The text adapter (``models/text_adapter.py``): what a UNet may add between a small frozen text encoder and
+    its cross-attention. Not in IF; every option starts as the model without it (zero-initialised), so a
+    fine-tune may add it. In files and overrides these are ``unet.text_<field>``."""
+
+    dim: int = 4096  # the encoder's state width (unet.encoder_dim)
+    # transformer layers over the token states (with a learned token position), residual. For small encoders
+    # whose states blur who does what ("a circle left of a square").
+    layers: int = 0
+    # the token's index in the prompt (sinusoids through a linear map) added to its state. MiniLM barely tells
+    # "a circle left of a square" from "a square left of a circle" (cosine 0.96 for "circle" across the two);
+    # with the index in each key, one attention layer can prefer the first-named object on the relation's side.
+    position: bool = False
+    # each token also sees its neighbours in order: exponentially decaying means of the states before and after
+    # it (fixed weights, about four tokens), through a linear map added to its state.
+    context: bool = False
+    # the states ZCA-whitened with the training captions' statistics (buffers set from the data when a run
+    # starts, stored with the weights), through a linear map added to the states. A small encoder keeps "which
+    # side is this shape on" in low-variance directions the UNet barely learns from (scripts/binding_check.py).
+    whiten: bool = False
+    # with whiten, cross-attention reads the whitened states themselves (a fine-tune from a model without it
+    # folds the old path into encoder_proj: text_adapter.fold_white_attn, so it starts as that model)
+    whiten_attn: bool = False
+    # with whiten, the attention pooling reads the whitened states too (a LayerNorm comes first, so there is no
+    # fold: a new run only)
+    whiten_pool: bool = False
+
+    def __post_init__(self):
+        for name in ("whiten_attn", "whiten_pool"):  # the two readers of the whitened states
+            if getattr(self, name) and not self.whiten:
+                raise ConfigError(f"unet.text_{name}=true needs unet.text_whiten=true (its statistics)")
+            if getattr(self, name) and (self.layers or self.context):
+                raise ConfigError(f"unet.text_{name} reads the whitened states directly: it cannot be combined "
+                                  "with unet.text_layers or unet.text_context")
+
+    @property
+    def white_sum(self) -> bool:
+        """whiten's additive path x + P(w): absent when both cross-attention and the pooling read w."""
+        return self.whiten and not (self.whiten_attn and self.whiten_pool)
+
+
+@dataclass(frozen=True)
 class UNetConfig:
     """The IF UNet (guided-diffusion / ADM family with fused text cross-attention).
 
@@ -63,54 +105,24 @@ class UNetConfig:
     scale_skip_connection: bool = False  # stage II/III: ResBlock output * 0.7071
     disable_self_attentions: tuple[int, ...] = ()  # resolutions whose attention is text-only
     super_res: bool = False  # SuperResUNet: low-res image concatenated, aug_level embedding
-    # not in IF: trainable transformer layers over the frozen encoder's token states (with a learned token
-    # position), residual and zero-initialised, so a model fine-tuned with them starts as the one without.
-    # For small encoders whose states blur who does what ("a circle left of a square"). 0: IF exactly.
-    text_layers: int = 0
     # not in IF: a 2-D position signal in every attention block (sinusoids of the pixel's coordinates, scaled
     # to [-1, 1] so any resolution works, through a zero-initialised linear map added to the normalised
     # tokens). guided-diffusion's attention has no position, so a pixel knows only weakly where another
     # object is ("a circle to the left of a square"). False: IF exactly; a fine-tune may add it.
     attention_position: bool = False
-    # not in IF: the token's index in the prompt (sinusoids through a zero-initialised linear map) added to the
-    # encoder's token states before cross-attention and pooling. A small encoder barely tells "a circle left of
-    # a square" from "a square left of a circle" (MiniLM: cosine 0.96 for "circle" across the two); with the
-    # index in each key, one attention layer can prefer the first-named object on the relation's side.
-    # False: IF exactly; a fine-tune may add it (it starts as the model without it).
+    # the text adapter (models/text_adapter.py; not in IF, for small text encoders): layers over the encoder's
+    # token states, their index, their neighbours, ZCA whitening. Stored flat, as files have always held them;
+    # read together as ``UNetConfig.adapter`` (TextAdapterConfig, whose fields say what each does). 0 / False:
+    # IF exactly, key for key.
+    text_layers: int = 0
     text_position: bool = False
-    # not in IF: each token also sees its neighbours in order: exponentially decaying means of the states before
-    # it and after it (fixed weights, a window of about four tokens), through a zero-initialised linear map
-    # added to its state. "circle" followed by "left of" then differs from "circle" preceded by it, so a key
-    # alone can say which side its object goes. False: IF exactly; a fine-tune may add it.
     text_context: bool = False
-    # not in IF: the token states ZCA-whitened with the training captions' statistics (buffers set from the data
-    # when a run starts, stored with the weights), through a zero-initialised linear map added to the states.
-    # A small encoder keeps "which side is this shape on" in low-variance directions that the UNet barely
-    # learns from; whitened, every direction the captions use has equal weight (scripts/binding_check.py:
-    # 40 pass / 0 swapped against 16 / 14 when the whitened states replace the states). Added through the map
-    # alone, as here, the check's order stays at chance (13 / 11): see text_whiten_attn. False: IF exactly; a
-    # fine-tune may add it.
     text_whiten: bool = False
-    # not in IF: with text_whiten, cross-attention reads the whitened states themselves (encoder_proj's input);
-    # the pooled vector keeps the states plus the learned map. The additive path alone does not bind: trained
-    # from scratch it leaves the order at chance, while the UNet fed whitened states binds
-    # (scripts/binding_check.py minilm-addwhite against minilm-white); with this option the check binds (26 : 4,
-    # minilm-wattn). A fine-tune from a model without it folds the old path into encoder_proj
-    # (UNet.fold_white_attn), so it starts as that model.
     text_whiten_attn: bool = False
-    # not in IF: with text_whiten, the attention pooling (the text vector added to the time embedding) reads the
-    # whitened states too. With text_whiten_attn as well, the UNet sees only the whitened states, as in the
-    # binding check's minilm-white rows (minilm-wpool: 43 : 0, the best of the model options). It changes the
-    # pooled vector's function (a LayerNorm comes first, so there is no fold): a new run only, not a fine-tune.
     text_whiten_pool: bool = False
 
     def __post_init__(self):
-        for name in ("text_whiten_attn", "text_whiten_pool"):  # the two readers of the whitened states
-            if getattr(self, name) and not self.text_whiten:
-                raise ConfigError(f"unet.{name}=true needs unet.text_whiten=true (its statistics)")
-            if getattr(self, name) and (self.text_layers or self.text_context):
-                raise ConfigError(f"unet.{name} reads the whitened states directly: it cannot be combined "
-                                  "with unet.text_layers or unet.text_context")
+        self.adapter  # noqa: B018  (its own checks)
         if self.text_whiten_attn and self.encoder_dim == self.encoder_channels:
             raise ConfigError("unet.text_whiten_attn needs encoder_proj (encoder_channels != encoder_dim)")
         self._check_ranges()
@@ -142,6 +154,13 @@ class UNetConfig:
             raise ConfigError(f"unet.num_res_blocks={self.num_res_blocks}: 0..64 blocks a level")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"unet.dropout={self.dropout}: must be in [0, 1)")
+
+    @property
+    def adapter(self) -> TextAdapterConfig:
+        """The text adapter's part of the config (its fields without the ``text_`` prefix)."""
+        return TextAdapterConfig(dim=self.encoder_dim, layers=self.text_layers, position=self.text_position,
+                                 context=self.text_context, whiten=self.text_whiten,
+                                 whiten_attn=self.text_whiten_attn, whiten_pool=self.text_whiten_pool)
 
     @property
     def time_embed_dim(self) -> int:

@@ -15,15 +15,35 @@ import torch
 from .config import ConfigError, DiffusionConfig, SampleConfig, UNetConfig, from_dict, to_dict
 from .diffusion.denoiser import Denoiser
 from .diffusion.guidance import aug_level_to_t, noise_augment
-from .diffusion.layout import LayoutGuidance, LayoutTarget, parse_relation, relation_target
+from .diffusion.layout import LayoutGuidance
 from .diffusion.schedule import truncate
 from .errors import PixelcascadeError
 from .inputs import DEFAULT_MAX_PIXELS
 from .samplers import get_sampler
+from .text.relations import LayoutTarget, parse_relation, relation_target
 
 
 class PipelineError(PixelcascadeError, ValueError):
     """Bad input to a pipeline, with the fix in the message."""
+
+
+@dataclass
+class StageInputs:
+    """What a cascade hands each stage (k-diffusion's wrapper idea: every stage, ours or an external pipeline,
+    takes the same inputs and uses what it needs). ``text`` / ``uncond``: (states, mask or None)."""
+
+    prompts: list[str]
+    seeds: list[int]
+    text: tuple
+    uncond: tuple
+    size: tuple[int, int]
+    settings: SampleConfig | None = None
+    low_res: torch.Tensor | None = None
+    init_image: torch.Tensor | None = None
+    strength: float = 1.0
+    mask: torch.Tensor | None = None
+    callback: object = None
+    layout: list | None = None
 
 
 @dataclass
@@ -41,7 +61,7 @@ class Stage:
     def is_super_res(self) -> bool:
         return self.cfg.super_res
 
-    uses_prompts = False  # our stages take text embeddings; external ones (stage3.SDx4Stage) take the prompts
+    uses_prompts = False  # our stages read the text states; external ones (stage3.SDx4Stage) the prompts
     scale = None  # output/input size ratio; None: from the native sizes of consecutive stages
 
     def denoiser(self) -> Denoiser:
@@ -53,6 +73,21 @@ class Stage:
     def to(self, device) -> Stage:
         self.unet.to(device)
         return self
+
+    def run_stage(self, inp: StageInputs) -> torch.Tensor:
+        """One cascade stage: the input image and mask at this stage's size, the text states as this model was
+        trained to read them (zeroed padding for models trained on stored states), then :meth:`sample`."""
+        h, w = inp.size
+        init = mask = None
+        if inp.init_image is not None:
+            init = resize(inp.init_image, (h, w))
+            mask = None if inp.mask is None else (resize(inp.mask.float(), (h, w), "nearest") > 0.5).float()
+        (emb, emb_mask), (unc, unc_mask) = inp.text, inp.uncond
+        if self.meta.get("text_padding") == "zeros":
+            emb, unc = zero_padding(emb, emb_mask), zero_padding(unc, unc_mask)
+        return self.sample(emb, unc, inp.seeds, height=h, width=w, settings=inp.settings, low_res=inp.low_res,
+                           init_image=init, strength=inp.strength, mask=mask, callback=inp.callback,
+                           layout=inp.layout)
 
     @torch.no_grad()
     def sample(self, text_emb: torch.Tensor, uncond_emb: torch.Tensor | None, seeds: list[int], *,
@@ -375,20 +410,11 @@ class Cascade:
                     bar.update(1)
                 if step_callback is not None:
                     step_callback(i, k, steps, x)
+            inputs = StageInputs(prompts=prompts, seeds=seeds, text=(text_emb, text_mask),
+                                 uncond=(uncond, uncond_mask), size=(h, w), settings=settings[i], low_res=low,
+                                 init_image=init_image, strength=strength, mask=mask, callback=cb, layout=layout)
             with self._on_device(st):
-                if st.uses_prompts:  # an external stage with its own text encoder (SD x4 upscaler)
-                    img = st.sample_prompts(prompts, seeds, low_res=low, size=(h, w), settings=settings[i],
-                                            callback=cb)
-                else:
-                    init_i = mask_i = None
-                    if init_image is not None:
-                        init_i = resize(init_image, (h, w))
-                        mask_i = None if mask is None else (resize(mask.float(), (h, w), "nearest") > 0.5).float()
-                    emb_i, unc_i = text_emb, uncond
-                    if st.meta.get("text_padding") == "zeros":
-                        emb_i, unc_i = zero_padding(text_emb, text_mask), zero_padding(uncond, uncond_mask)
-                    img = st.sample(emb_i, unc_i, seeds, height=h, width=w, settings=settings[i], low_res=low,
-                                    init_image=init_i, strength=strength, mask=mask_i, callback=cb, layout=layout)
+                img = st.run_stage(inputs)
             outs.append(img.cpu() if self.offload else img)
             low = img
         if bar is not None:

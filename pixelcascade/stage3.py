@@ -60,6 +60,12 @@ class SDx4Stage:
         self.device = str(device)
         return self
 
+    def run_stage(self, inp) -> torch.Tensor:
+        """One cascade stage (pipeline.StageInputs): the prompts and the previous stage's images; the states our
+        stages read are not used (this model has its own text encoder)."""
+        return self.sample_prompts(inp.prompts, inp.seeds, low_res=inp.low_res, size=inp.size, settings=inp.settings,
+                                   callback=inp.callback)
+
     @torch.no_grad()
     def sample_prompts(self, prompts: list[str], seeds: list[int], *, low_res: torch.Tensor,
                        size: tuple[int | None, int | None] = (None, None), settings: SampleConfig | None = None,

@@ -11,9 +11,10 @@ from conftest import randomize, tiny_cfg
 
 from pixelcascade.config import SampleConfig
 from pixelcascade.diffusion.denoiser import Cond, Denoiser
-from pixelcascade.diffusion.layout import LayoutGuidance, LayoutTarget, layout_loss, parse_relation, relation_target
+from pixelcascade.diffusion.layout import LayoutGuidance, layout_loss
 from pixelcascade.models.unet import build_unet
 from pixelcascade.pipeline import Stage, layout_targets
+from pixelcascade.text.relations import LayoutTarget, parse_relation, relation_target
 
 CASES = [  # prompt, subject, object, axis, sign
     ("a circle left of a square", "circle", "square", 0, 1),

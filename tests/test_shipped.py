@@ -135,3 +135,21 @@ def test_shipped_emoji_cascade(tmp_path):
     corners = np.concatenate([img[:4, :4], img[:4, -4:], img[-4:, :4], img[-4:, -4:]]).reshape(-1, 3)
     assert corners.mean() > 200 and img.std() > 20  # emoji are drawn on white; not a blank canvas
     assert (EMOJI / "emoji_features.safetensors").exists()  # `eval emoji` works with no --features
+
+
+def test_the_shipped_weights_draw_what_they_drew_before_the_text_adapter_moved():
+    """Stage I (whose UNet uses the text adapter's whitening) and stage II of the shipped model, fixed prompts,
+    seeds and steps, against images saved from the code before the adapter left the UNet's core (to a few levels:
+    other CPUs and thread counts round floats differently; a broken text path moves pixels by tens)."""
+    import numpy as np
+    from PIL import Image
+
+    import pixelcascade
+    pipe = pixelcascade.load("shapes")
+    out = pipe(["two red circles to the left of a blue square", "a green triangle"], seed=0,
+               num_inference_steps=[4, 3], progress=False, return_stages=True)
+    got = np.concatenate([np.asarray(out.stage_images[0][0].resize((64, 64), Image.NEAREST)),
+                          np.asarray(out.images[0]), np.asarray(out.images[1])], axis=1).astype(int)
+    want = np.asarray(Image.open(Path(__file__).parent / "data" / "shipped_golden.png")).astype(int)
+    diff = np.abs(got - want)
+    assert diff.max() <= 4 and diff.mean() < 0.1, (diff.max(), diff.mean())

@@ -301,7 +301,7 @@ def test_fine_tuning_can_retrain_the_text_pathway(tmp_path):
     """train.init_reset=text: the image layers come from init_from, the text pathway starts fresh (as a new
     run's, same seed), even at another text width; with it a fine-tune may add text_whiten_pool, and the
     whitening statistics are those of the new run's captions."""
-    from pixelcascade.models.unet import whitening_stats
+    from pixelcascade.models.text_adapter import whitening_stats
     Trainer(_cfg(), _data(), tmp_path / "base", progress=False).fit(max_steps=3)
     base = Trainer(_cfg(), _data(), tmp_path / "base", progress=False)
     init = str(tmp_path / "base" / "checkpoint.pt")
@@ -369,7 +369,7 @@ def test_fine_tuning_may_add_text_layers_but_nothing_else(tmp_path, added):
 def test_text_whiten_takes_its_statistics_from_the_run_captions_and_keeps_them(tmp_path):
     """unet.text_whiten: a new run sets the whitening buffers (model and EMA) from its caption table; they are
     saved with the weights and a resumed run keeps them rather than recomputing from other data."""
-    from pixelcascade.models.unet import whitening_stats
+    from pixelcascade.models.text_adapter import whitening_stats
     base = _cfg()
     cfg = dataclasses.replace(base, unet=dataclasses.replace(base.unet, text_whiten=True))
     tr = Trainer(cfg, _data(), tmp_path / "w", progress=False)

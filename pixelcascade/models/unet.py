@@ -25,6 +25,7 @@ from torch import nn
 
 from ..config import UNetConfig
 from ..nn import GroupNorm32, TokenLinear, attention, timestep_embedding, zero_module
+from .text_adapter import adapt_pooled, adapt_text, attach_text_adapter, fold_white_attn
 
 SKIP_SCALE = 0.7071  # IF's constant (not exactly 1/sqrt(2)); https://arxiv.org/abs/2104.07636
 
@@ -64,12 +65,6 @@ class ResBlock(nn.Module):
 
 
 POSITION_FREQS = 4
-TEXT_POSITION_FEATURES = 64  # sinusoids of the token index (config text_position)
-
-
-def token_position_features(length: int, device=None) -> torch.Tensor:
-    """[L, 64]: cos and sin of the token index at periods 2*pi up to 100*2*pi tokens (monotone over any prompt)."""
-    return timestep_embedding(torch.arange(length, device=device), TEXT_POSITION_FEATURES, max_period=100.0)
 
 
 def position_features(hgt: int, wid: int, device=None) -> torch.Tensor:
@@ -80,46 +75,6 @@ def position_features(hgt: int, wid: int, device=None) -> torch.Tensor:
     f = math.pi * 2.0 ** torch.arange(POSITION_FREQS, device=device, dtype=torch.float32)
     ang = torch.cat([y.reshape(-1, 1) * f, x.reshape(-1, 1) * f], dim=1)  # [HW, 2F]
     return torch.cat([ang.sin(), ang.cos()], dim=1)
-
-
-TEXT_CONTEXT_DECAY = 0.75  # config text_context: weight of a neighbour k+1 tokens away is 0.25 * 0.75^k
-
-
-def context_weights(length: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """([L, L] before, [L, L] after): row i weighs token j != i by (1 - d) d^(|i-j|-1), only j < i (before) or
-    j > i (after): exponentially decaying means of the neighbours on each side."""
-    i = torch.arange(length, device=device, dtype=torch.float32)
-    gap = i[:, None] - i[None, :]  # [L, L]: i - j
-    d = TEXT_CONTEXT_DECAY
-    before = torch.where(gap > 0, (1 - d) * d ** (gap - 1).clamp(min=0), torch.zeros(()))
-    return before, before.T.contiguous()
-
-
-WHITEN_EPS = 1e-2  # config text_whiten: eigenvalues below 1% of the mean one are not blown up
-
-
-@torch.no_grad()
-def whitening_stats(states: torch.Tensor, chunk: int = 65536,
-                    eps: float = WHITEN_EPS) -> tuple[torch.Tensor, torch.Tensor]:
-    """ZCA whitening of token states [..., D]: (mean [D], map [D, D]) with (x - mean) @ map of covariance
-    ~identity over the directions the states use (eigenvalues regularised by ``eps`` x their mean), scaled
-    so the whitened states keep the states' RMS. Computed in float64, in chunks."""
-    x = states.reshape(-1, states.shape[-1])
-    n, d = x.shape
-    total, outer, sq = torch.zeros(d, dtype=torch.float64), torch.zeros(d, d, dtype=torch.float64), 0.0
-    for i in range(0, n, chunk):
-        c = x[i:i + chunk].double()
-        total += c.sum(0)
-        outer += c.T @ c
-        sq += float(c.pow(2).sum())
-    mean = total / n
-    cov = outer / n - torch.outer(mean, mean)
-    lam, vec = torch.linalg.eigh(cov)
-    lam = lam.clamp(min=0)
-    zca = vec @ torch.diag((lam + eps * lam.mean()) ** -0.5) @ vec.T
-    white_sq = float(torch.trace(zca @ cov @ zca)) / d  # mean square of a whitened component
-    zca = zca * ((sq / (n * d)) / white_sq) ** 0.5
-    return mean.float(), zca.float()
 
 
 class AttentionBlock(nn.Module):
@@ -209,31 +164,6 @@ class AttentionPooling(nn.Module):
         return out.reshape(b, dim)
 
 
-class TextBlock(nn.Module):
-    """A pre-LayerNorm transformer layer over text tokens whose two residual branches start at zero."""
-
-    MAX_TOKENS = 256
-
-    def __init__(self, dim: int, head_dim: int = 64):
-        super().__init__()
-        self.heads = max(1, dim // head_dim)
-        self.pos = nn.Parameter(torch.zeros(self.MAX_TOKENS, dim))  # learned token position, starts at 0
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = zero_module(nn.Linear(dim, dim))
-        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), zero_module(nn.Linear(4 * dim, dim)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-        if n > self.MAX_TOKENS:
-            raise ValueError(f"{n} text tokens: the text layers take at most {self.MAX_TOKENS}")
-        h = self.norm1(x + self.pos[:n].to(x.dtype))
-        q, k, v = self.qkv(h).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d)
-        x = x + self.proj(a)
-        return x + self.mlp(self.norm2(x))
-
-
 class UNet(nn.Module):
     """IF stage I UNet. ``forward(x, t, text_emb)`` -> [B, out_channels, H, W] (eps and variance values)."""
 
@@ -285,17 +215,7 @@ class UNet(nn.Module):
                                              nn.Linear(cfg.encoder_dim, ted), nn.LayerNorm(ted))
         self.encoder_proj = (nn.Identity() if cfg.encoder_dim == cfg.encoder_channels
                              else nn.Linear(cfg.encoder_dim, cfg.encoder_channels))
-        if cfg.text_layers:  # not in IF (config text_layers); absent, the key names are IF's exactly
-            self.text_layers = nn.Sequential(*[TextBlock(cfg.encoder_dim) for _ in range(cfg.text_layers)])
-        if cfg.text_position:  # not in IF (config text_position); zero-initialised: starts as the model without it
-            self.text_pos_proj = zero_module(nn.Linear(TEXT_POSITION_FEATURES, cfg.encoder_dim))
-        if cfg.text_context:  # not in IF (config text_context); zero-initialised: starts as the model without it
-            self.text_ctx_proj = zero_module(nn.Linear(2 * cfg.encoder_dim, cfg.encoder_dim))
-        if cfg.text_whiten:  # not in IF (config text_whiten); zero-initialised; the buffers come from the data
-            self.register_buffer("text_white_mean", torch.zeros(cfg.encoder_dim))
-            self.register_buffer("text_white_map", torch.zeros(cfg.encoder_dim, cfg.encoder_dim))
-            if self._white_sum:
-                self.text_white_proj = zero_module(nn.Linear(cfg.encoder_dim, cfg.encoder_dim))
+        attach_text_adapter(self, cfg.adapter)  # not in IF: absent unless the config asks for it
         self.channels_last = True  # an execution choice, not part of the config: results are the same
         self.to(memory_format=torch.channels_last)
 
@@ -345,53 +265,15 @@ class UNet(nn.Module):
         ``pooled_text_emb`` (IF's ``timestep_text_emb``, e.g. a style prompt) feeds the pooling path only.
         """
         text_emb = text_emb.to(self.dtype)
-        if self.cfg.text_position:
-            pos = self.text_pos_proj(token_position_features(text_emb.shape[1], text_emb.device).to(self.dtype))
-            text_emb = text_emb + pos  # [B, L, D] + [L, D]
-        white = None
-        if self.cfg.text_whiten:
-            white = self._whiten(text_emb)
-            if self._white_sum:
-                text_emb = text_emb + self.text_white_proj(white)
-        if self.cfg.text_context:
-            before, after = (w.to(self.dtype) for w in context_weights(text_emb.shape[1], text_emb.device))
-            ctx = torch.cat([before @ text_emb, after @ text_emb], dim=-1)  # [B, L, 2D]
-            text_emb = text_emb + self.text_ctx_proj(ctx)
-        if self.cfg.text_layers:
-            text_emb = self.text_layers(text_emb)
-        attn_src = white if self.cfg.text_whiten_attn else text_emb
+        attn_src, pool_src = adapt_text(self, self.cfg.adapter, text_emb)  # IF's configs: both are text_emb
         encoder_out = self.encoder_proj(attn_src).transpose(1, 2)  # [B, C_enc, L]
-        pool_src = white if self.cfg.text_whiten_pool else text_emb
         if pooled_text_emb is not None:  # a style prompt: through the same input map as the prompt's own states
-            pool_src = pooled_text_emb.to(self.dtype)
-            if self.cfg.text_whiten_pool:
-                pool_src = self._whiten(pool_src)
+            pool_src = adapt_pooled(self, self.cfg.adapter, pooled_text_emb.to(self.dtype))
         return encoder_out, self.encoder_pooling(pool_src)  # [B, ted]
 
-    @property
-    def _white_sum(self) -> bool:
-        """unet.text_whiten's additive path x + P(w): absent when both cross-attention and the pooling read w."""
-        return self.cfg.text_whiten and not (self.cfg.text_whiten_attn and self.cfg.text_whiten_pool)
-
-    def _whiten(self, states: torch.Tensor) -> torch.Tensor:
-        """unet.text_whiten: (x - mean) @ map, with the run's caption statistics (the buffers)."""
-        return (states - self.text_white_mean.to(self.dtype)) @ self.text_white_map.to(self.dtype)
-
-    @torch.no_grad()
     def fold_white_attn(self) -> None:
-        """unet.text_whiten_attn, for a fine-tune of a model whose cross-attention read the states plus the
-        whitening path (x + P(w), w = (x - mean) @ map): rewrite encoder_proj to read w and give the same output.
-        x = w @ map^-1 + mean, so x + P(w) = w @ (map^-1 + P_W^T) + mean + P_b."""
-        if not self.cfg.text_whiten_attn:
-            raise ValueError("fold_white_attn is for models with unet.text_whiten_attn=true")
-        zmap, mean = self.text_white_map.double(), self.text_white_mean.double()
-        if not zmap.any():
-            raise ValueError("fold_white_attn: the whitening statistics are not set (text_white_map is zero)")
-        a = torch.linalg.inv(zmap) + self.text_white_proj.weight.double().T  # [D, D]: w -> x + P(w), linear part
-        shift = mean + self.text_white_proj.bias.double()
-        e_w, e_b = self.encoder_proj.weight.double(), self.encoder_proj.bias.double()
-        self.encoder_proj.weight.copy_((e_w @ a.T).to(self.encoder_proj.weight.dtype))
-        self.encoder_proj.bias.copy_((shift @ e_w.T + e_b).to(self.encoder_proj.bias.dtype))
+        """See :func:`~pixelcascade.models.text_adapter.fold_white_attn`."""
+        fold_white_attn(self, self.cfg.adapter)
 
     # -- forward ------------------------------------------------------------------------------------
     # training: keep only each block's input and recompute the block's inside during the backward pass (about a

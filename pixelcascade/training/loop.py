@@ -30,7 +30,8 @@ from ..convert import write_safetensors
 from ..diffusion.guidance import noise_augment
 from ..diffusion.losses import diffusion_loss, fixed_timesteps_loss
 from ..diffusion.schedule import make_schedule
-from ..models.unet import WHITEN_EPS, build_unet, whitening_stats
+from ..models import text_adapter
+from ..models.unet import build_unet
 from ..utils import atomic_write_text, bf16_autocast_pays, dist_info, resolve_device
 from .checkpoint import ResumeError, load_checkpoint, save_checkpoint
 from .data import ConfigMismatch, TrainData  # noqa: F401  (ConfigMismatch: raised here too)
@@ -137,23 +138,13 @@ class Trainer:
         self.schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.num_timesteps)
         self.step = 0
         self.ckpt_path = self.out / "checkpoint.pt"
-        fold, opt_state = False, None
+        src, reset, opt_state = None, [], None
         if self.ckpt_path.exists():
             opt_state = self._resume()
         elif tc.init_from and not self.adapter:
             src, reset = self._init_from(Path(tc.init_from))
-            fold = (cfg.unet.text_whiten_attn and not src.get("text_whiten_attn", False)
-                    and not any(k.startswith("encoder_proj.") for k in reset))
-            if (cfg.unet.text_whiten_pool and not src.get("text_whiten_pool", False)
-                    and not any(k.startswith("encoder_pooling.") for k in reset)):
-                raise ConfigMismatch(f"unet.text_whiten_pool=true changes what the pooled text vector reads, so a "
-                                     f"fine-tune from {tc.init_from} (trained without it) cannot add it: train "
-                                     "a new run, leave it out, or retrain the text pathway (train.init_reset=text)")
-        if self.step == 0 and cfg.unet.text_whiten and not self.model.text_white_map.any():
-            self.set_whitening()  # a new run (or a fine-tune from weights without it): stats of this run's captions
-        if fold:  # unet.text_whiten_attn added by this fine-tune: attention reads the whitened states, same output
-            for net in (self.model, self.ema.model):
-                net.fold_white_attn()
+        if self.step == 0:  # a new run or a fine-tune: the text adapter's statistics and folds (text_adapter)
+            self._start_text_adapter(src, reset)
         self._trainable = [n for n, p in self.model.named_parameters() if p.requires_grad]
         if self.sharded:
             from .sharding import shard_model
@@ -171,14 +162,28 @@ class Trainer:
         self.val_idx = torch.randperm(len(self.val), generator=g)[:n_val]
         self.val_noise = torch.randn((n_val, 3, *self.val.images.shape[1:3]), generator=g)
 
-    def set_whitening(self, states: torch.Tensor | None = None, eps: float = WHITEN_EPS) -> None:
+    def _start_text_adapter(self, src: dict | None, reset: list[str]) -> None:
+        """unet.text_whiten: the statistics of this run's captions (unless the weights came with them); a fine-tune
+        that adds unet.text_whiten_attn folds the old path into encoder_proj, so it starts as the old model."""
+        adapter, tc = self.cfg.unet.adapter, self.cfg.train
+        fine_tune, src = src is not None, src or {}  # src: the init_from file's unet config ({}: not recorded)
+        if (fine_tune and adapter.whiten_pool and not src.get("text_whiten_pool", False)
+                and not any(k.startswith("encoder_pooling.") for k in reset)):
+            raise ConfigMismatch(f"unet.text_whiten_pool=true changes what the pooled text vector reads, so a "
+                                 f"fine-tune from {tc.init_from} (trained without it) cannot add it: train "
+                                 "a new run, leave it out, or retrain the text pathway (train.init_reset=text)")
+        if adapter.whiten and not self.model.text_white_map.any():
+            self.set_whitening()
+        if fine_tune and adapter.whiten_attn and not src.get("text_whiten_attn", False) \
+                and not any(k.startswith("encoder_proj.") for k in reset):
+            for net in (self.model, self.ema.model):
+                text_adapter.fold_white_attn(net, adapter)
+
+    def set_whitening(self, states: torch.Tensor | None = None, eps: float = text_adapter.WHITEN_EPS) -> None:
         """unet.text_whiten: the ZCA statistics of every token state in the caption table (the empty caption
         included), or of ``states`` when given, into the model and its EMA (``eps``: the eigenvalue floor)."""
         table = self.data.text_table if isinstance(self.data, TrainData) else self.val.text_table
-        mean, zca = whitening_stats(table if states is None else states, eps=eps)
-        for net in (self.model, self.ema.model):
-            net.text_white_mean.copy_(mean)
-            net.text_white_map.copy_(zca)
+        text_adapter.set_whitening((self.model, self.ema.model), table if states is None else states, eps)
 
     def _lora_base(self):
         """train.lora: the frozen base from train.init_from (its EMA weights: the model one samples), wrapped with a
@@ -256,7 +261,7 @@ class Trainer:
             # only layers that start as the identity may be new (unet.text_layers, unet.attention_position,
             # unet.text_position, unet.text_context, unet.text_whiten): the model starts as the old one
             new = [k for k in missing if k not in reset and not (
-                k.startswith(("text_layers.", "text_pos_proj.", "text_ctx_proj.", "text_white")) or ".pos_proj." in k)]
+                text_adapter.adapter_keys(k) or ".pos_proj." in k)]
             if new or unexpected:
                 raise ResumeError(f"train.init_from={path}: its weights do not fit this run's unet config "
                                   f"(missing {new[:3]}, unexpected {unexpected[:3]}); fine-tune with the config "
