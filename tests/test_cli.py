@@ -368,7 +368,7 @@ def test_a_16_bit_mask_is_scaled_not_clipped(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from pixelcascade.commands import load_image
+    from pixelcascade.cli import load_image
     values = np.array([[0, 200, 32768, 65535]], dtype=np.uint16)  # 200 of 65535 is near black: keep
     Image.fromarray(values).save(tmp_path / "m.png")  # a 16-bit greyscale PNG
     assert load_image(str(tmp_path / "m.png"), "mask").tolist() == [[0, 1, 128, 255]]

@@ -51,8 +51,9 @@ def test_extractor_file_errors(tmp_path):
 
 def test_eval_emoji_without_a_shipped_extractor(tiny_model, tmp_path, monkeypatch, capsys):
     """With no --features and no extractor shipped, `eval emoji` says how to make one (before loading anything)."""
-    from pixelcascade import cli, commands
-    monkeypatch.setattr(commands, "EMOJI_FEATURES", tmp_path / "absent.safetensors")
+    from pixelcascade import cli
+    from pixelcascade.cli import evaluate
+    monkeypatch.setattr(evaluate, "EMOJI_FEATURES", tmp_path / "absent.safetensors")
     assert cli.main(["eval", "emoji", "--model", str(tiny_model), "--features", str(tmp_path / "absent.safetensors"),
                      "-q"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -353,7 +353,6 @@ def test_the_property_holds_for_a_success_and_catches_a_traceback(tiny_model, ca
 
     def broken(_a):
         raise RuntimeError("a bug")
-    monkeypatch.setattr(cli, "cmd_generate", broken)
     monkeypatch.setattr(cli, "build_parser", _parser_calling(cli.build_parser, broken))
     with pytest.raises(RuntimeError):
         check_cli(argv, capsys, tmp_path, tmp_path / "out")

@@ -1,0 +1,217 @@
+"""The image commands: generate, img2img, inpaint, upscale. Each parses, calls the API (a cascade call per
+batch) and writes every image through the one PNG + settings-record writer."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from ..inputs import DEFAULT_MAX_PIXELS, read_image, read_mask, read_prompt_lines
+from ..shipped import stage_paths
+from .common import UserError, check_writable, device_arg, dtype_arg, load_cascade, out_of_memory, slug
+from .flags import (
+    image_args,
+    positive,
+)
+
+
+def add_commands(sub) -> None:
+    g = sub.add_parser("generate", help="text -> image with the shipped model or your own",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Generate images from prompts. Each PNG gets a JSON sidecar with its prompt, "
+                                   "seed and every setting.",
+                       epilog="examples:\n"
+                              '  pixelcascade generate "three red circles left of a blue square" -o out.png\n'
+                              '  pixelcascade generate "a green triangle" "two squares" -o outs/ --seed 7\n'
+                              "  pixelcascade generate --prompts-file prompts.txt -o outs/ --batch-size 16\n"
+                              '  pixelcascade generate "a red circle" --negative-prompt "a blue square" -o out.png\n'
+                              '  pixelcascade generate "a cat" --model /models/IF-I-XL --text-encoder /models/t5 '
+                              "--device cuda --dtype fp16 -o cat.png")
+    g.add_argument("prompts", nargs="*", help="one or more prompts")
+    g.add_argument("--prompts-file", help="a text file with one prompt a line")
+    image_args(g)
+    g.set_defaults(fn=cmd_generate)
+
+    i2i = sub.add_parser("img2img", help="image-to-image: noise an image part-way, denoise under a new prompt",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         description="IF's image-to-image: the image is resized to each stage's size, noised to "
+                                     "timestep ~strength*999 of the respaced chain and denoised under the prompt.",
+                         epilog='example:\n  pixelcascade img2img in.png "a blue square" --strength 0.6 -o out.png')
+    i2i.add_argument("image", help="an RGB image")
+    i2i.add_argument("prompts", nargs="+", help="the new prompt(s)")
+    i2i.add_argument("--strength", type=float, default=0.7, help="how much to change: (0, 1], 1 = from noise")
+    image_args(i2i)
+    i2i.set_defaults(fn=cmd_img2img)
+
+    inp = sub.add_parser("inpaint", help="repaint the white part of a mask, keep the rest",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         description="IF's inpainting: pixels where the mask is white are generated under the "
+                                     "prompt, the others are re-imposed (clean) at every step. DDPM sampler.",
+                         epilog='example:\n  pixelcascade inpaint in.png mask.png "a red circle" -o out.png')
+    inp.add_argument("image", help="an RGB image")
+    inp.add_argument("mask", help="a mask image of the same size: white = repaint, black = keep")
+    inp.add_argument("prompts", nargs="+")
+    inp.add_argument("--strength", type=float, default=1.0, help="(0, 1]: how noisy the masked area starts")
+    image_args(inp)
+    inp.set_defaults(fn=cmd_img2img)
+
+    up = sub.add_parser("upscale", help="super-resolution of your image with a stage II model",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="Runs the super-resolution stage of --model (stage2 of a cascade folder, or a "
+                                    "stage II file) on an image, optionally guided by a prompt.",
+                        epilog='example:\n  pixelcascade upscale small.png --prompt "two red circles" -o big.png')
+    up.add_argument("image", help="an RGB image (the low-res input)")
+    up.add_argument("--prompt", default="a picture", help="what the image shows (guides the upscaler)")
+    up.add_argument("--scale", type=positive, default=2.0, help="output size / input size")
+    image_args(up)
+    up.set_defaults(fn=cmd_upscale)
+
+
+def _read_prompts(a) -> list[str]:
+    prompts = list(a.prompts)
+    if getattr(a, "prompts_file", None):
+        prompts += read_prompt_lines(a.prompts_file)
+    if not prompts:
+        raise UserError("no prompt: give one or more prompts, or --prompts-file FILE (one prompt a line)")
+    if any(not p.strip() for p in prompts):
+        raise UserError("empty prompt: every prompt must describe something (e.g. \"a red circle\")")
+    return prompts
+
+
+def load_image(path: str, what: str = "image", max_pixels: int | None = DEFAULT_MAX_PIXELS):
+    """An RGB image (uint8 [H, W, 3]) or, for ``what="mask"``, a greyscale mask (uint8 [H, W])."""
+    return read_mask(path, what, max_pixels) if what == "mask" else read_image(path, what, max_pixels)
+
+
+def _run_and_save(a, cascade, prompts: list[str], *, init=None, mask=None, strength: float = 1.0,
+                  low_res=None, size=None, extra_sidecar: dict | None = None) -> int:
+    """The image commands' one loop: call the cascade batch by batch, write each image as PNG + its settings
+    record (the API's own, plus the input paths), print the paths."""
+    import numpy as np
+
+    from ..images import save_png
+    from ..pipeline import stage_settings
+    n_images = len(prompts) * a.num_images
+    out = Path(a.output)
+    if out.suffix and out.suffix.lower() != ".png" and not out.is_dir():
+        raise UserError(f"-o {out}: images are written as PNG with a JSON sidecar; give a .png path, or a folder "
+                        "(a name without an extension)")
+    single = out.suffix.lower() == ".png"
+    if single and n_images > 1:
+        raise UserError(f"-o {out} is one PNG but {n_images} images will be made: pass a folder instead")
+    check_writable(out)
+    t0 = time.time()
+    settings = stage_settings(cascade.stages, sampler=a.sampler, sampler_ii=a.sampler_ii, steps=a.steps,
+                              steps_ii=a.steps_ii, guidance=a.guidance, guidance_ii=a.guidance_ii,
+                              aug_level=a.aug_level, dyn_thresh_max=a.thresh_max, dyn_thresh_max_ii=a.thresh_max_ii,
+                              layout_guidance=a.layout_guidance)
+    all_prompts = [p for p in prompts for _ in range(a.num_images)]
+    seeds = [a.seed + i for i in range(len(all_prompts))]
+    if size is None and (getattr(a, "height", None) or getattr(a, "width", None)):
+        size = (a.height or cascade.stages[0].cfg.image_size, a.width or cascade.stages[0].cfg.image_size)
+    paths = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for start in range(0, len(all_prompts), a.batch_size):
+            ps, ss = all_prompts[start:start + a.batch_size], seeds[start:start + a.batch_size]
+            try:
+                result = cascade(ps, seed=ss, settings=settings, num_stages=a.stages, progress=not a.quiet,
+                                 negative_prompt=a.negative_prompt, image=init if low_res is None else low_res,
+                                 mask_image=mask, strength=strength, max_pixels=a.max_pixels,
+                                 height=None if size is None else size[0], width=None if size is None else size[1],
+                                 return_stages=bool(getattr(a, "save_stages", False)))
+            except RuntimeError as e:  # torch's allocation failures (CPU or CUDA): the size asked for, not a bug
+                if not out_of_memory(e):
+                    raise
+                raise UserError(f"out of memory sampling {len(ps)} image(s): lower --batch-size or --height/--width"
+                                f"{', or add --offload' if 'cuda' in str(a.device) else ''}") from None
+            for j, image in enumerate(result.images):
+                path = out if single else out / f"{start + j:04d}-{slug(ps[j])}.png"
+                record = {**result.settings[j], **(extra_sidecar or {})}
+                save_png(np.asarray(image), path, record)
+                for si, earlier in enumerate((result.stage_images or [])[:-1]):
+                    save_png(np.asarray(earlier[j]), path.with_name(f"{path.stem}-stage{si + 1}.png"),
+                             {**record, "stage": si + 1})
+                paths.append(path)
+    for w in caught:
+        if "truncated" in str(w.message):
+            print(f"warning: {w.message}", file=sys.stderr)
+    for p in paths:
+        print(p)
+    if not a.quiet:
+        print(f"{len(paths)} image(s) in {time.time() - t0:.1f} s", file=sys.stderr)
+    return 0
+
+
+def cmd_generate(a) -> int:
+    import torch
+    prompts = _read_prompts(a)
+    check_writable(Path(a.output))
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    cascade = load_cascade(a.model, device_arg(a.device), dtype_arg(a.dtype), a.text_encoder, max_stages=a.stages,
+                           offload=a.offload, stage3=a.stage3, lora=a.lora)
+    return _run_and_save(a, cascade, prompts)
+
+
+def cmd_img2img(a) -> int:
+    from ..pipeline import from_uint8
+    if not 0.0 < a.strength <= 1.0:
+        raise UserError(f"--strength {a.strength}: must be in (0, 1]; 0.3 keeps most of the image, 1.0 none")
+    img = from_uint8(load_image(a.image, max_pixels=a.max_pixels))
+    mask = None
+    if a.command == "inpaint":
+        m = load_image(a.mask, "mask", a.max_pixels)
+        if m.shape[:2] != tuple(img.shape[-2:]):
+            raise UserError(f"mask {a.mask} is {m.shape[1]}x{m.shape[0]} but image {a.image} is "
+                            f"{img.shape[3]}x{img.shape[2]}: the mask must have the image's size (white = repaint)")
+        import torch
+        mask = torch.from_numpy((m > 127).astype("float32"))[None, None]
+    prompts = _read_prompts(a)
+    check_writable(Path(a.output))
+    cascade = load_cascade(a.model, device_arg(a.device), dtype_arg(a.dtype), a.text_encoder, max_stages=a.stages,
+                           lora=a.lora)
+    size = cascade.stages[-1].cfg.image_size if a.stages is None else cascade.stages[a.stages - 1].cfg.image_size
+    from ..pipeline import resize
+    init = resize(img, (size, size))
+    if mask is not None:
+        mask = (resize(mask, (size, size), "nearest") > 0.5).float()
+    return _run_and_save(a, cascade, prompts, init=init, mask=mask, strength=a.strength,
+                         extra_sidecar={"init_image": a.image, "strength": a.strength,
+                                        **({"mask": a.mask} if mask is not None else {})})
+
+
+def _check_upscaled_size(path: str, h: int, w: int, scale: float, div: int, max_pixels: int) -> None:
+    """The output size (the input's times --scale) must be a multiple of what the stage's UNet halves to, said in
+    terms of the input the user gave, and within --max-pixels."""
+    oh, ow = round(h * scale), round(w * scale)
+    if oh * ow > max_pixels:
+        raise UserError(f"image {path} is {w}x{h}: upscaled x{scale:g} it would be {ow}x{oh} ({oh * ow / 1e6:.1f} "
+                        f"MP), over the limit of {max_pixels / 1e6:.1f} MP: lower --scale (or raise --max-pixels)")
+    if oh < div or ow < div or oh % div or ow % div:
+        def fit(n: int) -> int:  # the nearest input side at or above n whose output is a whole multiple of div
+            return round(max(div, -(-n * scale // div) * div) / scale)
+        raise UserError(f"image {path} is {w}x{h}: upscaled x{scale:g} it would be {ow}x{oh}, but this stage makes "
+                        f"sides that are multiples of {div}; resize the input so its sides times {scale:g} are "
+                        f"(e.g. {fit(w)}x{fit(h)}), or change --scale")
+
+
+def cmd_upscale(a) -> int:
+    from ..pipeline import from_uint8
+    img = from_uint8(load_image(a.image, max_pixels=a.max_pixels))
+    paths = stage_paths(a.model)
+    sr_path = next((p for p in paths if "stage1" not in p.name), None) if len(paths) > 1 else paths[0]
+    cascade_like = load_cascade(sr_path, device_arg(a.device), dtype_arg(a.dtype), a.text_encoder, allow_sr_first=True,
+                                lora=a.lora)
+    if not cascade_like.stages[0].is_super_res:
+        raise UserError(f"{sr_path} is a text-to-image model, not a super-resolution stage: pass a stage II model")
+    _check_upscaled_size(a.image, img.shape[2], img.shape[3], a.scale, cascade_like.stages[0].cfg.min_divisor,
+                         a.max_pixels)
+    a.prompts = [a.prompt]
+    a.num_images, a.stages = 1, 1
+    check_writable(Path(a.output))
+    size = (round(img.shape[2] * a.scale), round(img.shape[3] * a.scale))
+    return _run_and_save(a, cascade_like, [a.prompt], low_res=img, size=size, extra_sidecar={"input_image": a.image})
