@@ -7,6 +7,7 @@ import argparse
 import sys
 import time
 import warnings
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..inputs import DEFAULT_MAX_PIXELS, read_image, read_mask, read_prompt_lines
@@ -86,16 +87,52 @@ def load_image(path: str, what: str = "image", max_pixels: int | None = DEFAULT_
     return read_mask(path, what, max_pixels) if what == "mask" else read_image(path, what, max_pixels)
 
 
-def _run_and_save(a, cascade, prompts: list[str], *, init=None, mask=None, strength: float = 1.0,
-                  low_res=None, size=None, extra_sidecar: dict | None = None) -> int:
+@dataclass(frozen=True)
+class ImageRequest:
+    """What an image command asks the cascade for, typed: filled from the parsed flags (``from_args``), then run
+    batch by batch (:func:`_run_and_save`)."""
+
+    prompts: list[str]
+    output: Path
+    seed: int = 0
+    num_images: int = 1
+    batch_size: int = 8
+    stages: int | None = None
+    settings: dict = field(default_factory=dict)  # stage_settings' keywords: sampler, steps, guidance, ..._ii
+    negative_prompt: str = ""
+    height: int | None = None
+    width: int | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    save_stages: bool = False
+    quiet: bool = False
+    device: str = "cpu"
+    image: object = None  # img2img / inpaint: the start image ([-1, 1]); upscale: the low-res input
+    mask: object = None
+    strength: float = 1.0
+    size: tuple | None = None  # the first stage's output size, when the command fixes it (upscale)
+    inputs: dict = field(default_factory=dict)  # the input files, recorded beside each image
+
+    @classmethod
+    def from_args(cls, a, prompts: list[str], **kw) -> ImageRequest:
+        settings = dict(sampler=a.sampler, sampler_ii=a.sampler_ii, steps=a.steps, steps_ii=a.steps_ii,
+                        guidance=a.guidance, guidance_ii=a.guidance_ii, aug_level=a.aug_level,
+                        dyn_thresh_max=a.thresh_max, dyn_thresh_max_ii=a.thresh_max_ii,
+                        layout_guidance=a.layout_guidance)
+        return cls(prompts=prompts, output=Path(a.output), seed=a.seed, num_images=a.num_images,
+                   batch_size=a.batch_size, stages=a.stages, settings=settings, negative_prompt=a.negative_prompt,
+                   height=a.height, width=a.width, max_pixels=a.max_pixels, save_stages=a.save_stages,
+                   quiet=a.quiet, device=a.device, **kw)
+
+
+def _run_and_save(req: ImageRequest, cascade) -> int:
     """The image commands' one loop: call the cascade batch by batch, write each image as PNG + its settings
-    record (the API's own, plus the input paths), print the paths."""
+    record (the API's own, plus the input files), print the paths."""
     import numpy as np
 
     from ..images import save_png
     from ..pipeline import stage_settings
-    n_images = len(prompts) * a.num_images
-    out = Path(a.output)
+    n_images = len(req.prompts) * req.num_images
+    out = req.output
     if out.suffix and out.suffix.lower() != ".png" and not out.is_dir():
         raise UserError(f"-o {out}: images are written as PNG with a JSON sidecar; give a .png path, or a folder "
                         "(a name without an extension)")
@@ -104,33 +141,31 @@ def _run_and_save(a, cascade, prompts: list[str], *, init=None, mask=None, stren
         raise UserError(f"-o {out} is one PNG but {n_images} images will be made: pass a folder instead")
     check_writable(out)
     t0 = time.time()
-    settings = stage_settings(cascade.stages, sampler=a.sampler, sampler_ii=a.sampler_ii, steps=a.steps,
-                              steps_ii=a.steps_ii, guidance=a.guidance, guidance_ii=a.guidance_ii,
-                              aug_level=a.aug_level, dyn_thresh_max=a.thresh_max, dyn_thresh_max_ii=a.thresh_max_ii,
-                              layout_guidance=a.layout_guidance)
-    all_prompts = [p for p in prompts for _ in range(a.num_images)]
-    seeds = [a.seed + i for i in range(len(all_prompts))]
-    if size is None and (getattr(a, "height", None) or getattr(a, "width", None)):
-        size = (a.height or cascade.stages[0].cfg.image_size, a.width or cascade.stages[0].cfg.image_size)
+    settings = stage_settings(cascade.stages, **req.settings)
+    all_prompts = [p for p in req.prompts for _ in range(req.num_images)]
+    seeds = [req.seed + i for i in range(len(all_prompts))]
+    size = req.size
+    if size is None and (req.height or req.width):
+        size = (req.height or cascade.stages[0].cfg.image_size, req.width or cascade.stages[0].cfg.image_size)
     paths = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        for start in range(0, len(all_prompts), a.batch_size):
-            ps, ss = all_prompts[start:start + a.batch_size], seeds[start:start + a.batch_size]
+        for start in range(0, len(all_prompts), req.batch_size):
+            ps, ss = all_prompts[start:start + req.batch_size], seeds[start:start + req.batch_size]
             try:
-                result = cascade(ps, seed=ss, settings=settings, num_stages=a.stages, progress=not a.quiet,
-                                 negative_prompt=a.negative_prompt, image=init if low_res is None else low_res,
-                                 mask_image=mask, strength=strength, max_pixels=a.max_pixels,
+                result = cascade(ps, seed=ss, settings=settings, num_stages=req.stages, progress=not req.quiet,
+                                 negative_prompt=req.negative_prompt, image=req.image, mask_image=req.mask,
+                                 strength=req.strength, max_pixels=req.max_pixels,
                                  height=None if size is None else size[0], width=None if size is None else size[1],
-                                 return_stages=bool(getattr(a, "save_stages", False)))
+                                 return_stages=req.save_stages)
             except RuntimeError as e:  # torch's allocation failures (CPU or CUDA): the size asked for, not a bug
                 if not out_of_memory(e):
                     raise
                 raise UserError(f"out of memory sampling {len(ps)} image(s): lower --batch-size or --height/--width"
-                                f"{', or add --offload' if 'cuda' in str(a.device) else ''}") from None
+                                f"{', or add --offload' if 'cuda' in req.device else ''}") from None
             for j, image in enumerate(result.images):
                 path = out if single else out / f"{start + j:04d}-{slug(ps[j])}.png"
-                record = {**result.settings[j], **(extra_sidecar or {})}
+                record = {**result.settings[j], **req.inputs}
                 save_png(np.asarray(image), path, record)
                 for si, earlier in enumerate((result.stage_images or [])[:-1]):
                     save_png(np.asarray(earlier[j]), path.with_name(f"{path.stem}-stage{si + 1}.png"),
@@ -141,7 +176,7 @@ def _run_and_save(a, cascade, prompts: list[str], *, init=None, mask=None, stren
             print(f"warning: {w.message}", file=sys.stderr)
     for p in paths:
         print(p)
-    if not a.quiet:
+    if not req.quiet:
         print(f"{len(paths)} image(s) in {time.time() - t0:.1f} s", file=sys.stderr)
     return 0
 
@@ -154,7 +189,7 @@ def cmd_generate(a) -> int:
         torch.set_num_threads(a.threads)
     cascade = load_cascade(a.model, device_arg(a.device), dtype_arg(a.dtype), a.text_encoder, max_stages=a.stages,
                            offload=a.offload, stage3=a.stage3, lora=a.lora)
-    return _run_and_save(a, cascade, prompts)
+    return _run_and_save(ImageRequest.from_args(a, prompts), cascade)
 
 
 def cmd_img2img(a) -> int:
@@ -179,9 +214,9 @@ def cmd_img2img(a) -> int:
     init = resize(img, (size, size))
     if mask is not None:
         mask = (resize(mask, (size, size), "nearest") > 0.5).float()
-    return _run_and_save(a, cascade, prompts, init=init, mask=mask, strength=a.strength,
-                         extra_sidecar={"init_image": a.image, "strength": a.strength,
-                                        **({"mask": a.mask} if mask is not None else {})})
+    inputs = {"init_image": a.image, **({"mask": a.mask} if mask is not None else {})}
+    return _run_and_save(ImageRequest.from_args(a, prompts, image=init, mask=mask, strength=a.strength,
+                                                inputs=inputs), cascade)
 
 
 def _check_upscaled_size(path: str, h: int, w: int, scale: float, div: int, max_pixels: int) -> None:
@@ -204,14 +239,13 @@ def cmd_upscale(a) -> int:
     img = from_uint8(load_image(a.image, max_pixels=a.max_pixels))
     paths = stage_paths(a.model)
     sr_path = next((p for p in paths if "stage1" not in p.name), None) if len(paths) > 1 else paths[0]
-    cascade_like = load_cascade(sr_path, device_arg(a.device), dtype_arg(a.dtype), a.text_encoder, allow_sr_first=True,
-                                lora=a.lora)
-    if not cascade_like.stages[0].is_super_res:
+    cascade = load_cascade(sr_path, device_arg(a.device), dtype_arg(a.dtype), a.text_encoder, allow_sr_first=True,
+                           lora=a.lora)  # a cascade that starts from the image: its one super-resolution stage
+    if not cascade.stages[0].is_super_res:
         raise UserError(f"{sr_path} is a text-to-image model, not a super-resolution stage: pass a stage II model")
-    _check_upscaled_size(a.image, img.shape[2], img.shape[3], a.scale, cascade_like.stages[0].cfg.min_divisor,
+    _check_upscaled_size(a.image, img.shape[2], img.shape[3], a.scale, cascade.stages[0].cfg.min_divisor,
                          a.max_pixels)
-    a.prompts = [a.prompt]
-    a.num_images, a.stages = 1, 1
     check_writable(Path(a.output))
     size = (round(img.shape[2] * a.scale), round(img.shape[3] * a.scale))
-    return _run_and_save(a, cascade_like, [a.prompt], low_res=img, size=size, extra_sidecar={"input_image": a.image})
+    req = ImageRequest.from_args(a, [a.prompt], image=img, size=size, inputs={"input_image": a.image})
+    return _run_and_save(replace(req, num_images=1, stages=1), cascade)
