@@ -74,9 +74,9 @@ def load(model: str | Path = "shapes", *, device: str = "cpu", dtype=None, text_
     LoRA adapter files, ``"PATH"`` or ``"PATH:SCALE"`` (or (path, scale) pairs), each merged into the stage it
     was trained on at its scale."""
 
-    from .convert import CheckpointError
     from .pipeline import PipelineError
     from .stage3 import SDx4Stage, is_sdx4_folder
+    from .tensorfiles import CheckpointError
     from .text.encoder import TextEncoderError, carries_text_encoder, load_encoder
     from .weights import load_stage
     dtype, device = torch_dtype(dtype), _device(device)

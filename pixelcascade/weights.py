@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from .config import DiffusionConfig, SampleConfig, apply_overrides, from_dict, to_json
-from .convert import load_unet, meta_config, meta_int
 from .model_card import write_model_card
+from .model_files import load_unet, meta_config, meta_int
 from .pipeline import Stage, check_steps
 from .presets import default_sampling
 from .tensorfiles import read_tensors, write_safetensors

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import randomize, tiny_cfg
 
-from pixelcascade import convert
+from pixelcascade import convert, model_files
 from pixelcascade.config import to_json
 from pixelcascade.models.unet import build_unet
 
@@ -22,7 +22,7 @@ def test_our_safetensors_round_trip(tmp_path):
     cfg = tiny_cfg()
     m = randomize(build_unet(cfg).eval())
     convert.write_safetensors(tmp_path / "m.safetensors", m.state_dict(), {"unet_config": to_json(cfg)})
-    loaded, meta = convert.load_unet(tmp_path / "m.safetensors")
+    loaded, meta = model_files.load_unet(tmp_path / "m.safetensors")
     assert loaded.cfg == cfg and json.loads(meta["unet_config"])["model_channels"] == 32
     x, t, te = _inputs()
     with torch.no_grad():
@@ -38,7 +38,7 @@ def test_official_folder_with_config_yml_and_bin(tmp_path):
         '  channel_mult: "1,2,3"\n  num_res_blocks: [1, 2, 1]\n  attention_resolutions: "16,8"\n'
         "  num_head_channels: 64\n  encoder_dim: 48\n  encoder_channels: 96\n  att_pool_heads: 4\n"
         '  activation: "gelu"\n  precision: "16"\n'.replace("num_head_channels: 64", "num_head_channels: 16"))
-    loaded, _ = convert.load_unet(tmp_path)
+    loaded, _ = model_files.load_unet(tmp_path)
     assert loaded.cfg == cfg
 
 
@@ -49,7 +49,7 @@ def test_diffusers_folder(tmp_path):
     ref = diffusers.UNet2DConditionModel(**convert.diffusers_config(cfg))
     ref.load_state_dict(convert.official_to_diffusers(ours.state_dict(), cfg))
     ref.save_pretrained(tmp_path / "unet")  # diffusion_pytorch_model.safetensors + config.json
-    loaded, _ = convert.load_unet(tmp_path)  # the pipeline folder: finds unet/
+    loaded, _ = model_files.load_unet(tmp_path)  # the pipeline folder: finds unet/
     x, t, te = _inputs()
     with torch.no_grad():
         assert (loaded(x, t, te) - ours(x, t, te)).abs().max() <= 1e-6
@@ -69,8 +69,8 @@ def test_mismatched_checkpoint_names_the_first_mismatches():
     sd = build_unet(tiny_cfg(model_channels=64)).state_dict()
     sd.pop("out.2.bias")
     sd["extra.weight"] = torch.zeros(1)
-    with pytest.raises(convert.CheckpointError) as e:
-        convert.load_state_dict_checked(m, sd)
+    with pytest.raises(model_files.CheckpointError) as e:
+        model_files.load_state_dict_checked(m, sd)
     msg = str(e.value)
     assert "missing keys: out.2.bias" in msg and "unexpected keys: extra.weight" in msg
     assert "shape mismatches: time_embed.0.weight: checkpoint (192, 64) vs model (96, 32)" in msg
@@ -78,15 +78,15 @@ def test_mismatched_checkpoint_names_the_first_mismatches():
 
 
 def test_missing_path_and_corrupt_file(tmp_path):
-    with pytest.raises(convert.CheckpointError, match="does not exist"):
-        convert.load_unet(tmp_path / "nope")
+    with pytest.raises(model_files.CheckpointError, match="does not exist"):
+        model_files.load_unet(tmp_path / "nope")
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x00\x01garbage")
-    with pytest.raises(convert.CheckpointError, match="corrupt or truncated"):
-        convert.load_unet(bad)
+    with pytest.raises(model_files.CheckpointError, match="corrupt or truncated"):
+        model_files.load_unet(bad)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(convert.CheckpointError, match="no weights in"):
-        convert.load_unet(tmp_path / "empty")
+    with pytest.raises(model_files.CheckpointError, match="no weights in"):
+        model_files.load_unet(tmp_path / "empty")
 
 
 def test_bin_files_are_loaded_without_running_code(tmp_path):
@@ -94,7 +94,7 @@ def test_bin_files_are_loaded_without_running_code(tmp_path):
         def __reduce__(self):
             return (print, ("pwned",))
     torch.save({"x": Evil()}, tmp_path / "pytorch_model.bin")
-    with pytest.raises(convert.CheckpointError, match="was refused: .* names code to run") as e:
+    with pytest.raises(model_files.CheckpointError, match="was refused: .* names code to run") as e:
         convert.read_tensors(tmp_path / "pytorch_model.bin")
     assert "weights_only=False" not in str(e.value)
 
@@ -105,8 +105,8 @@ def test_conversion_refuses_layers_if_does_not_have(option):
     would load the result without a missing key and compute something else)."""
     cfg = tiny_cfg(**{option: True})
     sd = build_unet(cfg).state_dict()
-    with pytest.raises(convert.CheckpointError, match="no counterpart in diffusers' IF UNet.*cannot be converted"):
+    with pytest.raises(model_files.CheckpointError, match="no counterpart in diffusers' IF UNet.*cannot be converted"):
         convert.official_to_diffusers(sd, cfg)
     plain = convert.official_to_diffusers(build_unet(tiny_cfg()).state_dict(), tiny_cfg())
-    with pytest.raises(convert.CheckpointError, match="first: extra.weight"):
+    with pytest.raises(model_files.CheckpointError, match="first: extra.weight"):
         convert.diffusers_to_official({**plain, "extra.weight": torch.zeros(1)}, tiny_cfg())

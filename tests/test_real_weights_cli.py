@@ -11,7 +11,7 @@ import torch
 from conftest import randomize, tiny_cfg
 from PIL import Image
 
-from pixelcascade import convert
+from pixelcascade import convert, model_files
 from pixelcascade.cli import main
 from pixelcascade.models.unet import build_unet
 
@@ -92,12 +92,12 @@ def test_fine_tune_released_if_weights_on_your_data(if_folders, tiny_t5, tmp_pat
     common = [f"data.path={folder}", "train.batch_size=4", "train.max_steps=2", "train.ckpt_every=2",
               "train.val_every=2", "train.warmup_steps=1", "train.num_threads=1"]
     cfg = run_config("files64", common + [f"train.init_from={if_folders / 'IF-I'}"])
-    assert cfg.unet == convert.unet_config_of(if_folders / "IF-I") and cfg.data.image_size == 16
+    assert cfg.unet == model_files.unet_config_of(if_folders / "IF-I") and cfg.data.image_size == 16
     assert cfg.text_encoder == str(if_folders / "IF-I") and cfg.data.text_max_length == 77
     assert cfg.diffusion.prediction == "eps" and cfg.diffusion.learned_variance
     data, val, _, _, _ = prepare_data(cfg, tmp_path / "cache", progress=False)
     start = Trainer(cfg, data, tmp_path / "start", val, progress=False)
-    want, _, _ = convert.read_unet(if_folders / "IF-I")
+    want, _, _ = model_files.read_unet(if_folders / "IF-I")
     got = start.model.state_dict()
     assert all(torch.equal(got[k], want[k].float()) for k in want)  # starts as the released model
     t = train(cfg, tmp_path / "run", cache=tmp_path / "cache", progress=False, grids=False)

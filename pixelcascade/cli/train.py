@@ -115,8 +115,8 @@ def cmd_export(a) -> int:
     import torch
 
     from ..config import ConfigError
-    from ..convert import CheckpointError
     from ..lora import LoraError
+    from ..tensorfiles import CheckpointError
     from ..training import lora_export
     from ..training.checkpoint import ResumeError
     from ..weights import export_weights

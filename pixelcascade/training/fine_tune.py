@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from ..config import ConfigError, DiffusionConfig, RunConfig, UNetConfig, apply_overrides, from_dict
-from ..convert import CheckpointError, unet_config_of
+from ..model_files import CheckpointError, unet_config_of
 from ..presets import run_preset
 from ..text.encoder import carries_text_encoder, is_t5
 

@@ -26,12 +26,12 @@ from pathlib import Path
 import torch
 
 from ..config import ConfigError, RunConfig, TrainConfig, from_dict, to_dict, to_json
-from ..convert import write_safetensors
 from ..diffusion.guidance import noise_augment
 from ..diffusion.losses import diffusion_loss, fixed_timesteps_loss
 from ..diffusion.schedule import make_schedule
 from ..models import text_adapter
 from ..models.unet import build_unet
+from ..tensorfiles import write_safetensors
 from ..utils import atomic_write_text, bf16_autocast_pays, dist_info, resolve_device
 from .checkpoint import ResumeError, load_checkpoint, save_checkpoint
 from .data import ConfigMismatch, TrainData  # noqa: F401  (ConfigMismatch: raised here too)
@@ -519,14 +519,14 @@ def read_init_weights(path: Path) -> tuple[dict, dict, dict]:
         raise ResumeError(f"train.init_from={path}: no such file or folder; give a run's checkpoint.pt, an EMA "
                           ".safetensors, or an IF model folder (official or diffusers layout)")
     if path.is_dir():  # released IF weights: official config.yml + .bin, or a diffusers folder
-        from ..convert import CheckpointError, read_unet
+        from ..model_files import CheckpointError, read_unet
         try:
             weights, src_cfg, _ = read_unet(path)
         except CheckpointError as e:
             raise ResumeError(f"train.init_from={path}: {e}") from None
         return weights, weights, json.loads(to_json(src_cfg))
     if path.suffix == ".safetensors":
-        from ..convert import read_tensors
+        from ..tensorfiles import read_tensors
         weights, meta = read_tensors(path)
         return weights, weights, json.loads(meta.get("unet_config", "{}"))
     state = load_checkpoint(path)
