@@ -301,36 +301,21 @@ def cmd_eval_sweep(a) -> int:
     cascade = _eval_cascade(a)
     n = a.stages or len(cascade.stages)
     if a.metric == "shapes":
-        inner = sw.shapes_metric(cascade, num_stages=n, per_task=a.per_task, seeds=a.seeds,
-                                 batch_size=a.batch_size)
-        metrics = ["overall", "single_object", "two_object", "counting", "colors", "position", "color_attr"]
+        inner = sw.shapes_metric(cascade, num_stages=n, per_task=a.per_task, seeds=a.seeds, batch_size=a.batch_size)
+        metrics = sw.SHAPES_METRICS
     elif a.metric == "emoji":
-        from ..eval.emoji import evaluate_emoji
-        from ..pipeline import stage_settings
         if not a.features:
             raise UserError("--metric emoji needs --features emoji:PATH (made by `pixelcascade data emoji-features`)")
-        ex = _emoji_extractor(a.features)
-
-        def inner(p):
-            r = evaluate_emoji(cascade, ex, per_split=a.per_task, batch_size=a.batch_size, num_stages=n,
-                               settings=stage_settings(cascade.stages[:n], **p), progress=not a.quiet)
-            return {"retrieval": r["heldout"]["top1"], "retrieval_train": r["train"]["top1"],
-                    "fid": r["heldout"]["fid"]}
+        inner = sw.emoji_metric(cascade, _emoji_extractor(a.features), num_stages=n, per_split=a.per_task,
+                                batch_size=a.batch_size, progress=not a.quiet)
         metrics = ["retrieval", "retrieval_train"]
     else:
-        from ..eval.coco import run_coco
-        from ..pipeline import stage_settings
         ex, clip = _extractor(a, required=a.ref is not None), _clip(a)
         if ex is None and clip is None:
             raise UserError("--metric coco needs --ref with --inception (FID) and/or --clip (CLIP score)")
-        captions = a.captions or _default_captions()
-
-        def inner(p):
-            tag = "_".join(f"{k}{v}" for k, v in p.items())
-            r = run_coco(cascade, captions=captions, out_dir=Path(a.output) / tag, num=a.num,
-                         settings=stage_settings(cascade.stages[:n], **p), num_stages=n, batch_size=a.batch_size,
-                         ref=a.ref, extractor=ex, clip=clip, progress=not a.quiet)
-            return {k: r[k] for k in ("fid", "kid", "clip_score") if k in r}
+        inner = sw.coco_metric(cascade, captions=a.captions or _default_captions(), out_dir=Path(a.output),
+                               num=a.num, num_stages=n, batch_size=a.batch_size, ref=a.ref, extractor=ex, clip=clip,
+                               progress=not a.quiet)
         metrics = [m for m in ("fid", "clip_score") if (m == "fid" and ex) or (m == "clip_score" and clip)]
 
     def metric(p):

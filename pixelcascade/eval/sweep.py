@@ -154,3 +154,35 @@ def shapes_metric(cascade, *, num_stages: int | None = None, per_task: int = 16,
                               progress=False, **params)
         return {t: r["accuracy"] for t, r in rep["summary"]["all"].items()}
     return metric
+
+
+SHAPES_METRICS = ["overall", "single_object", "two_object", "counting", "colors", "position", "color_attr"]
+
+
+def emoji_metric(cascade, extractor, *, num_stages: int, per_split: int = 16, batch_size: int = 64,
+                 progress: bool = True) -> Callable[[dict], dict]:
+    """The emoji model's retrieval accuracy (held-out and training captions) and held-out FID of a point."""
+    from ..pipeline import stage_settings
+    from .emoji import evaluate_emoji
+
+    def metric(params: dict) -> dict:
+        r = evaluate_emoji(cascade, extractor, per_split=per_split, batch_size=batch_size, num_stages=num_stages,
+                           settings=stage_settings(cascade.stages[:num_stages], **params), progress=progress)
+        return {"retrieval": r["heldout"]["top1"], "retrieval_train": r["train"]["top1"], "fid": r["heldout"]["fid"]}
+    return metric
+
+
+def coco_metric(cascade, *, captions: str, out_dir: Path, num: int, num_stages: int, batch_size: int = 16,
+                ref=None, extractor=None, clip=None, progress: bool = True) -> Callable[[dict], dict]:
+    """COCO FID / KID (with a reference and an extractor) and CLIP score (with a CLIP model) of a point; each
+    point's images in their own folder under ``out_dir``, so a stopped sweep resumes."""
+    from ..pipeline import stage_settings
+    from .coco import run_coco
+
+    def metric(params: dict) -> dict:
+        tag = "_".join(f"{k}{v}" for k, v in params.items())
+        r = run_coco(cascade, captions=captions, out_dir=Path(out_dir) / tag, num=num,
+                     settings=stage_settings(cascade.stages[:num_stages], **params), num_stages=num_stages,
+                     batch_size=batch_size, ref=ref, extractor=extractor, clip=clip, progress=progress)
+        return {k: r[k] for k in ("fid", "kid", "clip_score") if k in r}
+    return metric
