@@ -105,10 +105,7 @@ class UNetConfig:
     scale_skip_connection: bool = False  # stage II/III: ResBlock output * 0.7071
     disable_self_attentions: tuple[int, ...] = ()  # resolutions whose attention is text-only
     super_res: bool = False  # SuperResUNet: low-res image concatenated, aug_level embedding
-    # not in IF: a 2-D position signal in every attention block (sinusoids of the pixel's coordinates, scaled
-    # to [-1, 1] so any resolution works, through a zero-initialised linear map added to the normalised
-    # tokens). guided-diffusion's attention has no position, so a pixel knows only weakly where another
-    # object is ("a circle to the left of a square"). False: IF exactly; a fine-tune may add it.
+    # not in IF: a 2-D position signal in every attention block (models/attention_position.py); False: IF exactly
     attention_position: bool = False
     # the text adapter (models/text_adapter.py; not in IF, for small text encoders): layers over the encoder's
     # token states, their index, their neighbours, ZCA whitening. Stored flat, as files have always held them;

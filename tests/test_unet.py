@@ -179,7 +179,7 @@ def test_attention_position_starts_as_the_model_without_it(super_res):
 
 
 def test_position_features_are_sinusoids_of_centred_coordinates():
-    from pixelcascade.models.unet import POSITION_FREQS, position_features
+    from pixelcascade.models.attention_position import POSITION_FREQS, position_features
     f = position_features(2, 4)  # rows y in {-0.5, 0.5}, columns x in {-0.75, -0.25, 0.25, 0.75}
     assert f.shape == (8, 4 * POSITION_FREQS)
     k = POSITION_FREQS

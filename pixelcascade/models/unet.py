@@ -25,6 +25,7 @@ from torch import nn
 
 from ..config import UNetConfig
 from ..nn import GroupNorm32, TokenLinear, attention, timestep_embedding, zero_module
+from .attention_position import add_position, attach_position
 from .text_adapter import adapt_pooled, adapt_text, attach_text_adapter, fold_white_attn
 
 SKIP_SCALE = 0.7071  # IF's constant (not exactly 1/sqrt(2)); https://arxiv.org/abs/2104.07636
@@ -64,19 +65,6 @@ class ResBlock(nn.Module):
         return h.mul_(SKIP_SCALE) if self.scale_skip else h
 
 
-POSITION_FREQS = 4
-
-
-def position_features(hgt: int, wid: int, device=None) -> torch.Tensor:
-    """[H*W, 4 * POSITION_FREQS]: sin and cos of pi * 2^k * y and x, with pixel centres scaled to [-1, 1]."""
-    ys = (torch.arange(hgt, device=device, dtype=torch.float32) + 0.5) / hgt * 2 - 1
-    xs = (torch.arange(wid, device=device, dtype=torch.float32) + 0.5) / wid * 2 - 1
-    y, x = torch.meshgrid(ys, xs, indexing="ij")
-    f = math.pi * 2.0 ** torch.arange(POSITION_FREQS, device=device, dtype=torch.float32)
-    ang = torch.cat([y.reshape(-1, 1) * f, x.reshape(-1, 1) * f], dim=1)  # [HW, 2F]
-    return torch.cat([ang.sin(), ang.cos()], dim=1)
-
-
 class AttentionBlock(nn.Module):
     """Self-attention over the image with the text tokens joined to its keys and values (Imagen style)."""
 
@@ -94,16 +82,15 @@ class AttentionBlock(nn.Module):
         self.norm_encoder = GroupNorm32(encoder_channels)
         self.proj_out = zero_module(TokenLinear(ch, ch))
         self.text_maps: list[torch.Tensor] | None = None  # a list while UNet.record_text_attention is on
-        if position:  # not in IF (config attention_position); zero-initialised: starts as the block without it
-            self.pos_proj = zero_module(nn.Linear(4 * POSITION_FREQS, ch))
+        if position:  # not in IF (models/attention_position.py); zero-initialised: starts as the block without it
+            attach_position(self, ch)
 
     def forward(self, x: torch.Tensor, encoder_out: torch.Tensor) -> torch.Tensor:
         b, c, hgt, wid = x.shape
         n, d = self.heads, self.head_ch
         tokens = self.norm(x).permute(0, 2, 3, 1).reshape(b, hgt * wid, c)  # [B, HW, C] (free if channels_last)
         if hasattr(self, "pos_proj"):
-            pos = self.pos_proj(position_features(hgt, wid, x.device).to(self.pos_proj.weight.dtype))
-            tokens = tokens + pos.to(tokens.dtype)  # [HW, C], broadcast over the batch
+            tokens = add_position(self, tokens, hgt, wid)
         # qkv rows are head-interleaved: [q_h0, k_h0, v_h0, q_h1, ...], 64 rows each
         qkv = self.qkv(tokens)  # [B, HW, 3C]
         parts = 3 if self.self_attention else 1
