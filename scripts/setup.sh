@@ -27,3 +27,10 @@ if [ ! -f "$FONT" ] && [ ! -f "$CACHE_FONTS/usr/share/fonts/truetype/noto/NotoCo
     rm -rf "$tmp"
   fi
 fi
+# the web page's browser test drives Debian's chromium through chromium-driver (Selenium)
+if ! command -v chromedriver >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1; then :
+  else
+    echo "warning: could not install chromium and chromium-driver; the browser test will be skipped" >&2
+  fi
+fi

@@ -21,7 +21,7 @@ LAYERS = {
     "pipeline": 4, "weights": 4, "stage3": 4, "data": 4, "diffusers_export": 4,
     "api": 5, "__init__": 5, "training": 5,  # the package's __init__ is the public face: pixelcascade.load
     "eval": 6,
-    "cli": 7,
+    "serve": 7, "cli": 7,
 }
 
 

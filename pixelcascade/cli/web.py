@@ -1,0 +1,34 @@
+"""pixelcascade serve: the web page (serve.py) on a local port."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import device_arg, dtype_arg
+from .flags import at_least_1
+
+
+def add_commands(sub) -> None:
+    s = sub.add_parser("serve", help="the web page: generate in the browser (Gradio)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="A local web page for the model: prompt, seed, steps, guidance, sampler; each "
+                                   "image downloads as the PNG with its JSON sidecar, and the page shows the "
+                                   "`pixelcascade generate` line that makes the same image. Needs Gradio "
+                                   "(pip install -e \".[ui]\").",
+                       epilog="examples:\n  pixelcascade serve\n  pixelcascade serve --model shapes --port 8080\n"
+                              "  pixelcascade serve --host 0.0.0.0    # reachable from other machines: a warning")
+    s.add_argument("--model", default="shapes", help="what `pixelcascade generate --model` takes (default: shapes)")
+    s.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: this machine only)")
+    s.add_argument("--port", type=at_least_1, default=7860)
+    s.add_argument("--share", action="store_true", help="also make a public Gradio share link (never by default)")
+    s.add_argument("--text-encoder", help="override the text encoder: 'minilm' or a local HF/T5 folder")
+    s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
+    s.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16 (UNet weights)")
+    s.set_defaults(fn=cmd_serve)
+
+
+def cmd_serve(a) -> int:
+    from ..serve import serve
+    serve(a.model, host=a.host, port=a.port, share=a.share, device=device_arg(a.device), dtype=dtype_arg(a.dtype),
+          text_encoder=a.text_encoder)
+    return 0
