@@ -280,6 +280,22 @@ class Cascade(_EngineCascade):
             out.append(with_overrides(base[i] or st.settings, **changes))
         return out
 
+    def edit_inputs(self, image, mask=None, num_stages: int | None = None):
+        """An edit's inputs as the CLI prepares them: the image (uint8 [H, W, 3]) in [-1, 1] and the mask (uint8
+        [H, W], white = repaint; must match the image) as {0, 1}, both resized to the last stage's square size
+        (the call resizes them again to each stage's)."""
+        from .pipeline import resize
+        img = from_uint8(image)
+        if mask is not None and tuple(mask.shape[:2]) != tuple(img.shape[-2:]):
+            raise PipelineError(f"the mask is {mask.shape[1]}x{mask.shape[0]} but the image is {img.shape[3]}x"
+                                f"{img.shape[2]}: the mask must have the image's size (white = repaint)")
+        size = self.stages[(num_stages or len(self.stages)) - 1].cfg.image_size
+        init = resize(img, (size, size))
+        if mask is None:
+            return init, None
+        m = torch.from_numpy((mask > 127).astype("float32"))[None, None]
+        return init, (resize(m, (size, size), "nearest") > 0.5).float()
+
     def to(self, device=None, dtype=None) -> Cascade:
         """Move every stage and the text encoder (diffusers' ``pipe.to``); ``dtype`` casts the UNets."""
         if device is not None:

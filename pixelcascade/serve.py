@@ -27,10 +27,12 @@ def import_gradio():
 
 
 def command_line(model: str, prompt: str, negative: str, seed: int, num_images: int, steps: str, steps_ii: str,
-                 guidance: float, sampler: str) -> str:
-    """The `pixelcascade generate` line that makes the same images."""
-    args = ["pixelcascade", "generate", prompt, "--model", model, "--seed", str(seed),
+                 guidance: float, sampler: str, *, command: str = "generate", inputs=(), strength=None) -> str:
+    """The `pixelcascade` line that makes the same images."""
+    args = ["pixelcascade", command, *[p for p in inputs if p], prompt, "--model", model, "--seed", str(seed),
             "--num-images", str(num_images), "--guidance", f"{guidance:g}", "--sampler", sampler]
+    if strength is not None:
+        args += ["--strength", f"{strength:g}"]
     if steps:
         args += ["--steps", steps]
     if steps_ii:
@@ -42,19 +44,22 @@ def command_line(model: str, prompt: str, negative: str, seed: int, num_images: 
 
 
 class Generator:
-    """The Generate tab's work: a cascade call, each image written as PNG + its settings record (the CLI's
-    sidecar) into a folder the page serves for download."""
+    """The page's work: a cascade call, each image written as PNG + its settings record (the CLI's sidecar) into
+    a folder the page serves for download, and the `pixelcascade` line that makes the same images."""
 
     def __init__(self, cascade, model: str, out_dir: Path):
         self.cascade, self.model, self.out_dir = cascade, model, Path(out_dir)
 
     def __call__(self, prompt: str, negative: str, seed, num_images, steps: str, steps_ii: str, guidance,
-                 sampler: str, progress=None):
+                 sampler: str, progress=None, *, image=None, mask=None, strength: float = 1.0):
+        """``image`` / ``mask`` (uint8 arrays): image-to-image, inpainting (white = repaint)."""
         import numpy as np
 
         from .images import save_png
         if not prompt or not prompt.strip():
             raise PixelcascadeError("empty prompt: describe the image, e.g. \"two red circles\"")
+        if image is not None and not 0 < float(strength) <= 1:
+            raise PixelcascadeError(f"strength {strength}: must be in (0, 1]; 0.3 keeps most of the image")
         seed, num_images = int(seed), int(num_images)
         n_stages = len(self.cascade.stages)
         steps_list = [steps or None] + [steps_ii or None] * (n_stages - 1)
@@ -64,18 +69,64 @@ class Generator:
         def on_step(_pipe, step, _t, kw):
             if progress is not None:
                 progress(step / (total * num_images), desc=f"stage {kw['stage'] + 1} of {n_stages}")
+        edit = {}
+        if image is not None:
+            init, mask_t = self.cascade.edit_inputs(image, mask)
+            edit = dict(image=init, mask_image=mask_t, strength=float(strength))
         out = self.cascade(prompt, seed=seed, num_images_per_prompt=num_images, num_inference_steps=steps_list,
                            guidance_scale=float(guidance), sampler=[sampler] * n_stages,  # as --sampler: every stage
-                           negative_prompt=negative or None,
-                           batch_size=num_images, callback_on_step_end=on_step, progress=False)
+                           negative_prompt=negative or None, batch_size=num_images, callback_on_step_end=on_step,
+                           progress=False, **edit)
         run = Path(tempfile.mkdtemp(prefix="run-", dir=self.out_dir))
-        files = []
-        for i, (image, record) in enumerate(zip(out.images, out.settings)):
+        files, inputs = [], {}
+        if image is not None:  # the inputs beside the outputs, so the command line can be run on them
+            from PIL import Image
+            Image.fromarray(image).save(run / "input.png")
+            inputs["init_image"] = str(run / "input.png")
+            if mask is not None:
+                Image.fromarray(mask).save(run / "mask.png")
+                inputs["mask"] = str(run / "mask.png")
+        for i, (img, record) in enumerate(zip(out.images, out.settings)):
             path = run / f"{i:04d}-seed{record['seed']}.png"
-            save_png(np.asarray(image), path, record)
+            save_png(np.asarray(img), path, {**record, **inputs})
             files += [str(path), str(path.with_suffix(".json"))]
-        line = command_line(self.model, prompt, negative, seed, num_images, steps, steps_ii, float(guidance), sampler)
-        return [str(f) for f in files if f.endswith(".png")], files, line
+        command = "generate" if image is None else "inpaint" if mask is not None else "img2img"
+        line = command_line(self.model, prompt, negative, seed, num_images, steps, steps_ii, float(guidance), sampler,
+                            command=command, inputs=[inputs.get("init_image"), inputs.get("mask")],
+                            strength=float(strength) if image is not None else None)
+        return [f for f in files if f.endswith(".png")], files, line
+
+
+def _controls(gr, defaults, tab: str) -> dict:
+    """The settings every tab shares, ids prefixed by the tab ("" for Generate)."""
+    pre = f"{tab}-" if tab else ""
+    c = {"prompt": gr.Textbox(label="Prompt", placeholder="three red circles to the left of a blue square",
+                              elem_id=f"{pre}prompt"),
+         "negative": gr.Textbox(label="Negative prompt", elem_id=f"{pre}negative")}
+    with gr.Row():
+        c["seed"] = gr.Number(label="Seed", value=0, precision=0, minimum=0, elem_id=f"{pre}seed")
+        c["dice"] = gr.Button("🎲", elem_id=f"{pre}dice", scale=0)
+        c["num_images"] = gr.Slider(1, 8, value=1, step=1, label="Images", elem_id=f"{pre}num_images")
+    with gr.Row():
+        c["steps"] = gr.Textbox(label="Stage I steps", value=str(defaults.num_steps), elem_id=f"{pre}steps")
+        c["steps_ii"] = gr.Textbox(label="Later stages' steps", value="", placeholder="the model's",
+                                   elem_id=f"{pre}steps_ii")
+    with gr.Row():
+        c["guidance"] = gr.Number(label="Guidance", value=defaults.guidance_scale, minimum=0, elem_id=f"{pre}guidance")
+        c["sampler"] = gr.Dropdown(list(SAMPLERS), value=defaults.sampler, label="Sampler", elem_id=f"{pre}sampler")
+    c["dice"].click(lambda: random.randrange(2 ** 31), outputs=c["seed"])
+    return c
+
+
+def _results(gr, tab: str) -> list:
+    pre = f"{tab}-" if tab else ""
+    return [gr.Gallery(label="Images", elem_id=f"{pre}gallery", columns=2),
+            gr.File(label="PNG + JSON sidecar", file_count="multiple", elem_id=f"{pre}files"),
+            gr.Textbox(label="The same images from the command line", elem_id=f"{pre}command", interactive=False)]
+
+
+def _settings(c: dict) -> list:
+    return [c[k] for k in ("prompt", "negative", "seed", "num_images", "steps", "steps_ii", "guidance", "sampler")]
 
 
 def build_app(cascade, model: str = "shapes", out_dir: str | Path | None = None):
@@ -85,44 +136,81 @@ def build_app(cascade, model: str = "shapes", out_dir: str | Path | None = None)
     generate = Generator(cascade, model, out_dir)
     defaults = cascade.stages[0].settings
 
-    def run(prompt, negative, seed, num_images, steps, steps_ii, guidance, sampler,
-            progress=gr.Progress()):  # noqa: B008  (Gradio injects the page's progress bar through this default)
-        try:
-            return generate(prompt, negative, seed, num_images, steps, steps_ii, guidance, sampler, progress)
-        except PixelcascadeError as e:  # the user's to fix: shown on the page, not only in the server's log
-            raise gr.Error(str(e)) from None
+    def shown(fn):  # an error the user can fix is a message on the page, not only a line in the server's log
+        def wrapped(*args, progress=gr.Progress()):  # noqa: B008  (Gradio injects the progress bar this way)
+            try:
+                return fn(*args, progress=progress)
+            except PixelcascadeError as e:
+                raise gr.Error(str(e)) from None
+        return wrapped
+
+    def text_to_image(*args, progress=None):
+        return generate(*args, progress)
+
+    def image_to_image(image, strength, *args, progress=None):
+        if image is None:
+            raise PixelcascadeError("no image: upload the picture to change")
+        return generate(*args, progress, image=_rgb(image), strength=strength)
+
+    def inpaint(image, mask, strength, *args, progress=None):
+        if image is None or mask is None:
+            raise PixelcascadeError("upload the picture and its mask (white = repaint, black = keep)")
+        return generate(*args, progress, image=_rgb(image), mask=_grey(mask), strength=strength)
 
     with gr.Blocks(title="pixelcascade") as app:
         gr.Markdown(f"# pixelcascade\nCascaded pixel-space text-to-image diffusion. Model: `{model}`.")
         with gr.Tab("Generate"):
             with gr.Row():
                 with gr.Column():
-                    prompt = gr.Textbox(label="Prompt", placeholder="three red circles to the left of a blue square",
-                                        elem_id="prompt")
-                    negative = gr.Textbox(label="Negative prompt", elem_id="negative")
-                    with gr.Row():
-                        seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, elem_id="seed")
-                        dice = gr.Button("🎲", elem_id="dice", scale=0)
-                        num_images = gr.Slider(1, 8, value=1, step=1, label="Images", elem_id="num_images")
-                    with gr.Row():
-                        steps = gr.Textbox(label="Stage I steps", value=str(defaults.num_steps), elem_id="steps")
-                        steps_ii = gr.Textbox(label="Later stages' steps", value="", elem_id="steps_ii",
-                                              placeholder="the model's")
-                    with gr.Row():
-                        guidance = gr.Number(label="Guidance", value=defaults.guidance_scale, minimum=0,
-                                             elem_id="guidance")
-                        sampler = gr.Dropdown(list(SAMPLERS), value=defaults.sampler, label="Sampler",
-                                              elem_id="sampler")
-                    button = gr.Button("Generate", variant="primary", elem_id="generate")
+                    c = _controls(gr, defaults, "")
+                    go = gr.Button("Generate", variant="primary", elem_id="generate")
                 with gr.Column():
-                    gallery = gr.Gallery(label="Images", elem_id="gallery", columns=2)
-                    files = gr.File(label="PNG + JSON sidecar", file_count="multiple", elem_id="files")
-                    command = gr.Textbox(label="The same images from the command line", elem_id="command",
-                                         interactive=False)
-            dice.click(lambda: random.randrange(2 ** 31), outputs=seed)
-            button.click(run, [prompt, negative, seed, num_images, steps, steps_ii, guidance, sampler],
-                         [gallery, files, command])
+                    out = _results(gr, "")
+            go.click(shown(text_to_image), _settings(c), out)
+        with gr.Tab("Image to image"):
+            with gr.Row():
+                with gr.Column():
+                    image = gr.Image(label="Image", type="numpy", elem_id="i2i-image")
+                    strength = gr.Slider(0.05, 1.0, value=0.7, step=0.05, label="Strength (1 = from noise)",
+                                         elem_id="i2i-strength")
+                    c = _controls(gr, defaults, "i2i")
+                    go = gr.Button("Change", variant="primary", elem_id="i2i-generate")
+                with gr.Column():
+                    out = _results(gr, "i2i")
+            go.click(shown(image_to_image), [image, strength, *_settings(c)], out)
+        with gr.Tab("Inpaint"):
+            with gr.Row():
+                with gr.Column():
+                    with gr.Row():
+                        image = gr.Image(label="Image", type="numpy", elem_id="inp-image")
+                        mask = gr.Image(label="Mask (white = repaint)", type="numpy", image_mode="L",
+                                        elem_id="inp-mask")
+                    strength = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Strength", elem_id="inp-strength")
+                    c = _controls(gr, defaults, "inp")
+                    go = gr.Button("Repaint", variant="primary", elem_id="inp-generate")
+                with gr.Column():
+                    out = _results(gr, "inp")
+            go.click(shown(inpaint), [image, mask, strength, *_settings(c)], out)
     return app.queue(default_concurrency_limit=1)  # one job at a time, the rest wait their turn
+
+
+def _rgb(image):
+    """An uploaded picture as uint8 RGB (transparency on white, greyscale spread to three channels)."""
+    import numpy as np
+    a = np.asarray(image)
+    if a.ndim == 2:
+        a = np.stack([a] * 3, axis=-1)
+    if a.shape[-1] == 4:
+        alpha = a[..., 3:4].astype(np.float32) / 255
+        a = (a[..., :3] * alpha + 255 * (1 - alpha)).round()
+    return a.astype(np.uint8)
+
+
+def _grey(mask):
+    """An uploaded mask as uint8 greyscale."""
+    import numpy as np
+    a = np.asarray(mask)
+    return a if a.ndim == 2 else _rgb(a).mean(axis=-1).round().astype(np.uint8)
 
 
 def serve(model: str = "shapes", *, host: str = "127.0.0.1", port: int = 7860, share: bool = False,

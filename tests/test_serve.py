@@ -125,3 +125,37 @@ def test_an_empty_prompt_is_a_message_on_the_page(server, browser):
     while time.time() < end and "empty prompt" not in browser.page_source:
         time.sleep(0.2)
     assert "empty prompt" in browser.page_source
+
+
+def test_inpainting_in_the_page_equals_its_command_line(server, browser, tmp_path):
+    """Upload a picture and a mask, repaint: the image equals what the page's command line makes from the inputs it
+    saved beside the result (the masked-out half is kept)."""
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+
+    from pixelcascade.cli import main
+    img = np.full((64, 64, 3), 240, np.uint8)
+    img[16:48, 8:40] = (200, 30, 30)
+    Image.fromarray(img).save(tmp_path / "in.png")
+    mask = np.zeros((64, 64), np.uint8)
+    mask[:, 32:] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    browser.get(server)
+    _wait(browser, "#generate")
+    browser.find_element(By.XPATH, "//button[@role='tab' and contains(., 'Inpaint')]").click()
+    _wait(browser, "#inp-image input[type=file]").send_keys(str(tmp_path / "in.png"))
+    _wait(browser, "#inp-mask input[type=file]").send_keys(str(tmp_path / "mask.png"))
+    _wait(browser, "#inp-image img")
+    _wait(browser, "#inp-mask img")
+    _type(browser, "inp-prompt", "a yellow circle")
+    _type(browser, "inp-steps", "4")
+    _type(browser, "inp-steps_ii", "3")
+    browser.find_element(By.CSS_SELECTOR, "#inp-generate").click()
+    shown_img = _wait(browser, "#inp-gallery img")
+    with urllib.request.urlopen(shown_img.get_attribute("src")) as r:
+        shown = np.asarray(Image.open(io.BytesIO(r.read())).convert("RGB"))
+    args = shlex.split(browser.find_element(By.CSS_SELECTOR, "#inp-command textarea").get_attribute("value"))
+    assert args[1] == "inpaint"
+    assert main(args[1:args.index("-o")] + ["-o", str(tmp_path / "cli.png"), "-q"]) == 0
+    assert np.array_equal(shown, np.asarray(Image.open(tmp_path / "cli.png")))
+    assert np.abs(shown[:, :28].astype(int) - img[:, :28]).max() <= 2  # the black half of the mask is kept

@@ -193,29 +193,20 @@ def cmd_generate(a) -> int:
 
 
 def cmd_img2img(a) -> int:
-    from ..pipeline import from_uint8
     if not 0.0 < a.strength <= 1.0:
         raise UserError(f"--strength {a.strength}: must be in (0, 1]; 0.3 keeps most of the image, 1.0 none")
-    img = from_uint8(load_image(a.image, max_pixels=a.max_pixels))
-    mask = None
-    if a.command == "inpaint":
-        m = load_image(a.mask, "mask", a.max_pixels)
-        if m.shape[:2] != tuple(img.shape[-2:]):
-            raise UserError(f"mask {a.mask} is {m.shape[1]}x{m.shape[0]} but image {a.image} is "
-                            f"{img.shape[3]}x{img.shape[2]}: the mask must have the image's size (white = repaint)")
-        import torch
-        mask = torch.from_numpy((m > 127).astype("float32"))[None, None]
+    img = load_image(a.image, max_pixels=a.max_pixels)
+    mask = load_image(a.mask, "mask", a.max_pixels) if a.command == "inpaint" else None
+    if mask is not None and mask.shape[:2] != img.shape[:2]:
+        raise UserError(f"mask {a.mask} is {mask.shape[1]}x{mask.shape[0]} but image {a.image} is "
+                        f"{img.shape[1]}x{img.shape[0]}: the mask must have the image's size (white = repaint)")
     prompts = _read_prompts(a)
     check_writable(Path(a.output))
     cascade = load_cascade(a.model, device_arg(a.device), dtype_arg(a.dtype), a.text_encoder, max_stages=a.stages,
                            lora=a.lora)
-    size = cascade.stages[-1].cfg.image_size if a.stages is None else cascade.stages[a.stages - 1].cfg.image_size
-    from ..pipeline import resize
-    init = resize(img, (size, size))
-    if mask is not None:
-        mask = (resize(mask, (size, size), "nearest") > 0.5).float()
+    init, mask_t = cascade.edit_inputs(img, mask, a.stages)
     inputs = {"init_image": a.image, **({"mask": a.mask} if mask is not None else {})}
-    return _run_and_save(ImageRequest.from_args(a, prompts, image=init, mask=mask, strength=a.strength,
+    return _run_and_save(ImageRequest.from_args(a, prompts, image=init, mask=mask_t, strength=a.strength,
                                                 inputs=inputs), cascade)
 
 
