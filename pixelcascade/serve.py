@@ -96,6 +96,38 @@ class Generator:
                             strength=float(strength) if image is not None else None)
         return [f for f in files if f.endswith(".png")], files, line
 
+    def upscale(self, image, prompt: str, seed, steps: str, guidance, progress=None):
+        """The second stage on ``image`` (uint8), x2, as `pixelcascade upscale IMAGE --model MODEL/stage2`."""
+        import numpy as np
+
+        from .images import save_png
+        from .pipeline import from_uint8
+        up = _upscaler(self.cascade)
+        low = from_uint8(image)
+        size = (low.shape[2] * 2, low.shape[3] * 2)
+        div = up.stages[0].cfg.min_divisor
+        if size[0] % div or size[1] % div:
+            raise PixelcascadeError(f"the image is {image.shape[1]}x{image.shape[0]}: upscaled x2 its sides must be "
+                                    f"multiples of {div}; resize it first")
+        out = up(prompt or "a picture", seed=int(seed), image=low, height=size[0], width=size[1],
+                 num_inference_steps=steps or None, guidance_scale=float(guidance), progress=False)
+        run = Path(tempfile.mkdtemp(prefix="run-", dir=self.out_dir))
+        from PIL import Image
+        Image.fromarray(image).save(run / "input.png")
+        path = run / f"upscaled-seed{int(seed)}.png"
+        save_png(np.asarray(out.images[0]), path, {**out.settings[0], "input_image": str(run / "input.png")})
+        args = ["pixelcascade", "upscale", str(run / "input.png"), "--prompt", prompt or "a picture",
+                "--model", self.model, "--seed", str(int(seed)), "--guidance", f"{float(guidance):g}"]
+        args += ["--steps", steps] if steps else []
+        return [str(path)], [str(path), str(path.with_suffix(".json"))], shlex.join(args + ["-o", "big.png"])
+
+
+def _upscaler(cascade):
+    """The cascade's second stage on its own, starting from the user's image (as `pixelcascade upscale`)."""
+    from .api import Cascade
+    return Cascade(cascade.stages[1:2], cascade.encoder, starts_from_image=True, source=cascade.source,
+                   text_encoder=cascade.text_encoder)
+
 
 def _controls(gr, defaults, tab: str) -> dict:
     """The settings every tab shares, ids prefixed by the tab ("" for Generate)."""
@@ -157,6 +189,11 @@ def build_app(cascade, model: str = "shapes", out_dir: str | Path | None = None)
             raise PixelcascadeError("upload the picture and its mask (white = repaint, black = keep)")
         return generate(*args, progress, image=_rgb(image), mask=_grey(mask), strength=strength)
 
+    def upscale(image, prompt, seed, steps, guidance, progress=None):
+        if image is None:
+            raise PixelcascadeError("no image: upload the picture to upscale")
+        return generate.upscale(_rgb(image), prompt, seed, steps, guidance, progress)
+
     with gr.Blocks(title="pixelcascade") as app:
         gr.Markdown(f"# pixelcascade\nCascaded pixel-space text-to-image diffusion. Model: `{model}`.")
         with gr.Tab("Generate"):
@@ -191,6 +228,22 @@ def build_app(cascade, model: str = "shapes", out_dir: str | Path | None = None)
                 with gr.Column():
                     out = _results(gr, "inp")
             go.click(shown(inpaint), [image, mask, strength, *_settings(c)], out)
+        if len(cascade.stages) > 1:
+            with gr.Tab("Upscale"):
+                with gr.Row():
+                    with gr.Column():
+                        image = gr.Image(label="Image (the low-res input)", type="numpy", elem_id="up-image")
+                        prompt = gr.Textbox(label="What it shows", value="a picture", elem_id="up-prompt")
+                        with gr.Row():
+                            seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, elem_id="up-seed")
+                            steps = gr.Textbox(label="Steps", value=str(cascade.stages[1].settings.num_steps),
+                                               elem_id="up-steps")
+                            guidance = gr.Number(label="Guidance", value=cascade.stages[1].settings.guidance_scale,
+                                                 minimum=0, elem_id="up-guidance")
+                        go = gr.Button("Upscale x2", variant="primary", elem_id="up-generate")
+                    with gr.Column():
+                        out = _results(gr, "up")
+                go.click(shown(upscale), [image, prompt, seed, steps, guidance], out)
     return app.queue(default_concurrency_limit=1)  # one job at a time, the rest wait their turn
 
 

@@ -159,3 +159,26 @@ def test_inpainting_in_the_page_equals_its_command_line(server, browser, tmp_pat
     assert main(args[1:args.index("-o")] + ["-o", str(tmp_path / "cli.png"), "-q"]) == 0
     assert np.array_equal(shown, np.asarray(Image.open(tmp_path / "cli.png")))
     assert np.abs(shown[:, :28].astype(int) - img[:, :28]).max() <= 2  # the black half of the mask is kept
+
+
+def test_upscale_in_the_page_equals_its_command_line(server, browser, tmp_path):
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+
+    from pixelcascade.cli import main
+    img = np.full((32, 32, 3), 240, np.uint8)
+    img[8:24, 4:20] = (30, 30, 200)
+    Image.fromarray(img).save(tmp_path / "small.png")
+    browser.get(server)
+    _wait(browser, "#generate")
+    browser.find_element(By.XPATH, "//button[@role='tab' and contains(., 'Upscale')]").click()
+    _wait(browser, "#up-image input[type=file]").send_keys(str(tmp_path / "small.png"))
+    _wait(browser, "#up-image img")
+    _type(browser, "up-steps", "3")
+    browser.find_element(By.CSS_SELECTOR, "#up-generate").click()
+    with urllib.request.urlopen(_wait(browser, "#up-gallery img").get_attribute("src")) as r:
+        shown = np.asarray(Image.open(io.BytesIO(r.read())).convert("RGB"))
+    args = shlex.split(browser.find_element(By.CSS_SELECTOR, "#up-command textarea").get_attribute("value"))
+    assert args[1] == "upscale" and shown.shape == (64, 64, 3)
+    assert main(args[1:args.index("-o")] + ["-o", str(tmp_path / "cli.png"), "-q"]) == 0
+    assert np.array_equal(shown, np.asarray(Image.open(tmp_path / "cli.png")))
