@@ -93,7 +93,7 @@ def client_time(port: int, seed: int) -> float:
     from gradio_client import Client
     client = Client(f"http://127.0.0.1:{port}/", verbose=False)
     t0 = time.perf_counter()
-    client.predict(PROMPT, "", seed, 1, "smart27", "", 6, "ddpm", api_name="/wrapped")
+    client.predict(PROMPT, "", seed, 1, "smart27", "", 6, "ddpm", 0.25, 500, api_name="/wrapped")
     return time.perf_counter() - t0
 
 

@@ -28,12 +28,17 @@ def import_gradio():
 
 
 def command_line(model: str, prompt: str, negative: str, seed: int, num_images: int, steps: str, steps_ii: str,
-                 guidance: float, sampler: str, *, command: str = "generate", inputs=(), strength=None) -> str:
+                 guidance: float, sampler: str, *, command: str = "generate", inputs=(), strength=None,
+                 aug_level=None, layout_guidance=None) -> str:
     """The `pixelcascade` line that makes the same images."""
     args = ["pixelcascade", command, *[p for p in inputs if p], prompt, "--model", model, "--seed", str(seed),
             "--num-images", str(num_images), "--guidance", f"{guidance:g}", "--sampler", sampler]
     if strength is not None:
         args += ["--strength", f"{strength:g}"]
+    if aug_level is not None:
+        args += ["--aug-level", f"{aug_level:g}"]
+    if layout_guidance is not None:
+        args += ["--layout-guidance", f"{layout_guidance:g}"]
     if steps:
         args += ["--steps", steps]
     if steps_ii:
@@ -52,7 +57,8 @@ class Generator:
         self.cascade, self.model, self.out_dir = cascade, model, Path(out_dir)
 
     def __call__(self, prompt: str, negative: str, seed, num_images, steps: str, steps_ii: str, guidance,
-                 sampler: str, progress=None, *, image=None, mask=None, strength: float = 1.0):
+                 sampler: str, aug_level=None, layout_guidance=None, progress=None, *, image=None, mask=None,
+                 strength: float = 1.0):
         """``image`` / ``mask`` (uint8 arrays): image-to-image, inpainting (white = repaint)."""
         import numpy as np
 
@@ -80,8 +86,9 @@ class Generator:
             edit = dict(image=init, mask_image=mask_t, strength=float(strength))
         out = self.cascade(prompt, seed=seed, num_images_per_prompt=num_images, num_inference_steps=steps_list,
                            guidance_scale=float(guidance), sampler=[sampler] * n_stages,  # as --sampler: every stage
-                           negative_prompt=negative or None, batch_size=num_images, callback_on_step_end=on_step,
-                           progress=False, **edit)
+                           aug_level=None if n_stages == 1 else float(aug_level),
+                           layout_guidance=float(layout_guidance), negative_prompt=negative or None,
+                           batch_size=num_images, callback_on_step_end=on_step, progress=False, **edit)
         run = Path(tempfile.mkdtemp(prefix="run-", dir=self.out_dir))
         files, inputs = [], {}
         if image is not None:  # the inputs beside the outputs, so the command line can be run on them
@@ -98,7 +105,9 @@ class Generator:
         command = "generate" if image is None else "inpaint" if mask is not None else "img2img"
         line = command_line(self.model, prompt, negative, seed, num_images, steps, steps_ii, float(guidance), sampler,
                             command=command, inputs=[inputs.get("init_image"), inputs.get("mask")],
-                            strength=float(strength) if image is not None else None)
+                            strength=float(strength) if image is not None else None,
+                            aug_level=None if n_stages == 1 else float(aug_level),
+                            layout_guidance=float(layout_guidance))
         return [f for f in files if f.endswith(".png")], files, line
 
     def upscale(self, image, prompt: str, seed, steps: str, guidance, progress=None):
@@ -152,9 +161,10 @@ class TorchThread:
         return self._pool.submit(ctx.run, fn, *args, **kwargs).result()
 
 
-def _controls(gr, defaults, tab: str) -> dict:
+def _controls(gr, cascade_stages, tab: str) -> dict:
     """The settings every tab shares, ids prefixed by the tab ("" for Generate)."""
     pre = f"{tab}-" if tab else ""
+    defaults = cascade_stages[0].settings
     c = {"prompt": gr.Textbox(label="Prompt", placeholder="three red circles to the left of a blue square",
                               elem_id=f"{pre}prompt"),
          "negative": gr.Textbox(label="Negative prompt", elem_id=f"{pre}negative")}
@@ -169,6 +179,12 @@ def _controls(gr, defaults, tab: str) -> dict:
     with gr.Row():
         c["guidance"] = gr.Number(label="Guidance", value=defaults.guidance_scale, minimum=0, elem_id=f"{pre}guidance")
         c["sampler"] = gr.Dropdown(list(SAMPLERS), value=defaults.sampler, label="Sampler", elem_id=f"{pre}sampler")
+    with gr.Row():
+        sr = [st for st in cascade_stages if st.is_super_res]
+        c["aug_level"] = gr.Slider(0, 1, value=sr[0].settings.aug_level if sr else 0.0, step=0.05,
+                                   label="Aug level (later stages)", elem_id=f"{pre}aug_level", interactive=bool(sr))
+        c["layout_guidance"] = gr.Number(label="Layout guidance (0 = off)", value=defaults.layout_guidance, minimum=0,
+                                         elem_id=f"{pre}layout_guidance")
     c["dice"].click(lambda: random.randrange(2 ** 31), outputs=c["seed"])
     return c
 
@@ -181,7 +197,8 @@ def _results(gr, tab: str) -> list:
 
 
 def _settings(c: dict) -> list:
-    return [c[k] for k in ("prompt", "negative", "seed", "num_images", "steps", "steps_ii", "guidance", "sampler")]
+    return [c[k] for k in ("prompt", "negative", "seed", "num_images", "steps", "steps_ii", "guidance", "sampler",
+                            "aug_level", "layout_guidance")]
 
 
 def build_app(cascade, model: str = "shapes", out_dir: str | Path | None = None,
@@ -191,7 +208,6 @@ def build_app(cascade, model: str = "shapes", out_dir: str | Path | None = None,
     gr = import_gradio()
     out_dir = Path(out_dir or tempfile.mkdtemp(prefix="pixelcascade-serve-"))
     generate = Generator(cascade, model, out_dir)
-    defaults = cascade.stages[0].settings
 
     def shown(fn):  # an error the user can fix is a message on the page, not only a line in the server's log
         def wrapped(*args, progress=gr.Progress()):  # noqa: B008  (Gradio injects the progress bar this way)
@@ -226,7 +242,7 @@ def build_app(cascade, model: str = "shapes", out_dir: str | Path | None = None,
         with gr.Tab("Generate"):
             with gr.Row():
                 with gr.Column():
-                    c = _controls(gr, defaults, "")
+                    c = _controls(gr, cascade.stages, "")
                     go = gr.Button("Generate", variant="primary", elem_id="generate")
                 with gr.Column():
                     out = _results(gr, "")
@@ -238,7 +254,7 @@ def build_app(cascade, model: str = "shapes", out_dir: str | Path | None = None,
                     image = gr.Image(label="Image", type="numpy", elem_id="i2i-image")
                     strength = gr.Slider(0.05, 1.0, value=0.7, step=0.05, label="Strength (1 = from noise)",
                                          elem_id="i2i-strength")
-                    c = _controls(gr, defaults, "i2i")
+                    c = _controls(gr, cascade.stages, "i2i")
                     go = gr.Button("Change", variant="primary", elem_id="i2i-generate")
                 with gr.Column():
                     out = _results(gr, "i2i")
@@ -251,7 +267,7 @@ def build_app(cascade, model: str = "shapes", out_dir: str | Path | None = None,
                         mask = gr.Image(label="Mask (white = repaint)", type="numpy", image_mode="L",
                                         elem_id="inp-mask")
                     strength = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Strength", elem_id="inp-strength")
-                    c = _controls(gr, defaults, "inp")
+                    c = _controls(gr, cascade.stages, "inp")
                     go = gr.Button("Repaint", variant="primary", elem_id="inp-generate")
                 with gr.Column():
                     out = _results(gr, "inp")
