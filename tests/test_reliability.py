@@ -270,7 +270,7 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
     """SIGKILL at seeded random moments of a run that writes a checkpoint every step (so kills land in writes),
     and once half-way through a checkpoint write; each time the same command resumes. The final weights, EMA,
     optimizer state and logs equal an uninterrupted run's, and no temporary file is left."""
-    steps = 8
+    steps = 6
     ref = _launch(tmp_path / "ref", steps)
     assert ref.stdout.readline().split() == ["ready", "0"]
     t0 = time.time()
@@ -280,14 +280,14 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
     p = _launch(run, steps, KILL_IN_WRITE="3")
     p.wait(timeout=300)
     killed_at.append(("in a write", p.returncode))
-    for _ in range(3):
+    for _ in range(2):
         p = _launch(run, steps)
         start = int(p.stdout.readline().split()[1])
         time.sleep(rng.uniform(0, duration * 0.6))
         p.kill()
         p.wait(timeout=60)
         killed_at.append((start, p.returncode))
-    assert sum(code == -9 for _, code in killed_at) >= 3, killed_at  # most launches were killed mid-run
+    assert sum(code == -9 for _, code in killed_at) >= 2, killed_at  # most launches were killed mid-run
     p = _launch(run, steps)
     p.stdout.readline()
     assert p.wait(timeout=300) == 0

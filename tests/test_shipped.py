@@ -51,6 +51,7 @@ def test_shipped_metadata_carries_its_recipe():
     assert json.loads(meta["run_config"])["train"]["seed"] == 0
 
 
+@pytest.mark.slow  # 40 images of the shipped model (~20 s here); layout guidance's own tests are in test_layout.py
 def test_shipped_stage_i_follows_relations_with_layout_guidance():
     """The shipped default (layout guidance 500) puts two different shapes where the relation says; the network
     alone draws about the same scene whatever the relation (docs/models.md, "Position"). 8 prompts, seed 0."""

@@ -150,6 +150,7 @@ def test_resume_refuses_other_shards(shards, tmp_path):
         Trainer(cfg, _stream_data(fewer), tmp_path / "a", val_data=_val(), progress=False)
 
 
+@pytest.mark.slow  # 2 gloo processes for a whole epoch (~30 s); 1-process streaming and DDP stay in the default suite
 def test_two_processes_cover_each_sample_of_an_epoch_exactly_once(shards, tmp_path):
     """2 gloo processes for one epoch (228 records / batch 4 = 57 steps): every training record exactly once across
     the ranks; then a run stopped by 2 processes at step 3 and resumed by 1 equals a 1-process run."""
