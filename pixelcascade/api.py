@@ -1,15 +1,16 @@
-"""The Python API: load a cascade (a shipped model by name, our files, released IF folders), then generate.
+"""The Python API, in diffusers' habits: load a cascade (a shipped model by name, our files, released IF
+folders), then call it.
 
     import pixelcascade
-    pipe = pixelcascade.load()            # the shipped shapes cascade; or a path, "stage1,stage2" paths
-    images = pipe.generate("three red circles to the left of a blue square", seed=0)   # PIL images
-    images[0].save("out.png")
+    pipe = pixelcascade.Cascade.from_pretrained("shapes")   # = pixelcascade.load(); or paths, "stage1,stage2"
+    out = pipe("three red circles to the left of a blue square", seed=0, num_inference_steps=27)
+    out.images[0].save("out.png"); out.settings[0]          # the image and how it was made (the CLI's sidecar)
 
-    pipe = pixelcascade.load("/models/IF-I-XL-v1.0,/models/IF-II-L-v1.0", device="cuda", dtype=torch.float16,
+    pipe = pixelcascade.load("/models/IF-I-XL-v1.0,/models/IF-II-L-v1.0", device="cuda", dtype="fp16",
                              text_encoder="/models/t5-v1_1-xxl", offload=True)
 
-``pipe`` is a :class:`pixelcascade.pipeline.Cascade`: ``pipe.generate`` returns the last stage's images,
-``pipe(prompts, seeds, ...)`` every stage's tensors (image-to-image, inpainting, per-stage settings).
+``pipe(...)`` returns a :class:`~pixelcascade.pipeline.CascadeOutput`; ``pipe.generate(...)`` the last stage's PIL
+images with the CLI's names; ``pipe.run(prompts, seeds, ...)`` (the engine) every stage's tensors in [-1, 1].
 """
 
 from __future__ import annotations
