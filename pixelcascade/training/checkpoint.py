@@ -21,10 +21,11 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
         torch.save(state, tmp)
 
 
-def load_checkpoint(path: str | Path) -> dict:
+def load_checkpoint(path: str | Path, mmap: bool = False) -> dict:
+    """A checkpoint's state; ``mmap``: its tensors stay on disk until read (the step and config read cheaply)."""
     path = Path(path)
     try:
-        return torch_load_tensors(path)
+        return torch_load_tensors(path, mmap=mmap)
     except Exception as e:
         raise ResumeError(f"{unreadable(path, e)}. A run's own checkpoint: delete it to start over, or restore a "
                           "copy") from None

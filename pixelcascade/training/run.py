@@ -7,9 +7,10 @@ from pathlib import Path
 
 from ..config import RunConfig
 from ..utils import dist_info
+from .checkpoint import load_checkpoint
 from .data import prepare_data
 from .loop import Trainer, check_resumable_config, write_recipe
-from .run_folder import exclusive, peek_checkpoint
+from .run_folder import exclusive
 from .samples import sample_grid_fn
 
 
@@ -28,7 +29,7 @@ def train(cfg: RunConfig, out_dir: str | Path, *, cache: Path | None = None, pro
 def _train(cfg: RunConfig, out_dir: Path, cache, progress, max_steps, time_limit_s, command, grids) -> Trainer:
     ckpt = out_dir / "checkpoint.pt"
     if ckpt.is_file():  # a resume under another config is refused before minutes of data preparation
-        check_resumable_config(ckpt, str(peek_checkpoint(ckpt).get("config", "{}")), cfg)
+        check_resumable_config(ckpt, str(load_checkpoint(ckpt, mmap=True).get("config", "{}")), cfg)
     data, val, recipe, encoder, prompts = prepare_data(cfg, cache, progress)
     meta = {"text_encoder": cfg.text_encoder, "text_max_length": cfg.data.text_max_length,
             "encoder_name": encoder.name, "command": command, "data_recipe": recipe, "world": cfg.data.world}

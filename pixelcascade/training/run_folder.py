@@ -9,8 +9,9 @@ import os
 from pathlib import Path
 
 from ..errors import PixelcascadeError
-from ..tensorfiles import read_metadata, torch_load_tensors, unreadable, write_safetensors
+from ..tensorfiles import read_metadata, write_safetensors
 from ..utils import atomic_path
+from .checkpoint import load_checkpoint
 
 
 class FolderBusy(PixelcascadeError, RuntimeError):
@@ -75,16 +76,6 @@ def trim_log(path: Path, last_step: int) -> None:
         csv.writer(f).writerows(keep)
 
 
-def peek_checkpoint(path: Path) -> dict:
-    """A checkpoint memory-mapped: its step and config read without loading its tensors."""
-    from .checkpoint import ResumeError
-    try:
-        return torch_load_tensors(path, mmap=True)
-    except Exception as e:
-        raise ResumeError(f"{unreadable(path, e)}. A run's own checkpoint: delete it to start over, or restore a "
-                          "copy") from None
-
-
 def refresh_stale_ema(folder: Path) -> str | None:
     """Make ``ema.safetensors`` the checkpoint's EMA when it is older than the checkpoint, and say so.
 
@@ -96,7 +87,7 @@ def refresh_stale_ema(folder: Path) -> str | None:
     if not (ema.is_file() and ckpt.is_file()):
         return None
     meta = read_metadata(ema)
-    state = peek_checkpoint(ckpt)
+    state = load_checkpoint(ckpt, mmap=True)
     ema_step, ckpt_step = int(meta.get("step", -1)), int(state["step"])
     if ema_step >= ckpt_step:
         return None
