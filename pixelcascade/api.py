@@ -160,7 +160,6 @@ def _merge_loras(stages, loras: list) -> None:
 # the public cascade: diffusers' habits
 
 
-_PER_STAGE = ("num_inference_steps", "guidance_scale", "sampler", "dyn_thresh_max", "aug_level", "layout_guidance")
 _SETTING_OF = {"num_inference_steps": "num_steps", "guidance_scale": "guidance_scale", "sampler": "sampler",
                "dyn_thresh_max": "dyn_thresh_max", "aug_level": "aug_level", "layout_guidance": "layout_guidance"}
 
@@ -296,6 +295,24 @@ class Cascade(_EngineCascade):
             return init, None
         m = torch.from_numpy((mask > 127).astype("float32"))[None, None]
         return init, (resize(m, (size, size), "nearest") > 0.5).float()
+
+    def upscaled_size(self, name: str, h: int, w: int, scale: float, max_pixels: int) -> tuple[int, int]:
+        """The output size of a cascade that starts from an image of h x w (``name``: how the user knows it),
+        ``scale`` times larger: within ``max_pixels`` and a multiple of what the first stage's UNet halves to,
+        else one error said in terms of the input."""
+        oh, ow = round(h * scale), round(w * scale)
+        if oh * ow > max_pixels:
+            raise PipelineError(f"image {name} is {w}x{h}: upscaled x{scale:g} it would be {ow}x{oh} "
+                                f"({oh * ow / 1e6:.1f} MP), over the limit of {max_pixels / 1e6:.1f} MP: lower --scale "
+                                "(or raise --max-pixels)")
+        div = self.stages[0].cfg.min_divisor
+        if oh < div or ow < div or oh % div or ow % div:
+            def fit(n: int) -> int:  # the nearest input side at or above n whose output is a whole multiple of div
+                return round(max(div, -(-n * scale // div) * div) / scale)
+            raise PipelineError(f"image {name} is {w}x{h}: upscaled x{scale:g} it would be {ow}x{oh}, but this stage "
+                                f"makes sides that are multiples of {div}; resize the input so its sides times "
+                                f"{scale:g} are (e.g. {fit(w)}x{fit(h)}), or change --scale")
+        return oh, ow
 
     def to(self, device=None, dtype=None) -> Cascade:
         """Move every stage and the text encoder (diffusers' ``pipe.to``); ``dtype`` casts the UNets."""

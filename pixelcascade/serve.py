@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from .errors import PixelcascadeError
+from .inputs import DEFAULT_MAX_PIXELS
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
 
@@ -63,8 +64,6 @@ class Generator:
         import numpy as np
 
         from .images import save_png
-        if not prompt or not prompt.strip():
-            raise PixelcascadeError("empty prompt: describe the image, e.g. \"two red circles\"")
         if image is not None and not 0 < float(strength) <= 1:
             raise PixelcascadeError(f"strength {strength}: must be in (0, 1]; 0.3 keeps most of the image")
         seed, num_images = int(seed), int(num_images)
@@ -79,7 +78,7 @@ class Generator:
             now = time.monotonic()
             if progress is not None and (now - shown[0] > 0.25 or kw["stage"] != shown[1]):
                 shown[:] = [now, kw["stage"]]
-                progress(step / (total * num_images), desc=f"stage {kw['stage'] + 1} of {n_stages}")
+                progress(step / total, desc=f"stage {kw['stage'] + 1} of {n_stages}")
         edit = {}
         if image is not None:
             init, mask_t = self.cascade.edit_inputs(image, mask)
@@ -118,11 +117,7 @@ class Generator:
         from .pipeline import from_uint8
         up = _upscaler(self.cascade)
         low = from_uint8(image)
-        size = (low.shape[2] * 2, low.shape[3] * 2)
-        div = up.stages[0].cfg.min_divisor
-        if size[0] % div or size[1] % div:
-            raise PixelcascadeError(f"the image is {image.shape[1]}x{image.shape[0]}: upscaled x2 its sides must be "
-                                    f"multiples of {div}; resize it first")
+        size = up.upscaled_size("uploaded", low.shape[2], low.shape[3], 2.0, DEFAULT_MAX_PIXELS)
         out = up(prompt or "a picture", seed=int(seed), image=low, height=size[0], width=size[1],
                  num_inference_steps=steps or None, guidance_scale=float(guidance), progress=False)
         run = Path(tempfile.mkdtemp(prefix="run-", dir=self.out_dir))

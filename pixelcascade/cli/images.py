@@ -210,21 +210,6 @@ def cmd_img2img(a) -> int:
                                                 inputs=inputs), cascade)
 
 
-def _check_upscaled_size(path: str, h: int, w: int, scale: float, div: int, max_pixels: int) -> None:
-    """The output size (the input's times --scale) must be a multiple of what the stage's UNet halves to, said in
-    terms of the input the user gave, and within --max-pixels."""
-    oh, ow = round(h * scale), round(w * scale)
-    if oh * ow > max_pixels:
-        raise UserError(f"image {path} is {w}x{h}: upscaled x{scale:g} it would be {ow}x{oh} ({oh * ow / 1e6:.1f} "
-                        f"MP), over the limit of {max_pixels / 1e6:.1f} MP: lower --scale (or raise --max-pixels)")
-    if oh < div or ow < div or oh % div or ow % div:
-        def fit(n: int) -> int:  # the nearest input side at or above n whose output is a whole multiple of div
-            return round(max(div, -(-n * scale // div) * div) / scale)
-        raise UserError(f"image {path} is {w}x{h}: upscaled x{scale:g} it would be {ow}x{oh}, but this stage makes "
-                        f"sides that are multiples of {div}; resize the input so its sides times {scale:g} are "
-                        f"(e.g. {fit(w)}x{fit(h)}), or change --scale")
-
-
 def cmd_upscale(a) -> int:
     from ..pipeline import from_uint8
     img = from_uint8(load_image(a.image, max_pixels=a.max_pixels))
@@ -234,9 +219,7 @@ def cmd_upscale(a) -> int:
                            lora=a.lora)  # a cascade that starts from the image: its one super-resolution stage
     if not cascade.stages[0].is_super_res:
         raise UserError(f"{sr_path} is a text-to-image model, not a super-resolution stage: pass a stage II model")
-    _check_upscaled_size(a.image, img.shape[2], img.shape[3], a.scale, cascade.stages[0].cfg.min_divisor,
-                         a.max_pixels)
+    size = cascade.upscaled_size(a.image, img.shape[2], img.shape[3], a.scale, a.max_pixels)
     check_writable(Path(a.output))
-    size = (round(img.shape[2] * a.scale), round(img.shape[3] * a.scale))
     req = ImageRequest.from_args(a, [a.prompt], image=img, size=size, inputs={"input_image": a.image})
     return _run_and_save(replace(req, num_images=1, stages=1), cascade)
