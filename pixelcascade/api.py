@@ -130,6 +130,18 @@ def load(model: str | Path = "shapes", *, device: str = "cpu", dtype=None, text_
         raise ModelError(str(e)) from None
 
 
+
+def load_upscaler(model: str | Path, *, device: str = "cpu", dtype=None, text_encoder: str | None = None,
+                  lora: list | None = None) -> Cascade:
+    """A cascade of one super-resolution stage that starts from the user's image: ``model``'s stage II (a cascade
+    folder's or name's second stage, or a stage II file), as ``pixelcascade upscale`` runs it."""
+    paths = stage_paths(model)
+    sr_path = next((p for p in paths if "stage1" not in p.name), None) if len(paths) > 1 else paths[0]
+    cascade = load(sr_path, device=device, dtype=dtype, text_encoder=text_encoder, allow_sr_first=True, lora=lora)
+    if not cascade.stages[0].is_super_res:
+        raise ModelError(f"{sr_path} is a text-to-image model, not a super-resolution stage: pass a stage II model")
+    return cascade
+
 def _merge_loras(stages, loras: list) -> None:
     """Each adapter into the stage whose UNet it was trained on (at its scale), merged into the weights: sampling
     costs what the base model costs. The stages' metadata lists them (sidecars record it)."""
@@ -187,14 +199,17 @@ class Cascade(_EngineCascade):
                  num_images_per_prompt: int = 1, prompt_embeds=None, negative_prompt_embeds=None,
                  height: int | None = None, width: int | None = None, image=None, strength: float = 1.0,
                  mask_image=None, num_stages: int | None = None, output_type: str = "pil",
-                 return_stages: bool = False, callback_on_step_end=None, batch_size: int | None = None,
+                 return_stages: bool = False, callback_on_step_end=None, callback_on_stage_end=None,
+                 batch_size: int | None = None,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, settings: list | None = None, progress: bool = True,
                  **unknown) -> CascadeOutput:
         """Text to image (``image``: image to image; with ``mask_image``, white = repaint: inpainting; a cascade
         that starts from an image: its input). Returns a :class:`CascadeOutput`. Image i is seeded ``seed + i``
         (or ``seed[i]``; a ``generator`` draws the seeds), so it never depends on its batch. ``prompt_embeds``:
         text states [B, L, D] given instead of prompts. ``callback_on_step_end(pipe, step, timestep, kwargs)``
-        runs after every step of every stage (``kwargs``: ``stage``, ``images`` in [-1, 1]). ``settings``: each
+        runs after every step of every stage (``kwargs``: ``stage``, ``images`` in [-1, 1], ``stage_step`` and
+        ``stage_steps``: the step within the stage and how many it runs); ``callback_on_stage_end(pipe, stage,
+        images)`` after each stage with its images in [-1, 1] (one call per ``batch_size`` chunk). ``settings``: each
         stage's :class:`~pixelcascade.config.SampleConfig` to start from (default: the stages' own)."""
         if unknown:
             raise PipelineError(f"unknown argument(s) {', '.join(sorted(unknown))}; accepted: "
@@ -214,12 +229,19 @@ class Cascade(_EngineCascade):
         size = None if height is None and width is None else \
             [(whole_number("height", height or self.stages[0].cfg.image_size, 1, 1 << 20),
               whole_number("width", width or self.stages[0].cfg.image_size, 1, 1 << 20))]
+        if init is not None:
+            _check_shape(init, size[0] if size else (self.stages[0].cfg.image_size,) * 2)
         step = [0]
 
         def on_step(stage, k, steps, x):
             step[0] += 1
             if callback_on_step_end is not None:
-                callback_on_step_end(self, step[0], (stage, k), {"stage": stage, "images": x})
+                callback_on_step_end(self, step[0], (stage, k), {"stage": stage, "images": x, "stage_step": k + 1,
+                                                                 "stage_steps": steps})
+
+        def on_stage(stage, x):
+            if callback_on_stage_end is not None:
+                callback_on_stage_end(self, stage, x)
         chunk = whole_number("batch_size", batch_size or len(every), 1, 1 << 20)
         outs = []
         for start in range(0, len(every), chunk):
@@ -233,7 +255,7 @@ class Cascade(_EngineCascade):
                                  text_states=None if states is None else _rows(states, part, per),
                                  negative_states_=None if negative_prompt_embeds is None else
                                  _rows((negative_prompt_embeds, None), part, per),
-                                 step_callback=on_step, **kw))
+                                 step_callback=on_step, stage_callback=on_stage, **kw))
         stages = [torch.cat([o[i] for o in outs]) for i in range(n_stages)]
         records = [self.record(p, sd, settings, tuple(stages[-1].shape[-2:]), negative_prompt=negative_prompt,
                                **({"strength": strength} if init is not None else {}))
@@ -281,11 +303,15 @@ class Cascade(_EngineCascade):
         return out
 
     def edit_inputs(self, image, mask=None, num_stages: int | None = None):
-        """An edit's inputs as the CLI prepares them: the image (uint8 [H, W, 3]) in [-1, 1] and the mask (uint8
-        [H, W], white = repaint; must match the image) as {0, 1}, both resized to the last stage's square size
+        """An edit's inputs as the CLI prepares them: the square image (uint8 [H, W, 3]) in [-1, 1] and the mask
+        (uint8 [H, W], white = repaint; must match the image) as {0, 1}, both resized to the last stage's size
         (the call resizes them again to each stage's)."""
         from .pipeline import resize
         img = from_uint8(image)
+        h, w = img.shape[-2:]
+        if h != w:  # resizing to the model's square would stretch it: say so rather than squash it silently
+            raise PipelineError(f"the image is {w}x{h}, but edits make square images: crop it to a square first "
+                                f"(e.g. its centre {min(h, w)}x{min(h, w)})")
         if mask is not None and tuple(mask.shape[:2]) != tuple(img.shape[-2:]):
             raise PipelineError(f"the mask is {mask.shape[1]}x{mask.shape[0]} but the image is {img.shape[3]}x"
                                 f"{img.shape[2]}: the mask must have the image's size (white = repaint)")
@@ -388,6 +414,14 @@ class Cascade(_EngineCascade):
                 raise PipelineError(f"mask_image is {mask.shape[-1]}x{mask.shape[-2]} but image is "
                                     f"{img.shape[-1]}x{img.shape[-2]}: the mask must have the image's size")
         return img, mask, None
+
+
+def _check_shape(image: torch.Tensor, size: tuple[int, int]) -> None:
+    """An edit's image must have the output's proportions: resizing it to another shape would stretch it."""
+    (h, w), (oh, ow) = image.shape[-2:], size
+    if abs(h * ow - w * oh) > 0.01 * w * oh:
+        raise PipelineError(f"the image is {w}x{h} but the images made are {ow}x{oh}: resizing would stretch it; "
+                            "crop it to that shape, or pass height and width in its proportions")
 
 
 def _accepted(fn) -> list[str]:

@@ -366,7 +366,7 @@ class Cascade:
             mask: torch.Tensor | None = None, negative_prompts: str | list[str] | None = None,
             max_pixels: int | None = DEFAULT_MAX_PIXELS, low_res: torch.Tensor | None = None,
             text_states: tuple | None = None, negative_states_: tuple | None = None,
-            step_callback=None) -> list[torch.Tensor]:
+            step_callback=None, stage_callback=None) -> list[torch.Tensor]:
         """Run the first ``num_stages`` stages; returns every stage's images in [-1, 1].
 
         ``init_image`` ([B, 3, H, W] in [-1, 1]) and ``strength``: image-to-image in every stage, the image
@@ -376,7 +376,8 @@ class Cascade:
         unconditional branch of classifier-free guidance gets their states instead of the empty prompt's
         (diffusers' ``negative_prompt``). ``low_res`` ([B, 3, h, w] in [-1, 1]): the input of a cascade that starts
         from an image. ``text_states`` / ``negative_states_``: (states [B, L, D], mask or None) given instead of
-        encoding the prompts (diffusers' ``prompt_embeds``). ``step_callback(stage, k, n, x)`` after every step.
+        encoding the prompts (diffusers' ``prompt_embeds``). ``step_callback(stage, k, n, x)`` after every step;
+        ``stage_callback(stage, images)`` with each stage's images as it finishes (a page shows them as they land).
         """
         n = num_stages or len(self.stages)
         if not 1 <= n <= len(self.stages):
@@ -417,6 +418,8 @@ class Cascade:
                 img = st.run_stage(inputs)
             outs.append(img.cpu() if self.offload else img)
             low = img
+            if stage_callback is not None:
+                stage_callback(i, img)
         if bar is not None:
             bar.close()
         return outs

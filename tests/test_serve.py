@@ -1,6 +1,7 @@
 """The web page in a real headless Chromium: the server starts on a free local port, the browser types a prompt and
 presses Generate, and the image on the page is the PNG `pixelcascade generate` makes with the same seed and
-settings; a bad input shows its message on the page."""
+settings (stage I's image shown before the result); inpainting with a mask painted on the picture, and upscaling
+with another stage II file, equal their command lines; bad input shows its message on the page."""
 
 from __future__ import annotations
 
@@ -87,12 +88,60 @@ def _type(driver, elem_id: str, text: str) -> None:
     box.send_keys(text)
 
 
+def _shown(img_element) -> np.ndarray:
+    """The pixels of an image on the page, as the browser fetched them."""
+    from PIL import Image
+    with urllib.request.urlopen(img_element.get_attribute("src")) as r:
+        return np.asarray(Image.open(io.BytesIO(r.read())).convert("RGB"))
+
+
+def _command(driver, tab: str = "") -> list[str]:
+    from selenium.webdriver.common.by import By
+    box = driver.find_element(By.CSS_SELECTOR, f"#{tab}command textarea")
+    return shlex.split(box.get_attribute("value"))
+
+
+def _open_tab(driver, name: str) -> None:
+    from selenium.webdriver.common.by import By
+    driver.get(driver.current_url)
+    _wait(driver, "#generate")
+    driver.find_element(By.XPATH, f"//button[@role='tab' and contains(., '{name}')]").click()
+
+
+def _message(driver, text: str, timeout: float = 60.0) -> bool:
+    end = time.time() + timeout
+    while time.time() < end:
+        if text in driver.page_source:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _paint(driver, css: str, picture_side: int, x0: float, x1: float) -> None:
+    """Brush strokes over the columns [x0, x1) (fractions of the picture's width), top to bottom, on the image
+    editor's canvas, where the picture sits centred at the zoom its toolbar shows."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    canvas = driver.find_elements(By.CSS_SELECTOR, f"{css} canvas")[-1]
+    zoom = next(float(e.text[:-1]) / 100 for e in driver.find_elements(By.CSS_SELECTOR, f"{css} *")
+                if e.text.endswith("%") and e.text[:-1].isdigit())
+    side = picture_side * zoom
+    for f in np.linspace(x0, x1, 8):
+        chain = ActionChains(driver).move_to_element_with_offset(canvas, int((f - 0.5) * side), int(-side * 0.48))
+        chain.click_and_hold()
+        for _ in range(12):
+            chain.move_by_offset(0, int(side * 0.08))
+        chain.release().perform()
+
+
 def _run_cli(args: list[str]) -> None:
     """The page's command line, run as a user runs it: its own process (torch's defaults, not this test run's)."""
     subprocess.run([sys.executable, "-m", "pixelcascade.cli", *args, "-q"], check=True, capture_output=True)
 
 
 def test_the_page_makes_the_clis_png(server, browser, tmp_path):
+    """Generate: stage I's image is on the page before the result; the result is the command line's PNG and joins
+    the page's history."""
     from PIL import Image
     from selenium.webdriver.common.by import By
 
@@ -101,82 +150,110 @@ def test_the_page_makes_the_clis_png(server, browser, tmp_path):
     _type(browser, "prompt", "two red circles to the left of a blue square")
     _type(browser, "seed", "5")
     _type(browser, "steps", "6")
-    _type(browser, "steps_ii", "4")
+    _type(browser, "steps_ii", "20")
     browser.find_element(By.CSS_SELECTOR, "#generate").click()
-    img = _wait(browser, "#gallery img")
-    with urllib.request.urlopen(img.get_attribute("src")) as r:
-        shown = np.asarray(Image.open(io.BytesIO(r.read())).convert("RGB"))
-    command = browser.find_element(By.CSS_SELECTOR, "#command textarea").get_attribute("value")
-    args = shlex.split(command)
+    first_stage_seen_alone = False
+    end = time.time() + 120
+    while time.time() < end and not browser.find_elements(By.CSS_SELECTOR, "#gallery img"):
+        n_stages_shown = len(browser.find_elements(By.CSS_SELECTOR, "#stages img"))
+        first_stage_seen_alone |= n_stages_shown == 1
+        time.sleep(0.05)
+    assert first_stage_seen_alone, "stage I's image was not shown before the result"
+    shown = _shown(_wait(browser, "#gallery img"))
+    args = _command(browser)
     assert args[:3] == ["pixelcascade", "generate", "two red circles to the left of a blue square"] and \
         args[args.index("--seed") + 1] == "5"
     # the page's "same images from the command line", run: the same PNG
     _run_cli(args[1:args.index("-o")] + ["-o", str(tmp_path / "cli.png")])
     assert np.array_equal(shown, np.asarray(Image.open(tmp_path / "cli.png")))
+    stages = [_shown(e) for e in browser.find_elements(By.CSS_SELECTOR, "#stages img")]
+    assert [s.shape for s in stages] == [(32, 32, 3), (64, 64, 3)] and np.array_equal(stages[1], shown)
+    assert np.array_equal(_shown(_wait(browser, "#history img")), shown)
 
 
-def test_an_empty_prompt_is_a_message_on_the_page(server, browser):
+def test_bad_input_is_a_message_on_the_page(server, browser, tmp_path):
+    """An empty prompt, a picture that is not square, a mask of another size, a stage II model that cannot be
+    loaded: each a message on the page."""
+    from PIL import Image
     from selenium.webdriver.common.by import By
+
     browser.get(server)
     _wait(browser, "#generate")
     _type(browser, "prompt", "   ")
     browser.find_element(By.CSS_SELECTOR, "#generate").click()
-    end = time.time() + 60
-    while time.time() < end and "empty prompt" not in browser.page_source:
-        time.sleep(0.2)
-    assert "empty prompt" in browser.page_source
+    assert _message(browser, "empty prompt")
+
+    Image.fromarray(np.full((48, 64, 3), 200, np.uint8)).save(tmp_path / "wide.png")
+    _open_tab(browser, "Image to image")
+    _wait(browser, "#i2i-image input[type=file]").send_keys(str(tmp_path / "wide.png"))
+    _wait(browser, "#i2i-image img")
+    _type(browser, "i2i-prompt", "a red circle")
+    browser.find_element(By.CSS_SELECTOR, "#i2i-generate").click()
+    assert _message(browser, "crop it to a square")
+
+    Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(tmp_path / "square.png")
+    Image.fromarray(np.full((32, 32), 255, np.uint8)).save(tmp_path / "small_mask.png")
+    _open_tab(browser, "Inpaint")
+    _wait(browser, "#inp-image input[type=file]").send_keys(str(tmp_path / "square.png"))
+    browser.find_element(By.XPATH, "//button[contains(., 'or upload a mask')]").click()
+    _wait(browser, "#inp-mask input[type=file]").send_keys(str(tmp_path / "small_mask.png"))
+    _wait(browser, "#inp-mask img")
+    _type(browser, "inp-prompt", "a red circle")
+    browser.find_element(By.CSS_SELECTOR, "#inp-generate").click()
+    assert _message(browser, "the mask is 32x32 but the image is 64x64")
+
+    _open_tab(browser, "Upscale")
+    _wait(browser, "#up-image input[type=file]").send_keys(str(tmp_path / "square.png"))
+    _wait(browser, "#up-image img")
+    _type(browser, "up-model", str(tmp_path / "no-such-model.safetensors"))
+    browser.find_element(By.CSS_SELECTOR, "#up-generate").click()
+    assert _message(browser, "no such file or folder")
 
 
-def test_inpainting_in_the_page_equals_its_command_line(server, browser, tmp_path):
-    """Upload a picture and a mask, repaint: the image equals what the page's command line makes from the inputs it
-    saved beside the result (the masked-out half is kept)."""
+def test_inpainting_a_painted_mask_equals_its_command_line(server, browser, tmp_path):
+    """Upload a picture, paint over its right half, repaint: the image equals what the page's command line makes
+    from the picture and mask it saved beside the result, and the unpainted half is kept."""
     from PIL import Image
     from selenium.webdriver.common.by import By
 
     img = np.full((64, 64, 3), 240, np.uint8)
     img[16:48, 8:40] = (200, 30, 30)
     Image.fromarray(img).save(tmp_path / "in.png")
-    mask = np.zeros((64, 64), np.uint8)
-    mask[:, 32:] = 255
-    Image.fromarray(mask).save(tmp_path / "mask.png")
-    browser.get(server)
-    _wait(browser, "#generate")
-    browser.find_element(By.XPATH, "//button[@role='tab' and contains(., 'Inpaint')]").click()
+    _open_tab(browser, "Inpaint")
     _wait(browser, "#inp-image input[type=file]").send_keys(str(tmp_path / "in.png"))
-    _wait(browser, "#inp-mask input[type=file]").send_keys(str(tmp_path / "mask.png"))
-    _wait(browser, "#inp-image img")
-    _wait(browser, "#inp-mask img")
+    time.sleep(1.0)  # the editor draws the picture on its canvas
+    _paint(browser, "#inp-image", 64, 0.6, 1.0)
     _type(browser, "inp-prompt", "a yellow circle")
     _type(browser, "inp-steps", "4")
     _type(browser, "inp-steps_ii", "3")
     browser.find_element(By.CSS_SELECTOR, "#inp-generate").click()
-    shown_img = _wait(browser, "#inp-gallery img")
-    with urllib.request.urlopen(shown_img.get_attribute("src")) as r:
-        shown = np.asarray(Image.open(io.BytesIO(r.read())).convert("RGB"))
-    args = shlex.split(browser.find_element(By.CSS_SELECTOR, "#inp-command textarea").get_attribute("value"))
+    shown = _shown(_wait(browser, "#inp-gallery img"))
+    args = _command(browser, "inp-")
     assert args[1] == "inpaint"
+    mask = np.asarray(Image.open(args[3]))
+    assert mask.shape == (64, 64) and (mask[:, 48:] > 127).mean() > 0.9 and (mask[:, :28] == 0).all()
     _run_cli(args[1:args.index("-o")] + ["-o", str(tmp_path / "cli.png")])
     assert np.array_equal(shown, np.asarray(Image.open(tmp_path / "cli.png")))
-    assert np.abs(shown[:, :28].astype(int) - img[:, :28]).max() <= 2  # the black half of the mask is kept
+    assert np.abs(shown[:, :28].astype(int) - img[:, :28]).max() <= 2  # the unpainted part is kept
 
 
-def test_upscale_in_the_page_equals_its_command_line(server, browser, tmp_path):
+def test_upscale_with_a_stage_ii_file_equals_its_command_line(server, browser, tmp_path):
     from PIL import Image
     from selenium.webdriver.common.by import By
 
+    from pixelcascade.shipped import WEIGHTS_DIR
     img = np.full((32, 32, 3), 240, np.uint8)
     img[8:24, 4:20] = (30, 30, 200)
     Image.fromarray(img).save(tmp_path / "small.png")
-    browser.get(server)
-    _wait(browser, "#generate")
-    browser.find_element(By.XPATH, "//button[@role='tab' and contains(., 'Upscale')]").click()
+    stage2 = str(WEIGHTS_DIR / "shapes" / "stage2.safetensors")
+    _open_tab(browser, "Upscale")
     _wait(browser, "#up-image input[type=file]").send_keys(str(tmp_path / "small.png"))
     _wait(browser, "#up-image img")
+    _type(browser, "up-model", stage2)
     _type(browser, "up-steps", "3")
     browser.find_element(By.CSS_SELECTOR, "#up-generate").click()
-    with urllib.request.urlopen(_wait(browser, "#up-gallery img").get_attribute("src")) as r:
-        shown = np.asarray(Image.open(io.BytesIO(r.read())).convert("RGB"))
-    args = shlex.split(browser.find_element(By.CSS_SELECTOR, "#up-command textarea").get_attribute("value"))
-    assert args[1] == "upscale" and shown.shape == (64, 64, 3)
+    shown = _shown(_wait(browser, "#up-gallery img"))
+    args = _command(browser, "up-")
+    assert args[1] == "upscale" and args[args.index("--model") + 1] == stage2 and shown.shape == (64, 64, 3)
     _run_cli(args[1:args.index("-o")] + ["-o", str(tmp_path / "cli.png")])
     assert np.array_equal(shown, np.asarray(Image.open(tmp_path / "cli.png")))

@@ -11,8 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..inputs import DEFAULT_MAX_PIXELS, read_image, read_mask, read_prompt_lines
-from ..shipped import stage_paths
-from .common import UserError, check_writable, device_arg, dtype_arg, load_cascade, out_of_memory, slug
+from .common import UserError, check_writable, device_arg, dtype_arg, load_cascade, load_upscaler, out_of_memory, slug
 from .flags import (
     image_args,
     positive,
@@ -213,12 +212,7 @@ def cmd_img2img(a) -> int:
 def cmd_upscale(a) -> int:
     from ..pipeline import from_uint8
     img = from_uint8(load_image(a.image, max_pixels=a.max_pixels))
-    paths = stage_paths(a.model)
-    sr_path = next((p for p in paths if "stage1" not in p.name), None) if len(paths) > 1 else paths[0]
-    cascade = load_cascade(sr_path, device_arg(a.device), dtype_arg(a.dtype), a.text_encoder, allow_sr_first=True,
-                           lora=a.lora)  # a cascade that starts from the image: its one super-resolution stage
-    if not cascade.stages[0].is_super_res:
-        raise UserError(f"{sr_path} is a text-to-image model, not a super-resolution stage: pass a stage II model")
+    cascade = load_upscaler(a.model, device_arg(a.device), dtype_arg(a.dtype), a.text_encoder, a.lora)
     size = cascade.upscaled_size(a.image, img.shape[2], img.shape[3], a.scale, a.max_pixels)
     check_writable(Path(a.output))
     req = ImageRequest.from_args(a, [a.prompt], image=img, size=size, inputs={"input_image": a.image})
