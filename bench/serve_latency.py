@@ -3,10 +3,11 @@
     python bench/serve_latency.py [--repeats 5] [--screenshots docs/]
 
 Starts `pixelcascade serve` on a free port, drives it with a headless Chromium (Debian's chromium and
-chromium-driver through Selenium): types the prompt, presses Generate and waits for the image; the time from the
-click to the image on the page is set against the time `pixelcascade generate` reports for making the same image
-(model loaded, sampling and writing the PNG; printed as "1 image(s) in X s"). Medians of --repeats runs, seeds
-varied. With --screenshots, one PNG of each tab after it made an image.
+chromium-driver through Selenium): types the prompt and presses Generate; the page's own clock times the click to
+the result's image loaded (the harness does not poll the page meanwhile). That is set against the time
+`pixelcascade generate` reports for the same image (model loaded, sampling and writing the PNG; "1 image(s) in
+X s") and against the server driven by Gradio's API client (no browser). The three run interleaved, --repeats
+rounds, seeds varied; ratios are medians of each round's ratio. With --screenshots, a PNG of each tab.
 """
 
 from __future__ import annotations
@@ -16,76 +17,46 @@ import json
 import os
 import platform
 import re
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from page import browser, click, fill, free_port, open_tab, paint, start_server, upload, wait  # noqa: E402
 
 PROMPT = "two red circles to the left of a blue square"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# Timed inside the page: the click and the new result's image having loaded, both by the page's own clock, so
+# the measurement does not poll the browser while it works (a WebDriver poll costs the page CPU time).
+WATCH_RESULT = """
+const before = new Set([...document.querySelectorAll('#gallery img')].map(e => e.src));
+window.__pixelcascade_done = null;
+const seen = e => {
+  const img = e.target;
+  if (img.tagName === 'IMG' && img.closest('#gallery') && !before.has(img.src) && window.__pixelcascade_done === null)
+    window.__pixelcascade_done = performance.now() - window.__pixelcascade_t0;
+};
+document.addEventListener('load', seen, true);
+window.__pixelcascade_t0 = performance.now();
+document.querySelector('#generate').click();
+"""
 
 
-def start_server(port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "pixelcascade.cli", "serve", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(240):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1)
-            return proc
-        except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    raise SystemExit("the server did not start in 2 minutes")
-
-
-def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-    opts = Options()
-    opts.binary_location = shutil.which("chromium")
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
-        opts.add_argument(arg)
-    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
-
-
-def wait(driver, css: str, timeout: float = 300.0, avoid: set = frozenset()):
-    from selenium.webdriver.common.by import By
-    end = time.time() + timeout
-    while time.time() < end:
-        found = [e for e in driver.find_elements(By.CSS_SELECTOR, css) if e.get_attribute("src") not in avoid]
-        if found:
-            return found[0]
-        time.sleep(0.1)
-    raise SystemExit(f"nothing matched {css}")
-
-
-def fill(driver, elem_id: str, text: str) -> None:
-    from selenium.webdriver.common.by import By
-    box = driver.find_element(By.CSS_SELECTOR, f"#{elem_id} textarea, #{elem_id} input")
-    box.clear()
-    box.send_keys(text)
-
-
-def page_time(driver, seed: int) -> float:
-    from selenium.webdriver.common.by import By
-    before = {e.get_attribute("src") for e in driver.find_elements(By.CSS_SELECTOR, "#gallery img")}
+def page_time(driver, seed: int, timeout: float = 300.0) -> float:
     fill(driver, "prompt", PROMPT)
     fill(driver, "seed", str(seed))
-    t0 = time.perf_counter()
-    driver.find_element(By.CSS_SELECTOR, "#generate").click()
-    wait(driver, "#gallery img", avoid=before)
-    return time.perf_counter() - t0
+    driver.execute_script(WATCH_RESULT)
+    end = time.time() + timeout
+    while time.time() < end:
+        time.sleep(0.5)
+        done = driver.execute_script("return window.__pixelcascade_done")
+        if done is not None:
+            return done / 1000
+    raise SystemExit("no image on the page")
 
 
 def client_time(port: int, seed: int) -> float:
@@ -93,7 +64,7 @@ def client_time(port: int, seed: int) -> float:
     from gradio_client import Client
     client = Client(f"http://127.0.0.1:{port}/", verbose=False)
     t0 = time.perf_counter()
-    client.predict(PROMPT, "", seed, 1, "smart27", "", 6, "ddpm", 0.25, 500, api_name="/wrapped")
+    client.predict(PROMPT, "", seed, 1, "smart27", "", 6, "ddpm", 0.25, 500, api_name="/handler")
     return time.perf_counter() - t0
 
 
@@ -103,13 +74,43 @@ def cli_time(seed: int, out: Path) -> float:
     return float(re.search(r"image\(s\) in ([0-9.]+) s", r.stderr).group(1))
 
 
-def screenshots(driver, folder: Path) -> None:
-    from selenium.webdriver.common.by import By
+def screenshots(driver, url: str, folder: Path, picture: Path) -> None:
+    """Each tab after it made an image (``picture``: a 64 px image the Generate tab made, as the edits' input)."""
+    from PIL import Image
+    driver.set_window_size(1400, 1500)
+    driver.get(url)
+    wait(driver, "#generate")
+    page_time(driver, 3)
     driver.save_screenshot(str(folder / "serve_generate.png"))
-    for tab in ("Image to image", "Inpaint", "Upscale"):
-        driver.find_element(By.XPATH, f"//button[@role='tab' and contains(., '{tab}')]").click()
-        time.sleep(0.5)
-        driver.save_screenshot(str(folder / f"serve_{tab.lower().replace(' ', '_')}.png"))
+    open_tab(driver, url, "Image to image")
+    upload(driver, "i2i-image", picture)
+    fill(driver, "i2i-prompt", "two blue circles to the left of a blue square")
+    click(driver, "i2i-generate")
+    wait(driver, "#i2i-gallery img", 300)
+    driver.save_screenshot(str(folder / "serve_image_to_image.png"))
+    open_tab(driver, url, "Inpaint")
+    upload(driver, "inp-image", picture)
+    time.sleep(1.0)
+    paint(driver, "inp-image", 64, 0.55, 1.0)
+    fill(driver, "inp-prompt", "a green triangle")
+    click(driver, "inp-generate")
+    wait(driver, "#inp-gallery img", 300)
+    driver.save_screenshot(str(folder / "serve_inpaint.png"))
+    small = picture.with_name("small.png")
+    Image.open(picture).resize((32, 32), Image.BICUBIC).save(small)
+    open_tab(driver, url, "Upscale")
+    upload(driver, "up-image", small)
+    click(driver, "up-generate")
+    wait(driver, "#up-gallery img", 300)
+    driver.save_screenshot(str(folder / "serve_upscale.png"))
+
+
+def cpu_name() -> str:
+    """The CPU's model name and whether it has AVX512-BF16 (speeds differ by machine: record it with the figures)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                platform.processor() or platform.machine())
+    return name + (", AVX512-BF16" if "avx512_bf16" in info else "")
 
 
 def main() -> None:
@@ -120,24 +121,32 @@ def main() -> None:
     port = free_port()
     server = start_server(port)
     driver = browser()
+    url = f"http://127.0.0.1:{port}/"
+    rounds = []
     try:
-        driver.get(f"http://127.0.0.1:{port}/")
+        driver.get(url)
         wait(driver, "#generate")
         page_time(driver, 999)  # the first call compiles nothing but warms the caches; not counted
-        page = [page_time(driver, s) for s in range(a.repeats)]
-        client = [client_time(port, s) for s in range(a.repeats)]
         with tempfile.TemporaryDirectory() as tmp:
-            cli = [cli_time(s, Path(tmp)) for s in range(a.repeats)]
-        if a.screenshots:
-            screenshots(driver, a.screenshots)
+            for seed in range(a.repeats):  # interleaved, so a machine that slows down mid-run slows each path alike
+                driver.get("about:blank")  # the page closed while the CLI and the API client run alone
+                cli, client = cli_time(seed, Path(tmp)), client_time(port, seed)
+                driver.get(url)
+                wait(driver, "#generate")
+                rounds.append({"cli": cli, "client": client, "page": page_time(driver, seed)})
+                print(json.dumps({k: round(v, 3) for k, v in rounds[-1].items()}), file=sys.stderr, flush=True)
+            if a.screenshots:
+                screenshots(driver, url, a.screenshots, Path(tmp) / "0.png")
     finally:
         driver.quit()
         server.terminate()
-    p, c, k = statistics.median(page), statistics.median(cli), statistics.median(client)
-    print(json.dumps({"page_s": round(p, 3), "server_without_browser_s": round(k, 3), "cli_s": round(c, 3),
-                      "page_over_cli": round(p / c, 3), "server_over_cli": round(k / c, 3),
-                      "repeats": a.repeats, "cpu": platform.processor() or platform.machine(),
-                      "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}, indent=2))
+
+    def median(key: str, over: str | None = None) -> float:
+        return round(statistics.median(r[key] / (r[over] if over else 1) for r in rounds), 3)
+    print(json.dumps({"page_s": median("page"), "server_without_browser_s": median("client"), "cli_s": median("cli"),
+                      "page_over_cli": median("page", "cli"), "server_over_cli": median("client", "cli"),
+                      "repeats": a.repeats, "cpu": cpu_name(), "cores": os.cpu_count(),
+                      "date": time.strftime("%Y-%m-%d")}, indent=2))
 
 
 if __name__ == "__main__":

@@ -230,7 +230,7 @@ class Cascade(_EngineCascade):
             [(whole_number("height", height or self.stages[0].cfg.image_size, 1, 1 << 20),
               whole_number("width", width or self.stages[0].cfg.image_size, 1, 1 << 20))]
         if init is not None:
-            _check_shape(init, size[0] if size else (self.stages[0].cfg.image_size,) * 2)
+            _check_shape(init, self.planned_sizes(size, n_stages)[-1])
         step = [0]
 
         def on_step(stage, k, steps, x):

@@ -68,8 +68,19 @@ def test_prompt_embeds_give_the_prompts_images(pipe):
 
 def test_the_step_callback_sees_every_step_of_every_stage(pipe):
     seen = []
-    pipe("a red circle", callback_on_step_end=lambda p, step, t, kw: seen.append((step, kw["stage"])), **FAST)
-    assert seen == [(1, 0), (2, 0), (3, 0), (4, 1), (5, 1)]
+    pipe("a red circle", callback_on_step_end=lambda p, step, t, kw: seen.append(
+        (step, kw["stage"], kw["stage_step"], kw["stage_steps"])), **FAST)
+    assert seen == [(1, 0, 1, 3), (2, 0, 2, 3), (3, 0, 3, 3), (4, 1, 1, 2), (5, 1, 2, 2)]
+
+
+def test_the_stage_callback_gets_each_stages_images_as_returned(pipe):
+    """Each stage's images, as it finishes (what a page shows as they land), are the stage images returned."""
+    landed = []
+    out = pipe("a red circle", seed=2, num_images_per_prompt=2, return_stages=True, output_type="pt",
+               callback_on_stage_end=lambda p, stage, x: landed.append((stage, x.clone())), **FAST)
+    assert [s for s, _ in landed] == [0, 1]
+    for (_, x), returned in zip(landed, out.stage_images):
+        assert torch.equal((x.float() + 1) / 2, returned)
 
 
 def test_an_unknown_argument_is_one_error_listing_the_accepted_ones(pipe):
@@ -105,8 +116,17 @@ def test_img2img_inpaint_and_upscale_through_the_call(pipe):
     assert np.abs(kept.astype(int) - np.array([200, 30, 30])).max() <= 2  # the black half of the mask stays
     with pytest.raises(pixelcascade.PixelcascadeError, match="mask must have the image's size"):
         pipe("x", image=start, mask_image=mask[:10], **FAST)
+    wide = Image.new("RGB", (64, 48))
+    with pytest.raises(pixelcascade.PixelcascadeError, match="64x48 but the images made are 64x64: resizing would"):
+        pipe("x", image=wide, **FAST)  # not silently stretched
+    with pytest.raises(pixelcascade.PixelcascadeError, match="crop it to a square"):
+        pipe.edit_inputs(np.zeros((48, 64, 3), np.uint8))
+    assert pipe("x", image=wide, height=24, width=32, **FAST).images[0].size == (64, 48)  # in its proportions
     from pixelcascade.shipped import DEFAULT_MODEL
     up = pixelcascade.load(DEFAULT_MODEL / "stage2.safetensors", allow_sr_first=True)
+    assert pixelcascade.api.load_upscaler("shapes").stages[0].unet.cfg == up.stages[0].unet.cfg  # its stage II
+    with pytest.raises(pixelcascade.PixelcascadeError, match="not a super-resolution stage"):
+        pixelcascade.api.load_upscaler(DEFAULT_MODEL / "stage1.safetensors")
     big = up("a red circle", image=start.resize((32, 32)), num_inference_steps=2, height=64, width=64,
              progress=False)
     assert big.images[0].size == (64, 64)

@@ -9,12 +9,13 @@ from .flags import at_least_1
 
 
 def add_commands(sub) -> None:
-    s = sub.add_parser("serve", help="the web page: generate in the browser (Gradio)",
+    s = sub.add_parser("serve", help="the web page: generate, edit and upscale in the browser (Gradio)",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="A local web page for the model: prompt, seed, steps, guidance, sampler; each "
-                                   "image downloads as the PNG with its JSON sidecar, and the page shows the "
-                                   "`pixelcascade generate` line that makes the same image. Needs Gradio "
-                                   "(pip install -e \".[ui]\").",
+                       description="A local web page for the model, with tabs to generate (each stage's images "
+                                   "shown as they land), change a picture, repaint what you paint over, and upscale "
+                                   "with any stage II. Each image downloads as the PNG with its JSON sidecar, and the "
+                                   "page shows the `pixelcascade` line that makes the same image. One job runs at "
+                                   "a time. Needs Gradio (pip install -e \".[ui]\").",
                        epilog="examples:\n  pixelcascade serve\n  pixelcascade serve --model shapes --port 8080\n"
                               "  pixelcascade serve --host 0.0.0.0    # reachable from other machines: a warning")
     s.add_argument("--model", default="shapes", help="what `pixelcascade generate --model` takes (default: shapes)")
