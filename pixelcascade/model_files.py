@@ -147,8 +147,9 @@ def load_unet(path: str | Path, dtype: torch.dtype = torch.float32, device: str 
     """:func:`read_unet`, built and loaded strictly. Returns (model in eval mode, metadata dict)."""
     sd, cfg, meta = read_unet(path)
     with torch.device("meta"):  # names and shapes checked on a model that holds no memory, before the real one
-        check_state_dict(build_unet(cfg), sd)
-    model = build_unet(cfg)
+        model = build_unet(cfg)
+    check_state_dict(model, sd)
+    model = model.to_empty(device="cpu")  # the file fills every weight: no random initialisation to throw away
     load_state_dict_checked(model, sd)
     return model.to(device=device, dtype=dtype).eval(), meta
 

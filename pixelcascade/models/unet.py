@@ -129,7 +129,9 @@ class AttentionPooling(nn.Module):
     def __init__(self, heads: int, dim: int):
         super().__init__()
         self.heads, self.dim = heads, dim
-        self.positional_embedding = nn.Parameter(torch.randn(1, dim) / dim**0.5)
+        self.positional_embedding = nn.Parameter(torch.empty(1, dim))
+        if not self.positional_embedding.is_meta:  # arithmetic on the meta device imports torch._dynamo (1 s)
+            nn.init.normal_(self.positional_embedding, std=dim**-0.5)
         self.k_proj = nn.Linear(dim, dim)
         self.q_proj = nn.Linear(dim, dim)
         self.v_proj = nn.Linear(dim, dim)
