@@ -61,6 +61,12 @@ def build_all(cfg, dtype: torch.dtype, seed: int = 0) -> dict[str, torch.nn.Modu
     return {k: m.to(dtype) for k, m in models.items()}
 
 
+def use_our_layout(ours, task: str, dtype: torch.dtype) -> None:
+    """The layout our sampler and trainer run in: channels-last, but NCHW for half-precision training on a CPU
+    (UNet.set_layout)."""
+    ours.set_layout(channels_last=task == "forward" or dtype == torch.float32)
+
+
 def make_call(name: str, model, x, t, text):
     if name == "diffusers":
         return lambda: model(x, t, encoder_hidden_states=text).sample
@@ -89,6 +95,7 @@ def main(argv=None):
         models = build_all(cfg, dtype)
         xs, ts = x.to(dtype), text.to(dtype)
         for task in a.tasks.split(","):
+            use_our_layout(models["ours"], task, dtype)
             calls = {}
             for name, m in models.items():
                 f = make_call(name, m, xs, t, ts)

@@ -1,0 +1,52 @@
+"""bench/speed.py, the CPU benchmark against the peers, run at a tiny size: stage I and the cascade end to end
+against diffusers' IF pipelines on the same weights, states and noise; it checks the images agree before timing
+and writes its rows with the machine."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def _bench():
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location("speed", BENCH / "speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+TINY = ["--sections", "stage1,cascade", "--dtypes", "fp32", "--runs", "1", "--e2e-batch", "2",
+        "--stage1-preset", "tiny", "--cascade-presets", "tiny,tiny-sr"]
+
+
+def test_the_speed_benchmark_times_both_pipelines_on_the_same_work(tmp_path):
+    out = tmp_path / "rows.jsonl"
+    rows = _bench().main([*TINY, "--out", str(out)])
+    assert [json.loads(line) for line in out.read_text().splitlines()] == rows
+    assert [r["section"] for r in rows] == ["stage1", "cascade"]
+    for r in rows:
+        assert set(r["seconds"]) == {"ours", "diffusers"} and r["ours_speedup"]["diffusers"] > 0
+        assert r["threads"] == torch.get_num_threads() and "avx512_bf16" in r and r["cpu"]
+
+
+def test_pipelines_that_disagree_are_not_timed(tmp_path, monkeypatch):
+    bench = _bench()
+    make = bench._if_pipeline
+
+    def off(*args, **kwargs):  # diffusers' UNet given other weights than ours
+        pipe = make(*args, **kwargs)
+        with torch.no_grad():
+            next(pipe.unet.parameters()).add_(0.5)
+        return pipe
+    monkeypatch.setattr(bench, "_if_pipeline", off)
+    with pytest.raises(SystemExit, match="disagree"):
+        bench.main([*TINY, "--out", str(tmp_path / "rows.jsonl")])
