@@ -16,13 +16,16 @@ Every row records the device, torch version and the mode; rows are appended to `
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import append_jsonl  # noqa: E402
 
 from pixelcascade import convert
 from pixelcascade.models.unet import build_unet
@@ -187,11 +190,7 @@ def main(argv=None) -> list[dict]:
             if a.device.startswith("cuda"):
                 torch.cuda.empty_cache()
     add_sampling_estimates(rows)
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "a") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
+    append_jsonl(a.out, rows)
     return rows
 
 

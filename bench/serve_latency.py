@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -25,6 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from common import cpu_name  # noqa: E402
 from page import browser, click, fill, free_port, open_tab, paint, start_server, upload, wait  # noqa: E402
 
 PROMPT = "two red circles to the left of a blue square"
@@ -103,14 +103,6 @@ def screenshots(driver, url: str, folder: Path, picture: Path) -> None:
     click(driver, "up-generate")
     wait(driver, "#up-gallery img", 300)
     driver.save_screenshot(str(folder / "serve_upscale.png"))
-
-
-def cpu_name() -> str:
-    """The CPU's model name and whether it has AVX512-BF16 (speeds differ by machine: record it with the figures)."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
-                platform.processor() or platform.machine())
-    return name + (", AVX512-BF16" if "avx512_bf16" in info else "")
 
 
 def main() -> None:

@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import io
 import json
-import platform
 import statistics
 import sys
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import append_jsonl, cpu  # noqa: E402
 from unet_speed import build_all, make_call, use_our_layout  # noqa: E402
 
 from pixelcascade.presets import get_preset  # noqa: E402
@@ -43,11 +43,7 @@ TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 0.25}
 
 
 def machine(threads: int) -> dict:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
-                platform.processor() or platform.machine())
-    return {"cpu": name, "avx512_bf16": "avx512_bf16" in info, "avx2": " avx2" in info, "threads": threads,
-            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+    return {**cpu(), "threads": threads, "torch": torch.__version__}
 
 
 def interleaved(calls: dict, runs: int, tolerance: float | None = None) -> dict[str, float]:
@@ -271,11 +267,7 @@ def main(argv=None) -> list[dict]:
     if "text" in sections:
         for row in text_section(a.runs):
             rows.append(_report({**row, "dtype": "fp32", **where}))
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "a") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
+    append_jsonl(a.out, rows)
     return rows
 
 

@@ -15,13 +15,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import append_jsonl  # noqa: E402
 
 from pixelcascade import convert
 from pixelcascade.models.unet import build_unet
@@ -127,11 +130,7 @@ def main(argv=None):
             line = "  ".join(f"{k} {v * 1000:8.1f} ms" for k, v in med.items())
             ratios = "  ".join(f"ours is {med[k] / med['ours']:.2f}x faster than {k}" for k in med if k != "ours")
             print(f"{task:8s} {dname:5s} b{a.batch}: {line}   |  {ratios}", flush=True)
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "a") as f:
-        for r in results:
-            f.write(json.dumps(r) + "\n")
+    append_jsonl(a.out, results)
     return results
 
 

@@ -124,9 +124,10 @@ def paint(driver, elem_id: str, picture_side: int, x0: float, x1: float) -> None
     zoom = next(float(e.text[:-1]) / 100 for e in driver.find_elements(By.CSS_SELECTOR, f"#{elem_id} *")
                 if e.text.endswith("%") and e.text[:-1].isdigit())
     side = picture_side * zoom
-    for f in np.linspace(x0, x1, 8):
-        chain = ActionChains(driver).move_to_element_with_offset(canvas, int((f - 0.5) * side), int(-side * 0.48))
-        chain.click_and_hold()
-        for _ in range(12):
-            chain.move_by_offset(0, int(side * 0.08))
-        chain.release().perform()
+    chain = ActionChains(driver)
+    for f in np.linspace(x0, x1, 5):  # one chain of 5 strokes: each WebDriver round trip costs the page time
+        chain.move_to_element_with_offset(canvas, int((f - 0.5) * side), int(-side * 0.48)).click_and_hold()
+        for _ in range(4):
+            chain.move_by_offset(0, int(side * 0.24))
+        chain.release()
+    chain.perform()
