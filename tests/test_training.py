@@ -727,3 +727,12 @@ def test_a_run_folder_stays_consistent_across_kills_and_a_second_process(tmp_pat
         assert len(err) == 1 and "is in use by a training process (pid" in err[0] and time.time() - t0 < 30
     finally:
         holder.kill()
+
+
+def test_half_precision_training_on_a_cpu_runs_nchw(tmp_path):
+    """bf16 autocast on a CPU trains NCHW (channels-last GroupNorm backward is slow there); fp32 channels-last."""
+    for bf16 in (True, False):
+        cfg = dataclasses.replace(_cfg(), train=dataclasses.replace(_cfg().train, bf16=bf16))
+        t = Trainer(cfg, _data(), tmp_path / str(bf16), progress=False)
+        assert t.model.channels_last is not t.bf16  # t.bf16: autocast where the CPU has native bf16
+        t.fit(max_steps=1)

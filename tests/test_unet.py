@@ -188,3 +188,24 @@ def test_position_features_are_sinusoids_of_centred_coordinates():
     want += [math.cos(math.pi * 2 ** i * y) for i in range(k)] + [math.cos(math.pi * 2 ** i * x) for i in range(k)]
     assert torch.allclose(f[2], torch.tensor(want), atol=1e-6)
     assert torch.allclose(position_features(3, 5), position_features(3, 5))  # non-square sizes work
+
+
+@pytest.mark.parametrize("super_res", [False, True])
+def test_either_layout_computes_the_same(super_res):
+    """set_layout is an execution choice: channels-last and NCHW give the same output and gradients (fp32)."""
+    cfg = tiny_cfg(super_res=super_res)
+    model = randomize(build_unet(cfg).train(), seed=2)
+    g = torch.Generator().manual_seed(3)
+    x, te = torch.randn(2, 3, 32, 32, generator=g), torch.randn(2, 77, 48, generator=g)
+    kw = dict(low_res=torch.randn(2, 3, 32, 32, generator=g), aug_t=torch.tensor([250, 0])) if super_res else {}
+    results = []
+    for channels_last in (True, False):
+        model.set_layout(channels_last)
+        model.zero_grad()
+        out = model(x, torch.tensor([3.0, 999.0]), te, **kw)
+        out.square().mean().backward()
+        results.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
+        assert model.input_blocks[0][0].weight.is_contiguous(memory_format=torch.channels_last) is channels_last
+    (a, ga), (b, gb) = results
+    assert (a - b).abs().max() <= 1e-5
+    assert all(torch.allclose(u, v, atol=1e-5, rtol=1e-4) for u, v in zip(ga, gb))
