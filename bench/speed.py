@@ -13,6 +13,8 @@ down mid-run slows each alike):
   cascade  the shipped cascade's sizes (32 px stage I, 32 -> 64 stage II, 384-d states) end to end with random
            weights: our Cascade against IFPipeline + IFSuperResolutionPipeline, both smart27 (batch 4).
   text     encoding 77-token prompts with all-MiniLM-L6-v2: our BERT against transformers' BertModel.
+  flops    our UNet forward and training step (if64-t5xxl, --batch) as a fraction of this CPU's matrix-multiply
+           peak: FLOPs counted by torch.utils.flop_counter, the peak measured on a 4096^3 GEMM.
 Prints a table with the ratios (peer seconds / ours: above 1 means ours is faster) and appends JSON lines to
 --out, each with the machine: CPU model, whether it has AVX512-BF16, threads, torch version.
 """
@@ -235,14 +237,51 @@ def text_section(runs: int, batch: int = 16) -> list[dict]:
     return [{"section": "text", "what": f"MiniLM 77 tokens b{batch}", "seconds": interleaved(calls, runs)}]
 
 
+def gemm_peak(dtype: torch.dtype, n: int = 4096, runs: int = 5) -> float:
+    """This CPU's matrix-multiply peak in FLOP/s, as measured: the median of an n x n x n GEMM in ``dtype``."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times)
+
+
+def flops_section(dtype: torch.dtype, batch: int, runs: int, preset: str = "if64-t5xxl") -> list[dict]:
+    """The fraction of the GEMM peak our UNet forward and training step reach: FLOPs counted by
+    torch.utils.flop_counter (convolutions, matmuls, attention), divided by the measured time and the peak."""
+    from torch.utils.flop_counter import FlopCounterMode
+    cfg = get_preset(preset)
+    ours = build_all(cfg, dtype, peers=False)["ours"]
+    g = torch.Generator().manual_seed(1234 + batch)
+    x = torch.randn(batch, 3, cfg.image_size, cfg.image_size, generator=g).to(dtype)
+    t = torch.randint(0, 1000, (batch,), generator=g)
+    text = torch.randn(batch, 77, cfg.encoder_dim, generator=g).to(dtype)
+    f = make_call("ours", ours, x, t, text)
+    peak = gemm_peak(dtype)
+    rows = []
+    for task, call in (("forward", lambda: _no_grad(f)), ("train", lambda: _train_step(f, ours))):
+        use_our_layout(ours, task, dtype)
+        with FlopCounterMode(display=False) as counter:
+            call()
+        seconds = interleaved({"ours": call}, runs)["ours"]
+        rows.append({"section": "flops", "what": f"{task} {preset} b{batch}", "seconds": {"ours": seconds},
+                     "flops": counter.get_total_flops(), "gemm_peak_flops": peak,
+                     "fraction_of_peak": counter.get_total_flops() / seconds / peak})
+    return rows
+
+
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sections", default="unet,stage1,cascade,text")
+    ap.add_argument("--sections", default="unet,flops,stage1,cascade,text")
     ap.add_argument("--dtypes", default="bf16,fp32")
     ap.add_argument("--presets", default="if64-t5xxl,shapes32-I", help="UNet section's presets")
     ap.add_argument("--batch", type=int, default=16, help="UNet section's batch")
     ap.add_argument("--e2e-batch", type=int, default=4, help="stage1 and cascade sections' batch")
     ap.add_argument("--stage1-preset", default="if64-t5xxl")
+    ap.add_argument("--flops-preset", default="if64-t5xxl")
     ap.add_argument("--cascade-presets", default="shapes32-I,shapes64-II")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -258,6 +297,7 @@ def main(argv=None) -> list[dict]:
         dtype = DTYPES[dname]
         parts = {"unet": lambda d: unet_section(a.presets.split(","), d, a.batch, a.runs),
                  "stage1": lambda d: stage1_section(d, a.e2e_batch, a.runs, a.stage1_preset),
+                 "flops": lambda d: flops_section(d, a.batch, a.runs, a.flops_preset),
                  "cascade": lambda d: cascade_section(d, a.e2e_batch, a.runs,
                                                       tuple(a.cascade_presets.split(",")))}
         for name in sections:
@@ -272,6 +312,12 @@ def main(argv=None) -> list[dict]:
 
 
 def _report(row: dict) -> dict:
+    if row["section"] == "flops":
+        print(f"flops    {row['dtype']:5s} {row['what']:32s} {row['flops'] / 1e12:.2f} TFLOP in "
+              f"{row['seconds']['ours'] * 1000:.0f} ms = {row['flops'] / row['seconds']['ours'] / 1e9:.0f} GFLOP/s, "
+              f"{row['fraction_of_peak']:.0%} of the measured GEMM peak ({row['gemm_peak_flops'] / 1e9:.0f} GFLOP/s)",
+              flush=True)
+        return row
     ours = row["seconds"]["ours"]
     row["ours_speedup"] = {k: v / ours for k, v in row["seconds"].items() if k != "ours"}
     times = "  ".join(f"{k} {v * 1000:8.1f} ms" for k, v in row["seconds"].items())

@@ -31,14 +31,16 @@ from pixelcascade.models.unet import build_unet
 from pixelcascade.presets import get_preset
 
 
-def build_all(cfg, dtype: torch.dtype, seed: int = 0) -> dict[str, torch.nn.Module]:
-    """ours, diffusers and deepfloyd with identical (random, non-zero) weights."""
+def build_all(cfg, dtype: torch.dtype, seed: int = 0, peers: bool = True) -> dict[str, torch.nn.Module]:
+    """ours, diffusers and deepfloyd with identical (random, non-zero) weights (``peers=False``: ours alone)."""
     torch.manual_seed(seed)
     ours = build_unet(cfg).eval()
     with torch.no_grad():
         for p in ours.parameters():
             p.normal_(0, 0.02)
     models = {"ours": ours}
+    if not peers:
+        return {"ours": ours.to(dtype)}
     try:
         from diffusers import UNet2DConditionModel
         d = UNet2DConditionModel(**convert.diffusers_config(cfg)).eval()

@@ -24,16 +24,19 @@ def _bench():
     return module
 
 
-TINY = ["--sections", "stage1,cascade", "--dtypes", "fp32", "--runs", "1", "--e2e-batch", "2",
-        "--stage1-preset", "tiny", "--cascade-presets", "tiny,tiny-sr"]
+TINY = ["--dtypes", "fp32", "--runs", "1", "--e2e-batch", "2", "--batch", "2", "--stage1-preset", "tiny",
+        "--cascade-presets", "tiny,tiny-sr", "--flops-preset", "tiny"]
 
 
 def test_the_speed_benchmark_times_both_pipelines_on_the_same_work(tmp_path):
     out = tmp_path / "rows.jsonl"
-    rows = _bench().main([*TINY, "--out", str(out)])
+    rows = _bench().main(["--sections", "stage1,cascade,flops", *TINY, "--out", str(out)])
     assert [json.loads(line) for line in out.read_text().splitlines()] == rows
-    assert [r["section"] for r in rows] == ["stage1", "cascade"]
-    for r in rows:
+    assert [r["section"] for r in rows] == ["stage1", "cascade", "flops", "flops"]
+    for r in rows[2:]:  # FLOPs counted (a training step is about three forwards), a fraction of a measured peak
+        assert r["flops"] > 0 and r["gemm_peak_flops"] > 0 and 0 < r["fraction_of_peak"]
+    assert 2 < rows[3]["flops"] / rows[2]["flops"] < 4
+    for r in rows[:2]:
         assert set(r["seconds"]) == {"ours", "diffusers"} and r["ours_speedup"]["diffusers"] > 0
         assert r["threads"] == torch.get_num_threads() and "avx512_bf16" in r and r["cpu"]
 
@@ -49,4 +52,4 @@ def test_pipelines_that_disagree_are_not_timed(tmp_path, monkeypatch):
         return pipe
     monkeypatch.setattr(bench, "_if_pipeline", off)
     with pytest.raises(SystemExit, match="disagree"):
-        bench.main([*TINY, "--out", str(tmp_path / "rows.jsonl")])
+        bench.main(["--sections", "stage1,cascade", *TINY, "--out", str(tmp_path / "rows.jsonl")])
