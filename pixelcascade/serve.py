@@ -340,7 +340,7 @@ def build_app(cascade, model: str = "shapes", out_dir: str | Path | None = None,
                 with gr.Column():
                     image = gr.Image(label="Image (the low-res input)", type="numpy", elem_id="up-image")
                     up_model = gr.Textbox(label="Stage II model", value="", elem_id="up-model",
-                                          placeholder=f"{model}'s stage II; or any stage II file or folder")
+                                          placeholder=f"blank: the stage II of {model}; or any stage II file or folder")
                     prompt = gr.Textbox(label="What it shows", value="a picture", elem_id="up-prompt")
                     sr = cascade.stages[1] if n_stages > 1 else None
                     with gr.Row():
@@ -354,7 +354,7 @@ def build_app(cascade, model: str = "shapes", out_dir: str | Path | None = None,
                     out = _results(gr, "up", stages=False)
             buttons.append((go, upscale, [image, up_model, prompt, seed, steps, guidance], out))
         history = gr.Gallery(label="Made since this page opened (newest first)", elem_id="history", columns=8,
-                             height="auto")
+                             height=200, object_fit="contain")
         for go, job, inputs, outputs in buttons:
             wire(go, job, inputs, outputs)
     return app.queue(default_concurrency_limit=1)  # one job at a time, the rest wait their turn
