@@ -16,7 +16,6 @@ Every row records the device, torch version and the mode; rows are appended to `
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_jsonl  # noqa: E402
+from common import append_jsonl, cpu_name  # noqa: E402
 
 from pixelcascade import convert
 from pixelcascade.models.unet import build_unet
@@ -124,9 +123,7 @@ def check_agree(calls: dict, dtype: torch.dtype) -> float:
 
 
 def machine(device: str) -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name()
-    return platform.processor() or platform.machine()
+    return torch.cuda.get_device_name() if device.startswith("cuda") else cpu_name()
 
 
 def run_case(preset: str, dname: str, batch: int, mode: str, models: dict, device: str, runs: int) -> list[dict]:

@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import append_jsonl, cpu  # noqa: E402
-from unet_speed import build_all, make_call, use_our_layout  # noqa: E402
+from unet_speed import build_all, make_call, unet_inputs, use_our_layout  # noqa: E402
 
 from pixelcascade.presets import get_preset  # noqa: E402
 
@@ -72,14 +72,10 @@ def unet_section(presets: list[str], dtype: torch.dtype, batch: int, runs: int) 
     rows = []
     for preset in presets:
         cfg = get_preset(preset)
-        models = build_all(cfg, dtype)
-        g = torch.Generator().manual_seed(1234 + batch)
-        size = cfg.image_size
-        x = torch.randn(batch, 3, size, size, generator=g).to(dtype)
-        t = torch.randint(0, 1000, (batch,), generator=g)
-        text = torch.randn(batch, 77, cfg.encoder_dim, generator=g).to(dtype)
         if cfg.super_res:  # the peers' SR calls differ; the UNet section times stage I kinds
             continue
+        models = build_all(cfg, dtype)
+        x, t, text = unet_inputs(cfg, batch, dtype)
         for task in ("forward", "train"):
             use_our_layout(models["ours"], task, dtype)
             calls = {}
@@ -255,11 +251,7 @@ def flops_section(dtype: torch.dtype, batch: int, runs: int, preset: str = "if64
     from torch.utils.flop_counter import FlopCounterMode
     cfg = get_preset(preset)
     ours = build_all(cfg, dtype, peers=False)["ours"]
-    g = torch.Generator().manual_seed(1234 + batch)
-    x = torch.randn(batch, 3, cfg.image_size, cfg.image_size, generator=g).to(dtype)
-    t = torch.randint(0, 1000, (batch,), generator=g)
-    text = torch.randn(batch, 77, cfg.encoder_dim, generator=g).to(dtype)
-    f = make_call("ours", ours, x, t, text)
+    f = make_call("ours", ours, *unet_inputs(cfg, batch, dtype))
     peak = gemm_peak(dtype)
     rows = []
     for task, call in (("forward", lambda: _no_grad(f)), ("train", lambda: _train_step(f, ours))):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import platform
 import statistics
 import sys
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_jsonl  # noqa: E402
+from common import append_jsonl, cpu_name  # noqa: E402
 
 from pixelcascade import convert
 from pixelcascade.models.unet import build_unet
@@ -66,6 +65,15 @@ def build_all(cfg, dtype: torch.dtype, seed: int = 0, peers: bool = True) -> dic
     return {k: m.to(dtype) for k, m in models.items()}
 
 
+def unet_inputs(cfg, batch: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
+    """The same seeded (x, t, text states) for every implementation and dtype."""
+    g = torch.Generator().manual_seed(1234 + batch)
+    x = torch.randn(batch, 3, cfg.image_size, cfg.image_size, generator=g)
+    t = torch.randint(0, 1000, (batch,), generator=g)
+    text = torch.randn(batch, 77, cfg.encoder_dim, generator=g)
+    return x.to(dtype), t, text.to(dtype)
+
+
 def use_our_layout(ours, task: str, dtype: torch.dtype) -> None:
     """The layout our sampler and trainer run in: channels-last, but NCHW for half-precision training on a CPU
     (UNet.set_layout)."""
@@ -90,10 +98,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     cfg = get_preset(a.preset)
-    g = torch.Generator().manual_seed(1234 + a.batch)
-    x = torch.randn(a.batch, 3, cfg.image_size, cfg.image_size, generator=g)
-    t = torch.randint(0, 1000, (a.batch,), generator=g)
-    text = torch.randn(a.batch, 77, cfg.encoder_dim, generator=g)
+    x, t, text = unet_inputs(cfg, a.batch)
     results = []
     for dname in a.dtypes.split(","):
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dname]
@@ -126,7 +131,7 @@ def main(argv=None):
             for name, v in med.items():
                 row = {"preset": a.preset, "task": task, "dtype": dname, "batch": a.batch, "impl": name,
                        "median_s": v, "runs": times[name], "ratio_vs_ours": v / med["ours"],
-                       "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+                       "torch": torch.__version__, "machine": cpu_name(),
                        "threads": a.threads, "time": time.time()}
                 results.append(row)
             line = "  ".join(f"{k} {v * 1000:8.1f} ms" for k, v in med.items())

@@ -130,7 +130,6 @@ def load(model: str | Path = "shapes", *, device: str = "cpu", dtype=None, text_
         raise ModelError(str(e)) from None
 
 
-
 def load_upscaler(model: str | Path, *, device: str = "cpu", dtype=None, text_encoder: str | None = None,
                   lora: list | None = None) -> Cascade:
     """A cascade of one super-resolution stage that starts from the user's image: ``model``'s stage II (a cascade
@@ -141,6 +140,7 @@ def load_upscaler(model: str | Path, *, device: str = "cpu", dtype=None, text_en
     if not cascade.stages[0].is_super_res:
         raise ModelError(f"{sr_path} is a text-to-image model, not a super-resolution stage: pass a stage II model")
     return cascade
+
 
 def _merge_loras(stages, loras: list) -> None:
     """Each adapter into the stage whose UNet it was trained on (at its scale), merged into the weights: sampling

@@ -46,16 +46,6 @@ def load_cascade(model: str | Path, device: str = "cpu", dtype=None, text_encode
         raise UserError(str(e)) from None
 
 
-
-def load_upscaler(model: str | Path, device: str = "cpu", dtype=None, text_encoder: str | None = None,
-                  lora: list[str] | None = None):
-    """:func:`pixelcascade.api.load_upscaler`, its errors as one line for the command line."""
-    from ..api import load_upscaler as load
-    try:
-        return load(model, device=device, dtype=dtype, text_encoder=text_encoder, lora=lora)
-    except ModelError as e:
-        raise UserError(str(e)) from None
-
 def slug(text: str, n: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:n] or "image"
 

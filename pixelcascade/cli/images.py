@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..inputs import DEFAULT_MAX_PIXELS, read_image, read_mask, read_prompt_lines
-from .common import UserError, check_writable, device_arg, dtype_arg, load_cascade, load_upscaler, out_of_memory, slug
+from .common import UserError, check_writable, device_arg, dtype_arg, load_cascade, out_of_memory, slug
 from .flags import (
     image_args,
     positive,
@@ -40,7 +40,7 @@ def add_commands(sub) -> None:
                          description="IF's image-to-image: the image is resized to each stage's size, noised to "
                                      "timestep ~strength*999 of the respaced chain and denoised under the prompt.",
                          epilog='example:\n  pixelcascade img2img in.png "a blue square" --strength 0.6 -o out.png')
-    i2i.add_argument("image", help="an RGB image")
+    i2i.add_argument("image", help="a square RGB image (edits make square images; another shape is refused)")
     i2i.add_argument("prompts", nargs="+", help="the new prompt(s)")
     i2i.add_argument("--strength", type=float, default=0.7, help="how much to change: (0, 1], 1 = from noise")
     image_args(i2i)
@@ -51,7 +51,7 @@ def add_commands(sub) -> None:
                          description="IF's inpainting: pixels where the mask is white are generated under the "
                                      "prompt, the others are re-imposed (clean) at every step. DDPM sampler.",
                          epilog='example:\n  pixelcascade inpaint in.png mask.png "a red circle" -o out.png')
-    inp.add_argument("image", help="an RGB image")
+    inp.add_argument("image", help="a square RGB image (edits make square images; another shape is refused)")
     inp.add_argument("mask", help="a mask image of the same size: white = repaint, black = keep")
     inp.add_argument("prompts", nargs="+")
     inp.add_argument("--strength", type=float, default=1.0, help="(0, 1]: how noisy the masked area starts")
@@ -212,7 +212,9 @@ def cmd_img2img(a) -> int:
 def cmd_upscale(a) -> int:
     from ..pipeline import from_uint8
     img = from_uint8(load_image(a.image, max_pixels=a.max_pixels))
-    cascade = load_upscaler(a.model, device_arg(a.device), dtype_arg(a.dtype), a.text_encoder, a.lora)
+    from ..api import load_upscaler  # its ModelError is one `error:` line like every PixelcascadeError
+    cascade = load_upscaler(a.model, device=device_arg(a.device), dtype=dtype_arg(a.dtype),
+                            text_encoder=a.text_encoder, lora=a.lora)
     size = cascade.upscaled_size(a.image, img.shape[2], img.shape[3], a.scale, a.max_pixels)
     check_writable(Path(a.output))
     req = ImageRequest.from_args(a, [a.prompt], image=img, size=size, inputs={"input_image": a.image})
