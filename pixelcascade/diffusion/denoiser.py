@@ -64,9 +64,12 @@ class Denoiser:
         return Cond(text_cond=self.model.encode_text(text_emb), guidance_scale=guidance_scale, guided=guided,
                     dyn_thresh_p=dyn_thresh_p, dyn_thresh_max=dyn_thresh_max, model_kwargs=model_kwargs)
 
-    def raw(self, x: torch.Tensor, t: torch.Tensor, cond: Cond, rows: list[int] | None = None) -> torch.Tensor:
+    def raw(self, x: torch.Tensor, t: torch.Tensor, cond: Cond, rows: list[int] | None = None,
+            known: tuple[list[int], torch.Tensor] | None = None) -> torch.Tensor:
         """The network's output in fp32 for the batch layout of ``cond``. With ``rows``: the conditional branch
-        only, for those images of the batch (x and t are then theirs: [len(rows), ...])."""
+        only, for those images of the batch (x and t are then theirs: [len(rows), ...]). With ``known`` =
+        (rows, output): those images' conditional-branch output is already at hand (layout guidance computes it
+        with gradients), so only the other rows of the batch run."""
         t = t.float()
         text_cond, kwargs = cond.text_cond, cond.model_kwargs
         if rows is not None:
@@ -74,7 +77,15 @@ class Denoiser:
             kwargs = {k: v[rows] for k, v in kwargs.items()}
         elif cond.guided:
             x, t = torch.cat([x, x]), torch.cat([t, t])
-        return self.model(x, t, text_cond=text_cond, **kwargs).float()
+        if known is None:
+            return self.model(x, t, text_cond=text_cond, **kwargs).float()
+        done, out_done = known
+        todo = [i for i in range(x.shape[0]) if i not in set(done)]
+        out_todo = self.model(x[todo], t[todo], text_cond=tuple(c[todo] for c in text_cond),
+                              **{k: v[todo] for k, v in kwargs.items()}).float()
+        out = out_todo.new_empty((x.shape[0], *out_todo.shape[1:]))
+        out[todo], out[done] = out_todo, out_done.float()
+        return out
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: Cond) -> Prediction:

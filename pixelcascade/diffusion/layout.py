@@ -56,9 +56,10 @@ class LayoutGuidance:
     """A denoiser (``diffusion.denoiser.Denoiser`` interface) that adds layout guidance to another one.
 
     At steps with t >= (1 - share) * T, the conditional branch of the images with a target runs once more, with
-    gradients and its attention recorded, and their eps is shifted by ``scale * sqrt(1 - alpha_bar_t) * grad L``.
-    Everything else is the wrapped denoiser's own computation, so an image without a target comes out bit for bit
-    as without guidance. The model needs ``record_text_attention`` (our UNets have it).
+    gradients and its attention recorded, and their eps is shifted by ``scale * sqrt(1 - alpha_bar_t) * grad L``;
+    that run's output is their conditional branch, so the guided step runs the rest of the batch only. Everything
+    else is the wrapped denoiser's own computation, so an image without a target comes out as without guidance
+    (bit for bit where the network's kernels give a row the same result in a smaller batch, as on CPU). The model needs ``record_text_attention`` (our UNets have it).
     """
 
     def __init__(self, denoiser, targets: list[LayoutTarget | None], scale: float, share: float = 0.5,
@@ -78,10 +79,12 @@ class LayoutGuidance:
         with torch.enable_grad():
             xg = x[rows].detach().requires_grad_(True)  # [R, C, H, W]
             with den.model.record_text_attention() as maps:
-                den.raw(xg, t[rows], cond, rows=rows)
+                out_rows = den.raw(xg, t[rows], cond, rows=rows)
             loss = layout_loss(maps, [self.targets[i] for i in rows], self.margin)
             (grad,) = torch.autograd.grad(loss, xg)  # [R, C, H, W]
         with torch.no_grad():
             shift = torch.zeros_like(x)
             shift[rows] = self.scale * self.schedule.sqrt_1m_ab(t[rows], x.ndim) * grad.float()
-            return den.predict(den.raw(x, t, cond), x, t, cond, eps_shift=shift)
+            # the rows just run with gradients are not run again: one forward of R images less per guided step
+            out = den.raw(x, t, cond, known=(rows, out_rows.detach()))
+            return den.predict(out, x, t, cond, eps_shift=shift)
