@@ -194,7 +194,8 @@ def test_pipeline_contracts():
     torch.testing.assert_close(img_on[0], img_off[0], atol=1e-5, rtol=0)
     assert not torch.allclose(img_on[1], img_off[1], atol=1e-3)
     alone = cascade.run(prompts[1:], [1])[0]
-    torch.testing.assert_close(alone[0], img_on[1], atol=1e-4, rtol=0)  # batch-mates do not matter
+    # batch-mates do not matter (to rounding, which the guidance scale of 1e5 magnifies)
+    torch.testing.assert_close(alone[0], img_on[1], atol=5e-4, rtol=0)
 
 
 def test_token_offsets_of_both_tokenizer_kinds(tiny_t5):

@@ -32,7 +32,7 @@ class Cond:
     so it runs once per run, not once per step (IF's ``use_cache``).
     """
 
-    text_cond: tuple[torch.Tensor, torch.Tensor]
+    text_cond: tuple  # tensors with the batch first, or tuples of them (UNet.encode_text's per-block keys/values)
     guidance_scale: float = 1.0
     guided: bool = False  # True when text_cond holds [cond; uncond]
     dyn_thresh_p: float = 0.95
@@ -73,7 +73,7 @@ class Denoiser:
         t = t.float()
         text_cond, kwargs = cond.text_cond, cond.model_kwargs
         if rows is not None:
-            text_cond = tuple(c[rows] for c in text_cond)  # the conditional branch is the first B rows
+            text_cond = _take(text_cond, rows)  # the conditional branch is the first B rows
             kwargs = {k: v[rows] for k, v in kwargs.items()}
         elif cond.guided:
             x, t = torch.cat([x, x]), torch.cat([t, t])
@@ -81,7 +81,7 @@ class Denoiser:
             return self.model(x, t, text_cond=text_cond, **kwargs).float()
         done, out_done = known
         todo = [i for i in range(x.shape[0]) if i not in set(done)]
-        out_todo = self.model(x[todo], t[todo], text_cond=tuple(c[todo] for c in text_cond),
+        out_todo = self.model(x[todo], t[todo], text_cond=_take(text_cond, todo),
                               **{k: v[todo] for k, v in kwargs.items()}).float()
         out = out_todo.new_empty((x.shape[0], *out_todo.shape[1:]))
         out[todo], out[done] = out_todo, out_done.float()
@@ -127,6 +127,11 @@ class Denoiser:
         if kind == "x0":
             return s.eps_from_x0(x, t, out)
         raise ValueError(f"unknown prediction type {kind!r}; use eps, v or x0")
+
+
+def _take(text_cond, rows: list[int]):
+    """Those images' rows of every tensor in ``text_cond`` (nested tuples kept)."""
+    return tuple(_take(c, rows) if isinstance(c, tuple) else c[rows] for c in text_cond)
 
 
 def _dummy_x(model, text_emb: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import UNetConfig
-from ..nn import GroupNorm32, TokenLinear, attention, timestep_embedding, zero_module
+from ..nn import GELU, GroupNorm32, TokenLinear, attention, timestep_embedding, zero_module
 from .attention_position import add_position, attach_position
 from .text_adapter import adapt_pooled, adapt_text, attach_text_adapter, fold_white_attn
 
@@ -38,10 +38,10 @@ class ResBlock(nn.Module):
                  down: bool = False, efficient_activation: bool = False, scale_skip: bool = False):
         super().__init__()
         self.up, self.down, self.scale_skip = up, down, scale_skip
-        self.in_layers = nn.Sequential(GroupNorm32(ch), nn.GELU(), nn.Conv2d(ch, out_ch, 3, padding=1))
-        self.emb_layers = nn.Sequential(nn.Identity() if efficient_activation else nn.GELU(),
+        self.in_layers = nn.Sequential(GroupNorm32(ch), GELU(), nn.Conv2d(ch, out_ch, 3, padding=1))
+        self.emb_layers = nn.Sequential(nn.Identity() if efficient_activation else GELU(),
                                         nn.Linear(emb_ch, 2 * out_ch))
-        self.out_layers = nn.Sequential(GroupNorm32(out_ch), nn.GELU(), nn.Dropout(dropout),
+        self.out_layers = nn.Sequential(GroupNorm32(out_ch), GELU(), nn.Dropout(dropout),
                                         zero_module(nn.Conv2d(out_ch, out_ch, 3, padding=1)))
         self.skip_connection = nn.Identity() if out_ch == ch else nn.Conv2d(ch, out_ch, 1)
 
@@ -85,7 +85,15 @@ class AttentionBlock(nn.Module):
         if position:  # not in IF (models/attention_position.py); zero-initialised: starts as the block without it
             attach_position(self, ch)
 
-    def forward(self, x: torch.Tensor, encoder_out: torch.Tensor) -> torch.Tensor:
+    def text_keys_values(self, encoder_out: torch.Tensor) -> torch.Tensor:
+        """The text tokens' keys and values, [B, L, 2C] (head-interleaved), from encoder_out [B, C_enc, L]:
+        GroupNorm over [B, C_enc, L] (channel groups across all L tokens), then the projection. Prompt-only
+        work: ``UNet.encode_text`` does it once per sampling run."""
+        return self.encoder_kv(self.norm_encoder(encoder_out).transpose(1, 2))
+
+    def forward(self, x: torch.Tensor, encoder_out: torch.Tensor | None,
+                text_kv: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [B, C, H, W]; the text as ``encoder_out`` [B, C_enc, L], or as its ``text_keys_values``."""
         b, c, hgt, wid = x.shape
         n, d = self.heads, self.head_ch
         tokens = self.norm(x).permute(0, 2, 3, 1).reshape(b, hgt * wid, c)  # [B, HW, C] (free if channels_last)
@@ -95,10 +103,9 @@ class AttentionBlock(nn.Module):
         qkv = self.qkv(tokens)  # [B, HW, 3C]
         parts = 3 if self.self_attention else 1
         qkv = qkv.view(b, hgt * wid, n, parts, d).permute(3, 0, 2, 1, 4)  # [parts, B, n, HW, d]
-        # text: GroupNorm over [B, C_enc, L] (channel groups across all L tokens), then k/v per head
-        text = self.norm_encoder(encoder_out.to(x.dtype)).transpose(1, 2)  # [B, L, C_enc]
-        ekv = self.encoder_kv(text)  # [B, L, 2C]
-        ekv = ekv.view(b, -1, n, 2, d).permute(3, 0, 2, 1, 4)  # [2, B, n, L, d]
+        if text_kv is None:
+            text_kv = self.text_keys_values(encoder_out.to(x.dtype))
+        ekv = text_kv.view(b, -1, n, 2, d).permute(3, 0, 2, 1, 4)  # [2, B, n, L, d]
         q = qkv[0]
         if self.self_attention:
             k = torch.cat([ekv[0], qkv[1]], dim=2)  # [B, n, L + HW, d]: text tokens first
@@ -168,7 +175,7 @@ class UNet(nn.Module):
             return AttentionBlock(ch, cfg.num_head_channels, cfg.encoder_channels,
                                   disable_self_attention=ds in no_self, position=cfg.attention_position)
 
-        self.time_embed = nn.Sequential(nn.Linear(mc, ted), nn.GELU(), nn.Linear(ted, ted))
+        self.time_embed = nn.Sequential(nn.Linear(mc, ted), GELU(), nn.Linear(ted, ted))
         ch = mc * cfg.channel_mult[0]
         self.input_blocks = nn.ModuleList([nn.ModuleList([nn.Conv2d(cfg.in_channels, ch, 3, padding=1)])])
         skip_chs, ds = [ch], 1
@@ -197,7 +204,7 @@ class UNet(nn.Module):
                     layers.append(ResBlock(ch, out_ch=ch, up=True, **res))
                     ds //= 2
                 self.output_blocks.append(nn.ModuleList(layers))
-        self.out = nn.Sequential(GroupNorm32(ch), nn.GELU(),
+        self.out = nn.Sequential(GroupNorm32(ch), GELU(),
                                  zero_module(nn.Conv2d(mc * cfg.channel_mult[0], cfg.out_channels, 3, padding=1)))
         self.encoder_pooling = nn.Sequential(nn.LayerNorm(cfg.encoder_dim),
                                              AttentionPooling(cfg.att_pool_heads, cfg.encoder_dim),
@@ -205,6 +212,9 @@ class UNet(nn.Module):
         self.encoder_proj = (nn.Identity() if cfg.encoder_dim == cfg.encoder_channels
                              else nn.Linear(cfg.encoder_dim, cfg.encoder_channels))
         attach_text_adapter(self, cfg.adapter)  # not in IF: absent unless the config asks for it
+        self.attention_blocks = [m for m in self.modules() if isinstance(m, AttentionBlock)]  # no new state
+        for i, blk in enumerate(self.attention_blocks):
+            blk.kv_index = i  # its entry in encode_text's per-block keys and values
         self.set_layout(channels_last=True)
 
     def set_layout(self, channels_last: bool) -> UNet:
@@ -258,7 +268,8 @@ class UNet(nn.Module):
     def encode_text(self, text_emb: torch.Tensor, pooled_text_emb: torch.Tensor | None = None):
         """Text-only work of a forward pass, reusable across sampling steps (IF's ``use_cache``).
 
-        Returns (encoder_out [B, C_enc, L] for cross-attention, encoder_pool [B, ted] for the embedding).
+        Returns (encoder_out [B, C_enc, L] for cross-attention, encoder_pool [B, ted] for the embedding, and each
+        attention block's text keys and values: a tuple of [B, L, 2C], so that no step projects the prompt again).
         ``pooled_text_emb`` (IF's ``timestep_text_emb``, e.g. a style prompt) feeds the pooling path only.
         """
         text_emb = text_emb.to(self.dtype)
@@ -266,7 +277,8 @@ class UNet(nn.Module):
         encoder_out = self.encoder_proj(attn_src).transpose(1, 2)  # [B, C_enc, L]
         if pooled_text_emb is not None:  # a style prompt: through the same input map as the prompt's own states
             pool_src = adapt_pooled(self, self.cfg.adapter, pooled_text_emb.to(self.dtype))
-        return encoder_out, self.encoder_pooling(pool_src)  # [B, ted]
+        text_kv = tuple(blk.text_keys_values(encoder_out) for blk in self.attention_blocks)
+        return encoder_out, self.encoder_pooling(pool_src), text_kv  # [B, ted]; per block [B, L, 2C]
 
     def fold_white_attn(self) -> None:
         """See :func:`~pixelcascade.models.text_adapter.fold_white_attn`."""
@@ -277,7 +289,8 @@ class UNet(nn.Module):
     # third more compute for a fraction of the activation memory); set by train.grad_checkpointing
     gradient_checkpointing = False
 
-    def _run(self, h: torch.Tensor, emb: torch.Tensor, encoder_out: torch.Tensor) -> torch.Tensor:
+    def _run(self, h: torch.Tensor, emb: torch.Tensor, encoder_out: torch.Tensor,
+             text_kv: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
         if self.channels_last:  # NHWC: oneDNN's native conv layout, and attention tokens become free views
             h = h.contiguous(memory_format=torch.channels_last)
         apply = _apply
@@ -285,11 +298,11 @@ class UNet(nn.Module):
             apply = _apply_checkpointed
         skips = []
         for block in self.input_blocks:
-            h = apply(block, h, emb, encoder_out)
+            h = apply(block, h, emb, encoder_out, text_kv)
             skips.append(h)
-        h = apply(self.middle_block, h, emb, encoder_out)
+        h = apply(self.middle_block, h, emb, encoder_out, text_kv)
         for block in self.output_blocks:
-            h = apply(block, torch.cat([h, skips.pop()], dim=1), emb, encoder_out)
+            h = apply(block, torch.cat([h, skips.pop()], dim=1), emb, encoder_out, text_kv)
         return self.out(h).contiguous()
 
     def _embed(self, t: torch.Tensor, encoder_pool: torch.Tensor, extra: torch.Tensor | None = None):
@@ -300,7 +313,7 @@ class UNet(nn.Module):
         return F.gelu(emb) if self.cfg.efficient_activation else emb
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, text_emb: torch.Tensor | None = None, *,
-                text_cond: tuple[torch.Tensor, torch.Tensor] | None = None,
+                text_cond: tuple | None = None,
                 pooled_text_emb: torch.Tensor | None = None) -> torch.Tensor:
         """x: [B, 3, H, W]; t: [B] float timesteps in [0, 999]; text_emb: [B, L, encoder_dim].
 
@@ -309,9 +322,9 @@ class UNet(nn.Module):
         if text_cond is None:
             self.check_inputs(x, text_emb)
             text_cond = self.encode_text(text_emb, pooled_text_emb)
-        encoder_out, encoder_pool = text_cond
+        encoder_out, encoder_pool, *text_kv = text_cond  # text_kv: absent in a (encoder_out, pool) pair
         t = _as_batch(t, x)
-        return self._run(x.to(self.dtype), self._embed(t, encoder_pool), encoder_out)
+        return self._run(x.to(self.dtype), self._embed(t, encoder_pool), encoder_out, *text_kv)
 
 
 class SuperResUNet(UNet):
@@ -325,11 +338,11 @@ class SuperResUNet(UNet):
     def __init__(self, cfg: UNetConfig):
         super().__init__(cfg)
         mc, ted = cfg.model_channels, cfg.time_embed_dim
-        self.aug_proj = nn.Sequential(nn.Linear(mc, ted), nn.GELU(), nn.Linear(ted, ted))
+        self.aug_proj = nn.Sequential(nn.Linear(mc, ted), GELU(), nn.Linear(ted, ted))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, text_emb: torch.Tensor | None = None, *,
                 low_res: torch.Tensor, aug_t: torch.Tensor,
-                text_cond: tuple[torch.Tensor, torch.Tensor] | None = None,
+                text_cond: tuple | None = None,
                 pooled_text_emb: torch.Tensor | None = None) -> torch.Tensor:
         if low_res.shape[0] != x.shape[0] or low_res.shape[1] != 3 or low_res.shape[2:] != x.shape[2:]:
             raise ValueError(
@@ -339,19 +352,20 @@ class SuperResUNet(UNet):
         if text_cond is None:
             self.check_inputs(x, text_emb)
             text_cond = self.encode_text(text_emb, pooled_text_emb)
-        encoder_out, encoder_pool = text_cond
+        encoder_out, encoder_pool, *text_kv = text_cond
         t, aug_t = _as_batch(t, x), _as_batch(aug_t, x)
         aug_emb = self.aug_proj(timestep_embedding(aug_t, self.cfg.model_channels).to(self.dtype))
         h = torch.cat([x, low_res.to(x.dtype)], dim=1).to(self.dtype)  # [B, 6, H, W]
-        return self._run(h, self._embed(t, encoder_pool, aug_emb), encoder_out)
+        return self._run(h, self._embed(t, encoder_pool, aug_emb), encoder_out, *text_kv)
 
 
-def _apply(block: nn.ModuleList, h: torch.Tensor, emb: torch.Tensor, encoder_out: torch.Tensor) -> torch.Tensor:
+def _apply(block: nn.ModuleList, h: torch.Tensor, emb: torch.Tensor, encoder_out: torch.Tensor,
+           text_kv: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
     for layer in block:
         if isinstance(layer, ResBlock):
             h = layer(h, emb)
         elif isinstance(layer, AttentionBlock):
-            h = layer(h, encoder_out)
+            h = layer(h, encoder_out, None if text_kv is None else text_kv[layer.kv_index])
         else:
             h = layer(h)
     return h
@@ -366,7 +380,7 @@ def build_unet(cfg: UNetConfig) -> UNet:
     return SuperResUNet(cfg) if cfg.super_res else UNet(cfg)
 
 
-def _apply_checkpointed(block: nn.ModuleList, h: torch.Tensor, emb: torch.Tensor,
-                        encoder_out: torch.Tensor) -> torch.Tensor:
+def _apply_checkpointed(block: nn.ModuleList, h: torch.Tensor, emb: torch.Tensor, encoder_out: torch.Tensor,
+                        text_kv: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
     from torch.utils.checkpoint import checkpoint
-    return checkpoint(_apply, block, h, emb, encoder_out, use_reentrant=False)
+    return checkpoint(_apply, block, h, emb, encoder_out, text_kv, use_reentrant=False)
