@@ -354,6 +354,10 @@ class TrainConfig:
     grad_checkpointing: bool = False
     # split each step's batch into this many micro-batches, gradients summed: the same step in 1/N the activations
     grad_accum: int = 1
+    # run each step's forward and backward through torch.compile (the first steps pay the compiling: minutes).
+    # Measured on 2 CPU cores (shapes32-I, bf16, batch 16): 3.7% faster a step after 150 s of compiling, so off
+    # by default; docs/performance.md has the figures. Needs a C++ compiler on a CPU (Inductor)
+    compile: bool = False
     # adamw (fp32 moments), adafactor (factored second moments: torch.optim.Adafactor, a few bytes per parameter),
     # adamw8bit (8-bit moments: torchao's AdamW8bit, or bitsandbytes' on CUDA; either must be installed)
     optimizer: Literal["adamw", "adafactor", "adamw8bit"] = "adamw"

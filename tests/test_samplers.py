@@ -63,6 +63,15 @@ def test_dynamic_thresholding_matches_official(deepfloyd):
         torch.testing.assert_close(dynamic_threshold(x, 0.95, c), ref.dynamic_thresholding(x, p=0.95, c=c))
 
 
+@pytest.mark.parametrize("n", [1, 7, 100, 3 * 32 * 32, 3 * 64 * 64])
+def test_quantile_is_torch_quantile_bit_for_bit(n):
+    from pixelcascade.diffusion.guidance import quantile
+    g = torch.Generator().manual_seed(n)
+    for p in (0.0, 0.5, 0.9, 0.95, 0.99, 0.995, 1.0):
+        flat = torch.randn(4, n, generator=g).abs()
+        assert torch.equal(quantile(flat, p), torch.quantile(flat, p, dim=-1)), (n, p)
+
+
 def _official_cfg_model_fn(model, scale):
     """IF's classifier-free guidance wrapper (deepfloyd_if/modules/base.py), for the reference run."""
     def model_fn(x_t, ts, **kwargs):

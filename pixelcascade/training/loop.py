@@ -159,6 +159,11 @@ class Trainer:
         if self.world > 1 and not self.sharded:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        # what a training step calls: the (DDP-wrapped) model, through torch.compile with train.compile; weights,
+        # checkpoints and the EMA stay the plain module's, so a compiled run saves and resumes as any other
+        self.net = self.ddp or self.model
+        if tc.compile:
+            self.net = torch.compile(self.net)
         g = torch.Generator().manual_seed(10_000 + tc.seed)  # the fixed validation batch and noise
         n_val = min(64, len(self.val))
         self.val_idx = torch.randperm(len(self.val), generator=g)[:n_val]
@@ -351,7 +356,7 @@ class Trainer:
         weighed by its share of the rows: the gradient of the whole batch's mean loss). Returns the per-row loss
         terms, detached."""
         dc, n = self.cfg.diffusion, x0.shape[0]
-        net = self.ddp or self.model
+        net = self.net
         parts = self.cfg.train.grad_accum
         bounds = [n * i // parts for i in range(parts + 1)]
         collected: dict[str, list] = {}
@@ -360,7 +365,7 @@ class Trainer:
             last = i == parts - 1
             if self.sharded:  # reduce-scatter the gradients once, after the last micro-batch
                 self.model.set_requires_gradient_sync(last)
-            sync = contextlib.nullcontext() if last or self.ddp is None else net.no_sync()  # all-reduce once
+            sync = contextlib.nullcontext() if last or self.ddp is None else self.ddp.no_sync()  # all-reduce once
             with sync:
                 with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                     out = net(x_t[rows], t[rows].float(), text[rows], **{k: v[rows] for k, v in low_res_kw.items()})
@@ -591,7 +596,7 @@ def _train_changed(old: dict, new: dict) -> bool:
     """Only schedule-extending fields may change on resume (max_steps unless it shapes the lr decay, cadences)
     and how this machine computes a step (threads, device, bf16 autocast: a run moved to a CPU without native
     bf16 goes on in fp32)."""
-    free = {"ckpt_every", "val_every", "log_every", "num_threads", "device", "bf16", "grad_checkpointing",
+    free = {"ckpt_every", "val_every", "log_every", "num_threads", "device", "bf16", "grad_checkpointing", "compile",
             "grad_accum", "sharding", "wandb", "wandb_project", "text_encoder_device"}
     if new.get("lr_schedule", "constant") == "constant":
         free.add("max_steps")
