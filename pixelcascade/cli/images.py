@@ -186,7 +186,7 @@ def cmd_generate(a) -> int:
     check_writable(Path(a.output))
     if a.threads:
         torch.set_num_threads(a.threads)
-    cascade = load_cascade(a.model, device_arg(a.device), dtype_arg(a.dtype), a.text_encoder, max_stages=a.stages,
+    cascade = load_cascade(a.model, device_arg(a.device), dtype_arg(a.dtype, device_arg(a.device)), a.text_encoder, max_stages=a.stages,
                            offload=a.offload, stage3=a.stage3, lora=a.lora)
     return _run_and_save(ImageRequest.from_args(a, prompts), cascade)
 
@@ -201,7 +201,7 @@ def cmd_img2img(a) -> int:
                         f"{img.shape[1]}x{img.shape[0]}: the mask must have the image's size (white = repaint)")
     prompts = _read_prompts(a)
     check_writable(Path(a.output))
-    cascade = load_cascade(a.model, device_arg(a.device), dtype_arg(a.dtype), a.text_encoder, max_stages=a.stages,
+    cascade = load_cascade(a.model, device_arg(a.device), dtype_arg(a.dtype, device_arg(a.device)), a.text_encoder, max_stages=a.stages,
                            lora=a.lora)
     init, mask_t = cascade.edit_inputs(img, mask, a.stages)
     inputs = {"init_image": a.image, **({"mask": a.mask} if mask is not None else {})}
@@ -213,7 +213,7 @@ def cmd_upscale(a) -> int:
     from ..pipeline import from_uint8
     img = from_uint8(load_image(a.image, max_pixels=a.max_pixels))
     from ..api import load_upscaler  # its ModelError is one `error:` line like every PixelcascadeError
-    cascade = load_upscaler(a.model, device=device_arg(a.device), dtype=dtype_arg(a.dtype),
+    cascade = load_upscaler(a.model, device=device_arg(a.device), dtype=dtype_arg(a.dtype, device_arg(a.device)),
                             text_encoder=a.text_encoder, lora=a.lora)
     size = cascade.upscaled_size(a.image, img.shape[2], img.shape[3], a.scale, a.max_pixels)
     check_writable(Path(a.output))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .common import device_arg, dtype_arg
-from .flags import at_least_1
+from .flags import DTYPE_HELP, at_least_1
 
 
 def add_commands(sub) -> None:
@@ -24,12 +24,12 @@ def add_commands(sub) -> None:
     s.add_argument("--share", action="store_true", help="also make a public Gradio share link (never by default)")
     s.add_argument("--text-encoder", help="override the text encoder: 'minilm' or a local HF/T5 folder")
     s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
-    s.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16 (UNet weights)")
+    s.add_argument("--dtype", default="auto", help=f"UNet weights: {DTYPE_HELP} (default: auto)")
     s.set_defaults(fn=cmd_serve)
 
 
 def cmd_serve(a) -> int:
     from ..serve import serve
-    serve(a.model, host=a.host, port=a.port, share=a.share, device=device_arg(a.device), dtype=dtype_arg(a.dtype),
+    serve(a.model, host=a.host, port=a.port, share=a.share, device=device_arg(a.device), dtype=dtype_arg(a.dtype, device_arg(a.device)),
           text_encoder=a.text_encoder)
     return 0
