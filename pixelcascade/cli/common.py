@@ -39,6 +39,12 @@ def dtype_arg(name: str, device: str = "cpu"):
         raise UserError(f"--dtype {name}: choose fp32, bf16, fp16 or auto") from None
 
 
+def device_and_dtype(a) -> tuple:
+    """--device and --dtype, resolved: --dtype auto depends on the device."""
+    device = device_arg(a.device)
+    return device, dtype_arg(a.dtype, device)
+
+
 def load_cascade(model: str | Path, device: str = "cpu", dtype=None, text_encoder: str | None = None,
                  max_stages: int | None = None, allow_sr_first: bool = False, offload: bool = False,
                  stage3: str | None = None, lora: list[str] | None = None):

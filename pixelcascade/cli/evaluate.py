@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..shipped import EMOJI_FEATURES
-from .common import UserError, check_writable, device_arg, dtype_arg, load_cascade
+from .common import UserError, check_writable, device_and_dtype, device_arg, load_cascade
 from .flags import (
     at_least_1,
     eval_model_args,
@@ -166,7 +166,7 @@ def _eval_cascade(a):
     if a.threads:
         torch.set_num_threads(a.threads)
     check_writable(Path(a.output))
-    return load_cascade(a.model, device_arg(a.device), dtype_arg(a.dtype, device_arg(a.device)), a.text_encoder, max_stages=a.stages,
+    return load_cascade(a.model, *device_and_dtype(a), a.text_encoder, max_stages=a.stages,
                         lora=a.lora)
 
 

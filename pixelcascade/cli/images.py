@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..inputs import DEFAULT_MAX_PIXELS, read_image, read_mask, read_prompt_lines
-from .common import UserError, check_writable, device_arg, dtype_arg, load_cascade, out_of_memory, slug
+from .common import UserError, check_writable, device_and_dtype, load_cascade, out_of_memory, slug
 from .flags import (
     image_args,
     positive,
@@ -186,7 +186,7 @@ def cmd_generate(a) -> int:
     check_writable(Path(a.output))
     if a.threads:
         torch.set_num_threads(a.threads)
-    cascade = load_cascade(a.model, device_arg(a.device), dtype_arg(a.dtype, device_arg(a.device)), a.text_encoder, max_stages=a.stages,
+    cascade = load_cascade(a.model, *device_and_dtype(a), a.text_encoder, max_stages=a.stages,
                            offload=a.offload, stage3=a.stage3, lora=a.lora)
     return _run_and_save(ImageRequest.from_args(a, prompts), cascade)
 
@@ -201,7 +201,7 @@ def cmd_img2img(a) -> int:
                         f"{img.shape[1]}x{img.shape[0]}: the mask must have the image's size (white = repaint)")
     prompts = _read_prompts(a)
     check_writable(Path(a.output))
-    cascade = load_cascade(a.model, device_arg(a.device), dtype_arg(a.dtype, device_arg(a.device)), a.text_encoder, max_stages=a.stages,
+    cascade = load_cascade(a.model, *device_and_dtype(a), a.text_encoder, max_stages=a.stages,
                            lora=a.lora)
     init, mask_t = cascade.edit_inputs(img, mask, a.stages)
     inputs = {"init_image": a.image, **({"mask": a.mask} if mask is not None else {})}
@@ -213,8 +213,8 @@ def cmd_upscale(a) -> int:
     from ..pipeline import from_uint8
     img = from_uint8(load_image(a.image, max_pixels=a.max_pixels))
     from ..api import load_upscaler  # its ModelError is one `error:` line like every PixelcascadeError
-    cascade = load_upscaler(a.model, device=device_arg(a.device), dtype=dtype_arg(a.dtype, device_arg(a.device)),
-                            text_encoder=a.text_encoder, lora=a.lora)
+    device, dtype = device_and_dtype(a)
+    cascade = load_upscaler(a.model, device=device, dtype=dtype, text_encoder=a.text_encoder, lora=a.lora)
     size = cascade.upscaled_size(a.image, img.shape[2], img.shape[3], a.scale, a.max_pixels)
     check_writable(Path(a.output))
     req = ImageRequest.from_args(a, [a.prompt], image=img, size=size, inputs={"input_image": a.image})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import device_arg, dtype_arg
+from .common import device_and_dtype
 from .flags import DTYPE_HELP, at_least_1
 
 
@@ -30,6 +30,6 @@ def add_commands(sub) -> None:
 
 def cmd_serve(a) -> int:
     from ..serve import serve
-    serve(a.model, host=a.host, port=a.port, share=a.share, device=device_arg(a.device), dtype=dtype_arg(a.dtype, device_arg(a.device)),
-          text_encoder=a.text_encoder)
+    device, dtype = device_and_dtype(a)
+    serve(a.model, host=a.host, port=a.port, share=a.share, device=device, dtype=dtype, text_encoder=a.text_encoder)
     return 0

@@ -58,8 +58,8 @@ class LayoutGuidance:
     At steps with t >= (1 - share) * T, the conditional branch of the images with a target runs once more, with
     gradients and its attention recorded, and their eps is shifted by ``scale * sqrt(1 - alpha_bar_t) * grad L``;
     that run's output is their conditional branch, so the guided step runs the rest of the batch only. Everything
-    else is the wrapped denoiser's own computation, so an image without a target comes out as without guidance
-    (bit for bit where the network's kernels give a row the same result in a smaller batch, as on CPU). The model needs ``record_text_attention`` (our UNets have it).
+    else is the wrapped denoiser's own computation, so an image without a target comes out as without guidance (to
+    float rounding: its rows may run in a smaller batch). The model needs ``record_text_attention`` (ours have it).
     """
 
     def __init__(self, denoiser, targets: list[LayoutTarget | None], scale: float, share: float = 0.5,
