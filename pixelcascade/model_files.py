@@ -149,13 +149,14 @@ def load_unet(path: str | Path, dtype: torch.dtype = torch.float32, device: str 
     with torch.device("meta"):  # names and shapes checked on a model that holds no memory, before the real one
         model = build_unet(cfg)
     check_state_dict(model, sd)
-    _materialize(model)  # the file fills every weight: no random initialisation to throw away
+    _materialize(model, dtype)  # the file fills every weight: no random initialisation to throw away
     load_state_dict_checked(model, sd)
     return model.to(device=device, dtype=dtype).eval(), meta
 
 
-def _materialize(model: torch.nn.Module) -> None:
-    """Uninitialised CPU storage for every parameter and buffer of a model built on the meta device.
+def _materialize(model: torch.nn.Module, dtype: torch.dtype = torch.float32) -> None:
+    """Uninitialised CPU storage for every parameter and buffer of a model built on the meta device, floating
+    ones in ``dtype`` (what ``.to(dtype)`` would make of them, without a second copy).
 
     What ``Module.to_empty`` does, without its ``empty_like`` on meta tensors: that runs torch's Python
     reference kernels, whose first use imports sympy and the meta registrations (0.5 s of a 1-image command).
@@ -164,7 +165,7 @@ def _materialize(model: torch.nn.Module) -> None:
 
     def real(t: torch.Tensor) -> torch.Tensor:
         if id(t) not in made:
-            data = torch.empty(tuple(t.shape), dtype=t.dtype)
+            data = torch.empty(tuple(t.shape), dtype=dtype if t.is_floating_point() else t.dtype)
             made[id(t)] = torch.nn.Parameter(data, t.requires_grad) if isinstance(t, torch.nn.Parameter) else data
         return made[id(t)]
     for m in model.modules():

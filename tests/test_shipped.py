@@ -29,7 +29,7 @@ def test_python_api_matches_the_command_line(tmp_path):
     import pixelcascade
     assert main(["generate", "a red circle", "two blue squares", "--seed", "5", "--steps", "4", "--steps-ii", "3",
                  "--guidance", "3", "-o", str(tmp_path / "cli"), "-q"]) == 0
-    pipe = pixelcascade.load("shapes")
+    pipe = pixelcascade.load("shapes", dtype="auto")  # the command line's default precision
     images = pipe.generate(["a red circle", "two blue squares"], seed=5, steps=4, steps_ii="3", guidance=3,
                            progress=False)
     from PIL import Image

@@ -267,11 +267,14 @@ class UNet(nn.Module):
         if text_emb.shape[0] != x.shape[0]:
             raise ValueError(f"batch mismatch: x has {x.shape[0]} images, text_emb {text_emb.shape[0]} prompts")
 
-    def encode_text(self, text_emb: torch.Tensor, pooled_text_emb: torch.Tensor | None = None):
+    def encode_text(self, text_emb: torch.Tensor, pooled_text_emb: torch.Tensor | None = None,
+                    keys_values: bool = True):
         """Text-only work of a forward pass, reusable across sampling steps (IF's ``use_cache``).
 
         Returns (encoder_out [B, C_enc, L] for cross-attention, encoder_pool [B, ted] for the embedding, and each
-        attention block's text keys and values: a tuple of [B, L, 2C], so that no step projects the prompt again).
+        attention block's text keys and values: a tuple of [B, L, 2C], so that no step projects the prompt again;
+        left out with ``keys_values=False`` (a single forward pass: each block computes its own) and for a model
+        sharded by FSDP, whose blocks hold their weights only inside their own forward).
         ``pooled_text_emb`` (IF's ``timestep_text_emb``, e.g. a style prompt) feeds the pooling path only.
         """
         text_emb = text_emb.to(self.dtype)
@@ -279,8 +282,11 @@ class UNet(nn.Module):
         encoder_out = self.encoder_proj(attn_src).transpose(1, 2)  # [B, C_enc, L]
         if pooled_text_emb is not None:  # a style prompt: through the same input map as the prompt's own states
             pool_src = adapt_pooled(self, self.cfg.adapter, pooled_text_emb.to(self.dtype))
+        pooled = self.encoder_pooling(pool_src)  # [B, ted]
+        if not keys_values or _sharded(self.attention_blocks):
+            return encoder_out, pooled
         text_kv = tuple(blk.text_keys_values(encoder_out) for blk in self.attention_blocks)
-        return encoder_out, self.encoder_pooling(pool_src), text_kv  # [B, ted]; per block [B, L, 2C]
+        return encoder_out, pooled, text_kv  # per block [B, L, 2C]
 
     def fold_white_attn(self) -> None:
         """See :func:`~pixelcascade.models.text_adapter.fold_white_attn`."""
@@ -323,7 +329,7 @@ class UNet(nn.Module):
         """
         if text_cond is None:
             self.check_inputs(x, text_emb)
-            text_cond = self.encode_text(text_emb, pooled_text_emb)
+            text_cond = self.encode_text(text_emb, pooled_text_emb, keys_values=False)
         encoder_out, encoder_pool, *text_kv = text_cond  # text_kv: absent in a (encoder_out, pool) pair
         t = _as_batch(t, x)
         return self._run(x.to(self.dtype), self._embed(t, encoder_pool), encoder_out, *text_kv)
@@ -353,7 +359,7 @@ class SuperResUNet(UNet):
             )
         if text_cond is None:
             self.check_inputs(x, text_emb)
-            text_cond = self.encode_text(text_emb, pooled_text_emb)
+            text_cond = self.encode_text(text_emb, pooled_text_emb, keys_values=False)
         encoder_out, encoder_pool, *text_kv = text_cond
         t, aug_t = _as_batch(t, x), _as_batch(aug_t, x)
         aug_emb = self.aug_proj(timestep_embedding(aug_t, self.cfg.model_channels).to(self.dtype))
@@ -371,6 +377,11 @@ def _apply(block: nn.ModuleList, h: torch.Tensor, emb: torch.Tensor, encoder_out
         else:
             h = layer(h)
     return h
+
+
+def _sharded(blocks: list[nn.Module]) -> bool:
+    """Whether FSDP2 shards these blocks (their parameters are DTensors outside their forward)."""
+    return any(type(p).__name__ == "DTensor" for blk in blocks[:1] for p in blk.parameters())
 
 
 def _as_batch(t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
