@@ -121,10 +121,15 @@ def read_rows(path: str) -> list[dict]:
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.is_file() else []
 
 
+def label(point: str, row: dict) -> str:
+    """A row's point; through stage II, with stage I's point first ("ddpm:10 + ddpm:10:bf16")."""
+    return f"{row['stage1']} + {point}" if row.get("stage1") else point
+
+
 def table(rows: list[dict], stage: int, reference: str) -> list[dict]:
     """One entry per scored point of ``stage``: accuracy, interval, latest timing, whether it holds the reference."""
-    scored = {r["point"]: r for r in rows if "summary" in r and r["stage"] == stage}
-    timed = {r["timing"]: r["seconds"] for r in rows if "timing" in r and r["stage"] == stage}
+    scored = {label(r["point"], r): r for r in rows if "summary" in r and r["stage"] == stage}
+    timed = {label(r["timing"], r): r["seconds"] for r in rows if "timing" in r and r["stage"] == stage}
     if reference not in scored:
         raise SystemExit(f"no stage {stage} row for the reference {reference}: run it first "
                          f"(python bench/steps_quality.py run --points {reference})")
