@@ -119,6 +119,18 @@ class FixedStates:
         return self.unc[:n], None
 
 
+def load_bench(name: str):
+    """A script of bench/ as a module (``bench`` on the path for its own imports), for the tests that run it small."""
+    import importlib.util
+    from pathlib import Path
+    bench = Path(__file__).resolve().parent.parent / "bench"
+    sys.path.insert(0, str(bench))
+    spec = importlib.util.spec_from_file_location(name, bench / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def png_declaring(width: int, height: int) -> bytes:
     """A 1x1 PNG whose header claims width x height pixels: a decompression bomb's shape, ~70 bytes."""
     import io

@@ -3,22 +3,17 @@ same weights, stage I and stage II kinds, writes its rows, and refuses to time i
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_bench
 
 pytest.importorskip("diffusers")
 
 
 def _bench():
-    path = Path(__file__).resolve().parent.parent / "bench" / "gpu_speed.py"
-    spec = importlib.util.spec_from_file_location("gpu_speed", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("gpu_speed")
 
 
 def test_the_gpu_benchmark_runs_at_a_tiny_size_on_the_cpu(tmp_path):

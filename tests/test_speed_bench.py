@@ -4,24 +4,19 @@ and writes its rows with the machine."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_bench
 
 pytest.importorskip("diffusers")
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
 def _bench():
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("speed", BENCH / "speed.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("speed")
 
 
 TINY = ["--dtypes", "fp32", "--runs", "1", "--e2e-batch", "2", "--batch", "2", "--stage1-preset", "tiny",

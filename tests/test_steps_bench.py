@@ -3,22 +3,18 @@ benchmark prompts, timed, and reported against a reference with its interval and
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_bench
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
 def _bench():
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("steps_quality", BENCH / "steps_quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("steps_quality")
 
 
 def test_points_are_scored_timed_and_reported(tmp_path, monkeypatch, capsys):
