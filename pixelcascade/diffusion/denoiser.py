@@ -80,7 +80,8 @@ class Denoiser:
         if known is None:
             return self.model(x, t, text_cond=text_cond, **kwargs).float()
         done, out_done = known
-        todo = [i for i in range(x.shape[0]) if i not in set(done)]
+        skip = set(done)
+        todo = [i for i in range(x.shape[0]) if i not in skip]
         out_todo = self.model(x[todo], t[todo], text_cond=_take(text_cond, todo),
                               **{k: v[todo] for k, v in kwargs.items()}).float()
         out = out_todo.new_empty((x.shape[0], *out_todo.shape[1:]))
