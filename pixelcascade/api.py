@@ -15,6 +15,7 @@ images with the CLI's names; ``pipe.run(prompts, seeds, ...)`` (the engine) ever
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -79,14 +80,18 @@ def _device(device) -> str:
 
 
 def load(model: str | Path = "shapes", *, device: str = "cpu", dtype=None, text_encoder: str | None = None,
-         max_stages: int | None = None, allow_sr_first: bool = False, offload: bool = False,
-         stage3: str | None = None, lora: list | None = None):
+         max_stages: int | None = None, allow_sr_first: bool = False, offload: bool | str = False,
+         stage3: str | None = None, lora: list | None = None, text_encoder_dtype: str | None = None,
+         prompt_states: str | Path | None = None):
     """A :class:`~pixelcascade.pipeline.Cascade` from ``model``: a shipped model's name, one of our .safetensors
     files, a folder of stage*.safetensors, an IF folder (official or diffusers layout), or several of those
     comma-separated, stage I first. ``dtype``: the UNets' (None: fp32; "auto": bf16 where ``device`` multiplies
     it natively, as the command line does). ``text_encoder``: a local folder (default: the one the model names; a
-    diffusers IF-I folder's own T5; MiniLM for 384-d models). ``max_stages``: run only the first N.
-    ``offload``: keep every model on the CPU and move each to ``device`` only while it runs. ``stage3``: a
+    diffusers IF-I folder's own T5; MiniLM for 384-d models). ``text_encoder_dtype``: its weights, fp32, bf16,
+    int8 or nf4 (``text.quantize``; default: the encoder's own, bf16 for T5). ``prompt_states``: a file from
+    ``pixelcascade encode`` used instead of a text encoder, which is then never loaded. ``max_stages``: run only
+    the first N. ``offload``: "model" (or True) keeps every model on the CPU and moves each to ``device`` only
+    while it runs; "sequential" streams the UNets' weights block by block (``offload.py``). ``stage3``: a
     stable-diffusion-x4-upscaler folder (IF's stage III) or another super-resolution stage, appended. ``lora``:
     LoRA adapter files, ``"PATH"`` or ``"PATH:SCALE"`` (or (path, scale) pairs), each merged into the stage it
     was trained on at its scale."""
@@ -94,10 +99,10 @@ def load(model: str | Path = "shapes", *, device: str = "cpu", dtype=None, text_
     from .pipeline import PipelineError
     from .stage3 import SDx4Stage, is_sdx4_folder
     from .tensorfiles import CheckpointError
-    from .text.encoder import TextEncoderError, carries_text_encoder, load_encoder
-    from .weights import load_stage
+    from .weights import load_stage, load_stage_offloaded
     device = _device(device)
     dtype = torch_dtype(dtype, device)
+    offload = _offload_mode(offload)
     paths = stage_paths(model)
     if stage3:
         p3 = Path(stage3).expanduser()
@@ -110,9 +115,19 @@ def load(model: str | Path = "shapes", *, device: str = "cpu", dtype=None, text_
                              f"give at most {len(paths)} (or leave it out to run them all)")
         paths = paths[:max_stages]
     home = "cpu" if offload else device
+    if lora and _streams(offload, device):
+        raise ModelError(f"--lora with --offload {offload}{' on a CPU' * (offload == 'model')}: the weights are read "
+                         "from the model's file as they run, without the adapter; merge it into a copy of the model "
+                         "first (pixelcascade.load(MODEL, lora=[...]).save_pretrained(FOLDER)) and load that")
+
+    def one(p: Path):
+        if is_sdx4_folder(p):
+            return SDx4Stage(p, home, dtype)
+        if _streams(offload, device) and (offload == "sequential" or p.suffix == ".safetensors"):
+            return load_stage_offloaded(p, device, dtype, unit="block" if offload == "sequential" else "model")
+        return load_stage(p, device=home, dtype=dtype)
     try:
-        stages = [SDx4Stage(p, home, dtype) if is_sdx4_folder(p) else load_stage(p, device=home, dtype=dtype)
-                  for p in paths]
+        stages = [one(p) for p in paths]
     except (CheckpointError, PipelineError) as e:
         raise ModelError(str(e)) from None
     if lora:
@@ -120,30 +135,90 @@ def load(model: str | Path = "shapes", *, device: str = "cpu", dtype=None, text_
     if not allow_sr_first and stages[0].is_super_res:
         raise ModelError(f"{paths[0]}: the first stage is a super-resolution model; stage I (text -> image) must "
                          "run first: list the stage I model before the stage II one")
-    meta = stages[0].meta
-    spec = text_encoder or meta.get("text_encoder")
-    if spec is None:
-        if carries_text_encoder(paths[0]):
-            spec = str(paths[0])  # a diffusers IF pipeline folder carries its T5
-        elif stages[0].cfg.encoder_dim == 384:
-            spec = "minilm"
-        else:
-            raise ModelError(f"{paths[0]} expects {stages[0].cfg.encoder_dim}-d text states and names no text "
-                             "encoder: pass --text-encoder /path/to/t5-v1_1-xxl (a local folder) for IF weights")
-    try:
-        encoder = load_encoder(spec, int(meta.get("text_max_length", 77)), device=home)
-    except TextEncoderError as e:
-        raise ModelError(str(e)) from None
-    if getattr(encoder, "dim", None) and not getattr(stages[0], "uses_prompts", False) \
-            and encoder.dim != stages[0].cfg.encoder_dim:
-        raise ModelError(f"the text encoder gives {encoder.dim}-d states but {paths[0]} expects "
-                         f"{stages[0].cfg.encoder_dim}-d: pass the encoder the model was trained with "
-                         "(--text-encoder)")
+    spec = text_encoder or _encoder_spec(paths[0], stages[0].meta, stages[0].cfg.encoder_dim)
+    encoder = _stage_encoder(stages[0], paths[0], spec, home, text_encoder_dtype, prompt_states)
     try:
         return Cascade(stages, encoder, offload=device if offload and device != "cpu" else None,
+                       offload_mode=offload or None,
                        starts_from_image=allow_sr_first, source=str(model), loras=tuple(str(x) for x in lora or ()),
                        text_encoder=str(spec))
     except ValueError as e:
+        raise ModelError(str(e)) from None
+
+
+def _streams(offload: str, device: str) -> bool:
+    """Whether the UNets' weights stream to where they run (offload.WeightStreamer): block by block, or on a CPU a
+    whole model read from its file while it runs (a GPU's model offload moves whole models instead)."""
+    return offload == "sequential" or (offload == "model" and device == "cpu")
+
+
+def _offload_mode(offload) -> str:
+    """"" (none), "model" or "sequential" from the API's ``offload`` (True: "model")."""
+    if offload in (False, None, "", "none"):
+        return ""
+    if offload is True or offload == "model":
+        return "model"
+    if offload == "sequential":
+        return "sequential"
+    raise ModelError(f"offload={offload!r}: use 'model' (one model on the device at a time) or 'sequential' "
+                     "(the UNets' weights streamed block by block)")
+
+
+def _encoder_spec(path: Path, meta: dict, encoder_dim: int) -> str:
+    """The text encoder a model reads: the one its file names, a diffusers IF-I folder's own T5, MiniLM for
+    384-d models; else one error asking for --text-encoder."""
+    from .text.encoder import carries_text_encoder
+    spec = meta.get("text_encoder")
+    if spec is not None:
+        return spec
+    if carries_text_encoder(path):
+        return str(path)  # a diffusers IF pipeline folder carries its T5
+    if encoder_dim == 384:
+        return "minilm"
+    raise ModelError(f"{path} expects {encoder_dim}-d text states and names no text encoder: pass --text-encoder "
+                     "/path/to/t5-v1_1-xxl (a local folder) for IF weights")
+
+
+def _stage_encoder(stage, path: Path, spec: str, device: str, text_encoder_dtype: str | None,
+                   prompt_states: str | Path | None):
+    """The first stage's text encoder, loaded and checked against it; or a states file standing in for it."""
+    from .tensorfiles import CheckpointError
+    from .text.encoder import TextEncoderError, load_encoder
+    from .text.quantize import QuantizationError
+    try:
+        if prompt_states is not None:
+            from .prompt_states import StatesEncoder
+            encoder = StatesEncoder(prompt_states)
+            if not getattr(stage, "uses_prompts", False):
+                encoder.check_fits(stage.meta, stage.cfg.encoder_dim, str(path))
+            return encoder
+        encoder = load_encoder(spec, int(stage.meta.get("text_max_length", 77)), device=device,
+                               text_dtype=text_encoder_dtype)
+    except (TextEncoderError, QuantizationError, CheckpointError) as e:
+        raise ModelError(str(e)) from None
+    if getattr(encoder, "dim", None) and not getattr(stage, "uses_prompts", False) \
+            and encoder.dim != stage.cfg.encoder_dim:
+        raise ModelError(f"the text encoder gives {encoder.dim}-d states but {path} expects "
+                         f"{stage.cfg.encoder_dim}-d: pass the encoder the model was trained with "
+                         "(--text-encoder)")
+    return encoder
+
+
+def load_text_encoder(model: str | Path = "shapes", *, text_encoder: str | None = None, device: str = "cpu",
+                      text_encoder_dtype: str | None = None):
+    """The text encoder ``model`` reads (or ``text_encoder``), at the window it was trained with, without loading
+    any UNet: what ``pixelcascade encode`` runs."""
+    from .tensorfiles import CheckpointError, read_metadata
+    from .text.encoder import TextEncoderError, load_encoder
+    from .text.quantize import QuantizationError
+    first = stage_paths(model)[0]
+    meta = read_metadata(first) if first.is_file() else {}
+    dim = json.loads(meta["unet_config"]).get("encoder_dim", 0) if "unet_config" in meta else 0
+    spec = text_encoder or _encoder_spec(first, meta, dim)
+    try:
+        return load_encoder(spec, int(meta.get("text_max_length", 77)), device=_device(device),
+                            text_dtype=text_encoder_dtype)
+    except (TextEncoderError, QuantizationError, CheckpointError) as e:
         raise ModelError(str(e)) from None
 
 

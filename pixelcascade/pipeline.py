@@ -52,6 +52,7 @@ class Stage:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     settings: SampleConfig = field(default_factory=SampleConfig)
     meta: dict = field(default_factory=dict)  # text encoder name, max_length, training recipe ...
+    streamer: object = None  # offload.WeightStreamer: the weights come to the device only while they run
 
     @property
     def cfg(self) -> UNetConfig:
@@ -71,7 +72,8 @@ class Stage:
         return len(self.denoiser().schedule.respace((settings or self.settings).num_steps))
 
     def to(self, device) -> Stage:
-        self.unet.to(device)
+        if self.streamer is None:  # a streamed UNet's weights already go where they run
+            self.unet.to(device)
         return self
 
     def run_stage(self, inp: StageInputs) -> torch.Tensor:
@@ -342,6 +344,7 @@ class Cascade:
     # run on this device one model at a time (text encoder, then each stage), the others parked on the CPU:
     # what lets IF-I-XL + T5-XXL run on a small GPU. None: every model stays where it was loaded.
     offload: str | None = None
+    offload_mode: str | None = None  # "model" or "sequential" (api.load): how the stages were loaded
     # a cascade that starts from the user's image: its first stage is a super-resolution one (upscale)
     starts_from_image: bool = False
     source: str = ""  # the model it was loaded from, as given (recorded beside every image)
@@ -468,7 +471,18 @@ class Cascade:
 
     @contextmanager
     def _on_device(self, part):
-        """With ``offload``: move one model to the device for the block, then back to the CPU."""
+        """With ``offload``: move one model to the device for the block, then back to the CPU. A streamed stage
+        releases its weights after the block; with offloading on a CPU, the text encoder its weights (reloaded
+        from its folder when next needed)."""
+        streamer = getattr(part, "streamer", None)
+        if streamer is not None or (self.offload_mode and not self.offload and hasattr(part, "release")):
+            try:
+                yield
+            finally:
+                streamer.release_all() if streamer is not None else part.release()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            return
         if not self.offload or not hasattr(part, "to"):
             yield
             return

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import torch
 
-from .config import DiffusionConfig, SampleConfig, apply_overrides, from_dict, to_json
+from .config import DiffusionConfig, SampleConfig, UNetConfig, apply_overrides, from_dict, to_json
 from .model_card import write_model_card
 from .model_files import load_unet, meta_config, meta_int
 from .pipeline import Stage, check_steps
 from .presets import default_sampling
-from .tensorfiles import read_tensors, write_safetensors
+from .tensorfiles import CheckpointError, read_tensors, write_safetensors
 
 
 def load_stage(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Stage:
@@ -24,6 +24,48 @@ def load_stage(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch
     sample = meta_config(meta, "sample_config", SampleConfig, Path(path), default)
     meta_int(meta, "text_max_length", 77, Path(path))
     return Stage(unet=unet, diffusion=diffusion, settings=sample, meta=meta)
+
+
+def load_stage_offloaded(path: str | Path, device: str, dtype: torch.dtype, unit: str = "block") -> Stage:
+    """A stage whose UNet weights come to ``device`` only while they run (``offload.WeightStreamer``): block by
+    block (``unit="block"``) or the whole UNet at a time (``"model"``). On a CPU our .safetensors files stay the
+    weights' home (read per block: the resident weights are one block); otherwise a copy in CPU memory (pinned for
+    a GPU)."""
+    from .model_files import check_state_dict, read_unet
+    from .models.unet import build_unet
+    from .offload import FileSource, MemorySource, WeightStreamer
+    from .tensorfiles import read_metadata
+    path = Path(path).expanduser()
+    meta = read_metadata(path) if path.is_file() and path.suffix == ".safetensors" else {}
+    if "unet_config" in meta and str(device) == "cpu":
+        cfg = meta_config(meta, "unet_config", UNetConfig, path)
+        source = FileSource(path)
+        with torch.device("meta"):
+            unet = build_unet(cfg)
+        if any(source.shape(n) is None for n, _ in unet.named_buffers()):
+            raise CheckpointError(f"{path} lacks the UNet's buffers (text whitening): export the model again")
+        _resident_buffers(unet, source.get, device, dtype)
+    else:
+        sd, cfg, meta = read_unet(path)
+        with torch.device("meta"):
+            unet = build_unet(cfg)
+        check_state_dict(unet, sd)
+        source = MemorySource({k: v.to(dtype) for k, v in sd.items()}, pin=str(device).startswith("cuda"))
+        _resident_buffers(unet, sd.__getitem__, device, dtype)
+    streamer = WeightStreamer(unet, source, device, dtype, units=[("", unet)] if unit == "model" else None)
+    unet.eval()
+    diffusion = meta_config(meta, "diffusion_config", DiffusionConfig, path, DiffusionConfig())
+    sample = meta_config(meta, "sample_config", SampleConfig, path, default_sampling(cfg.super_res))
+    meta_int(meta, "text_max_length", 77, path)
+    return Stage(unet=unet, diffusion=diffusion, settings=sample, meta=meta, streamer=streamer)
+
+
+def _resident_buffers(unet: torch.nn.Module, get, device: str, dtype: torch.dtype) -> None:
+    """A meta-built UNet's buffers (a few KB: the text whitening) read in and kept on the device."""
+    for name, _ in list(unet.named_buffers()):
+        owner, _, attr = name.rpartition(".")
+        t = get(name)
+        unet.get_submodule(owner).register_buffer(attr, t.to(device, dtype if t.is_floating_point() else t.dtype))
 
 
 def export_weights(run_dir: str | Path, dest: str | Path, dtype: torch.dtype = torch.float16,

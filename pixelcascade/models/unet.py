@@ -283,7 +283,7 @@ class UNet(nn.Module):
         if pooled_text_emb is not None:  # a style prompt: through the same input map as the prompt's own states
             pool_src = adapt_pooled(self, self.cfg.adapter, pooled_text_emb.to(self.dtype))
         pooled = self.encoder_pooling(pool_src)  # [B, ted]
-        if not keys_values or _sharded(self.attention_blocks):
+        if not keys_values or self.weights_streamed or _sharded(self.attention_blocks):
             return encoder_out, pooled
         text_kv = tuple(blk.text_keys_values(encoder_out) for blk in self.attention_blocks)
         return encoder_out, pooled, text_kv  # per block [B, L, 2C]
@@ -296,6 +296,9 @@ class UNet(nn.Module):
     # training: keep only each block's input and recompute the block's inside during the backward pass (about a
     # third more compute for a fraction of the activation memory); set by train.grad_checkpointing
     gradient_checkpointing = False
+    # offload.WeightStreamer: a block's weights are on the device only inside its own forward, so the text
+    # keys/values are not precomputed for all blocks (each block projects its own)
+    weights_streamed = False
 
     def _run(self, h: torch.Tensor, emb: torch.Tensor, encoder_out: torch.Tensor,
              text_kv: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:

@@ -22,6 +22,7 @@ import torch
 
 from ..errors import PixelcascadeError
 from .captions import clean_caption
+from .quantize import QUANTIZED, QuantizationError, compute_dtype, quantize_linear, quantize_linears
 
 
 class TextEncoderError(PixelcascadeError, ValueError):
@@ -55,7 +56,8 @@ class HFEncoder:
     """Per-token states of a local Hugging Face encoder (BERT-like or T5's encoder)."""
 
     def __init__(self, path: str | Path, max_length: int = 77, dtype: torch.dtype = torch.float32,
-                 device: str = "cpu", name: str | None = None, clean: bool = False, t5: bool = False):
+                 device: str = "cpu", name: str | None = None, clean: bool = False, t5: bool = False,
+                 quantize: str | None = None):
         path = Path(path).expanduser()
         if carries_text_encoder(path):  # a diffusers pipeline folder (IF-I-*: T5 inside)
             path = path / "text_encoder"
@@ -65,21 +67,24 @@ class HFEncoder:
         if not (path / "config.json").is_file():
             raise TextEncoderError(f"no text encoder at {path}: expected a Hugging Face model folder with "
                                    "config.json (and tokenizer files); models cannot be downloaded here")
+        self._load_args = (path, tok_path, dtype, device, max_length, t5, quantize)
         try:
-            self._load(path, tok_path, dtype, device, max_length, t5)
-        except TextEncoderError:
+            self._load(*self._load_args)
+        except (TextEncoderError, QuantizationError):
             raise
         except Exception as e:  # whatever transformers or tokenizers raise for a broken folder: one line
             from ..tensorfiles import folder_unreadable
             raise TextEncoderError(folder_unreadable(path, e, "a text encoder")) from None
         self.max_length, self.device, self.clean = max_length, device, clean
-        self.name = name or f"{path.name}-L{max_length}"
+        self.name = (name or f"{path.name}-L{max_length}") + (f"-{quantize}" if quantize else "")
+        self.quantized = quantize
         self.warned = False
 
-    def _load(self, path: Path, tok_path: Path, dtype, device: str, max_length: int, t5: bool) -> None:
+    def _load(self, path: Path, tok_path: Path, dtype, device: str, max_length: int, t5: bool,
+              quantize: str | None = None) -> None:
         from .bert import load_native_bert, native_bert_supported
         # BERT-family folders (the default MiniLM) run on our own BERT: the same states, no transformers import
-        self.native = not t5 and tok_path == path and native_bert_supported(path)
+        self.native = not t5 and not quantize and tok_path == path and native_bert_supported(path)
         if self.native:
             self.tokenizer, self.model = load_native_bert(path, dtype)
             self.model.to(device)
@@ -94,7 +99,12 @@ class HFEncoder:
             self.tokenizer = AutoTokenizer.from_pretrained(str(tok_path))
             is_t5 = t5 or AutoConfig.from_pretrained(str(path)).model_type in ("t5", "mt5", "umt5")
             cls = T5EncoderModel if is_t5 else AutoModel  # encoder-decoder folders: the encoder only
-            self.model = cls.from_pretrained(str(path), torch_dtype=dtype).to(device).eval()
+            if quantize and is_t5:  # T5-XXL never whole in bf16: each weight quantized as it is read
+                self.model = load_t5_quantized(path, quantize).to(device).eval()
+            else:
+                self.model = cls.from_pretrained(str(path), torch_dtype=dtype).to(device).eval()
+                if quantize:
+                    quantize_linears(self.model, quantize)
             self.model.requires_grad_(False)
             self.dim = int(self.model.config.hidden_size if hasattr(self.model.config, "hidden_size")
                            else self.model.config.d_model)
@@ -135,6 +145,9 @@ class HFEncoder:
         if not allow_empty:
             texts = check_prompts(texts)
         tok = self.tokenize(texts)
+        if self.model is None:  # released after its last use (offloading on a CPU): read it again
+            path, tok_path, dtype, _, max_length, t5, quantize = self._load_args
+            self._load(path, tok_path, dtype, self.device, max_length, t5, quantize)
         ids, mask = tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device)
         if self.native:
             out = self.model(ids, mask)
@@ -142,9 +155,14 @@ class HFEncoder:
             out = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # [B, L, D]
         return out.float(), mask
 
+    def release(self) -> None:
+        """Free the weights (the tokenizer stays): the next call reads them from the folder again."""
+        self.model = None
+
     def to(self, device) -> HFEncoder:
         """Move the model (for offloading between stages); tokens follow it."""
-        self.model.to(device)
+        if self.model is not None:
+            self.model.to(device)
         self.device = str(device)
         return self
 
@@ -154,16 +172,65 @@ class HFEncoder:
         return emb.expand(n, -1, -1), mask.expand(n, -1)
 
 
-def T5Encoder(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.bfloat16) -> HFEncoder:
+def T5Encoder(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.bfloat16,
+              quantize: str | None = None) -> HFEncoder:
     """IF's text encoder: t5-v1_1-xxl (local folder), 77 tokens, bf16, IF's caption cleaning. Its name (the key
     of cached caption states) carries its width and a hash of its model config (without the folder's path), so
-    T5s of other sizes never share cached states."""
-    enc = HFEncoder(path, max_length=77, dtype=dtype, device=device, clean=True, t5=True)
+    T5s of other sizes never share cached states. ``quantize`` ("int8", "nf4"): weight-only quantized linears
+    (``text.quantize``), named with the mode appended."""
+    enc = HFEncoder(path, max_length=77, dtype=dtype, device=device, clean=True, t5=True, quantize=quantize)
     conf = {k: v for k, v in enc.model.config.to_dict().items()
             if k not in ("_name_or_path", "transformers_version", "torch_dtype", "dtype")}
     conf = json.dumps(conf, sort_keys=True, default=str)
-    enc.name = f"t5-{enc.dim}d-{hashlib.sha1(conf.encode()).hexdigest()[:8]}-L77"
+    enc.name = f"t5-{enc.dim}d-{hashlib.sha1(conf.encode()).hexdigest()[:8]}-L77" + (f"-{quantize}" if quantize
+                                                                                   else "")
     return enc
+
+
+def load_t5_quantized(path: Path, mode: str) -> torch.nn.Module:
+    """A T5 encoder built on the meta device and filled one tensor at a time from its weight files, each linear
+    quantized as it arrives: the peak memory is the quantized encoder plus one bf16 weight, never the whole
+    encoder in bf16 (9.5 GB for T5-XXL). Reads safetensors, or .bin files memory-mapped with weights_only."""
+    from transformers import AutoConfig, T5EncoderModel
+
+    from ..tensorfiles import torch_load_tensors
+    with torch.device("meta"):
+        model = T5EncoderModel(AutoConfig.from_pretrained(str(path)))
+    wanted = dict(model.named_parameters(remove_duplicate=False))
+    files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+    if not files:
+        raise TextEncoderError(f"no weights (*.safetensors or *.bin) in {path}: copy the encoder's folder again")
+    dtype = compute_dtype(mode)
+    loaded = set()
+    for file in files:
+        for name, tensor in _weight_tensors(file, torch_load_tensors):
+            if name not in wanted:  # a whole T5's decoder and LM head: not the encoder's
+                continue
+            owner, _, attr = name.rpartition(".")
+            module = model.get_submodule(owner)
+            setattr(module, attr, torch.nn.Parameter(tensor.to(dtype), requires_grad=False))
+            if isinstance(module, torch.nn.Linear) and attr == "weight":
+                quantize_linear(module, mode)
+            loaded.add(name)
+    if "shared.weight" in loaded:  # the token embedding is stored once, shared by name with the encoder stack
+        model.encoder.embed_tokens.weight = model.shared.weight
+        loaded.add("encoder.embed_tokens.weight")
+    missing = sorted(set(wanted) - loaded)
+    if missing:
+        raise TextEncoderError(f"{path} lacks {len(missing)} of the encoder's weights (e.g. {missing[0]}): "
+                               "the folder is incomplete; copy it again")
+    return model
+
+
+def _weight_tensors(file: Path, torch_load_tensors):
+    """(name, tensor) pairs of one weights file, read one at a time."""
+    if file.suffix == ".safetensors":
+        from safetensors import safe_open
+        with safe_open(str(file), framework="pt") as f:
+            for name in f.keys():
+                yield name, f.get_tensor(name)
+    else:
+        yield from torch_load_tensors(file, mmap=True).items()
 
 
 def minilm_path() -> Path:
@@ -191,12 +258,22 @@ def minilm(max_length: int = 32, device: str = "cpu") -> HFEncoder:
                      name=f"all-MiniLM-L6-v2{pruned_tag(path)}-L{max_length}")
 
 
-def load_encoder(spec: str, max_length: int, device: str = "cpu") -> HFEncoder:
-    """``"minilm"`` or a local folder (a T5 folder is detected from its config)."""
+def load_encoder(spec: str, max_length: int, device: str = "cpu", text_dtype: str | None = None) -> HFEncoder:
+    """``"minilm"`` or a local folder (a T5 folder is detected from its config). ``text_dtype`` (fp32, bf16,
+    int8, nf4; ``text.quantize``): the encoder's weights; None: its own default (T5 bf16, others fp32)."""
+    quantize = text_dtype if text_dtype in QUANTIZED else None
     if spec in ("minilm", "all-MiniLM-L6-v2"):
-        return minilm(max_length, device)
+        if text_dtype in (None, "fp32"):
+            return minilm(max_length, device)
+        from .bert import pruned_tag
+        path = minilm_path()
+        return HFEncoder(path, max_length=max_length, device=device, dtype=compute_dtype(text_dtype),
+                         name=f"all-MiniLM-L6-v2{pruned_tag(path)}-L{max_length}", quantize=quantize)
     path = Path(spec).expanduser()
-    return T5Encoder(path, device) if is_t5(spec) else HFEncoder(path, max_length=max_length, device=device)
+    if is_t5(spec):
+        return T5Encoder(path, device, compute_dtype(text_dtype or "bf16"), quantize=quantize)
+    return HFEncoder(path, max_length=max_length, device=device, dtype=compute_dtype(text_dtype or "fp32"),
+                     quantize=quantize)
 
 
 def carries_text_encoder(folder: str | Path) -> bool:
