@@ -135,7 +135,7 @@ def load(model: str | Path = "shapes", *, device: str = "cpu", dtype=None, text_
     if not allow_sr_first and stages[0].is_super_res:
         raise ModelError(f"{paths[0]}: the first stage is a super-resolution model; stage I (text -> image) must "
                          "run first: list the stage I model before the stage II one")
-    spec = text_encoder or _encoder_spec(paths[0], stages[0].meta, stages[0].cfg.encoder_dim)
+    spec = text_encoder or encoder_spec(paths[0], stages[0].meta, stages[0].cfg.encoder_dim)
     encoder = _stage_encoder(stages[0], paths[0], spec, home, text_encoder_dtype, prompt_states)
     try:
         return Cascade(stages, encoder, offload=device if offload and device != "cpu" else None,
@@ -164,7 +164,7 @@ def _offload_mode(offload) -> str:
                      "(the UNets' weights streamed block by block)")
 
 
-def _encoder_spec(path: Path, meta: dict, encoder_dim: int) -> str:
+def encoder_spec(path: Path, meta: dict, encoder_dim: int) -> str:
     """The text encoder a model reads: the one its file names, a diffusers IF-I folder's own T5, MiniLM for
     384-d models; else one error asking for --text-encoder."""
     from .text.encoder import carries_text_encoder
@@ -214,7 +214,7 @@ def load_text_encoder(model: str | Path = "shapes", *, text_encoder: str | None 
     first = stage_paths(model)[0]
     meta = read_metadata(first) if first.is_file() else {}
     dim = json.loads(meta["unet_config"]).get("encoder_dim", 0) if "unet_config" in meta else 0
-    spec = text_encoder or _encoder_spec(first, meta, dim)
+    spec = text_encoder or encoder_spec(first, meta, dim)
     try:
         return load_encoder(spec, int(meta.get("text_max_length", 77)), device=_device(device),
                             text_dtype=text_encoder_dtype)

@@ -144,7 +144,15 @@ def unet_config_of(path: str | Path) -> UNetConfig:
 
 
 def load_unet(path: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> tuple[UNet, dict]:
-    """:func:`read_unet`, built and loaded strictly. Returns (model in eval mode, metadata dict)."""
+    """:func:`read_unet`, built and loaded strictly. Returns (model in eval mode, metadata dict). Our .safetensors
+    files are read one tensor at a time into the model (the peak is the model plus one tensor, not twice it)."""
+    path = Path(path).expanduser()
+    if path.is_file() and path.suffix == ".safetensors":
+        from .offload import FileSource
+        from .tensorfiles import read_metadata
+        meta = read_metadata(path)
+        if "unet_config" in meta:
+            return _load_by_tensor(path, FileSource(path), meta, dtype, device), meta
     sd, cfg, meta = read_unet(path)
     with torch.device("meta"):  # names and shapes checked on a model that holds no memory, before the real one
         model = build_unet(cfg)
@@ -152,6 +160,26 @@ def load_unet(path: str | Path, dtype: torch.dtype = torch.float32, device: str 
     _materialize(model, dtype)  # the file fills every weight: no random initialisation to throw away
     load_state_dict_checked(model, sd)
     return model.to(device=device, dtype=dtype).eval(), meta
+
+
+def _load_by_tensor(path: Path, source, meta: dict, dtype: torch.dtype, device: str) -> UNet:
+    cfg = meta_config(meta, "unet_config", UNetConfig, path)
+    with torch.device("meta"):
+        model = build_unet(cfg)
+    own = model.state_dict()
+    # names and sizes checked before anything is read (IF keeps some linear weights as [C_out, C_in, 1] convs:
+    # the same size in another shape, reshaped as they load)
+    stored = {}
+    for name in source.entries:
+        shape = torch.Size(source.shape(name))
+        same_size = name in own and shape.numel() == own[name].numel()
+        stored[name] = torch.empty(own[name].shape if same_size else shape, device="meta")
+    check_state_dict(model, stored)
+    _materialize(model, dtype)
+    with torch.no_grad():
+        for name, t in model.state_dict(keep_vars=True).items():
+            t.copy_(source.get(name).reshape(t.shape))
+    return model.to(device=device).eval()
 
 
 def _materialize(model: torch.nn.Module, dtype: torch.dtype = torch.float32) -> None:

@@ -431,6 +431,10 @@ class Cascade:
                negative_prompt=None, **extra) -> dict:
         """The settings record of one image this cascade made (:func:`pixelcascade.pipeline.settings_record`)."""
         p = next(self.stages[0].unet.parameters()) if hasattr(self.stages[0], "unet") else None
+        if getattr(self.encoder, "quantized", None):  # what changes the text states, beside each image
+            extra.setdefault("text_encoder_dtype", self.encoder.quantized)
+        if hasattr(self.encoder, "texts") and hasattr(self.encoder, "path"):  # prompt_states.StatesEncoder
+            extra.setdefault("prompt_states", str(self.encoder.path))
         return settings_record(prompt=prompt, seed=seed, settings=settings, size=size, model=self.source,
                                device=self.offload or (str(p.device) if p is not None else "cpu"),
                                dtype=DTYPE_NAMES.get(p.dtype, str(p.dtype)) if p is not None else "fp32",

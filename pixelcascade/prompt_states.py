@@ -54,6 +54,9 @@ class StatesEncoder:
 
     def __init__(self, path: str | Path):
         self.path = Path(path).expanduser()
+        if not self.path.is_file():
+            raise CheckpointError(f"no prompt-states file at {self.path}: make one with "
+                                  "`pixelcascade encode \"PROMPT\" ... -o states.safetensors`")
         tensors, meta = read_tensors(self.path)
         if meta.get("format") != FORMAT or "states" not in tensors:
             raise CheckpointError(f"{self.path} is not a prompt-states file: make one with "

@@ -17,9 +17,9 @@ LAYERS = {
     "diffusion": 1, "diffusion.schedule": 1, "text": 1, "text.captions": 1, "text.bert": 1,
     "models": 2, "text.encoder": 2, "diffusion.denoiser": 2, "diffusion.losses": 2, "diffusion.guidance": 2,
     "diffusion.layout": 2, "features": 2,
-    "samplers": 3, "convert": 3, "model_files": 3, "lora": 3,
+    "samplers": 3, "convert": 3, "model_files": 3, "lora": 3, "offload": 3, "prompt_states": 3,
     "pipeline": 4, "weights": 4, "stage3": 4, "data": 4, "diffusers_export": 4,
-    "api": 5, "__init__": 5, "training": 5,  # the package's __init__ is the public face: pixelcascade.load
+    "api": 5, "memory": 5, "__init__": 5, "training": 5,  # the package's __init__ is the public face: pixelcascade.load
     "eval": 6,
     "serve": 7, "cli": 7,
 }

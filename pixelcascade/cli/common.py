@@ -46,13 +46,15 @@ def device_and_dtype(a) -> tuple:
 
 
 def load_cascade(model: str | Path, device: str = "cpu", dtype=None, text_encoder: str | None = None,
-                 max_stages: int | None = None, allow_sr_first: bool = False, offload: bool = False,
-                 stage3: str | None = None, lora: list[str] | None = None):
+                 max_stages: int | None = None, allow_sr_first: bool = False, offload: bool | str = False,
+                 stage3: str | None = None, lora: list[str] | None = None, text_encoder_dtype: str | None = None,
+                 prompt_states: str | None = None):
     """:func:`pixelcascade.api.load`, its errors as one line for the command line."""
     from ..api import load
     try:
         return load(model, device=device, dtype=dtype, text_encoder=text_encoder, max_stages=max_stages,
-                    allow_sr_first=allow_sr_first, offload=offload, stage3=stage3, lora=lora)
+                    allow_sr_first=allow_sr_first, offload=offload or False, stage3=stage3, lora=lora,
+                    text_encoder_dtype=text_encoder_dtype, prompt_states=prompt_states)
     except ModelError as e:
         raise UserError(str(e)) from None
 

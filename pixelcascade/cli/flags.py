@@ -8,6 +8,7 @@ import argparse
 from ..config import SAMPLER_NAMES
 from ..inputs import DEFAULT_MAX_PIXELS
 from ..shipped import shipped_models
+from ..text.quantize import TEXT_DTYPES
 
 
 class Parser(argparse.ArgumentParser):
@@ -107,6 +108,9 @@ def model_flags(g: argparse.ArgumentParser, default: str = "shapes", dtype: str 
                         ".safetensors stage, a folder of stage*.safetensors, comma-separated stage files, or an "
                         f"official IF / diffusers model folder (default: {default})")
     g.add_argument("--text-encoder", help="override the text encoder: 'minilm' or a local HF/T5 folder")
+    g.add_argument("--text-encoder-dtype", choices=TEXT_DTYPES, metavar="{fp32,bf16,int8,nf4}",
+                   help="the text encoder's weights: int8 halves T5-XXL's 9.5 GB, nf4 quarters it (needs torchao); "
+                        "default: its own (T5 bf16, MiniLM fp32). docs/memory.md has the states' error")
     g.add_argument("--lora", action="append", metavar="PATH[:SCALE]",
                    help="a LoRA adapter (a LoRA run's lora.safetensors) merged into the stage it was trained on, "
                         "at SCALE (default 1; 0.5 half its effect); repeat the flag for several")
@@ -151,8 +155,11 @@ def image_args(g: argparse.ArgumentParser) -> None:
     model_flags(g)
     g.add_argument("--stage3", help="append a third stage: a local stable-diffusion-x4-upscaler folder (IF's "
                                     "stage III) or one of our super-resolution .safetensors")
-    g.add_argument("--offload", action="store_true",
-                   help="small GPUs: keep the models on the CPU and move each to --device only while it runs")
+    g.add_argument("--offload", nargs="?", const="model", choices=("model", "sequential"),
+                   help="less memory: 'model' (the flag alone) keeps one model at a time where it runs (a GPU: the "
+                        "others wait in CPU memory; a CPU: each is read from its file when it runs, then freed); "
+                        "'sequential' streams the UNets' weights block by block (slower, least memory). "
+                        "`pixelcascade memory` shows what each takes")
     g.add_argument("--max-pixels", type=at_least_1, default=DEFAULT_MAX_PIXELS,
                    help=f"the largest image read or made, in pixels (default {DEFAULT_MAX_PIXELS:,}): input images "
                         "are checked from their header before decoding (a small PNG can declare a huge image), "

@@ -14,6 +14,7 @@ from ..inputs import DEFAULT_MAX_PIXELS, read_image, read_mask, read_prompt_line
 from .common import UserError, check_writable, device_and_dtype, load_cascade, out_of_memory, slug
 from .flags import (
     image_args,
+    model_flags,
     positive,
 )
 
@@ -32,8 +33,29 @@ def add_commands(sub) -> None:
                               "--device cuda --dtype fp16 -o cat.png")
     g.add_argument("prompts", nargs="*", help="one or more prompts")
     g.add_argument("--prompts-file", help="a text file with one prompt a line")
+    g.add_argument("--prompt-states", metavar="FILE",
+                   help="text states from `pixelcascade encode` instead of the text encoder, which is then never "
+                        "loaded: the file's prompts (or those given, which it must hold)")
     image_args(g)
     g.set_defaults(fn=cmd_generate)
+
+    enc = sub.add_parser("encode", help="prompts -> a text-states file, so generate needs no text encoder",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         description="Encode prompts once with the text encoder a model reads (T5-XXL for IF) and "
+                                     "write their states, the empty prompt's (for guidance) and the token spans "
+                                     "(for layout guidance) to one .safetensors. `generate --prompt-states FILE` "
+                                     "then runs the UNets without the encoder in memory (diffusers' prompt_embeds).",
+                         epilog="examples:\n"
+                                '  pixelcascade encode "a red circle" "two blue squares" -o states.safetensors\n'
+                                "  pixelcascade generate --prompt-states states.safetensors -o outs/\n"
+                                '  pixelcascade encode --prompts-file prompts.txt --model /models/IF-I-XL '
+                                "--text-encoder-dtype int8 -o states.safetensors")
+    enc.add_argument("prompts", nargs="*", help="one or more prompts")
+    enc.add_argument("--prompts-file", help="a text file with one prompt a line")
+    enc.add_argument("--negative-prompt", default="", help="also encode this negative prompt (generate's flag)")
+    enc.add_argument("-o", "--output", default="states.safetensors", help="the states file to write")
+    model_flags(enc)
+    enc.set_defaults(fn=cmd_encode)
 
     i2i = sub.add_parser("img2img", help="image-to-image: noise an image part-way, denoise under a new prompt",
                          formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -160,8 +182,9 @@ def _run_and_save(req: ImageRequest, cascade) -> int:
             except RuntimeError as e:  # torch's allocation failures (CPU or CUDA): the size asked for, not a bug
                 if not out_of_memory(e):
                     raise
+                more = ", or add --offload (or --offload sequential)" if "cuda" in req.device else ""
                 raise UserError(f"out of memory sampling {len(ps)} image(s): lower --batch-size or --height/--width"
-                                f"{', or add --offload' if 'cuda' in req.device else ''}") from None
+                                f"{more}") from None
             for j, image in enumerate(result.images):
                 path = out if single else out / f"{start + j:04d}-{slug(ps[j])}.png"
                 record = {**result.settings[j], **req.inputs}
@@ -182,13 +205,38 @@ def _run_and_save(req: ImageRequest, cascade) -> int:
 
 def cmd_generate(a) -> int:
     import torch
-    prompts = _read_prompts(a)
+    prompts = _read_prompts(a) if a.prompts or a.prompts_file or not a.prompt_states else []
     check_writable(Path(a.output))
     if a.threads:
         torch.set_num_threads(a.threads)
     cascade = load_cascade(a.model, *device_and_dtype(a), a.text_encoder, max_stages=a.stages,
-                           offload=a.offload, stage3=a.stage3, lora=a.lora)
+                           offload=a.offload, stage3=a.stage3, lora=a.lora, text_encoder_dtype=a.text_encoder_dtype,
+                           prompt_states=a.prompt_states)
+    prompts = prompts or cascade.encoder.prompts  # --prompt-states alone: every prompt it holds
     return _run_and_save(ImageRequest.from_args(a, prompts), cascade)
+
+
+def cmd_encode(a) -> int:
+    from ..api import load_text_encoder
+    from ..prompt_states import write_prompt_states
+    from ..shipped import ModelError
+    from ..text.encoder import TextEncoderError
+    prompts = _read_prompts(a)
+    out = Path(a.output)
+    if out.suffix != ".safetensors":
+        raise UserError(f"-o {out}: states files are .safetensors; give a name ending in .safetensors")
+    check_writable(out)
+    t0 = time.time()
+    try:
+        encoder = load_text_encoder(a.model, text_encoder=a.text_encoder, device=device_and_dtype(a)[0],
+                                    text_encoder_dtype=a.text_encoder_dtype)
+        write_prompt_states(encoder, prompts, out, negative_prompts=[a.negative_prompt])
+    except (ModelError, TextEncoderError) as e:
+        raise UserError(str(e)) from None
+    print(out)
+    if not a.quiet:
+        print(f"{len(prompts)} prompt(s) encoded with {encoder.name} in {time.time() - t0:.1f} s", file=sys.stderr)
+    return 0
 
 
 def cmd_img2img(a) -> int:
@@ -202,7 +250,7 @@ def cmd_img2img(a) -> int:
     prompts = _read_prompts(a)
     check_writable(Path(a.output))
     cascade = load_cascade(a.model, *device_and_dtype(a), a.text_encoder, max_stages=a.stages,
-                           lora=a.lora)
+                           lora=a.lora, text_encoder_dtype=a.text_encoder_dtype, offload=a.offload)
     init, mask_t = cascade.edit_inputs(img, mask, a.stages)
     inputs = {"init_image": a.image, **({"mask": a.mask} if mask is not None else {})}
     return _run_and_save(ImageRequest.from_args(a, prompts, image=init, mask=mask_t, strength=a.strength,

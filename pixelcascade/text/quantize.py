@@ -11,10 +11,14 @@ stay in the encoder's dtype (bf16), so the states differ from bf16's by the weig
 from __future__ import annotations
 
 import logging
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import PixelcascadeError
+
+if TYPE_CHECKING:
+    import torch
+
+# (torch is imported inside the functions: the command line reads TEXT_DTYPES before it needs torch)
 
 # the text encoder's weights: what --text-encoder-dtype accepts
 TEXT_DTYPES = ("fp32", "bf16", "int8", "nf4")
@@ -34,6 +38,7 @@ def check_text_dtype(mode: str) -> str:
 
 def compute_dtype(mode: str) -> torch.dtype:
     """The dtype the encoder computes in: fp32 for fp32, else bf16 (the quantized modes dequantize to bf16)."""
+    import torch
     return torch.float32 if mode == "fp32" else torch.bfloat16
 
 
@@ -51,6 +56,7 @@ def _torchao():
 
 def quantize_linear(linear: torch.nn.Linear, mode: str) -> torch.nn.Linear:
     """``linear``'s weight quantized in place (``mode``: int8 or nf4); its bias stays as it is."""
+    import torch
     tq = _torchao()
     if mode == "int8":
         tq.quantize_(linear, tq.Int8WeightOnlyConfig())
@@ -67,6 +73,7 @@ def quantize_linear(linear: torch.nn.Linear, mode: str) -> torch.nn.Linear:
 
 def quantize_linears(model: torch.nn.Module, mode: str) -> torch.nn.Module:
     """Every ``nn.Linear`` of ``model`` quantized in place."""
+    import torch
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):
             quantize_linear(module, mode)
