@@ -27,6 +27,9 @@ from .offload import block_units
 
 CPU_ALLOCATOR_SLACK = 2.0  # peak RSS growth / live-tensor peak while sampling on a CPU (glibc), measured
 OFFLOAD_MODES = ("none", "model", "sequential")
+# what a quantized linear allocates while it runs, per weight: torchao dequantizes the whole weight for each call
+# (nf4 through int64 code indices), measured with LiveBytes on torchao 0.18 (tests/test_memory.py checks it)
+DEQUANT_BYTES_PER_WEIGHT = {"int8": 3.1, "nf4": 14.0}
 MB = 2 ** 20
 
 
@@ -97,11 +100,14 @@ def unet_memory(cfg: UNetConfig, dtype: torch.dtype, batch: int = 1, size: tuple
     weights = sum(p.numel() for p in unet.parameters()) * size_of
     largest = max((sum(p.numel() for p in u.parameters()) for _, u in block_units(unet)), default=0) * size_of
     h, w = size or (cfg.image_size, cfg.image_size)
+    # a GPU's step without one (a CPU-only torch cannot make even fake CUDA tensors): the CPU path's, whose
+    # attention runs in blocks as the GPU's flash kernel does; every other layer allocates the same
+    fake_device = device if device == "cpu" or torch.cuda.is_available() else "cpu"
     with FakeTensorMode(allow_non_fake_inputs=True):
-        _fake_model(unet, device, dtype)
-        peak = _step_peak(unet, cfg, 2 * batch if guidance else batch, h, w, text_length, device, grad=False)
+        _fake_model(unet, fake_device, dtype)
+        peak = _step_peak(unet, cfg, 2 * batch if guidance else batch, h, w, text_length, fake_device, grad=False)
         if layout:
-            peak = max(peak, _step_peak(unet, cfg, batch, h, w, text_length, device, grad=True))
+            peak = max(peak, _step_peak(unet, cfg, batch, h, w, text_length, fake_device, grad=True))
     return PartMemory(name, weights, largest, peak)
 
 
@@ -147,21 +153,33 @@ def estimate_peak(parts: list[PartMemory], mode: str, device: str = "cpu", basel
 
 
 def encoder_memory(spec: str, text_dtype: str | None, batch: int = 1, length: int = 77) -> PartMemory:
-    """A Hugging Face text encoder's memory (``spec``: "minilm" or a local folder) from its config, built on the
-    meta device: linear weights at ``text_dtype``'s bytes per weight, the rest in its compute dtype."""
+    """A Hugging Face text encoder's memory (``spec``: "minilm" or a local folder), from its config.json."""
     from pathlib import Path
 
     from .text.encoder import carries_text_encoder, is_t5, minilm_path
+    from .utils import import_transformers
+    import_transformers()
+    from transformers import AutoConfig
+    minilm = spec in ("minilm", "all-MiniLM-L6-v2")
+    path = minilm_path() if minilm else Path(spec).expanduser()
+    if carries_text_encoder(path):
+        path = path / "text_encoder"
+    label = "all-MiniLM-L6-v2" if minilm else path.parent.name if path.name == "text_encoder" else path.name
+    return config_encoder_memory(AutoConfig.from_pretrained(str(path)), text_dtype, batch, length,
+                                 t5=is_t5(str(path)), label=label)
+
+
+def config_encoder_memory(config, text_dtype: str | None, batch: int = 1, length: int = 77, t5: bool = True,
+                          label: str = "T5") -> PartMemory:
+    """An encoder's memory from its transformers config, built on the meta device: linear weights at
+    ``text_dtype``'s bytes per weight (int8, nf4: ``text.quantize``), the rest (token embedding, norms) in its
+    compute dtype; activations of the prompts and the empty prompt, from the widest layer (a few MB at 77
+    tokens)."""
     from .text.quantize import bytes_per_weight, compute_dtype
     from .utils import import_transformers
     import_transformers()
-    from transformers import AutoConfig, AutoModel, T5EncoderModel
-    path = minilm_path() if spec in ("minilm", "all-MiniLM-L6-v2") else Path(spec).expanduser()
-    if carries_text_encoder(path):
-        path = path / "text_encoder"
-    t5 = is_t5(str(path))
+    from transformers import AutoModel, T5EncoderModel
     mode = text_dtype or ("bf16" if t5 else "fp32")
-    config = AutoConfig.from_pretrained(str(path))
     with torch.device("meta"):
         model = T5EncoderModel(config) if t5 else AutoModel.from_config(config)
     linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
@@ -173,7 +191,9 @@ def encoder_memory(spec: str, text_dtype: str | None, batch: int = 1, length: in
     heads = getattr(config, "num_heads", None) or config.num_attention_heads
     rows = 2 * batch  # the prompts and the empty prompt (guidance)
     activations = rows * length * (3 * ff + 6 * d) * size + rows * heads * length * length * 4
-    return PartMemory(f"text encoder ({path.name}, {mode})", weights, weights, activations)
+    widest = max((m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear)), default=0)
+    activations += int(DEQUANT_BYTES_PER_WEIGHT.get(mode, 0) * widest)
+    return PartMemory(f"text encoder ({label}, {mode})", weights, weights, activations)
 
 
 def process_rss() -> int:

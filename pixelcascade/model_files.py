@@ -148,8 +148,7 @@ def load_unet(path: str | Path, dtype: torch.dtype = torch.float32, device: str 
     files are read one tensor at a time into the model (the peak is the model plus one tensor, not twice it)."""
     path = Path(path).expanduser()
     if path.is_file() and path.suffix == ".safetensors":
-        from .offload import FileSource
-        from .tensorfiles import read_metadata
+        from .tensorfiles import FileSource, read_metadata
         meta = read_metadata(path)
         if "unet_config" in meta:
             return _load_by_tensor(path, FileSource(path), meta, dtype, device), meta

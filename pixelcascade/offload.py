@@ -14,52 +14,9 @@ instead while its weights stream (``weights_streamed``).
 
 from __future__ import annotations
 
-import json
-import os
-import struct
-from pathlib import Path
-
 import torch
 
-from .tensorfiles import CheckpointError
-
-_SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
-                       "I64": torch.int64, "I32": torch.int32, "I8": torch.int8, "U8": torch.uint8,
-                       "BOOL": torch.bool}
-
-
-class FileSource:
-    """Tensors read on demand from a .safetensors file with ``os.pread`` (no memory map: nothing of the file
-    stays resident once a unit is released)."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        with open(self.path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))
-        header.pop("__metadata__", None)
-        self.start = 8 + n
-        self.entries = header
-        self._fd = os.open(self.path, os.O_RDONLY)
-
-    def shape(self, name: str) -> tuple[int, ...] | None:
-        e = self.entries.get(name)
-        return None if e is None else tuple(e["shape"])
-
-    def get(self, name: str) -> torch.Tensor:
-        e = self.entries[name]
-        lo, hi = e["data_offsets"]
-        buf = bytearray(os.pread(self._fd, hi - lo, self.start + lo))
-        dtype = _SAFETENSORS_DTYPES[e["dtype"]]
-        if not buf:
-            return torch.empty(e["shape"], dtype=dtype)
-        return torch.frombuffer(buf, dtype=dtype).reshape(e["shape"])
-
-    def __del__(self):
-        try:
-            os.close(self._fd)
-        except (AttributeError, OSError):
-            pass
+from .tensorfiles import CheckpointError, FileSource  # noqa: F401  (a weights source)
 
 
 class MemorySource:

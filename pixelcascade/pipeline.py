@@ -21,6 +21,7 @@ from .errors import PixelcascadeError
 from .inputs import DEFAULT_MAX_PIXELS
 from .samplers import get_sampler
 from .text.relations import LayoutTarget, parse_relation, relation_target
+from .utils import release_heap
 
 
 class PipelineError(PixelcascadeError, ValueError):
@@ -442,16 +443,16 @@ class Cascade:
                                if isinstance(negative_prompt, str) else "", lora=self.loras, **extra)
 
     def _states(self, prompts, negative_prompts, text_states, negative_states_):
-        """(text states, mask, unconditional states, mask): encoded here, or as given."""
-        if text_states is None:
-            with self._on_device(self.encoder):
+        """(text states, mask, unconditional states, mask): encoded here, or as given (one stay of the encoder on
+        the device, or in memory when offloading on a CPU)."""
+        with self._on_device(self.encoder):
+            if text_states is None:
                 text_emb, text_mask = self.encoder(prompts)
-        else:
-            text_emb, text_mask = text_states
-        if negative_states_ is not None:
-            uncond, uncond_mask = negative_states_
-        else:
-            with self._on_device(self.encoder):
+            else:
+                text_emb, text_mask = text_states
+            if negative_states_ is not None:
+                uncond, uncond_mask = negative_states_
+            else:
                 uncond, uncond_mask = negative_states(self.encoder, negative_prompts, text_emb.shape[0],
                                                       with_mask=True)
         return text_emb, text_mask, uncond, uncond_mask
@@ -486,6 +487,7 @@ class Cascade:
                 streamer.release_all() if streamer is not None else part.release()
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
+                release_heap()
             return
         if not self.offload or not hasattr(part, "to"):
             yield

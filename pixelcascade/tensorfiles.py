@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import struct
 from pathlib import Path
 
 import torch
@@ -96,3 +99,49 @@ def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metada
     from safetensors.torch import save_file
     with atomic_path(path) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+
+
+_SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
+                       "I64": torch.int64, "I32": torch.int32, "I8": torch.int8, "U8": torch.uint8,
+                       "BOOL": torch.bool}
+
+
+class FileSource:
+    """Tensors read one at a time from a .safetensors file with ``os.pread``, each into its own memory: no memory
+    map, so nothing of the file stays resident beside what is kept (safetensors' own reader maps the file, and a
+    tensor taken from it without a copy keeps the whole file's pages resident). Streamed UNets, our model files
+    and quantized T5 load through it."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            with open(self.path, "rb") as f:
+                (n,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(n))
+            header.pop("__metadata__", None)
+            assert all({"dtype", "shape", "data_offsets"} <= set(e) for e in header.values())
+        except (OSError, struct.error, ValueError, AssertionError, AttributeError) as e:
+            raise CheckpointError(f"cannot read {self.path} as safetensors ({type(e).__name__}): the file is "
+                                  "corrupt or truncated; copy it again") from None
+        self.start = 8 + n
+        self.entries = header
+        self._fd = os.open(self.path, os.O_RDONLY)
+
+    def shape(self, name: str) -> tuple[int, ...] | None:
+        e = self.entries.get(name)
+        return None if e is None else tuple(e["shape"])
+
+    def get(self, name: str) -> torch.Tensor:
+        e = self.entries[name]
+        lo, hi = e["data_offsets"]
+        buf = bytearray(os.pread(self._fd, hi - lo, self.start + lo))
+        dtype = _SAFETENSORS_DTYPES[e["dtype"]]
+        if not buf:
+            return torch.empty(e["shape"], dtype=dtype)
+        return torch.frombuffer(buf, dtype=dtype).reshape(e["shape"])
+
+    def __del__(self):
+        try:
+            os.close(self._fd)
+        except (AttributeError, OSError):
+            pass

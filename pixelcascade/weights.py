@@ -33,8 +33,8 @@ def load_stage_offloaded(path: str | Path, device: str, dtype: torch.dtype, unit
     a GPU)."""
     from .model_files import check_state_dict, read_unet
     from .models.unet import build_unet
-    from .offload import FileSource, MemorySource, WeightStreamer
-    from .tensorfiles import read_metadata
+    from .offload import MemorySource, WeightStreamer
+    from .tensorfiles import FileSource, read_metadata
     path = Path(path).expanduser()
     meta = read_metadata(path) if path.is_file() and path.suffix == ".safetensors" else {}
     if "unet_config" in meta and str(device) == "cpu":

@@ -14,7 +14,7 @@ import sys
 from ..errors import PixelcascadeError
 from ..shipped import DEFAULT_MODEL, EMOJI_FEATURES, WEIGHTS_DIR, ModelError, shipped_models, stage_paths  # noqa: F401
 from ..version import __version__
-from . import data, evaluate, images, train, web
+from . import data, evaluate, images, memory, train, web
 from .common import UserError, load_cascade  # noqa: F401  (used by scripts and tests)
 from .flags import Parser
 from .images import load_image  # noqa: F401
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `pixelcascade COMMAND --help` for each command's options and examples.")
     ap.add_argument("--version", action="version", version=f"pixelcascade {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
-    for group in (images, train, data, evaluate, web):
+    for group in (images, train, data, evaluate, memory, web):
         group.add_commands(sub)
     return ap
 

@@ -105,6 +105,9 @@ class HFEncoder:
                 self.model = cls.from_pretrained(str(path), torch_dtype=dtype).to(device).eval()
                 if quantize:
                     quantize_linears(self.model, quantize)
+            if quantize:
+                from ..utils import release_heap
+                release_heap()  # the bf16 weights just quantized: back to the system, not kept in the heap
             self.model.requires_grad_(False)
             self.dim = int(self.model.config.hidden_size if hasattr(self.model.config, "hidden_size")
                            else self.model.config.d_model)
@@ -157,7 +160,12 @@ class HFEncoder:
 
     def release(self) -> None:
         """Free the weights (the tokenizer stays): the next call reads them from the folder again."""
+        import gc
+
+        from ..utils import release_heap
         self.model = None
+        gc.collect()  # a transformers model holds reference cycles: freed only by the collector
+        release_heap()
 
     def to(self, device) -> HFEncoder:
         """Move the model (for offloading between stages); tokens follow it."""
@@ -224,11 +232,11 @@ def load_t5_quantized(path: Path, mode: str) -> torch.nn.Module:
 
 def _weight_tensors(file: Path, torch_load_tensors):
     """(name, tensor) pairs of one weights file, read one at a time."""
-    if file.suffix == ".safetensors":
-        from safetensors import safe_open
-        with safe_open(str(file), framework="pt") as f:
-            for name in f.keys():
-                yield name, f.get_tensor(name)
+    if file.suffix == ".safetensors":  # read, not memory-mapped: no page of the bf16 file stays resident
+        from ..tensorfiles import FileSource
+        source = FileSource(file)
+        for name in source.entries:
+            yield name, source.get(name)
     else:
         yield from torch_load_tensors(file, mmap=True).items()
 
