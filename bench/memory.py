@@ -75,10 +75,14 @@ def _make_t5(path: Path, layers: int) -> None:
 
 def run_one(argv: list[str]) -> None:
     """In this process: the CLI, then the peak resident memory (VmHWM, bytes) as the last line."""
+    import time
+
     from pixelcascade.cli import main
+    t0 = time.perf_counter()
     rc = main(argv)
+    seconds = time.perf_counter() - t0
     hwm = next(ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith("VmHWM"))
-    print(json.dumps({"rc": rc, "peak_rss": int(hwm.split()[1]) * 1024}))
+    print(json.dumps({"rc": rc, "peak_rss": int(hwm.split()[1]) * 1024, "seconds": seconds}))
 
 
 def _child(argv: list[str]) -> dict:
@@ -107,10 +111,11 @@ def measure(root: Path, t5_layers: int, threads: int) -> list[dict]:
             got = _child(argv)
             est = estimate["peaks"][offload][text]
             row = {"bench": "memory", "offload": offload, "text": text, "measured_gb": got["peak_rss"] / GB,
-                   "estimate_gb": est / GB, "error": est / got["peak_rss"] - 1, "models": "IF-I-M + IF-II-M random, "
+                   "estimate_gb": est / GB, "error": est / got["peak_rss"] - 1, "seconds": got["seconds"],
+                   "models": "IF-I-M + IF-II-M random, "
                    f"T5-XXL width {t5_layers} layers", "unet_dtype": "bf16", "threads": threads, **cpu()}
             print(f"{offload:<11} {text:<7} measured {row['measured_gb']:.2f} GB  estimate {row['estimate_gb']:.2f} GB"
-                  f"  ({row['error']:+.1%})", flush=True)
+                  f"  ({row['error']:+.1%})  {row['seconds']:.1f} s", flush=True)
             rows.append(row)
     append_jsonl(RESULTS, rows)
     return rows

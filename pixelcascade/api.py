@@ -451,6 +451,26 @@ class Cascade(_EngineCascade):
         self.offload = _device(device)
         return self
 
+    def enable_sequential_cpu_offload(self, device: str = "cuda") -> Cascade:
+        """Stream every UNet's weights to ``device`` block by block from CPU memory (pinned for a GPU; the next
+        block copied while one runs), the text encoder moved there whole while it runs (diffusers' name; the
+        ``--offload sequential`` of a loaded cascade)."""
+        from .offload import MemorySource, WeightStreamer
+        device = _device(device)
+        self.to("cpu")
+        for st in self.stages:
+            if getattr(st, "unet", None) is None or st.streamer is not None:
+                continue
+            weights = {k: v.detach() for k, v in st.unet.named_parameters()}
+            st.streamer = WeightStreamer(st.unet, MemorySource(weights, pin=device.startswith("cuda")), device,
+                                         next(iter(weights.values())).dtype)
+            for name, buf in list(st.unet.named_buffers()):
+                owner, _, attr = name.rpartition(".")
+                st.unet.get_submodule(owner).register_buffer(attr, buf.to(device))
+        self.offload = device if device != "cpu" else None
+        self.offload_mode = "sequential"
+        return self
+
     def save_pretrained(self, folder: str | Path) -> Path:
         """Each stage as ``stageN.safetensors`` with its model card, loadable by :func:`load` (``folder``)."""
         from .weights import save_stage

@@ -27,10 +27,13 @@ from .offload import block_units
 
 CPU_ALLOCATOR_SLACK = 2.0  # peak RSS growth / live-tensor peak while sampling on a CPU (glibc), measured
 OFFLOAD_MODES = ("none", "model", "sequential")
+MB = 2 ** 20
 # what a quantized linear allocates while it runs, per weight: torchao dequantizes the whole weight for each call
 # (nf4 through int64 code indices), measured with LiveBytes on torchao 0.18 (tests/test_memory.py checks it)
 DEQUANT_BYTES_PER_WEIGHT = {"int8": 3.1, "nf4": 14.0}
-MB = 2 ** 20
+# and while it quantizes a weight as the encoder loads, beside that weight as read (bf16) and its file bytes:
+# (fixed bytes, bytes per weight)
+QUANTIZE_BYTES = {"int8": (0, 10.0), "nf4": (64 * MB, 5.0)}
 
 
 class LiveBytes(TorchDispatchMode):
@@ -72,7 +75,9 @@ class PartMemory:
     name: str
     weights: int
     largest_unit: int
-    activations: int
+    activations: int  # live tensors of one step (on a CPU, counted with the allocator's slack)
+    largest_tensor: int = 0  # read from the file beside the model as it loads (one tensor at a time)
+    transient: int = 0  # allocated in blocks of more than 32 MB, given back at once: no slack (nf4 dequantizing)
 
 
 def _fake_model(model: torch.nn.Module, device: str, dtype: torch.dtype) -> None:
@@ -99,6 +104,7 @@ def unet_memory(cfg: UNetConfig, dtype: torch.dtype, batch: int = 1, size: tuple
     size_of = torch.empty(0, dtype=dtype).element_size()
     weights = sum(p.numel() for p in unet.parameters()) * size_of
     largest = max((sum(p.numel() for p in u.parameters()) for _, u in block_units(unet)), default=0) * size_of
+    largest_tensor = max(p.numel() for p in unet.parameters()) * size_of
     h, w = size or (cfg.image_size, cfg.image_size)
     # a GPU's step without one (a CPU-only torch cannot make even fake CUDA tensors): the CPU path's, whose
     # attention runs in blocks as the GPU's flash kernel does; every other layer allocates the same
@@ -108,7 +114,7 @@ def unet_memory(cfg: UNetConfig, dtype: torch.dtype, batch: int = 1, size: tuple
         peak = _step_peak(unet, cfg, 2 * batch if guidance else batch, h, w, text_length, fake_device, grad=False)
         if layout:
             peak = max(peak, _step_peak(unet, cfg, batch, h, w, text_length, fake_device, grad=True))
-    return PartMemory(name, weights, largest, peak)
+    return PartMemory(name, weights, largest, peak, largest_tensor)
 
 
 def _step_peak(unet, cfg: UNetConfig, rows: int, h: int, w: int, length: int, device: str, grad: bool) -> int:
@@ -135,20 +141,28 @@ def estimate_peak(parts: list[PartMemory], mode: str, device: str = "cpu", basel
 
     * none: every model resident, plus the largest step.
     * model: one model at a time (on a CPU each read from its file, on a GPU moved there from CPU memory).
-    * sequential: the encoder as in model; each UNet only one block at a time (two on a GPU: one prefetched; on a
-      CPU the block's file bytes beside its converted copy).
-    On a CPU the activations count with :data:`CPU_ALLOCATOR_SLACK`; ``baseline`` is added as it is.
+    * sequential: the encoder as in model; each UNet only one block at a time (on a GPU two: one prefetched; on a
+      CPU one, beside the tensor being read from the file).
+    On a CPU the activations count with :data:`CPU_ALLOCATOR_SLACK`, and a model read from its file as it runs
+    (model, sequential) its largest tensor as read; ``baseline`` is added as it is.
     """
     if mode not in OFFLOAD_MODES:
         raise ValueError(f"offload mode {mode!r}: one of {', '.join(OFFLOAD_MODES)}")
-    slack = CPU_ALLOCATOR_SLACK if device == "cpu" else 1.0
+    cpu = device == "cpu"
+    slack = CPU_ALLOCATOR_SLACK if cpu else 1.0
+
+    def step(p: PartMemory) -> float:
+        return slack * p.activations + p.transient
     if mode == "none":
-        return int(baseline + sum(p.weights for p in parts) + slack * max(p.activations for p in parts))
+        return int(baseline + sum(p.weights for p in parts) + max(step(p) for p in parts))
     encoder, stages = parts[0], parts[1:]
-    each = [encoder.weights + slack * encoder.activations]
+    each = [encoder.weights + step(encoder)]
     for st in stages:
-        resident = st.weights if mode == "model" else 2 * st.largest_unit
-        each.append(resident + slack * st.activations)
+        if mode == "model":
+            resident = st.weights + (st.largest_tensor if cpu else 0)
+        else:
+            resident = st.largest_unit + st.largest_tensor if cpu else 2 * st.largest_unit
+        each.append(resident + step(st))
     return int(baseline + max(each))
 
 
@@ -192,8 +206,14 @@ def config_encoder_memory(config, text_dtype: str | None, batch: int = 1, length
     rows = 2 * batch  # the prompts and the empty prompt (guidance)
     activations = rows * length * (3 * ff + 6 * d) * size + rows * heads * length * length * 4
     widest = max((m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear)), default=0)
-    activations += int(DEQUANT_BYTES_PER_WEIGHT.get(mode, 0) * widest)
-    return PartMemory(f"text encoder ({label}, {mode})", weights, weights, activations)
+    running = DEQUANT_BYTES_PER_WEIGHT.get(mode, 0) * widest
+    loading = 0
+    if mode in QUANTIZE_BYTES:  # quantizing the last linear (the weight as read beside it), before the embedding
+        fixed, per_weight = QUANTIZE_BYTES[mode]
+        embedding = model.get_input_embeddings().weight.numel() * size
+        loading = fixed + (per_weight + 2 * size) * widest - embedding
+    transient = int(max(running, loading))
+    return PartMemory(f"text encoder ({label}, {mode})", weights, weights, activations, transient=transient)
 
 
 def process_rss() -> int:
@@ -223,9 +243,10 @@ def stage_config(path) -> tuple[UNetConfig, dict]:
 
 def memory_report(model: str = "shapes", *, device: str = "cpu", dtype: torch.dtype = torch.bfloat16,
                   batch: int = 1, text_encoder: str | None = None, text_dtypes: tuple = ("fp32", "bf16", "int8", "nf4"),
-                  baseline: int = 0) -> dict:
+                  baseline: int | dict = 0) -> dict:
     """Every part's memory and the peak of a ``batch``-image run at each offload mode and text encoder dtype
-    (plus "states": a prompt-states file, no encoder), as :func:`estimate_peak` counts it. Bytes."""
+    (plus "states": a prompt-states file, no encoder), as :func:`estimate_peak` counts it. Bytes. ``baseline``:
+    what the process holds before any model, one number or one per text encoder dtype (:func:`baselines`)."""
     from .api import encoder_spec
     from .config import SampleConfig
     from .model_files import meta_config
@@ -244,8 +265,26 @@ def memory_report(model: str = "shapes", *, device: str = "cpu", dtype: torch.dt
     length = int(meta.get("text_max_length", 77))
     encoders = {m: encoder_memory(spec, m, batch, length) for m in text_dtypes}
     encoders["states"] = PartMemory("prompt-states file (no encoder)", 0, 0, 0)
-    peaks = {mode: {m: estimate_peak([enc, *stages], mode, device, baseline) for m, enc in encoders.items()}
+    base = baseline if isinstance(baseline, dict) else dict.fromkeys(encoders, baseline)
+    peaks = {mode: {m: estimate_peak([enc, *stages], mode, device, base.get(m, 0)) for m, enc in encoders.items()}
              for mode in OFFLOAD_MODES}
     return {"model": str(model), "device": device, "dtype": str(dtype).replace("torch.", ""), "batch": batch,
-            "baseline": baseline, "parts": [vars(e) for e in encoders.values()] + [vars(s) for s in stages],
+            "baseline": base, "parts": [vars(e) for e in encoders.values()] + [vars(s) for s in stages],
             "peaks": peaks}
+
+
+def baselines() -> dict[str, int]:
+    """What a run's process holds before any model, per text encoder dtype, measured in this one as it imports
+    what each needs: torch (a prompt-states file), + transformers' T5 (an HF encoder), + torchao (int8, nf4)."""
+    base = {"states": process_rss()}
+    from .utils import import_transformers
+    import_transformers()
+    import transformers.models.t5.modeling_t5  # noqa: F401  (what loading an HF encoder imports)
+    base["fp32"] = base["bf16"] = process_rss()
+    from .text.quantize import QuantizationError, import_torchao
+    try:
+        import_torchao()
+    except QuantizationError:  # not installed: int8 / nf4 cannot run, their columns count without it
+        pass
+    base["int8"] = base["nf4"] = process_rss()
+    return base

@@ -127,6 +127,12 @@ class FileSource:
         self.entries = header
         self._fd = os.open(self.path, os.O_RDONLY)
 
+    def __iter__(self):  # the tensors' names, as a dict's keys (``source[name]`` reads one)
+        return iter(self.entries)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.get(name)
+
     def shape(self, name: str) -> tuple[int, ...] | None:
         e = self.entries.get(name)
         return None if e is None else tuple(e["shape"])

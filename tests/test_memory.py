@@ -89,3 +89,19 @@ def test_the_dequantization_allowance_is_what_torchao_allocates(mode):
         y = lin(x)
     transient = meter.peak - y.numel() * y.element_size()
     assert transient / lin.weight.numel() == pytest.approx(DEQUANT_BYTES_PER_WEIGHT[mode], rel=0.1)
+
+
+@pytest.mark.parametrize("mode", ["int8", "nf4"])
+def test_the_quantizing_allowance_is_what_torchao_allocates(mode):
+    """Quantizing a weight as the encoder loads allocates a fixed part and a part per weight (two sizes tell them
+    apart): what the estimate adds for the encoder's widest linear."""
+    pytest.importorskip("torchao")
+    from pixelcascade.memory import QUANTIZE_BYTES
+    from pixelcascade.text.quantize import quantize_linear
+    fixed, per_weight = QUANTIZE_BYTES[mode]
+    for shape in ((2048, 1024), (4096, 4096)):
+        lin = torch.nn.Linear(shape[1], shape[0], bias=False).to(torch.bfloat16)
+        meter = LiveBytes()
+        with torch.no_grad(), meter:
+            quantize_linear(lin, mode)
+        assert meter.peak == pytest.approx(fixed + per_weight * lin.weight.numel(), rel=0.1)

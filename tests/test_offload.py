@@ -189,3 +189,12 @@ def test_lora_with_streamed_weights_is_refused_with_the_fix(tmp_path):
         pixelcascade.load("shapes", offload="sequential", lora=[str(tmp_path / "x.safetensors")])
     with pytest.raises(ModelError, match="offload='everything'"):
         pixelcascade.load("shapes", offload="everything")
+
+
+def test_a_loaded_cascade_streams_its_weights_after_enable_sequential_cpu_offload(shapes):
+    """diffusers' call on a loaded pipe: the same pixels, and its UNets hold no weights between runs."""
+    ref = shapes(PROMPTS, seed=4, **FAST)
+    pipe = pixelcascade.load("shapes", dtype="fp32").enable_sequential_cpu_offload("cpu")
+    got = pipe(PROMPTS, seed=4, **FAST)
+    assert torch.equal(ref.images, got.images)
+    assert all(sum(p.numel() for p in st.unet.parameters()) == 0 for st in pipe.stages)

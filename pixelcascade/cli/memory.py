@@ -35,14 +35,12 @@ def add_commands(sub) -> None:
 def cmd_memory(a) -> int:
     import torch
 
-    from ..memory import memory_report, process_rss
+    from ..memory import baselines, memory_report
     from ..shipped import ModelError
     from ..tensorfiles import CheckpointError
     from ..text.encoder import TextEncoderError
-    from ..utils import import_transformers
     dtype = torch.bfloat16 if a.dtype == "auto" and a.device == "cuda" else dtype_arg(a.dtype, a.device)
-    import_transformers()  # part of a run's baseline, as generate with an HF encoder has it
-    baseline = process_rss() if a.device == "cpu" else 0
+    baseline = baselines() if a.device == "cpu" else 0  # measured here, as a run's process imports them
     try:
         report = memory_report(a.model, device=a.device, dtype=dtype, batch=a.batch_size,
                                text_encoder=a.text_encoder, baseline=baseline)
@@ -59,12 +57,14 @@ def _size(n: float) -> str:
 def format_report(r: dict) -> str:
     where = "process RSS, baseline included" if r["device"] == "cpu" else "GPU memory allocated"
     lines = [f"{r['model']}: UNets {r['dtype']} on {r['device']}, batch {r['batch']}"
-             + (f", baseline (Python + torch) {_size(r['baseline'])}" if r["baseline"] else ""), "",
+             + (f", baseline (Python + torch) {_size(r['baseline']['states'])}, + transformers "
+                f"{_size(r['baseline']['bf16'])}, + torchao {_size(r['baseline']['int8'])}"
+                if r["baseline"].get("states") else ""), "",
              f"{'part':<48}{'weights':>10}{'largest block':>15}{'step activations':>18}"]
     for p in r["parts"]:
         if p["weights"]:
             lines.append(f"{p['name']:<48}{_size(p['weights']):>10}{_size(p['largest_unit']):>15}"
-                         f"{_size(p['activations']):>18}")
+                         f"{_size(p['activations'] + p['transient']):>18}")
     cols = list(next(iter(r["peaks"].values())))
     lines += ["", f"peak ({where}) by --offload and --text-encoder-dtype ('states': generate --prompt-states):",
               f"{'offload':<12}" + "".join(f"{c:>10}" for c in cols)]

@@ -210,16 +210,16 @@ def load_t5_quantized(path: Path, mode: str) -> torch.nn.Module:
         raise TextEncoderError(f"no weights (*.safetensors or *.bin) in {path}: copy the encoder's folder again")
     dtype = compute_dtype(mode)
     loaded = set()
-    for file in files:
-        for name, tensor in _weight_tensors(file, torch_load_tensors):
-            if name not in wanted:  # a whole T5's decoder and LM head: not the encoder's
-                continue
-            owner, _, attr = name.rpartition(".")
-            module = model.get_submodule(owner)
-            setattr(module, attr, torch.nn.Parameter(tensor.to(dtype), requires_grad=False))
-            if isinstance(module, torch.nn.Linear) and attr == "weight":
-                quantize_linear(module, mode)
-            loaded.add(name)
+    sources = [_weights_file(f, torch_load_tensors) for f in files]
+    entries = [(src, name) for src in sources for name in src if name in wanted]  # not a whole T5's decoder
+    # the token embedding (not quantized: 263 MB in T5-XXL) last: the peak, quantizing a weight, comes before it
+    for src, name in sorted(entries, key=lambda e: e[1] == "shared.weight"):
+        owner, _, attr = name.rpartition(".")
+        module = model.get_submodule(owner)
+        setattr(module, attr, torch.nn.Parameter(src[name].to(dtype), requires_grad=False))
+        if isinstance(module, torch.nn.Linear) and attr == "weight":
+            quantize_linear(module, mode)
+        loaded.add(name)
     if "shared.weight" in loaded:  # the token embedding is stored once, shared by name with the encoder stack
         model.encoder.embed_tokens.weight = model.shared.weight
         loaded.add("encoder.embed_tokens.weight")
@@ -230,15 +230,13 @@ def load_t5_quantized(path: Path, mode: str) -> torch.nn.Module:
     return model
 
 
-def _weight_tensors(file: Path, torch_load_tensors):
-    """(name, tensor) pairs of one weights file, read one at a time."""
-    if file.suffix == ".safetensors":  # read, not memory-mapped: no page of the bf16 file stays resident
+def _weights_file(file: Path, torch_load_tensors):
+    """A weights file as a name -> tensor mapping read one tensor at a time: safetensors by plain reads (no page of
+    the file stays resident), .bin memory-mapped with weights_only."""
+    if file.suffix == ".safetensors":
         from ..tensorfiles import FileSource
-        source = FileSource(file)
-        for name in source.entries:
-            yield name, source.get(name)
-    else:
-        yield from torch_load_tensors(file, mmap=True).items()
+        return FileSource(file)
+    return torch_load_tensors(file, mmap=True)
 
 
 def minilm_path() -> Path:

@@ -42,7 +42,7 @@ def compute_dtype(mode: str) -> torch.dtype:
     return torch.float32 if mode == "fp32" else torch.bfloat16
 
 
-def _torchao():
+def import_torchao():
     """torchao, quiet: its loader logs every GPU kernel library it cannot load on a CPU machine."""
     for name in ("torchao", "torch.utils._pytree"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -57,7 +57,7 @@ def _torchao():
 def quantize_linear(linear: torch.nn.Linear, mode: str) -> torch.nn.Linear:
     """``linear``'s weight quantized in place (``mode``: int8 or nf4); its bias stays as it is."""
     import torch
-    tq = _torchao()
+    tq = import_torchao()
     if mode == "int8":
         tq.quantize_(linear, tq.Int8WeightOnlyConfig())
     elif mode == "nf4":
