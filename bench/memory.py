@@ -114,8 +114,8 @@ def measure(root: Path, t5_layers: int, threads: int) -> list[dict]:
                    "estimate_gb": est / GB, "error": est / got["peak_rss"] - 1, "seconds": got["seconds"],
                    "models": "IF-I-M + IF-II-M random, "
                    f"T5-XXL width {t5_layers} layers", "unet_dtype": "bf16", "threads": threads, **cpu()}
-            print(f"{offload:<11} {text:<7} measured {row['measured_gb']:.2f} GB  estimate {row['estimate_gb']:.2f} GB"
-                  f"  ({row['error']:+.1%})  {row['seconds']:.1f} s", flush=True)
+            print(f"{offload:<11} {text:<7} measured {row['measured_gb']:.2f} GiB  estimate "
+                  f"{row['estimate_gb']:.2f} GiB  ({row['error']:+.1%})  {row['seconds']:.1f} s", flush=True)
             rows.append(row)
     append_jsonl(RESULTS, rows)
     return rows
@@ -143,7 +143,7 @@ def released() -> list[dict]:
                              "estimate_gb": estimate_peak([enc, *stages], mode, device, baseline) / GB,
                              "parts_gb": {p.name: p.weights / GB for p in [enc, *stages]}, **cpu()})
     for device in ("cpu", "cuda"):
-        print(f"\n{device}: peak by --offload (rows) and --text-encoder-dtype (columns), GB")
+        print(f"\n{device}: peak by --offload (rows) and --text-encoder-dtype (columns), GiB")
         print(f"{'':<12}" + "".join(f"{t:>9}" for t in ("bf16", "int8", "nf4", "states")))
         for mode in OFFLOAD_MODES:
             vals = [r["estimate_gb"] for r in rows if r["device"] == device and r["offload"] == mode]

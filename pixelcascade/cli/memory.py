@@ -51,7 +51,7 @@ def cmd_memory(a) -> int:
 
 
 def _size(n: float) -> str:
-    return f"{n / 2 ** 30:.2f} GB" if n >= 2 ** 30 else f"{n / 2 ** 20:.0f} MB"
+    return f"{n / 2 ** 30:.2f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:.0f} MiB"
 
 
 def format_report(r: dict) -> str:
