@@ -8,8 +8,9 @@ Each setting runs `pixelcascade generate` (one image, 2 steps a stage, bf16 UNet
 its peak resident memory (VmHWM: loading included); `pixelcascade memory --json` on the same files gives the
 estimate. ``released``: the estimate for IF-I-XL + IF-II-L + T5-v1.1-XXL (24 layers) on a CPU and a GPU.
 
-    python bench/memory.py measure                  # ~5 min; rows appended to bench/results/memory.jsonl
+    python bench/memory.py measure                  # ~8 min; rows appended to bench/results/memory.jsonl
     python bench/memory.py released                 # the README's table (estimates)
+    python bench/memory.py quant-error              # quantized states against bf16 on the T5 stand-in
 """
 
 from __future__ import annotations
@@ -126,13 +127,14 @@ def released() -> list[dict]:
     import torch
     import transformers
 
-    from pixelcascade.memory import OFFLOAD_MODES, config_encoder_memory, estimate_peak, process_rss, unet_memory
+    from pixelcascade.memory import OFFLOAD_MODES, baselines, config_encoder_memory, estimate_peak, unet_memory
     from pixelcascade.presets import get_preset
     rows = []
+    cpu_base = baselines()  # first: what a run's process holds, before this one builds anything
     for device, dtype in (("cpu", torch.bfloat16), ("cuda", torch.float16)):
         stages = [unet_memory(get_preset("IF-I-XL"), dtype, device=device, name="IF-I-XL"),
                   unet_memory(get_preset("IF-II-L"), dtype, device=device, name="IF-II-L")]
-        baseline = process_rss() if device == "cpu" else 0
+        base = cpu_base if device == "cpu" else {}
         for text in ("bf16", "int8", "nf4", "states"):
             enc = config_encoder_memory(transformers.T5Config(**T5_XXL), None if text == "states" else text)
             if text == "states":
@@ -140,7 +142,7 @@ def released() -> list[dict]:
             for mode in OFFLOAD_MODES:
                 rows.append({"bench": "memory-released", "device": device, "unet_dtype": str(dtype)[6:],
                              "text": text, "offload": mode,
-                             "estimate_gb": estimate_peak([enc, *stages], mode, device, baseline) / GB,
+                             "estimate_gb": estimate_peak([enc, *stages], mode, device, base.get(text, 0)) / GB,
                              "parts_gb": {p.name: p.weights / GB for p in [enc, *stages]}, **cpu()})
     for device in ("cpu", "cuda"):
         print(f"\n{device}: peak by --offload (rows) and --text-encoder-dtype (columns), GiB")
@@ -152,11 +154,30 @@ def released() -> list[dict]:
     return rows
 
 
+def quant_error(root: Path, t5_layers: int) -> list[dict]:
+    """Per-token cosine of the stand-in T5's states at fp32 / int8 / nf4 to its bf16 states (4 prompts)."""
+    import torch
+
+    from pixelcascade.text.encoder import load_encoder
+    t5 = str(make_models(root, t5_layers)["t5"])
+    texts = ["a red circle left of the blue square", "two three", "a blue square and two red circle", "the"]
+    ref, mask = load_encoder(t5, 77, text_dtype="bf16")(texts)
+    rows = []
+    for mode in ("fp32", "int8", "nf4"):
+        got, _ = load_encoder(t5, 77, text_dtype=mode)(texts)
+        cos = torch.nn.functional.cosine_similarity(ref, got, dim=-1)[mask.bool()]
+        rows.append({"bench": "memory-quant-error", "text": mode, "cos_min": cos.min().item(),
+                     "cos_mean": cos.mean().item(), "encoder": f"T5-XXL width {t5_layers} layers, random", **cpu()})
+        print(f"{mode:<5} min {cos.min().item():.5f}  mean {cos.mean().item():.5f}", flush=True)
+    append_jsonl(RESULTS, rows)
+    return rows
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "one":
         return run_one(sys.argv[2:])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=("measure", "released"))
+    ap.add_argument("what", choices=("measure", "released", "quant-error"))
     ap.add_argument("--root", default=str(Path(__file__).resolve().parents[2] / "runs" / "memory-models"),
                     help="where the random stand-ins are written (outside the repository)")
     ap.add_argument("--t5-layers", type=int, default=4)
@@ -164,6 +185,8 @@ def main() -> None:
     a = ap.parse_args()
     if a.what == "measure":
         measure(Path(a.root), a.t5_layers, a.threads)
+    elif a.what == "quant-error":
+        quant_error(Path(a.root), a.t5_layers)
     else:
         released()
 

@@ -3,9 +3,9 @@
 A :class:`WeightStreamer` splits a model into units (the UNet's blocks: each ResBlock, attention block and
 conv, the time embedding, the text projection...; or the whole model as one unit). A unit's weights are on the
 device only from the first call into it until another unit is loaded (``window`` units stay), and come from a
-:class:`WeightSource`: a copy in CPU memory (pinned, for a GPU: diffusers' sequential offload, with the next unit
-copied on a side stream while this one runs) or the model's own .safetensors file, read with plain reads (a CPU
-run whose resident weights are one block, not the model).
+source: :class:`MemorySource`, a copy in CPU memory (pinned, for a GPU: diffusers' sequential offload, with the
+next unit copied on a side stream while this one runs), or ``tensorfiles.FileSource``, the model's own
+.safetensors read with plain reads (a CPU run whose resident weights are one block, not the model).
 
 Only parameters move; buffers stay where they are (a UNet's are a few KB). Code that reads a unit's weights
 without calling into it cannot be streamed: the UNet's per-run text keys/values are computed inside each block
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .tensorfiles import CheckpointError, FileSource  # noqa: F401  (a weights source)
+from .tensorfiles import CheckpointError
 
 
 class MemorySource:
