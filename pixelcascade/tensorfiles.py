@@ -91,7 +91,8 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         with safe_open(str(path), framework="pt") as f:
             return f.metadata() or {}
     except Exception as e:
-        raise CheckpointError(f"cannot read {path}: {type(e).__name__}: {e}; is it a .safetensors file?") from None
+        raise CheckpointError(f"cannot read {path} ({type(e).__name__}: {e}): not a .safetensors file, or a corrupt "
+                              "or truncated one; copy it again") from None
 
 
 def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
