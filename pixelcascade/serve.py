@@ -408,8 +408,10 @@ def _combined_mask(drawn, uploaded, size):
 
 
 def serve(model: str = "shapes", *, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
-          device: str = "cpu", dtype=None, text_encoder: str | None = None) -> None:
-    """Load ``model`` and serve the page until interrupted."""
+          device: str = "cpu", dtype=None, text_encoder: str | None = None, text_encoder_dtype: str | None = None,
+          offload: str | bool = False) -> None:
+    """Load ``model`` and serve the page until interrupted (``text_encoder_dtype``, ``offload``: as
+    :func:`pixelcascade.load` takes them)."""
     import sys
 
     from .api import load
@@ -418,7 +420,8 @@ def serve(model: str = "shapes", *, host: str = "127.0.0.1", port: int = 7860, s
         print(f"warning: serving on {host}: anyone who can reach this machine can use the page (and its CPU/GPU)",
               file=sys.stderr)
     torch_thread = TorchThread()
-    cascade = torch_thread.run(load, model, device=device, dtype=dtype, text_encoder=text_encoder)
+    cascade = torch_thread.run(load, model, device=device, dtype=dtype, text_encoder=text_encoder,
+                               text_encoder_dtype=text_encoder_dtype, offload=offload)
     app = build_app(cascade, model, torch_thread=torch_thread,
                     load_options=dict(device=device, dtype=dtype, text_encoder=text_encoder))
     print(f"pixelcascade serving {model} at http://{host}:{port}", file=sys.stderr, flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..text.quantize import TEXT_DTYPES
 from .common import device_and_dtype
 from .flags import DTYPE_HELP, at_least_1
 
@@ -25,11 +26,16 @@ def add_commands(sub) -> None:
     s.add_argument("--text-encoder", help="override the text encoder: 'minilm' or a local HF/T5 folder")
     s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
     s.add_argument("--dtype", default="auto", help=f"UNet weights: {DTYPE_HELP} (default: auto)")
+    s.add_argument("--text-encoder-dtype", choices=TEXT_DTYPES, help="the text encoder's weights (int8 / nf4: "
+                                                                      "quantized, as generate takes it)")
+    s.add_argument("--offload", nargs="?", const="model", choices=("model", "sequential"),
+                   help="one model at a time where it runs, or the UNets block by block (as generate takes it)")
     s.set_defaults(fn=cmd_serve)
 
 
 def cmd_serve(a) -> int:
     from ..serve import serve
     device, dtype = device_and_dtype(a)
-    serve(a.model, host=a.host, port=a.port, share=a.share, device=device, dtype=dtype, text_encoder=a.text_encoder)
+    serve(a.model, host=a.host, port=a.port, share=a.share, device=device, dtype=dtype, text_encoder=a.text_encoder,
+          text_encoder_dtype=a.text_encoder_dtype, offload=a.offload or False)
     return 0
