@@ -63,6 +63,27 @@ def test_generate_with_if_folders(if_folders, tmp_path, capsys):
     assert Image.open(out).tobytes() == Image.open(tmp_path / "b.png").tobytes()
 
 
+def test_if_folders_within_less_memory(if_folders, tmp_path):
+    """The released layouts with T5: states encoded once give the encoder's images with no encoder loaded;
+    streaming the UNets block by block (from CPU memory: IF folders are not our files) gives the same pixels;
+    an int8 T5 runs and says so beside the image."""
+    model = f"{if_folders / 'IF-I'},{if_folders / 'IF-II'}"
+    prompt = "a red circle left of a blue square"
+    common = ["--model", model, "--steps", "3", "--steps-ii", "2", "--dtype", "fp32", "-q"]
+    states = tmp_path / "states.safetensors"
+    assert main(["encode", prompt, "-o", str(states), "--model", model, "-q"]) == 0
+    runs = {"encoder": [prompt], "states": ["--prompt-states", str(states)],
+            "sequential": [prompt, "--offload", "sequential"]}
+    for name, args in runs.items():
+        assert main(["generate", *args, *common, "-o", str(tmp_path / f"{name}.png")]) == 0
+    ref = Image.open(tmp_path / "encoder.png").tobytes()
+    assert Image.open(tmp_path / "states.png").tobytes() == ref
+    assert Image.open(tmp_path / "sequential.png").tobytes() == ref
+    pytest.importorskip("torchao")
+    assert main(["generate", prompt, *common, "--text-encoder-dtype", "int8", "-o", str(tmp_path / "int8.png")]) == 0
+    assert json.loads((tmp_path / "int8.json").read_text())["text_encoder_dtype"] == "int8"
+
+
 @pytest.mark.parametrize("which,msg", [
     ("IF-II-first", "first stage is a super-resolution model"),
     ("missing", "no such file or folder"),
