@@ -1,14 +1,15 @@
-"""Peak memory of sampling at each --offload and --text-encoder-dtype setting: measured on this CPU beside the
-estimate of `pixelcascade memory`, and the estimate alone for the released IF sizes.
+"""Peak memory of sampling at each --offload and --text-encoder-dtype setting: measured beside the estimate of
+`pixelcascade memory`, and the estimate alone for the released IF sizes.
 
-``measure``: random-weight stand-ins for the largest models that fit here, written once under --root: an
-IF-I-M-sized stage I and an IF-II-M-sized stage II (our .safetensors, fp16 as shipped) and a T5 encoder of
-T5-XXL's width (d_model 4096, d_ff 10240, 64 heads, its 32k vocabulary) cut to --t5-layers of its 24 layers.
-Each setting runs `pixelcascade generate` (one image, 2 steps a stage, bf16 UNets) in a fresh process that reports
-its peak resident memory (VmHWM: loading included); `pixelcascade memory --json` on the same files gives the
-estimate. ``released``: the estimate for IF-I-XL + IF-II-L + T5-v1.1-XXL (24 layers) on a CPU and a GPU.
+``measure``: random-weight stand-ins written once under --root (our .safetensors stages in fp16 as shipped, a T5
+folder in bf16). Each setting runs `pixelcascade generate` (one image, 2 steps a stage) in a fresh process that
+reports its peak: on a CPU the resident memory (VmHWM, loading included), on a GPU what PyTorch allocated there;
+`pixelcascade memory --json` on the same files gives the estimate. On this CPU the largest that fit: an
+IF-I-M-sized stage I, an IF-II-M-sized stage II and a T5 of T5-XXL's width cut to 4 of its 24 layers. On a GPU,
+the released sizes. ``released``: the estimate for IF-I-XL + IF-II-L + T5-v1.1-XXL on a CPU and a GPU.
 
-    python bench/memory.py measure                  # ~8 min; rows appended to bench/results/memory.jsonl
+    python bench/memory.py measure                  # this CPU, ~8 min; rows appended to bench/results/memory.jsonl
+    python bench/memory.py measure --device cuda --dtype fp16 --stage-i IF-I-XL --stage-ii IF-II-L --t5-layers 24
     python bench/memory.py released                 # the README's table (estimates)
     python bench/memory.py quant-error              # quantized states against bf16 on the T5 stand-in
 """
@@ -32,8 +33,17 @@ OFFLOADS = ("none", "model", "sequential")
 GB = 2 ** 30
 
 
-def make_models(root: Path, t5_layers: int) -> dict:
-    """Random stand-ins (written once): stage1/stage2 .safetensors and a T5 folder with a word-level tokenizer."""
+def t5_config(width: int, layers: int) -> dict:
+    """T5-XXL's config at ``layers`` of its 24 layers; another ``width``: a small T5 of that width (tests)."""
+    if width == T5_XXL["d_model"]:
+        return dict(T5_XXL, num_layers=layers)
+    return dict(T5_XXL, d_model=width, d_kv=max(1, width // 4), num_heads=4, d_ff=2 * width, num_layers=layers,
+                vocab_size=64)
+
+
+def make_models(root: Path, stage_i: str, stage_ii: str, t5_width: int, t5_layers: int, device: str) -> dict:
+    """Random stand-ins (written once per sizes): stage1/stage2 .safetensors (fp16, as shipped) and a T5 folder
+    (bf16) with a word-level tokenizer."""
     import torch
 
     from pixelcascade.config import DiffusionConfig, SampleConfig
@@ -41,24 +51,26 @@ def make_models(root: Path, t5_layers: int) -> dict:
     from pixelcascade.pipeline import Stage
     from pixelcascade.presets import get_preset
     from pixelcascade.weights import save_stage
-    t5 = root / f"t5-xxl-width-{t5_layers}-layers"
-    files = {"stage1": root / "stage1-IF-I-M.safetensors", "stage2": root / "stage2-IF-II-M.safetensors", "t5": t5}
+    root = root / f"{stage_i}+{stage_ii}+t5-{t5_width}x{t5_layers}"
+    t5 = root / "t5"
+    files = {"stage1": root / "stage1.safetensors", "stage2": root / "stage2.safetensors", "t5": t5, "root": root}
     if all(p.exists() for p in files.values()):
         return files
     root.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    for key, preset in (("stage1", "IF-I-M"), ("stage2", "IF-II-M")):
-        unet = build_unet(get_preset(preset))
+    for key, preset in (("stage1", stage_i), ("stage2", stage_ii)):
+        with torch.device(device):  # random weights made where they are fast to make (IF-I-XL: 4.3 B)
+            unet = build_unet(get_preset(preset, encoder_dim=t5_width)).to(torch.float16)
         stage = Stage(unet=unet, diffusion=DiffusionConfig(), meta={"text_max_length": "77"},
                       settings=SampleConfig(num_steps="2", guidance_scale=7.0 if key == "stage1" else 4.0))
-        save_stage(stage, files[key], encoder_name=str(t5), dtype=torch.float16)
+        save_stage(stage, files[key], encoder_name=str(t5))
         files[key].with_suffix(".md").unlink(missing_ok=True)
         del unet, stage
-    _make_t5(t5, t5_layers)
+    _make_t5(t5, t5_config(t5_width, t5_layers), device)
     return files
 
 
-def _make_t5(path: Path, layers: int) -> None:
+def _make_t5(path: Path, config: dict, device: str) -> None:
     import torch
     import transformers
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -69,21 +81,28 @@ def _make_t5(path: Path, layers: int) -> None:
     tok.post_processor = TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
                                         unk_token="<unk>").save_pretrained(path)
-    cfg = transformers.T5Config(**dict(T5_XXL, num_layers=layers))
-    model = transformers.T5EncoderModel(cfg).to(torch.bfloat16)
+    with torch.device(device):
+        model = transformers.T5EncoderModel(transformers.T5Config(**config)).to(torch.bfloat16)
     model.save_pretrained(path)
 
 
 def run_one(argv: list[str]) -> None:
-    """In this process: the CLI, then the peak resident memory (VmHWM, bytes) as the last line."""
+    """In this process: the CLI, then its peak memory as the last line: on a GPU what PyTorch allocated there,
+    else the peak resident memory (VmHWM), in bytes."""
     import time
+
+    import torch
 
     from pixelcascade.cli import main
     t0 = time.perf_counter()
     rc = main(argv)
     seconds = time.perf_counter() - t0
-    hwm = next(ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith("VmHWM"))
-    print(json.dumps({"rc": rc, "peak_rss": int(hwm.split()[1]) * 1024, "seconds": seconds}))
+    if "cuda" in argv:
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        hwm = next(ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith("VmHWM"))
+        peak = int(hwm.split()[1]) * 1024
+    print(json.dumps({"rc": rc, "peak": peak, "seconds": seconds}))
 
 
 def _child(argv: list[str]) -> dict:
@@ -93,36 +112,38 @@ def _child(argv: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def measure(root: Path, t5_layers: int, threads: int) -> list[dict]:
-    files = make_models(root, t5_layers)
+def measure(a) -> list[dict]:
+    """Each --offload x text setting measured in a fresh process, beside `pixelcascade memory`'s estimate."""
+    files = make_models(Path(a.root), a.stage_i, a.stage_ii, a.t5_width, a.t5_layers, a.device)
     model = f"{files['stage1']},{files['stage2']}"
-    common = ["--model", model, "--text-encoder", str(files["t5"]), "--dtype", "bf16", "--threads", str(threads)]
+    common = ["--model", model, "--text-encoder", str(files["t5"]), "--dtype", a.dtype, "--device", a.device,
+              "--threads", str(a.threads)]
     estimate = json.loads(subprocess.run([sys.executable, "-m", "pixelcascade.cli", "memory", model, "--text-encoder",
-                                          str(files["t5"]), "--dtype", "bf16", "--json"], capture_output=True,
-                                         text=True, check=True).stdout)
-    states = root / "states.safetensors"
+                                          str(files["t5"]), "--dtype", a.dtype, "--device", a.device, "--json"],
+                                         capture_output=True, text=True, check=True).stdout)
+    states = files["root"] / "states.safetensors"
     _child(["encode", "a red circle left of the blue square", "-o", str(states), "-q", *common])
     rows = []
-    for offload in OFFLOADS:
-        for text in TEXT_MODES:
-            argv = ["generate", "a red circle left of the blue square", "-o", str(root / "out.png"), "-q", *common,
-                    "--steps", "2", "--steps-ii", "2"]
+    for offload in a.offloads:
+        for text in a.texts:
+            argv = ["generate", "a red circle left of the blue square", "-o", str(files["root"] / "out.png"), "-q",
+                    *common, "--steps", "2", "--steps-ii", "2"]
             argv += ["--prompt-states", str(states)] if text == "states" else ["--text-encoder-dtype", text]
             argv += ["--offload", offload] if offload != "none" else []
             got = _child(argv)
             est = estimate["peaks"][offload][text]
-            row = {"bench": "memory", "offload": offload, "text": text, "measured_gb": got["peak_rss"] / GB,
-                   "estimate_gb": est / GB, "error": est / got["peak_rss"] - 1, "seconds": got["seconds"],
-                   "models": "IF-I-M + IF-II-M random, "
-                   f"T5-XXL width {t5_layers} layers", "unet_dtype": "bf16", "threads": threads, **cpu()}
+            row = {"bench": "memory", "device": a.device, "offload": offload, "text": text,
+                   "measured_gb": got["peak"] / GB, "estimate_gb": est / GB, "error": est / got["peak"] - 1,
+                   "seconds": got["seconds"], "models": f"{a.stage_i} + {a.stage_ii} random, T5 width "
+                   f"{a.t5_width} {a.t5_layers} layers", "unet_dtype": a.dtype, "threads": a.threads, **cpu()}
             print(f"{offload:<11} {text:<7} measured {row['measured_gb']:.2f} GiB  estimate "
                   f"{row['estimate_gb']:.2f} GiB  ({row['error']:+.1%})  {row['seconds']:.1f} s", flush=True)
             rows.append(row)
-    append_jsonl(RESULTS, rows)
+    append_jsonl(a.results, rows)
     return rows
 
 
-def released() -> list[dict]:
+def released(results: str | Path = RESULTS) -> list[dict]:
     """The estimate for IF-I-XL + IF-II-L + T5-XXL, batch 1, on a CPU (bf16) and a GPU (fp16)."""
     import torch
     import transformers
@@ -150,16 +171,16 @@ def released() -> list[dict]:
         for mode in OFFLOAD_MODES:
             vals = [r["estimate_gb"] for r in rows if r["device"] == device and r["offload"] == mode]
             print(f"{mode:<12}" + "".join(f"{v:>9.1f}" for v in vals))
-    append_jsonl(RESULTS, rows)
+    append_jsonl(results, rows)
     return rows
 
 
-def quant_error(root: Path, t5_layers: int) -> list[dict]:
+def quant_error(a) -> list[dict]:
     """Per-token cosine of the stand-in T5's states at fp32 / int8 / nf4 to its bf16 states (4 prompts)."""
     import torch
 
     from pixelcascade.text.encoder import load_encoder
-    t5 = str(make_models(root, t5_layers)["t5"])
+    t5 = str(make_models(Path(a.root), a.stage_i, a.stage_ii, a.t5_width, a.t5_layers, a.device)["t5"])
     texts = ["a red circle left of the blue square", "two three", "a blue square and two red circle", "the"]
     ref, mask = load_encoder(t5, 77, text_dtype="bf16")(texts)
     rows = []
@@ -167,28 +188,38 @@ def quant_error(root: Path, t5_layers: int) -> list[dict]:
         got, _ = load_encoder(t5, 77, text_dtype=mode)(texts)
         cos = torch.nn.functional.cosine_similarity(ref, got, dim=-1)[mask.bool()]
         rows.append({"bench": "memory-quant-error", "text": mode, "cos_min": cos.min().item(),
-                     "cos_mean": cos.mean().item(), "encoder": f"T5-XXL width {t5_layers} layers, random", **cpu()})
+                     "cos_mean": cos.mean().item(), "encoder": f"T5 width {a.t5_width} {a.t5_layers} layers, random",
+                     **cpu()})
         print(f"{mode:<5} min {cos.min().item():.5f}  mean {cos.mean().item():.5f}", flush=True)
-    append_jsonl(RESULTS, rows)
+    append_jsonl(a.results, rows)
     return rows
 
 
-def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "one":
-        return run_one(sys.argv[2:])
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["one"]:
+        return run_one(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=("measure", "released", "quant-error"))
     ap.add_argument("--root", default=str(Path(__file__).resolve().parents[2] / "runs" / "memory-models"),
                     help="where the random stand-ins are written (outside the repository)")
-    ap.add_argument("--t5-layers", type=int, default=4)
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda: the figures are then GPU memory allocated")
+    ap.add_argument("--dtype", default="bf16", help="the UNets' (fp16 on a GPU, as IF ships)")
+    ap.add_argument("--stage-i", default="IF-I-M", help="a preset (IF-I-XL on a GPU)")
+    ap.add_argument("--stage-ii", default="IF-II-M", help="a preset (IF-II-L on a GPU)")
+    ap.add_argument("--t5-width", type=int, default=T5_XXL["d_model"], help="4096: T5-XXL's; smaller: a test T5")
+    ap.add_argument("--t5-layers", type=int, default=4, help="of T5-XXL's 24 (24 on a GPU)")
+    ap.add_argument("--offloads", nargs="+", default=list(OFFLOADS), choices=OFFLOADS)
+    ap.add_argument("--texts", nargs="+", default=list(TEXT_MODES), choices=TEXT_MODES)
     ap.add_argument("--threads", type=int, default=2)
-    a = ap.parse_args()
+    ap.add_argument("--results", default=str(RESULTS), help="the JSON-lines file rows are appended to")
+    a = ap.parse_args(argv)
     if a.what == "measure":
-        measure(Path(a.root), a.t5_layers, a.threads)
+        measure(a)
     elif a.what == "quant-error":
-        quant_error(Path(a.root), a.t5_layers)
+        quant_error(a)
     else:
-        released()
+        released(a.results)
 
 
 if __name__ == "__main__":

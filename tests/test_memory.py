@@ -105,3 +105,19 @@ def test_the_quantizing_allowance_is_what_torchao_allocates(mode):
         with torch.no_grad(), meter:
             quantize_linear(lin, mode)
         assert meter.peak == pytest.approx(fixed + per_weight * lin.weight.numel(), rel=0.1)
+
+
+def test_the_memory_benchmark_measures_and_estimates_each_setting(tmp_path):
+    """bench/memory.py at a tiny size on the CPU (the GPU run is the same script with --device cuda): stand-ins
+    written, each setting run in its own process, a measured peak beside the estimate."""
+    pytest.importorskip("transformers")
+    from conftest import load_bench
+    bench = load_bench("memory")
+    results = tmp_path / "rows.jsonl"
+    bench.main(["measure", "--root", str(tmp_path), "--stage-i", "tiny", "--stage-ii", "tiny-sr", "--t5-width", "24",
+                "--t5-layers", "1", "--offloads", "none", "sequential", "--texts", "states", "--dtype", "fp32",
+                "--results", str(results)])
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [(r["offload"], r["text"]) for r in rows] == [("none", "states"), ("sequential", "states")]
+    for r in rows:
+        assert r["measured_gb"] > 0.1 and abs(r["error"]) < 0.5  # a process's RSS, and an estimate near it
