@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_jsonl, cpu  # noqa: E402
+from common import append_jsonl, cpu, save_random_t5  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "memory.jsonl"
 T5_XXL = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_heads=64, num_layers=24,
@@ -66,24 +66,8 @@ def make_models(root: Path, stage_i: str, stage_ii: str, t5_width: int, t5_layer
         save_stage(stage, files[key], encoder_name=str(t5))
         files[key].with_suffix(".md").unlink(missing_ok=True)
         del unet, stage
-    _make_t5(t5, t5_config(t5_width, t5_layers), device)
+    save_random_t5(t5, t5_config(t5_width, t5_layers), device, torch.bfloat16)
     return files
-
-
-def _make_t5(path: Path, config: dict, device: str) -> None:
-    import torch
-    import transformers
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from tokenizers.processors import TemplateProcessing
-    words = ["<pad>", "</s>", "<unk>"] + "a red circle blue square left of the and two three".split()
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
-                                        unk_token="<unk>").save_pretrained(path)
-    with torch.device(device):
-        model = transformers.T5EncoderModel(transformers.T5Config(**config)).to(torch.bfloat16)
-    model.save_pretrained(path)
 
 
 def run_one(argv: list[str]) -> None:

@@ -71,22 +71,10 @@ def tiny_model(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_t5(tmp_path_factory):
     """A tiny random T5 encoder and a word-level tokenizer, saved like a real local folder."""
-    transformers = pytest.importorskip("transformers")
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    path = tmp_path_factory.mktemp("t5")
-    words = ["<pad>", "</s>", "<unk>"] + "a red circle blue square left of the and two three".split()
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    from tokenizers.processors import TemplateProcessing
-    tok.post_processor = TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
-                                                unk_token="<unk>")
-    fast.save_pretrained(path)
-    cfg = transformers.T5Config(vocab_size=len(words), d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=4,
-                                feed_forward_proj="gated-gelu")
+    pytest.importorskip("transformers")
     torch.manual_seed(0)
-    transformers.T5EncoderModel(cfg).save_pretrained(path)
-    return path
+    return load_bench("common").save_random_t5(tmp_path_factory.mktemp("t5"), dict(
+        d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=4, feed_forward_proj="gated-gelu"))
 
 
 def make_user_dataset(folder, n=30):

@@ -20,21 +20,11 @@ PROMPTS = ["two red circles left of a blue square", "a green triangle"]  # the f
 @pytest.fixture(scope="module")
 def t5_folder(tmp_path_factory):
     """A random T5 wide enough for quantization to mean something (d_model 128), with a word-level tokenizer."""
-    transformers = pytest.importorskip("transformers")
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from tokenizers.processors import TemplateProcessing
-    path = tmp_path_factory.mktemp("t5-128")
-    words = ["<pad>", "</s>", "<unk>"] + "a red circle blue square left of the and two three".split()
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
-                                        unk_token="<unk>").save_pretrained(path)
-    cfg = transformers.T5Config(vocab_size=len(words), d_model=128, d_kv=32, d_ff=256, num_layers=2, num_heads=4,
-                                feed_forward_proj="gated-gelu")
+    pytest.importorskip("transformers")
+    from conftest import load_bench
     torch.manual_seed(0)
-    transformers.T5EncoderModel(cfg).save_pretrained(path)
-    return path
+    return load_bench("common").save_random_t5(tmp_path_factory.mktemp("t5-128"), dict(
+        d_model=128, d_kv=32, d_ff=256, num_layers=2, num_heads=4, feed_forward_proj="gated-gelu"))
 
 
 # tolerances per token (cosine to the bf16 encoder's states) on this random T5: random weights are the hard case
