@@ -106,7 +106,8 @@ def measure(a) -> list[dict]:
                                           str(files["t5"]), "--dtype", a.dtype, "--device", a.device, "--json"],
                                          capture_output=True, text=True, check=True).stdout)
     states = files["root"] / "states.safetensors"
-    _child(["encode", "a red circle left of the blue square", "-o", str(states), "-q", *common])
+    _child(["encode", "a red circle left of the blue square", "-o", str(states), "-q", "--model", model,
+            "--text-encoder", str(files["t5"]), "--device", a.device])
     rows = []
     for offload in a.offloads:
         for text in a.texts:

@@ -223,12 +223,14 @@ def load_text_encoder(model: str | Path = "shapes", *, text_encoder: str | None 
 
 
 def load_upscaler(model: str | Path, *, device: str = "cpu", dtype=None, text_encoder: str | None = None,
-                  lora: list | None = None) -> Cascade:
+                  lora: list | None = None, **options) -> Cascade:
     """A cascade of one super-resolution stage that starts from the user's image: ``model``'s stage II (a cascade
-    folder's or name's second stage, or a stage II file), as ``pixelcascade upscale`` runs it."""
+    folder's or name's second stage, or a stage II file), as ``pixelcascade upscale`` runs it (``options``:
+    :func:`load`'s ``text_encoder_dtype``, ``offload``)."""
     paths = stage_paths(model)
     sr_path = next((p for p in paths if "stage1" not in p.name), None) if len(paths) > 1 else paths[0]
-    cascade = load(sr_path, device=device, dtype=dtype, text_encoder=text_encoder, allow_sr_first=True, lora=lora)
+    cascade = load(sr_path, device=device, dtype=dtype, text_encoder=text_encoder, allow_sr_first=True, lora=lora,
+                   **options)
     if not cascade.stages[0].is_super_res:
         raise ModelError(f"{sr_path} is a text-to-image model, not a super-resolution stage: pass a stage II model")
     return cascade
@@ -440,6 +442,9 @@ class Cascade(_EngineCascade):
                 part.to(device)
         if dtype is not None:
             dtype = torch_dtype(dtype)
+            if any(getattr(st, "streamer", None) is not None for st in self.stages):
+                raise ModelError("this cascade streams its weights (offload): they are cast as they load, so load it "
+                                 "again with the dtype wanted (pixelcascade.load(..., dtype=...))")
             for st in self.stages:
                 if hasattr(st, "unet"):
                     st.unet.to(dtype)

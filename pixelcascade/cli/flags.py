@@ -107,10 +107,7 @@ def model_flags(g: argparse.ArgumentParser, default: str = "shapes", dtype: str 
                    help=f"a shipped model by name ({', '.join(shipped_models()) or 'none installed'}), a "
                         ".safetensors stage, a folder of stage*.safetensors, comma-separated stage files, or an "
                         f"official IF / diffusers model folder (default: {default})")
-    g.add_argument("--text-encoder", help="override the text encoder: 'minilm' or a local HF/T5 folder")
-    g.add_argument("--text-encoder-dtype", choices=TEXT_DTYPES, metavar="{fp32,bf16,int8,nf4}",
-                   help="the text encoder's weights: int8 halves T5-XXL's 9.5 GB, nf4 quarters it (needs torchao); "
-                        "default: its own (T5 bf16, MiniLM fp32). docs/memory.md has the states' error")
+    encoder_flags(g)
     g.add_argument("--lora", action="append", metavar="PATH[:SCALE]",
                    help="a LoRA adapter (a LoRA run's lora.safetensors) merged into the stage it was trained on, "
                         "at SCALE (default 1; 0.5 half its effect); repeat the flag for several")
@@ -118,6 +115,14 @@ def model_flags(g: argparse.ArgumentParser, default: str = "shapes", dtype: str 
     g.add_argument("--dtype", default=dtype, help=f"UNet weights: {DTYPE_HELP} (default: {dtype})")
     g.add_argument("--threads", type=threads, default=0, help="CPU threads (0: torch's default)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def encoder_flags(g: argparse.ArgumentParser) -> None:
+    """Which text encoder, with what weights: every command that loads a cascade, and encode."""
+    g.add_argument("--text-encoder", help="override the text encoder: 'minilm' or a local HF/T5 folder")
+    g.add_argument("--text-encoder-dtype", choices=TEXT_DTYPES, metavar="{fp32,bf16,int8,nf4}",
+                   help="the text encoder's weights: int8 halves T5-XXL's 9.5 GB, nf4 quarters it (needs torchao); "
+                        "default: its own (T5 bf16, MiniLM fp32). docs/memory.md has the states' error")
 
 
 def sampling_flags(g: argparse.ArgumentParser) -> None:

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..inputs import DEFAULT_MAX_PIXELS, read_image, read_mask, read_prompt_lines
-from .common import UserError, check_writable, device_and_dtype, load_cascade, out_of_memory, slug
+from .common import UserError, check_writable, device_and_dtype, device_arg, load_cascade, out_of_memory, slug
 from .flags import (
+    encoder_flags,
     image_args,
-    model_flags,
     positive,
 )
 
@@ -54,7 +54,11 @@ def add_commands(sub) -> None:
     enc.add_argument("--prompts-file", help="a text file with one prompt a line")
     enc.add_argument("--negative-prompt", default="", help="also encode this negative prompt (generate's flag)")
     enc.add_argument("-o", "--output", default="states.safetensors", help="the states file to write")
-    model_flags(enc)
+    enc.add_argument("--model", default="shapes", help="the model the states are for: its text encoder and window "
+                                                       "(what `generate --model` takes; default: shapes)")
+    encoder_flags(enc)
+    enc.add_argument("--device", default="cpu", help="where the encoder runs: cpu, cuda, cuda:1 or auto")
+    enc.add_argument("-q", "--quiet", action="store_true", help="no summary line")
     enc.set_defaults(fn=cmd_encode)
 
     i2i = sub.add_parser("img2img", help="image-to-image: noise an image part-way, denoise under a new prompt",
@@ -228,7 +232,7 @@ def cmd_encode(a) -> int:
     check_writable(out)
     t0 = time.time()
     try:
-        encoder = load_text_encoder(a.model, text_encoder=a.text_encoder, device=device_and_dtype(a)[0],
+        encoder = load_text_encoder(a.model, text_encoder=a.text_encoder, device=device_arg(a.device),
                                     text_encoder_dtype=a.text_encoder_dtype)
         write_prompt_states(encoder, prompts, out, negative_prompts=[a.negative_prompt])
     except (ModelError, TextEncoderError) as e:
@@ -260,9 +264,14 @@ def cmd_img2img(a) -> int:
 def cmd_upscale(a) -> int:
     from ..pipeline import from_uint8
     img = from_uint8(load_image(a.image, max_pixels=a.max_pixels))
-    from ..api import load_upscaler  # its ModelError is one `error:` line like every PixelcascadeError
+    from ..api import load_upscaler
+    from ..shipped import ModelError
     device, dtype = device_and_dtype(a)
-    cascade = load_upscaler(a.model, device=device, dtype=dtype, text_encoder=a.text_encoder, lora=a.lora)
+    try:
+        cascade = load_upscaler(a.model, device=device, dtype=dtype, text_encoder=a.text_encoder, lora=a.lora,
+                                text_encoder_dtype=a.text_encoder_dtype, offload=a.offload or False)
+    except ModelError as e:
+        raise UserError(str(e)) from None
     size = cascade.upscaled_size(a.image, img.shape[2], img.shape[3], a.scale, a.max_pixels)
     check_writable(Path(a.output))
     req = ImageRequest.from_args(a, [a.prompt], image=img, size=size, inputs={"input_image": a.image})
