@@ -217,6 +217,7 @@ def test_resuming_with_another_config_is_one_clear_line(tiny_model, capsys):
     assert main(["train", "tiny", "-o", str(tiny_model.parent), "train.lr=0.5", "-q"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "another config" in err[0] and "new output folder" in err[0]
+    assert "train.lr: 0.0002 in the checkpoint, 0.5 now" in err[0]  # the field and both its values
 
 
 def test_eval_shapes_of_a_cascade_scores_every_stage_on_the_same_images(tiny_model, tmp_path, capsys):

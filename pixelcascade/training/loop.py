@@ -83,7 +83,7 @@ def lr_at(step: int, tc: TrainConfig) -> float:
 
 def check_resumable_config(ckpt_path: Path, saved: str, cfg: RunConfig) -> None:
     """Refuse to resume a checkpoint written under another config (``saved``: its JSON). Fields added since it was
-    written take their defaults; the train settings a resume may change (``_train_changed``) and the number of
+    written take their defaults; the train settings a resume may change (``_train_free``) and the number of
     stream workers (a machine's choice) are free."""
     if saved == to_json(cfg):
         return
@@ -96,10 +96,24 @@ def check_resumable_config(ckpt_path: Path, saved: str, cfg: RunConfig) -> None:
     for d in (old, new):
         if isinstance(d.get("data"), dict):
             d["data"].pop("workers", None)
-    diff = [k for k in new if old.get(k) != new[k]]
-    if any(k != "train" for k in diff) or _train_changed(old.get("train", {}), new["train"]):
-        raise ConfigMismatch(f"{ckpt_path} was written by a run with another config (differs in {diff}); use a new "
-                             "output folder, or the same config to resume")
+    free = _train_free(new["train"])
+    diffs = [(key, a, b) for key, a, b in _leaf_diffs(old, new) if not (key.startswith("train.") and key[6:] in free)]
+    if diffs:
+        shown = "; ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, a, b in diffs[:6])
+        more = f" (+{len(diffs) - 6} more)" if len(diffs) > 6 else ""
+        raise ConfigMismatch(f"{ckpt_path} was written by a run with another config ({shown}{more}); pass the same "
+                             "values to resume (e.g. the overrides the run was started with), or use a new output "
+                             "folder")
+
+
+def _leaf_diffs(old, new, prefix: str = "") -> list[tuple[str, object, object]]:
+    """Each dotted field whose value differs between two config dicts: (field, old value, new value)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new)):
+            out += _leaf_diffs(old.get(k), new.get(k), f"{prefix}{k}.")
+        return out
+    return [] if old == new else [(prefix.rstrip("."), old, new)]
 
 
 class Trainer:
@@ -592,15 +606,15 @@ def reset_names(spec: str, names: list[str]) -> set[str]:
     return picked
 
 
-def _train_changed(old: dict, new: dict) -> bool:
-    """Only schedule-extending fields may change on resume (max_steps unless it shapes the lr decay, cadences)
-    and how this machine computes a step (threads, device, bf16 autocast: a run moved to a CPU without native
-    bf16 goes on in fp32)."""
+def _train_free(new: dict) -> set[str]:
+    """The train fields a resume may change: schedule-extending ones (max_steps unless it shapes the lr decay,
+    cadences) and how this machine computes a step (threads, device, bf16 autocast: a run moved to a CPU without
+    native bf16 goes on in fp32)."""
     free = {"ckpt_every", "val_every", "log_every", "num_threads", "device", "bf16", "grad_checkpointing", "compile",
             "grad_accum", "sharding", "wandb", "wandb_project", "text_encoder_device"}
     if new.get("lr_schedule", "constant") == "constant":
         free.add("max_steps")
-    return any(old.get(k) != v for k, v in new.items() if k not in free)
+    return free
 
 
 def _append_csv(path: Path, row: dict) -> None:
