@@ -255,6 +255,19 @@ def stage_settings(stages, *, sampler: str | None = None, sampler_ii: str | None
             for i, st in enumerate(stages)]
 
 
+def trained_input_size(stage) -> int | None:
+    """The low-res size a super-resolution stage of ours was trained on (its run config's data.low_res_size), or
+    None where the file does not say (IF's folders, external stages)."""
+    import json
+    run = getattr(stage, "meta", {}).get("run_config")
+    if not run or not stage.is_super_res:
+        return None
+    try:
+        return int(json.loads(run)["data"]["low_res_size"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def layout_targets(encoder, prompts: list[str]) -> list[LayoutTarget | None]:
     """Per prompt, the spatial relation it states as token positions of the encoder's output (layout guidance),
     or None: no relation, the same noun twice, or an encoder that cannot give token spans."""
@@ -362,6 +375,12 @@ class Cascade:
             if not st.is_super_res:
                 raise PipelineError(f"stage {i} generates from text only: every stage after the first must be a "
                                     "super-resolution model")
+            want, made = trained_input_size(st), getattr(self.stages[i - 2], "cfg", None)
+            if want and made is not None and made.image_size != want:
+                raise PipelineError(f"stage {i} was trained to upscale {want} px images to {st.cfg.image_size} px, "
+                                    f"but stage {i - 1} makes {made.image_size} px: its output would be noise. Pair "
+                                    f"it with a stage {i - 1} of {want} px, or a stage {i} trained from "
+                                    f"{made.image_size} px (e.g. data.low_res_size={made.image_size})")
 
     @torch.no_grad()
     def run(self, prompts: list[str], seeds: list[int], *, settings: list[SampleConfig | None] | None = None,

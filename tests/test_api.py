@@ -133,3 +133,19 @@ def test_img2img_inpaint_and_upscale_through_the_call(pipe):
     big = up("a red circle", image=start.resize((32, 32)), num_inference_steps=2, height=64, width=64,
              progress=False)
     assert big.images[0].size == (64, 64)
+
+
+def test_a_stage_ii_trained_on_another_input_size_is_refused(tmp_path):
+    """A 32 px stage I before a stage II trained 64 -> 128 would make noise: one error that says which sizes
+    pair, instead of an image."""
+    import dataclasses
+
+    from pixelcascade.shipped import DEFAULT_MODEL, ModelError
+    from pixelcascade.weights import load_stage, save_stage
+    st = load_stage(DEFAULT_MODEL / "stage2.safetensors")
+    run = json.loads(st.meta["run_config"])
+    run["data"]["low_res_size"] = 64  # as a 64 -> 128 stage's file says
+    st = dataclasses.replace(st, meta=dict(st.meta, run_config=json.dumps(run)))
+    save_stage(st, tmp_path / "stage2-from64.safetensors")
+    with pytest.raises(ModelError, match="trained to upscale 64 px images to 64 px, but stage 1 makes 32 px"):
+        pixelcascade.load(f"{DEFAULT_MODEL / 'stage1.safetensors'},{tmp_path / 'stage2-from64.safetensors'}")
