@@ -160,7 +160,16 @@ for _emoji, _files in (("emoji64", "files64"), ("emoji128-sr", "files128-sr")):
 
 
 def run_preset(name: str, overrides: list[str] | None = None) -> RunConfig:
-    """A run preset with dotted overrides (``["train.lr=1e-4"]``), checked against each field's type."""
+    """A run preset with dotted overrides (``["train.lr=1e-4"]``), checked against each field's type. A shorter
+    run than the preset's (train.max_steps given, train.warmup_steps not) warms up for at most a tenth of it: a
+    40-step trial of a 30,000-step preset does not spend its whole run in the 500-step warm-up."""
     if name not in RUN_PRESETS:
         raise KeyError(f"unknown training preset {name!r}; known: {', '.join(RUN_PRESETS)}")
-    return apply_overrides(RUN_PRESETS[name], overrides or [])
+    overrides = list(overrides or [])
+    cfg = apply_overrides(RUN_PRESETS[name], overrides)
+    given = {o.split("=", 1)[0].strip() for o in overrides}
+    if "train.max_steps" in given and "train.warmup_steps" not in given:
+        tc = cfg.train
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(
+            tc, warmup_steps=min(tc.warmup_steps, max(1, tc.max_steps // 10))))
+    return cfg

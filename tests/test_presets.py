@@ -54,3 +54,11 @@ def test_every_preset_builds(name):
 def test_unknown_preset_lists_known():
     with pytest.raises(KeyError, match="IF-I-XL"):
         get_preset("IF-I-XXL")
+
+
+def test_a_short_run_warms_up_for_a_tenth_of_it_unless_told():
+    from pixelcascade.presets import run_preset
+    assert run_preset("files64").train.warmup_steps == 500
+    assert run_preset("files64", ["train.max_steps=40"]).train.warmup_steps == 4
+    assert run_preset("files64", ["train.max_steps=40", "train.warmup_steps=30"]).train.warmup_steps == 30
+    assert run_preset("shapes32", ["train.max_steps=50000"]).train.warmup_steps == 200  # longer: as the preset

@@ -771,3 +771,27 @@ def test_fine_tuning_a_shipped_file_takes_its_config_and_says_so(tmp_path, capsy
     assert (cfg.unet.image_size, cfg.unet.encoder_dim, cfg.text_encoder) == (32, 384, "minilm")
     assert main(["train", "files64", "-o", str(tmp_path / "run"), *args]) == 0
     assert f"fine-tuning from {shipped}: its weights into the model and EMA" in capsys.readouterr().err
+
+
+def test_the_sample_grid_samples_with_train_sample_steps_and_guidance(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from pixelcascade.pipeline import Stage
+    from pixelcascade.training.samples import sample_grid_fn
+    cfg = dataclasses.replace(_cfg(), train=dataclasses.replace(_cfg().train, sample_steps="5", sample_guidance=2.5))
+    seen = []
+
+    def fake_sample(self, emb, unc, seeds, **kw):
+        seen.append(self.settings)
+        return torch.zeros(len(seeds), 3, 8, 8)
+    monkeypatch.setattr(Stage, "sample", fake_sample)
+
+    class Encoder:
+        def __call__(self, texts):
+            return torch.zeros(len(texts), 4, 8), None
+
+        def empty(self, n):
+            return torch.zeros(n, 4, 8), None
+    trainer = SimpleNamespace(cfg=cfg, ema=SimpleNamespace(model=torch.nn.Linear(1, 1)))
+    sample_grid_fn(Encoder(), ["a", "b"])(trainer, tmp_path / "grid.png")
+    assert (seen[0].num_steps, seen[0].guidance_scale) == ("5", 2.5) and (tmp_path / "grid.png").is_file()
