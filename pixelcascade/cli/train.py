@@ -117,7 +117,7 @@ def cmd_train(a) -> int:
     command = "pixelcascade train " + " ".join([a.preset, "-o", a.output] + overrides)
     try:
         trainer = train(cfg, a.output, progress=not a.quiet, time_limit_s=a.time_limit, command=command)
-    except (ResumeError, ConfigMismatch, EmojiError, DatasetError, StatesError, FolderBusy) as e:
+    except (ResumeError, ConfigMismatch, EmojiError, DatasetError, StatesError, FolderBusy, ConfigError) as e:
         raise UserError(str(e)) from None
     if trainer.stopped_by is not None:
         import signal

@@ -496,7 +496,10 @@ class Trainer:
                 if (self.step % tc.ckpt_every == 0 or self.step == max_steps) and busy:
                     self.save()
                     saved = True
-                    self._after_checkpoint()
+                    if main:
+                        plot_val_loss(self.out / "val_loss.csv", self.out / "val_loss.png")
+                if busy and self._grid_due(saved, max_steps):
+                    self._sample_grid(bar)
                 timed_out = bool(time_limit_s) and time.time() - t0 > time_limit_s
                 if self._agree(timed_out or stop.signum is not None):
                     if busy and not saved:
@@ -526,16 +529,24 @@ class Trainer:
         dist.all_reduce(v, op=dist.ReduceOp.MAX)
         return bool(v.item() > 0)
 
-    def _after_checkpoint(self) -> None:
-        """The validation plot and the sample grid (rank 0 writes; a sharded run samples on every process)."""
-        if self.rank == 0:
-            plot_val_loss(self.out / "val_loss.csv", self.out / "val_loss.png")
-        if self.sample_fn is not None:
-            grid = self.out / "samples" / f"step{self.step:07d}.png"
-            self.sample_fn(self, grid if self.rank == 0 else None)
-            for tracker in self.trackers:
-                if grid.is_file():
-                    tracker.image("samples", grid, self.step)
+    def _grid_due(self, saved: bool, max_steps: int) -> bool:
+        """train.sample_every: -1 never, 0 with every checkpoint, N every N steps (and at the end)."""
+        every = self.cfg.train.sample_every
+        if self.sample_fn is None or every < 0:
+            return False
+        return saved if every == 0 else self.step % every == 0 or self.step == max_steps
+
+    def _sample_grid(self, bar=None) -> None:
+        """The sample grid (rank 0 writes; a sharded run samples on every process), the bar saying so meanwhile."""
+        if bar is not None:
+            bar.set_postfix_str("rendering the sample grid", refresh=True)
+        grid = self.out / "samples" / f"step{self.step:07d}.png"
+        self.sample_fn(self, grid if self.rank == 0 else None)
+        for tracker in self.trackers:
+            if grid.is_file():
+                tracker.image("samples", grid, self.step)
+        if bar is not None:
+            bar.set_postfix_str("", refresh=True)
 
 
 def read_init_weights(path: Path) -> tuple[dict, dict, dict]:
@@ -616,7 +627,8 @@ def _train_free(new: dict) -> set[str]:
     cadences) and how this machine computes a step (threads, device, bf16 autocast: a run moved to a CPU without
     native bf16 goes on in fp32)."""
     free = {"ckpt_every", "val_every", "log_every", "num_threads", "device", "bf16", "grad_checkpointing", "compile",
-            "grad_accum", "sharding", "wandb", "wandb_project", "text_encoder_device"}
+            "grad_accum", "sharding", "wandb", "wandb_project", "text_encoder_device", "sample_every",
+            "sample_steps", "sample_guidance", "validation_prompts"}
     if new.get("lr_schedule", "constant") == "constant":
         free.add("max_steps")
     return free

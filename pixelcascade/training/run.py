@@ -11,7 +11,7 @@ from .checkpoint import load_checkpoint
 from .data import prepare_data
 from .loop import Trainer, check_resumable_config, write_recipe
 from .run_folder import exclusive
-from .samples import sample_grid_fn
+from .samples import grid_prompts, sample_grid_fn
 
 
 def train(cfg: RunConfig, out_dir: str | Path, *, cache: Path | None = None, progress: bool = True,
@@ -35,6 +35,7 @@ def _train(cfg: RunConfig, out_dir: Path, cache, progress, max_steps, time_limit
             "encoder_name": encoder.name, "command": command, "data_recipe": recipe, "world": cfg.data.world}
     if cfg.data.text_states:  # stored states keep the real tokens only: sampling zeroes the padding likewise
         meta["text_padding"] = "zeros"
+    prompts = grid_prompts(cfg.train.validation_prompts) or prompts
     sample_fn = sample_grid_fn(encoder, prompts) if grids else None
     trainer = Trainer(cfg, data, out_dir, val, progress=progress, sample_fn=sample_fn, meta=meta)
     write_recipe(out_dir, cfg, command)

@@ -27,3 +27,18 @@ def sample_grid_fn(encoder, prompts: list[str]):
         if path is not None:  # None: another process of a sharded run, which samples along but writes nothing
             contact_sheet(imgs, prompts, path, scale=3)
     return fn
+
+
+def grid_prompts(spec: str) -> list[str]:
+    """train.validation_prompts: a text file (one prompt a line) or prompts separated by "|"; [] for ""."""
+    if not spec.strip():
+        return []
+    from ..inputs import read_prompt_lines
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return read_prompt_lines(str(path))
+    if path.suffix == ".txt":
+        from ..config import ConfigError
+        raise ConfigError(f"train.validation_prompts={spec}: no such file; give a text file with one prompt a line, "
+                          "or prompts separated by |")
+    return [p.strip() for p in spec.split("|") if p.strip()]
