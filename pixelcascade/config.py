@@ -239,6 +239,8 @@ class DataConfig:
     # manifest, parquet, webdataset shards; e.g. what `pixelcascade curate` writes), centre-cropped and resized
     # to image_size once, into the cache; data.seed picks the held-out validation images
     path: str = ""
+    # the column of your manifest / metadata / parquet that holds the captions ("": caption, text, txt or prompt)
+    caption_column: str = ""
     image_size: int = 32  # the training images' side (the UNet's image_size)
     num_images: int = 60000  # images rendered for a synthetic world (shapes); 0: the whole dataset
     seed: int = 0  # seed of the rendered world and of the validation split

@@ -245,3 +245,48 @@ def test_cell_knn_finds_planted_copies_across_cells():
     assert all(2000 + i in labels[s] or s in labels[2000 + i] for i, s in enumerate(src))
     exact = nearest_l2(x, 5, index="exact")
     assert (labels[:, :2] == exact[:, :2]).all(1).mean() > 0.95
+
+
+def _pictures(folder, n=6):
+    from PIL import Image
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    names = []
+    for i in range(n):
+        name = f"pic{i}.png"
+        Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(folder / name)
+        names.append(name)
+    return names
+
+
+def test_captions_from_hf_metadata_and_a_named_column(tmp_path, capsys):
+    """Captions where users keep them: Hugging Face imagefolder's metadata.jsonl (file_name + text), a parquet
+    whose caption column has another name (--caption-column / data.caption_column); a table without one is
+    counted and named in curate's summary, and a column that is not there is one error listing those that are."""
+    pytest.importorskip("pyarrow")
+    import json as _json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pixelcascade.cli import main
+    from pixelcascade.data.formats import DataFormatError, ReadStats, read_records
+    hf = tmp_path / "hf"
+    names = _pictures(hf)
+    (hf / "metadata.jsonl").write_text("".join(_json.dumps({"file_name": n, "text": f"picture {i}"}) + "\n"
+                                               for i, n in enumerate(names)))
+    recs = list(read_records(hf))
+    assert [r.caption for r in recs] == [f"picture {i}" for i in range(6)]
+    table = tmp_path / "described.parquet"
+    pq.write_table(pa.table({"image": [(hf / n).read_bytes() for n in names],
+                             "description": [f"thing {i}" for i in range(6)]}), table)
+    stats = ReadStats()
+    assert all(r.caption == "" for r in read_records(table, stats)) and stats.missing_captions == 6
+    assert [r.caption for r in read_records(table, caption_column="description")][0] == "thing 0"
+    with pytest.raises(DataFormatError, match="no column 'caption_text'.*its columns: image, description"):
+        list(read_records(table, caption_column="caption_text"))
+    assert main(["curate", str(table), "-o", str(tmp_path / "out1"), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "6 without a caption" in out and "data.caption_column=NAME" in out
+    assert main(["curate", str(table), "-o", str(tmp_path / "out2"), "--caption-column", "description", "-q"]) == 0
+    assert "0 without a caption" in capsys.readouterr().out

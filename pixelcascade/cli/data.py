@@ -108,6 +108,9 @@ def add_commands(sub) -> None:
     cu.add_argument("input")
     cu.add_argument("-o", "--output", required=True, help="a new or empty folder: shards in data/, report.json")
     cu.add_argument("--overwrite", action="store_true", help="replace an earlier curate's output in -o")
+    cu.add_argument("--caption-column", default="",
+                    help="the column of a manifest.csv / metadata.jsonl / metadata.csv / parquet that holds the "
+                         "captions (default: the first of caption, text, txt, prompt)")
     cu.add_argument("--near-threshold", type=non_negative, default=6.5,
                     help="largest aligned 8x8-block difference (0-255) of a near duplicate; 0 = exact only")
     cu.add_argument("--phash-radius", type=whole, default=10, help="candidate pairs: pHash Hamming radius")
@@ -209,16 +212,22 @@ def cmd_curate(a) -> int:
                        compare_size=a.compare_size, max_shift=a.max_shift, min_size=a.min_size,
                        max_aspect=a.max_aspect, aesthetic_threshold=a.aesthetic_threshold,
                        aesthetic_model=a.aesthetic_model, workers=a.workers, ray_address=a.ray,
-                       per_shard=a.per_shard)
+                       per_shard=a.per_shard, caption_column=a.caption_column)
     try:
         r = curate(a.input, a.output, cfg, progress=not a.quiet, overwrite=a.overwrite)
     except (CurateError, DataFormatError) as e:
         raise UserError(str(e)) from None
     rd = r["read"]
+    uncaptioned = rd["missing_captions"] + rd["empty_captions"]
     print(f"{r['images']} images read ({rd['corrupt_images']} corrupt, {rd['truncated_shards']} truncated shards, "
-          f"{rd['unreadable_files']} unreadable files skipped); {r['exact_duplicates']} exact duplicates, "
+          f"{rd['unreadable_files']} unreadable files skipped; {uncaptioned} without a caption, which training "
+          f"leaves out); {r['exact_duplicates']} exact duplicates, "
           f"{r['near_duplicate_pairs']} near-duplicate pairs in {r['duplicate_clusters']} clusters; "
           f"dropped by filters: {r['dropped_by_filter'] or 'none'}; kept {r['kept']}")
+    if uncaptioned:
+        from ..data.formats import CAPTION_SOURCES
+        print(f"warning: {uncaptioned} of {r['images']} images have no caption; captions are read from "
+              f"{CAPTION_SOURCES}")
     for v in r["valley_check"]:
         print(f"warning: caption {v['caption']!r} is one image repeated {v['count']} times ({v['share']:.2%})")
     print(f"data: {Path(a.output) / 'data'}  report: {Path(a.output) / 'report.json'}")

@@ -57,6 +57,7 @@ class CurateConfig:
     ray_address: str | None = None
     per_shard: int = 1000
     top_captions: int = 20
+    caption_column: str = ""  # the column of a manifest / metadata / parquet holding the captions ("": the usual)
 
 
 class CurateError(PixelcascadeError, ValueError):
@@ -104,7 +105,7 @@ def shard_features(shard: str, cfg: CurateConfig) -> dict:
             scorer = AestheticScorer(cfg.aesthetic_model)
         except AestheticModelError as e:
             raise CurateError(str(e)) from None
-    for rec in read_shard(shard, stats):
+    for rec in read_shard(shard, stats, cfg.caption_column):
         try:
             img = rec.decode()
         except ValueError as e:
@@ -446,7 +447,7 @@ def curate(input_path: str | Path, output: str | Path, cfg: CurateConfig | None 
             want[rows[i]["shard"]].add(rows[i]["key"])
         got = {}
         for shard, keys in want.items():
-            for rec in read_shard(shard, ReadStats()):
+            for rec in read_shard(shard, ReadStats(), cfg.caption_column):
                 if rec.key in keys:
                     try:
                         got[index_of[(shard, rec.key)]] = rec.decode()
@@ -491,7 +492,7 @@ def curate(input_path: str | Path, output: str | Path, cfg: CurateConfig | None 
     written = 0
     with ShardWriter(out / "data", cfg.per_shard) as w:
         for shard in shards:
-            for rec in read_shard(shard, ReadStats()):
+            for rec in read_shard(shard, ReadStats(), cfg.caption_column):
                 i = keep_keys.get((str(shard), rec.key))
                 if i is None:
                     continue

@@ -29,6 +29,11 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 BYTES_COLUMNS = ("image", "jpg", "png", "webp", "bytes", "image_bytes")
 PATH_COLUMNS = ("file", "path", "image_path", "filepath")
 CAPTION_COLUMNS = ("caption", "text", "txt", "prompt")
+# where captions are read from, as the messages about a record without one name them
+CAPTION_SOURCES = ("a .txt sidecar beside each image, a column caption/text/txt/prompt of a manifest.csv, "
+                   "manifest.parquet, metadata.jsonl or metadata.csv (Hugging Face imagefolder: file_name) or of a "
+                   "parquet file, a shard's .txt member; another column: data.caption_column=NAME (curate "
+                   "--caption-column NAME)")
 IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp")  # a webdataset record's image, by member extension
 
 
@@ -129,21 +134,22 @@ def shard_list(path: str | Path) -> list[Path]:
     return [p]
 
 
-def read_records(path: str | Path, stats: ReadStats | None = None) -> Iterator[Record]:
-    """Every record of a dataset in any supported format, streamed."""
+def read_records(path: str | Path, stats: ReadStats | None = None, caption_column: str = "") -> Iterator[Record]:
+    """Every record of a dataset in any supported format, streamed. ``caption_column``: the column of a
+    manifest, metadata file or parquet that holds the captions (default: the first of CAPTION_COLUMNS there)."""
     stats = stats if stats is not None else ReadStats()
     for shard in shard_list(path):
-        yield from read_shard(shard, stats)
+        yield from read_shard(shard, stats, caption_column)
 
 
-def read_shard(shard: str | Path, stats: ReadStats) -> Iterator[Record]:
+def read_shard(shard: str | Path, stats: ReadStats, caption_column: str = "") -> Iterator[Record]:
     p = Path(shard)
     if p.suffix == ".tar":
         yield from _read_tar(p, stats)
     elif p.suffix == ".parquet":
-        yield from _read_parquet(p, stats, root=p.parent)
+        yield from _read_parquet(p, stats, root=p.parent, caption_column=caption_column)
     else:
-        yield from _read_folder(p, stats)
+        yield from _read_folder(p, stats, caption_column)
 
 
 def _read_tar(path: Path, stats: ReadStats) -> Iterator[Record]:
@@ -209,14 +215,27 @@ def has_end_marker(path: Path) -> bool:
         return f.read(1024) == bytes(1024)
 
 
-def _caption_of(row: dict) -> str:
-    for c in CAPTION_COLUMNS:
+def _caption_of(row: dict, column: str = "") -> str:
+    for c in (column,) if column else CAPTION_COLUMNS:
         if row.get(c):
-            return str(row[c])
+            return str(row[c]).strip()
     return ""
 
 
-def _read_parquet(path: Path, stats: ReadStats, root: Path) -> Iterator[Record]:
+def _check_caption_column(where: Path, names, column: str) -> None:
+    """A caption column asked for that the table lacks: one error listing the columns it has."""
+    if column and column not in names:
+        raise DataFormatError(f"{where}: no column {column!r} (data.caption_column / --caption-column); its "
+                              f"columns: {', '.join(map(str, names))}")
+
+
+def _captioned(rec_caption: str, stats: ReadStats, where: str) -> str:
+    if not rec_caption:
+        stats.note("missing_captions", where, "no caption (" + CAPTION_SOURCES.split(";")[0] + ")")
+    return rec_caption
+
+
+def _read_parquet(path: Path, stats: ReadStats, root: Path, caption_column: str = "") -> Iterator[Record]:
     import pyarrow.parquet as pq
     try:
         pf = pq.ParquetFile(path)
@@ -228,6 +247,7 @@ def _read_parquet(path: Path, stats: ReadStats, root: Path) -> Iterator[Record]:
     pcol = next((c for c in PATH_COLUMNS if c in names), None)
     if bcol is None and pcol is None:
         raise DataFormatError(f"{path}: no image column (one of {BYTES_COLUMNS + PATH_COLUMNS}); has {names}")
+    _check_caption_column(path, names, caption_column)
     n = 0
     for batch in pf.iter_batches(batch_size=256):
         for row in batch.to_pylist():
@@ -246,7 +266,8 @@ def _read_parquet(path: Path, stats: ReadStats, root: Path) -> Iterator[Record]:
                 continue
             meta = {k: v for k, v in row.items() if k not in (bcol, pcol) and _jsonable(v)}
             stats.records += 1
-            yield Record(key, bytes(data), _caption_of(row), meta, source=path.name)
+            caption = _captioned(_caption_of(row, caption_column), stats, f"{path.name}:{key}")
+            yield Record(key, bytes(data), caption, meta, source=path.name)
 
 
 def _jsonable(v) -> bool:
@@ -261,19 +282,23 @@ def _read_bytes(fp: Path, stats: ReadStats) -> bytes | None:
         return None
 
 
-def _read_folder(path: Path, stats: ReadStats) -> Iterator[Record]:
+def _read_folder(path: Path, stats: ReadStats, caption_column: str = "") -> Iterator[Record]:
     if (path / "manifest.parquet").is_file():
-        yield from _read_parquet(path / "manifest.parquet", stats, root=path)
+        yield from _read_parquet(path / "manifest.parquet", stats, root=path, caption_column=caption_column)
         return
-    if (path / "manifest.csv").is_file():
-        with open(path / "manifest.csv", newline="") as f:
-            for row in list(csv.DictReader(f)):
-                fp = path / (row.get("file") or row.get("path") or "")
-                data = _read_bytes(fp, stats)
-                if data is not None:
-                    stats.records += 1
-                    meta = {k: v for k, v in row.items() if k not in ("file", "path")}
-                    yield Record(fp.stem, data, _caption_of(row), meta, source=str(path.name))
+    table = next((path / n for n in ("manifest.csv", "metadata.jsonl", "metadata.csv") if (path / n).is_file()),
+                 None)
+    if table is not None:  # our manifest, or Hugging Face imagefolder's metadata (file_name + columns)
+        rows = _table_rows(table)
+        _check_caption_column(table, list(rows[0]) if rows else [], caption_column)
+        for row in rows:
+            fp = path / str(row.get("file") or row.get("path") or row.get("file_name") or "")
+            data = _read_bytes(fp, stats)
+            if data is not None:
+                stats.records += 1
+                meta = {k: v for k, v in row.items() if k not in ("file", "path", "file_name") and _jsonable(v)}
+                caption = _captioned(_caption_of(row, caption_column), stats, str(fp))
+                yield Record(fp.stem, data, caption, meta, source=str(path.name))
         return
     for fp in sorted(q for q in path.rglob("*") if q.suffix.lower() in IMAGE_EXTS):
         txt = fp.with_suffix(".txt")
@@ -286,6 +311,21 @@ def _read_folder(path: Path, stats: ReadStats) -> Iterator[Record]:
         if data is not None:
             stats.records += 1
             yield Record(str(fp.relative_to(path).with_suffix("")), data, cap, {}, source=path.name)
+
+
+def _table_rows(path: Path) -> list[dict]:
+    """The rows of a manifest.csv, metadata.csv or metadata.jsonl."""
+    if path.suffix == ".jsonl":
+        rows = []
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DataFormatError(f"{path}:{i}: not a JSON object ({e.msg}); one object a line") from None
+        return rows
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
 
 
 # --------------------------------------------------------------------------------------------------

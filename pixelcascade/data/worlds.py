@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import sys
 from pathlib import Path
 from typing import Protocol
 
@@ -159,7 +160,7 @@ def files_images(dc: DataConfig, cache: Path, progress: bool = True):
     512)."""
     import hashlib
 
-    from .formats import DataFormatError, ReadStats, detect_format, read_records
+    from .formats import CAPTION_SOURCES, DataFormatError, ReadStats, detect_format, read_records
     if not dc.path:
         raise DatasetError("data.world=files trains on your own data: name it with data.path=DATASET (a folder of "
                            "images with .txt captions or a manifest.csv, parquet, or webdataset .tar shards)")
@@ -175,7 +176,7 @@ def files_images(dc: DataConfig, cache: Path, progress: bool = True):
         root.mkdir(parents=True, exist_ok=True)
         stats, captions, no_caption = ReadStats(), [], 0
         digest = hashlib.sha256()
-        it = read_records(src, stats)
+        it = read_records(src, stats, dc.caption_column)
         if progress:
             from tqdm import tqdm
             it = tqdm(it, desc=f"reading {src.name} ({fmt})", unit="img")
@@ -206,8 +207,12 @@ def files_images(dc: DataConfig, cache: Path, progress: bool = True):
     skipped = (f"{info['read']['corrupt_images']} corrupt images, {info['read']['truncated_shards']} truncated "
                f"shards, {info['skipped_no_caption']} records without a caption skipped")
     if n < 2:
+        why = f"; captions are read from {CAPTION_SOURCES}" if info["skipped_no_caption"] else ""
         raise DatasetError(f"data.path={dc.path}: {n} usable image-caption records ({skipped}); training needs at "
-                           "least 2 (one is held out for validation)")
+                           f"least 2 (one is held out for validation){why}")
+    if info["skipped_no_caption"] and progress:
+        print(f"note: {info['skipped_no_caption']} of {n + info['skipped_no_caption']} records have no caption and "
+              f"are left out; captions are read from {CAPTION_SOURCES}", file=sys.stderr)
     n_val = min(512, max(1, n // 20))
     order = np.random.default_rng(dc.seed).permutation(n)
     images = np.memmap(root / "images.u8", dtype=np.uint8, mode="r", shape=(n, dc.image_size, dc.image_size, 3))
