@@ -82,7 +82,7 @@ def lr_at(step: int, tc: TrainConfig) -> float:
     return tc.lr
 
 
-def check_resumable_config(ckpt_path: Path, saved: str, cfg: RunConfig) -> None:
+def check_resumable_config(ckpt_path: Path, saved: str, cfg: RunConfig, step: int = 0) -> None:
     """Refuse to resume a checkpoint written under another config (``saved``: its JSON). Fields added since it was
     written take their defaults; the train settings a resume may change (``_train_free``) and the number of
     stream workers (a machine's choice) are free."""
@@ -98,6 +98,9 @@ def check_resumable_config(ckpt_path: Path, saved: str, cfg: RunConfig) -> None:
         if isinstance(d.get("data"), dict):
             d["data"].pop("workers", None)
     free = _train_free(new["train"])
+    if new["train"].get("lr_schedule", "constant") == "constant" and \
+            max(old.get("train", {}).get("warmup_steps", 0), new["train"]["warmup_steps"]) <= step:
+        free.add("warmup_steps")  # both warm-ups are over (a longer run's, scaled with max_steps): no lr changes
     diffs = [(key, a, b) for key, a, b in _leaf_diffs(old, new) if not (key.startswith("train.") and key[6:] in free)]
     if diffs:
         shown = "; ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, a, b in diffs[:6])
@@ -240,7 +243,7 @@ class Trainer:
         """Weights, EMA and step from the run's checkpoint; returns its optimizer state (and whether it is keyed
         by parameter name), loaded once the optimizer exists."""
         state = load_checkpoint(self.ckpt_path)
-        check_resumable_config(self.ckpt_path, state.get("config", "{}"), self.cfg)
+        check_resumable_config(self.ckpt_path, state.get("config", "{}"), self.cfg, int(state.get("step", 0)))
         if self.streaming and state.get("data_fingerprint", self.data.fingerprint) != self.data.fingerprint:
             raise ConfigMismatch(f"{self.ckpt_path} was trained on other shards than {self.cfg.data.path} holds now "
                                  "(names, sizes or record counts differ): the stream could not continue where it "

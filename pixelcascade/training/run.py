@@ -29,7 +29,8 @@ def train(cfg: RunConfig, out_dir: str | Path, *, cache: Path | None = None, pro
 def _train(cfg: RunConfig, out_dir: Path, cache, progress, max_steps, time_limit_s, command, grids) -> Trainer:
     ckpt = out_dir / "checkpoint.pt"
     if ckpt.is_file():  # a resume under another config is refused before minutes of data preparation
-        check_resumable_config(ckpt, str(load_checkpoint(ckpt, mmap=True).get("config", "{}")), cfg)
+        state = load_checkpoint(ckpt, mmap=True)
+        check_resumable_config(ckpt, str(state.get("config", "{}")), cfg, int(state.get("step", 0)))
     data, val, recipe, encoder, prompts = prepare_data(cfg, cache, progress)
     meta = {"text_encoder": cfg.text_encoder, "text_max_length": cfg.data.text_max_length,
             "encoder_name": encoder.name, "command": command, "data_recipe": recipe, "world": cfg.data.world}
