@@ -290,3 +290,36 @@ def test_captions_from_hf_metadata_and_a_named_column(tmp_path, capsys):
     assert "6 without a caption" in out and "data.caption_column=NAME" in out
     assert main(["curate", str(table), "-o", str(tmp_path / "out2"), "--caption-column", "description", "-q"]) == 0
     assert "0 without a caption" in capsys.readouterr().out
+
+
+def test_mixed_formats_are_refused_with_a_list_and_curate_outputs_merge(tmp_path):
+    """A folder holding images, a parquet file and shards is one clear error that counts each; a curate output
+    folder reads as its data/ (not its report pictures); two curate outputs' shards have distinct names."""
+    pytest.importorskip("pyarrow")
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pixelcascade.cli import main
+    from pixelcascade.data.formats import DataFormatError, read_records
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder in (a, b):
+        for i, name in enumerate(_pictures(folder, 4)):
+            (folder / name).with_suffix(".txt").write_text(f"{folder.name} picture {i}")
+    assert main(["curate", str(a), "-o", str(tmp_path / "ca"), "-q"]) == 0
+    assert main(["curate", str(b), "-o", str(tmp_path / "cb"), "-q"]) == 0
+    assert len(list(read_records(tmp_path / "ca"))) == 4  # the output folder itself: its data/
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    for out in ("ca", "cb"):
+        for shard in (tmp_path / out / "data").glob("*.tar"):
+            assert not (merged / shard.name).exists()  # no renaming needed
+            shutil.copy(shard, merged / shard.name)
+    assert len(list(read_records(merged))) == 8
+    mixed = tmp_path / "mixed"
+    shutil.copytree(a, mixed)
+    pq.write_table(pa.table({"image": [(a / "pic0.png").read_bytes()], "caption": ["x"]}), mixed / "more.parquet")
+    shutil.copy(next((tmp_path / "ca" / "data").glob("*.tar")), mixed / "s.tar")
+    with pytest.raises(DataFormatError, match=r"mixes dataset formats \(1 .tar shards, 1 parquet files, 4 images"):
+        list(read_records(mixed))

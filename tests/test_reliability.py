@@ -120,7 +120,9 @@ def test_curate_refuses_a_non_empty_output_unless_overwrite_which_drops_the_old_
     assert main(["curate", str(src), "-o", str(out), "-q"]) == 2
     assert "is not empty" in _one_error_line(capsys) and stale.exists()
     assert main(["curate", str(src), "-o", str(out), "--overwrite", "-q"]) == 0
-    assert not stale.exists() and sorted(p.name for p in (out / "data").iterdir()) == ["00000.tar", "manifest.parquet"]
+    from pixelcascade.data.curate import shard_prefix
+    names = sorted(p.name for p in (out / "data").iterdir())
+    assert not stale.exists() and names == ["manifest.parquet", f"{shard_prefix(src)}-00000.tar"]  # mergeable names
     (out / "data" / "notes.md").write_text("mine")  # never removed: curate did not write it
     capsys.readouterr()
     assert main(["curate", str(src), "-o", str(out), "--overwrite", "-q"]) == 2

@@ -395,6 +395,16 @@ def find_duplicates(rows: list[dict], cfg: CurateConfig, loader) -> tuple[UnionF
 OUTPUTS = ("data", "report.json", "clusters.png", "scores.png")  # what curate writes into its output folder
 
 
+def shard_prefix(input_path) -> str:
+    """The name curate's shards start with: the input's name and a hash of its path (``mine-3fa2c1``), so that
+    the outputs of several curate runs can be merged into one folder without renaming."""
+    import hashlib
+    import re
+    path = Path(input_path).expanduser().resolve()
+    slug = re.sub(r"[^a-z0-9]+", "-", path.stem.lower()).strip("-")[:24] or "data"
+    return f"{slug}-{hashlib.sha1(str(path).encode()).hexdigest()[:6]}"
+
+
 def prepare_output(out: Path, overwrite: bool) -> None:
     """An output folder that holds nothing of an earlier run: training reads every shard in ``out/data``, so
     stale ones would join the new data. A non-empty folder is refused unless ``overwrite``; then curate's own
@@ -490,7 +500,7 @@ def curate(input_path: str | Path, output: str | Path, cfg: CurateConfig | None 
     # write the kept records, streaming shard by shard
     keep_keys = {(rows[i]["shard"], rows[i]["key"]): i for i in keep}
     written = 0
-    with ShardWriter(out / "data", cfg.per_shard) as w:
+    with ShardWriter(out / "data", cfg.per_shard, prefix=shard_prefix(input_path)) as w:
         for shard in shards:
             for rec in read_shard(shard, ReadStats(), cfg.caption_column):
                 i = keep_keys.get((str(shard), rec.key))

@@ -102,8 +102,16 @@ class ReadStats:
 # readers
 
 
-def detect_format(path: str | Path) -> str:
+def dataset_root(path: str | Path) -> Path:
+    """Where a dataset's records are: a curate output folder (report.json beside data/) means its data/."""
     p = Path(path)
+    if p.is_dir() and (p / "report.json").is_file() and (p / "data").is_dir():
+        return p / "data"
+    return p
+
+
+def detect_format(path: str | Path) -> str:
+    p = dataset_root(path)
     if not p.exists():
         raise DataFormatError(f"{p}: no such file or folder")
     if p.is_file():
@@ -112,25 +120,31 @@ def detect_format(path: str | Path) -> str:
         if p.suffix == ".tar":
             return "webdataset"
         raise DataFormatError(f"{p}: not a dataset (expected a folder, a .parquet file or a .tar shard)")
-    if sorted(p.glob("*.tar")):
-        return "webdataset"
-    if (p / "manifest.parquet").is_file() or (p / "manifest.csv").is_file():
-        return "folder"
-    if sorted(p.glob("*.parquet")):
-        return "parquet"
-    return "folder"
+    tables = [n for n in ("manifest.parquet", "manifest.csv", "metadata.jsonl", "metadata.csv") if (p / n).is_file()]
+    kinds = {"webdataset": sorted(p.glob("*.tar")),
+             "parquet": [q for q in sorted(p.glob("*.parquet")) if q.name != "manifest.parquet"],
+             "folder": [q for q in p.iterdir() if q.suffix.lower() in IMAGE_EXTS] if not tables else tables}
+    if kinds["webdataset"] and tables == ["manifest.parquet"]:  # curate's own output: shards + their manifest
+        kinds["folder"] = []
+    present = {k: v for k, v in kinds.items() if v}
+    if len(present) > 1:
+        what = {"webdataset": ".tar shards", "parquet": "parquet files", "folder": "images (or their table)"}
+        listed = ", ".join(f"{len(v)} {what[k]}" for k, v in present.items())
+        raise DataFormatError(f"{p} mixes dataset formats ({listed}); one format a folder: move each into its own "
+                              "folder and train or curate them one at a time")
+    return next(iter(present), "folder")
 
 
 def shard_list(path: str | Path) -> list[Path]:
     """The units of per-shard work: tar shards, parquet files, or the folder itself."""
-    p = Path(path)
+    p = dataset_root(path)
     fmt = detect_format(p)
     if p.is_file():
         return [p]
     if fmt == "webdataset":
         return sorted(p.glob("*.tar"))
     if fmt == "parquet":
-        return sorted(p.glob("*.parquet"))
+        return [q for q in sorted(p.glob("*.parquet")) if q.name != "manifest.parquet"]
     return [p]
 
 
@@ -343,20 +357,27 @@ def _ext_of(data: bytes) -> str:
 
 
 class ShardWriter:
-    """webdataset shards of at most ``per_shard`` records (``00000.tar``, ...), each written atomically,
+    """webdataset shards of at most ``per_shard`` records (``00000.tar``, ... or ``PREFIX-00000.tar``), each written
+    atomically,
     plus ``manifest.parquet`` (key, shard, caption and the metadata columns) when closed."""
 
-    def __init__(self, out_dir: str | Path, per_shard: int = 1000):
+    def __init__(self, out_dir: str | Path, per_shard: int = 1000, prefix: str = ""):
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.per_shard, self.shard, self.count = per_shard, 0, 0
+        self.prefix = f"{prefix}-" if prefix else ""  # shards of several writers can share a folder
         self.rows: list[dict] = []
         self._tf = None
         self._tmp = None
 
+    @property
+    def name(self) -> str:
+        """The shard being written: ``00000.tar``, or ``PREFIX-00000.tar``."""
+        return f"{self.prefix}{self.shard:05d}.tar"
+
     def _open(self):
         import tempfile
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.shard:05d}.", suffix=".tar.tmp", dir=self.out)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.name}.", suffix=".tar.tmp", dir=self.out)
         import os
         os.close(fd)
         self._tmp = Path(tmp)
@@ -368,7 +389,7 @@ class ShardWriter:
             return
         self._tf.close()
         os.chmod(self._tmp, 0o644)
-        os.replace(self._tmp, self.out / f"{self.shard:05d}.tar")
+        os.replace(self._tmp, self.out / self.name)
         self._tf = None
         self.shard += 1
 
@@ -386,7 +407,7 @@ class ShardWriter:
         self._add(f"{key}.txt", rec.caption.encode())
         self._add(f"{key}.json", json.dumps({"key": rec.key, "caption": rec.caption, **rec.meta},
                                             ensure_ascii=False).encode())
-        self.rows.append({"key": key, "shard": f"{self.shard:05d}.tar", "caption": rec.caption,
+        self.rows.append({"key": key, "shard": self.name, "caption": rec.caption,
                           **{k: v for k, v in rec.meta.items() if _jsonable(v)}})
         self.count += 1
         if self.count % self.per_shard == 0:

@@ -38,7 +38,8 @@ def expand_shards(spec: str | Path) -> list[Path]:
         import glob
         shards = sorted(Path(p) for p in glob.glob(s) if p.endswith(".tar"))
     elif Path(s).is_dir():
-        shards = sorted(Path(s).glob("*.tar"))
+        from .formats import dataset_root
+        shards = sorted(dataset_root(s).glob("*.tar"))
     elif s.endswith(".tar") and Path(s).is_file():
         shards = [Path(s)]
     else:
