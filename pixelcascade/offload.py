@@ -104,8 +104,12 @@ class WeightStreamer:
     def _fetch(self, i: int) -> list[torch.Tensor]:
         """Unit i's tensors on the device in the target dtype (a prefetched copy when there is one)."""
         if i in self._staged:
-            torch.cuda.current_stream(self.device).wait_stream(self._stream)
-            return self._staged.pop(i)
+            current = torch.cuda.current_stream(self.device)
+            current.wait_stream(self._stream)
+            staged = self._staged.pop(i)
+            for t in staged:  # made on the side stream, read on this one: not reused before this one is done
+                t.record_stream(current)
+            return staged
         return self._copy(i)
 
     def _copy(self, i: int) -> list[torch.Tensor]:
