@@ -24,7 +24,7 @@ def add_commands(sub) -> None:
     de = dsub.add_parser("emoji", help="render every emoji of Noto Color Emoji -> webdataset shards + manifest",
                          description="Every fully-qualified emoji the font draws (blank glyphs dropped and counted), "
                                      "captioned with its English name; aliases and its names in 13 other "
-                                     "languages go into the metadata. A seeded 5%% of the emoji are held out.",
+                                     "languages go into the metadata. A seeded 5% of the emoji are held out.",
                          epilog="example: pixelcascade data emoji -o data/emoji128 --size 128")
     de.add_argument("-o", "--output", required=True)
     de.add_argument("--size", type=at_least_1, default=128)
@@ -100,8 +100,9 @@ def add_commands(sub) -> None:
                         description="One streaming pass per shard (decode, pixel hash, perceptual hash, thumbnail, "
                                     "score), a global duplicate search (faiss: pHash radius + thumbnail kNN, each "
                                     "candidate verified by aligned block differences), then the kept data as "
-                                    "webdataset shards and report.json, clusters.png, scores.png. INPUT: a folder "
-                                    "of images with .txt captions or a manifest, parquet, or webdataset shards.",
+                                    "webdataset shards and report.json, clusters.png (and scores.png, the "
+                                    "histogram of the aesthetic scores, when there are any). INPUT: a folder of "
+                                    "images with .txt captions or a manifest, parquet, or webdataset shards.",
                         epilog="examples:\n  pixelcascade curate data/emoji128 -o data/emoji128-curated\n"
                                "  pixelcascade curate laion/ -o laion-clean --aesthetic-threshold 4.5 --workers 16\n"
                                "  pixelcascade curate s3shards/ -o out --ray auto")

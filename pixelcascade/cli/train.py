@@ -115,9 +115,12 @@ def cmd_train(a) -> int:
                         "--print-config and --dry-run need none")
     check_writable(Path(a.output))
     command = "pixelcascade train " + " ".join([a.preset, "-o", a.output] + overrides)
+    new_folder = not Path(a.output).exists()
     try:
         trainer = train(cfg, a.output, progress=not a.quiet, time_limit_s=a.time_limit, command=command)
     except (ResumeError, ConfigMismatch, EmojiError, DatasetError, StatesError, FolderBusy, ConfigError) as e:
+        if new_folder:  # a run that never started leaves no empty folder behind (only its lock file is there)
+            _remove_if_unused(Path(a.output))
         raise UserError(str(e)) from None
     if trainer.stopped_by is not None:
         import signal
@@ -129,6 +132,12 @@ def cmd_train(a) -> int:
               "to do; raise train.max_steps (or --max-steps) to train on, or export it", file=sys.stderr)
     print(f"checkpoint and EMA weights in {a.output}")
     return 0
+
+
+def _remove_if_unused(folder: Path) -> None:
+    if folder.is_dir() and {p.name for p in folder.iterdir()} <= {".lock"}:
+        (folder / ".lock").unlink(missing_ok=True)
+        folder.rmdir()
 
 
 def _print_config(cfg) -> int:
