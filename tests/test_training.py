@@ -795,3 +795,24 @@ def test_the_sample_grid_samples_with_train_sample_steps_and_guidance(monkeypatc
     trainer = SimpleNamespace(cfg=cfg, ema=SimpleNamespace(model=torch.nn.Linear(1, 1)))
     sample_grid_fn(Encoder(), ["a", "b"])(trainer, tmp_path / "grid.png")
     assert (seen[0].num_steps, seen[0].guidance_scale) == ("5", 2.5) and (tmp_path / "grid.png").is_file()
+
+
+def test_a_super_resolution_run_gets_a_grid_of_its_input_beside_its_output(tmp_path):
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from pixelcascade.models.unet import build_unet
+    from pixelcascade.training.data import TrainData
+    from pixelcascade.training.fine_tune import run_config
+    from pixelcascade.training.samples import sample_grid_fn
+    cfg = run_config("shapes64-sr", ["train.sample_steps=2"])
+    rng = np.random.default_rng(0)
+    val = TrainData(images=rng.integers(0, 255, (3, 64, 64, 3), dtype=np.uint8), caption_idx=np.array([0, 1, 0]),
+                    text_table=torch.randn(3, 32, 384).half(), null_idx=2, captions=["a red circle", "a square",
+                                                                                     "a red circle"])
+    torch.manual_seed(0)
+    trainer = SimpleNamespace(cfg=cfg, val=val, ema=SimpleNamespace(model=build_unet(cfg.unet).eval()))
+    sample_grid_fn(None, [])(trainer, tmp_path / "grid.png")  # no encoder needed: the held-out states
+    w, h = Image.open(tmp_path / "grid.png").size
+    assert w > 4 * 64 and h > 64  # 3 pairs (input, output) in rows of 4 tiles

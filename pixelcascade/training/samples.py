@@ -11,12 +11,11 @@ from ..pipeline import Stage
 
 def sample_grid_fn(encoder, prompts: list[str]):
     """A ``Trainer.sample_fn``: 16 prompts sampled with the run's settings (steps and guidance: train.sample_steps,
-    train.sample_guidance), saved as a captioned grid (stage I only: a super-resolution stage has no low-res input
-    to show here)."""
+    train.sample_guidance), saved as a captioned grid; a super-resolution stage's grid: :func:`sr_grid`."""
     def fn(trainer, path: Path) -> None:
         cfg = trainer.cfg
         if cfg.unet.super_res:
-            return
+            return sr_grid(trainer, path)
         emb, _ = encoder(prompts)
         unc, _ = encoder.empty(len(prompts))
         # the run's sampling settings, at the grid's own steps and guidance (train.sample_steps / sample_guidance)
@@ -27,6 +26,31 @@ def sample_grid_fn(encoder, prompts: list[str]):
         if path is not None:  # None: another process of a sharded run, which samples along but writes nothing
             contact_sheet(imgs, prompts, path, scale=3)
     return fn
+
+
+def sr_grid(trainer, path: Path | None, n: int = 8) -> None:
+    """A super-resolution stage's grid: the first ``n`` held-out images down-sampled as in training (its input,
+    shown up-sampled) beside what the EMA model makes of them under their captions' states."""
+    import torch
+    import torch.nn.functional as F
+
+    from .sr import degrade
+    cfg, val = trainer.cfg, trainer.val
+    if not hasattr(val, "batch") or not len(val):
+        return
+    idx = torch.arange(min(n, len(val)))
+    x0, emb = val.batch(idx, torch.zeros(len(idx), dtype=torch.bool))
+    unc = val.text_table[val.null_idx].float().expand(len(idx), -1, -1)
+    low = degrade(x0, cfg.data.low_res_size)
+    settings = dataclasses.replace(cfg.sample, num_steps=cfg.train.sample_steps,
+                                   guidance_scale=cfg.train.sample_guidance)
+    stage = Stage(unet=trainer.ema.model, diffusion=cfg.diffusion, settings=settings)
+    out = stage.sample(emb, unc, list(range(len(idx))), low_res=low, height=x0.shape[-2], width=x0.shape[-1])
+    shown = F.interpolate(low, size=x0.shape[-2:], mode="nearest")
+    caps = [val.captions[i] if val.captions else "" for i in idx.tolist()]  # one caption per example
+    tiles = torch.stack([t for pair in zip(shown, out.to(shown.dtype)) for t in pair])
+    if path is not None:
+        contact_sheet(tiles, [c for cap in caps for c in (f"in: {cap}", "out")], path, scale=2, cols=4)
 
 
 def grid_prompts(spec: str) -> list[str]:
