@@ -460,18 +460,16 @@ class Cascade(_EngineCascade):
         """Stream every UNet's weights to ``device`` block by block from CPU memory (pinned for a GPU; the next
         block copied while one runs), the text encoder moved there whole while it runs (diffusers' name; the
         ``--offload sequential`` of a loaded cascade)."""
-        from .offload import MemorySource, WeightStreamer
+        from .offload import MemorySource, WeightStreamer, place_buffers
         device = _device(device)
         self.to("cpu")
         for st in self.stages:
             if getattr(st, "unet", None) is None or st.streamer is not None:
                 continue
             weights = {k: v.detach() for k, v in st.unet.named_parameters()}
-            st.streamer = WeightStreamer(st.unet, MemorySource(weights, pin=device.startswith("cuda")), device,
-                                         next(iter(weights.values())).dtype)
-            for name, buf in list(st.unet.named_buffers()):
-                owner, _, attr = name.rpartition(".")
-                st.unet.get_submodule(owner).register_buffer(attr, buf.to(device))
+            dtype = next(iter(weights.values())).dtype
+            st.streamer = WeightStreamer(st.unet, MemorySource(weights, pin=device.startswith("cuda")), device, dtype)
+            place_buffers(st.unet, dict(st.unet.named_buffers()).__getitem__, device, dtype)
         self.offload = device if device != "cpu" else None
         self.offload_mode = "sequential"
         return self

@@ -33,6 +33,15 @@ class MemorySource:
         return self.tensors[name]
 
 
+def place_buffers(model: torch.nn.Module, get, device, dtype: torch.dtype) -> None:
+    """``model``'s buffers (a UNet's are a few KB: the text whitening) set from ``get(name)`` and kept on
+    ``device``, floating ones in ``dtype``: buffers stay resident while the parameters stream."""
+    for name, _ in list(model.named_buffers()):
+        owner, _, attr = name.rpartition(".")
+        t = get(name)
+        model.get_submodule(owner).register_buffer(attr, t.to(device, dtype if t.is_floating_point() else t.dtype))
+
+
 def block_units(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
     """The streaming units of ``model``: each child that holds parameters, looking through ModuleLists (a UNet's
     input/middle/output blocks are lists of layers: each layer is a unit). The model's own direct parameters are
@@ -149,7 +158,3 @@ class WeightStreamer:
         for i in list(self.loaded):
             self._release(i)
         self._staged.clear()
-
-    def largest_unit_bytes(self) -> int:
-        size = torch.empty(0, dtype=self.dtype).element_size()
-        return max((sum(torch.Size(s).numel() for s in shapes) * size for shapes in self.shapes), default=0)

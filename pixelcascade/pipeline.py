@@ -6,7 +6,7 @@ every image has its own seed and its own noise stream, so an image does not depe
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -453,7 +453,8 @@ class Cascade:
         p = next(self.stages[0].unet.parameters()) if hasattr(self.stages[0], "unet") else None
         if getattr(self.encoder, "quantized", None):  # what changes the text states, beside each image
             extra.setdefault("text_encoder_dtype", self.encoder.quantized)
-        if hasattr(self.encoder, "texts") and hasattr(self.encoder, "path"):  # prompt_states.StatesEncoder
+        from .prompt_states import StatesEncoder
+        if isinstance(self.encoder, StatesEncoder):
             extra.setdefault("prompt_states", str(self.encoder.path))
         return settings_record(prompt=prompt, seed=seed, settings=settings, size=size, model=self.source,
                                device=self.offload or (str(p.device) if p is not None else "cpu"),
@@ -464,7 +465,8 @@ class Cascade:
     def _states(self, prompts, negative_prompts, text_states, negative_states_):
         """(text states, mask, unconditional states, mask): encoded here, or as given (one stay of the encoder on
         the device, or in memory when offloading on a CPU)."""
-        with self._on_device(self.encoder):
+        given = text_states is not None and negative_states_ is not None
+        with nullcontext() if given else self._on_device(self.encoder):  # nothing to encode: not moved
             if text_states is None:
                 text_emb, text_mask = self.encoder(prompts)
             else:

@@ -423,6 +423,7 @@ def serve(model: str = "shapes", *, host: str = "127.0.0.1", port: int = 7860, s
     cascade = torch_thread.run(load, model, device=device, dtype=dtype, text_encoder=text_encoder,
                                text_encoder_dtype=text_encoder_dtype, offload=offload)
     app = build_app(cascade, model, torch_thread=torch_thread,
-                    load_options=dict(device=device, dtype=dtype, text_encoder=text_encoder))
+                    load_options=dict(device=device, dtype=dtype, text_encoder=text_encoder,
+                                      text_encoder_dtype=text_encoder_dtype, offload=offload))
     print(f"pixelcascade serving {model} at http://{host}:{port}", file=sys.stderr, flush=True)
     app.launch(server_name=host, server_port=port, share=share, show_error=True, quiet=True, css=PAGE_CSS)

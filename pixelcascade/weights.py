@@ -19,11 +19,15 @@ from .tensorfiles import CheckpointError, read_tensors, write_safetensors
 def load_stage(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Stage:
     """A stage from a pixelcascade .safetensors file (UNet, diffusion and sampling settings in the metadata)."""
     unet, meta = load_unet(path, dtype=dtype, device=device)
-    diffusion = meta_config(meta, "diffusion_config", DiffusionConfig, Path(path), DiffusionConfig())
-    default = default_sampling(unet.cfg.super_res)
-    sample = meta_config(meta, "sample_config", SampleConfig, Path(path), default)
-    meta_int(meta, "text_max_length", 77, Path(path))
-    return Stage(unet=unet, diffusion=diffusion, settings=sample, meta=meta)
+    return _stage(unet, meta, Path(path))
+
+
+def _stage(unet: torch.nn.Module, meta: dict, path: Path, streamer=None) -> Stage:
+    """A stage around a loaded UNet: diffusion and sampling settings from the file's metadata (else defaults)."""
+    diffusion = meta_config(meta, "diffusion_config", DiffusionConfig, path, DiffusionConfig())
+    sample = meta_config(meta, "sample_config", SampleConfig, path, default_sampling(unet.cfg.super_res))
+    meta_int(meta, "text_max_length", 77, path)
+    return Stage(unet=unet, diffusion=diffusion, settings=sample, meta=meta, streamer=streamer)
 
 
 def load_stage_offloaded(path: str | Path, device: str, dtype: torch.dtype, unit: str = "block") -> Stage:
@@ -33,7 +37,7 @@ def load_stage_offloaded(path: str | Path, device: str, dtype: torch.dtype, unit
     a GPU)."""
     from .model_files import check_state_dict, read_unet
     from .models.unet import build_unet
-    from .offload import MemorySource, WeightStreamer
+    from .offload import MemorySource, WeightStreamer, place_buffers
     from .tensorfiles import FileSource, read_metadata
     path = Path(path).expanduser()
     meta = read_metadata(path) if path.is_file() and path.suffix == ".safetensors" else {}
@@ -44,28 +48,17 @@ def load_stage_offloaded(path: str | Path, device: str, dtype: torch.dtype, unit
             unet = build_unet(cfg)
         if any(source.shape(n) is None for n, _ in unet.named_buffers()):
             raise CheckpointError(f"{path} lacks the UNet's buffers (text whitening): export the model again")
-        _resident_buffers(unet, source.get, device, dtype)
+        place_buffers(unet, source.get, device, dtype)
     else:
         sd, cfg, meta = read_unet(path)
         with torch.device("meta"):
             unet = build_unet(cfg)
         check_state_dict(unet, sd)
-        source = MemorySource({k: v.to(dtype) for k, v in sd.items()}, pin=str(device).startswith("cuda"))
-        _resident_buffers(unet, sd.__getitem__, device, dtype)
+        source = MemorySource({k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()},
+                              pin=str(device).startswith("cuda"))
+        place_buffers(unet, sd.__getitem__, device, dtype)
     streamer = WeightStreamer(unet, source, device, dtype, units=[("", unet)] if unit == "model" else None)
-    unet.eval()
-    diffusion = meta_config(meta, "diffusion_config", DiffusionConfig, path, DiffusionConfig())
-    sample = meta_config(meta, "sample_config", SampleConfig, path, default_sampling(cfg.super_res))
-    meta_int(meta, "text_max_length", 77, path)
-    return Stage(unet=unet, diffusion=diffusion, settings=sample, meta=meta, streamer=streamer)
-
-
-def _resident_buffers(unet: torch.nn.Module, get, device: str, dtype: torch.dtype) -> None:
-    """A meta-built UNet's buffers (a few KB: the text whitening) read in and kept on the device."""
-    for name, _ in list(unet.named_buffers()):
-        owner, _, attr = name.rpartition(".")
-        t = get(name)
-        unet.get_submodule(owner).register_buffer(attr, t.to(device, dtype if t.is_floating_point() else t.dtype))
+    return _stage(unet.eval(), meta, path, streamer)
 
 
 def export_weights(run_dir: str | Path, dest: str | Path, dtype: torch.dtype = torch.float16,

@@ -125,6 +125,14 @@ def encoder_flags(g: argparse.ArgumentParser) -> None:
                         "default: its own (T5 bf16, MiniLM fp32). docs/memory.md has the states' error")
 
 
+def offload_flag(g: argparse.ArgumentParser) -> None:
+    g.add_argument("--offload", nargs="?", const="model", choices=("model", "sequential"),
+                   help="less memory: 'model' (the flag alone) keeps one model at a time where it runs (a GPU: the "
+                        "others wait in CPU memory; a CPU: each is read from its file when it runs, then freed); "
+                        "'sequential' streams the UNets' weights block by block (slower, least memory). "
+                        "`pixelcascade memory` shows what each takes")
+
+
 def sampling_flags(g: argparse.ArgumentParser) -> None:
     """How each stage samples: every command that makes images (generate, edit, upscale, eval)."""
     g.add_argument("--stages", type=at_least_1, help="how many cascade stages to run (default: all the model has)")
@@ -160,11 +168,7 @@ def image_args(g: argparse.ArgumentParser) -> None:
     model_flags(g)
     g.add_argument("--stage3", help="append a third stage: a local stable-diffusion-x4-upscaler folder (IF's "
                                     "stage III) or one of our super-resolution .safetensors")
-    g.add_argument("--offload", nargs="?", const="model", choices=("model", "sequential"),
-                   help="less memory: 'model' (the flag alone) keeps one model at a time where it runs (a GPU: the "
-                        "others wait in CPU memory; a CPU: each is read from its file when it runs, then freed); "
-                        "'sequential' streams the UNets' weights block by block (slower, least memory). "
-                        "`pixelcascade memory` shows what each takes")
+    offload_flag(g)
     g.add_argument("--max-pixels", type=at_least_1, default=DEFAULT_MAX_PIXELS,
                    help=f"the largest image read or made, in pixels (default {DEFAULT_MAX_PIXELS:,}): input images "
                         "are checked from their header before decoding (a small PNG can declare a huge image), "

@@ -31,8 +31,7 @@ def add_commands(sub) -> None:
                               '  pixelcascade generate "a red circle" --negative-prompt "a blue square" -o out.png\n'
                               '  pixelcascade generate "a cat" --model /models/IF-I-XL --text-encoder /models/t5 '
                               "--device cuda --dtype fp16 -o cat.png")
-    g.add_argument("prompts", nargs="*", help="one or more prompts")
-    g.add_argument("--prompts-file", help="a text file with one prompt a line")
+    prompt_flags(g)
     g.add_argument("--prompt-states", metavar="FILE",
                    help="text states from `pixelcascade encode` instead of the text encoder, which is then never "
                         "loaded: the file's prompts (or those given, which it must hold)")
@@ -50,8 +49,7 @@ def add_commands(sub) -> None:
                                 "  pixelcascade generate --prompt-states states.safetensors -o outs/\n"
                                 '  pixelcascade encode --prompts-file prompts.txt --model /models/IF-I-XL '
                                 "--text-encoder-dtype int8 -o states.safetensors")
-    enc.add_argument("prompts", nargs="*", help="one or more prompts")
-    enc.add_argument("--prompts-file", help="a text file with one prompt a line")
+    prompt_flags(enc)
     enc.add_argument("--negative-prompt", default="", help="also encode this negative prompt (generate's flag)")
     enc.add_argument("-o", "--output", default="states.safetensors", help="the states file to write")
     enc.add_argument("--model", default="shapes", help="the model the states are for: its text encoder and window "
@@ -94,6 +92,12 @@ def add_commands(sub) -> None:
     up.add_argument("--scale", type=positive, default=2.0, help="output size / input size")
     image_args(up)
     up.set_defaults(fn=cmd_upscale)
+
+
+def prompt_flags(g: argparse.ArgumentParser) -> None:
+    """Prompts on the command line and from a file: what :func:`_read_prompts` reads (generate, encode)."""
+    g.add_argument("prompts", nargs="*", help="one or more prompts")
+    g.add_argument("--prompts-file", help="a text file with one prompt a line")
 
 
 def _read_prompts(a) -> list[str]:
@@ -221,22 +225,17 @@ def cmd_generate(a) -> int:
 
 
 def cmd_encode(a) -> int:
-    from ..api import load_text_encoder
+    from ..api import load_text_encoder  # its errors are one `error:` line like every PixelcascadeError
     from ..prompt_states import write_prompt_states
-    from ..shipped import ModelError
-    from ..text.encoder import TextEncoderError
     prompts = _read_prompts(a)
     out = Path(a.output)
     if out.suffix != ".safetensors":
         raise UserError(f"-o {out}: states files are .safetensors; give a name ending in .safetensors")
     check_writable(out)
     t0 = time.time()
-    try:
-        encoder = load_text_encoder(a.model, text_encoder=a.text_encoder, device=device_arg(a.device),
-                                    text_encoder_dtype=a.text_encoder_dtype)
-        write_prompt_states(encoder, prompts, out, negative_prompts=[a.negative_prompt])
-    except (ModelError, TextEncoderError) as e:
-        raise UserError(str(e)) from None
+    encoder = load_text_encoder(a.model, text_encoder=a.text_encoder, device=device_arg(a.device),
+                                text_encoder_dtype=a.text_encoder_dtype)
+    write_prompt_states(encoder, prompts, out, negative_prompts=[a.negative_prompt])
     print(out)
     if not a.quiet:
         print(f"{len(prompts)} prompt(s) encoded with {encoder.name} in {time.time() - t0:.1f} s", file=sys.stderr)
@@ -264,14 +263,10 @@ def cmd_img2img(a) -> int:
 def cmd_upscale(a) -> int:
     from ..pipeline import from_uint8
     img = from_uint8(load_image(a.image, max_pixels=a.max_pixels))
-    from ..api import load_upscaler
-    from ..shipped import ModelError
+    from ..api import load_upscaler  # its ModelError is one `error:` line like every PixelcascadeError
     device, dtype = device_and_dtype(a)
-    try:
-        cascade = load_upscaler(a.model, device=device, dtype=dtype, text_encoder=a.text_encoder, lora=a.lora,
-                                text_encoder_dtype=a.text_encoder_dtype, offload=a.offload or False)
-    except ModelError as e:
-        raise UserError(str(e)) from None
+    cascade = load_upscaler(a.model, device=device, dtype=dtype, text_encoder=a.text_encoder, lora=a.lora,
+                            text_encoder_dtype=a.text_encoder_dtype, offload=a.offload or False)
     size = cascade.upscaled_size(a.image, img.shape[2], img.shape[3], a.scale, a.max_pixels)
     check_writable(Path(a.output))
     req = ImageRequest.from_args(a, [a.prompt], image=img, size=size, inputs={"input_image": a.image})

@@ -157,7 +157,7 @@ def _dry_run(cfg, quiet: bool) -> int:
     print(f"data: {found} ({r['data']})")
     print(f"steps: {r['max_steps']:,} of {r['batch_size']} images on {r['device']}"
           f"{' with bf16 autocast' if r['bf16'] else ' in fp32'}")
-    total = r["hours"] * 3600
+    total = r["seconds"]
     span = f"{total / 3600:.1f} h" if total >= 3600 else f"{total / 60:.0f} min" if total >= 60 else f"{total:.0f} s"
     print(f"time: {r['seconds_per_step']:.2f} s a step here (median of 3), about {span} for the run")
     return 0

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..text.quantize import TEXT_DTYPES
 from .common import device_and_dtype
-from .flags import DTYPE_HELP, at_least_1
+from .flags import DTYPE_HELP, at_least_1, encoder_flags, offload_flag
 
 
 def add_commands(sub) -> None:
@@ -23,13 +22,10 @@ def add_commands(sub) -> None:
     s.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: this machine only)")
     s.add_argument("--port", type=at_least_1, default=7860)
     s.add_argument("--share", action="store_true", help="also make a public Gradio share link (never by default)")
-    s.add_argument("--text-encoder", help="override the text encoder: 'minilm' or a local HF/T5 folder")
+    encoder_flags(s)
     s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
     s.add_argument("--dtype", default="auto", help=f"UNet weights: {DTYPE_HELP} (default: auto)")
-    s.add_argument("--text-encoder-dtype", choices=TEXT_DTYPES, help="the text encoder's weights (int8 / nf4: "
-                                                                      "quantized, as generate takes it)")
-    s.add_argument("--offload", nargs="?", const="model", choices=("model", "sequential"),
-                   help="one model at a time where it runs, or the UNets block by block (as generate takes it)")
+    offload_flag(s)
     s.set_defaults(fn=cmd_serve)
 
 

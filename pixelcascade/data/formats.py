@@ -245,7 +245,8 @@ def _check_caption_column(where: Path, names, column: str) -> None:
 
 def _captioned(rec_caption: str, stats: ReadStats, where: str) -> str:
     if not rec_caption:
-        stats.note("missing_captions", where, "no caption (" + CAPTION_SOURCES.split(";")[0] + ")")
+        stats.note("missing_captions", where, "no caption in its row (caption, text, txt, prompt, or "
+                                              "data.caption_column)")
     return rec_caption
 
 
@@ -358,8 +359,7 @@ def _ext_of(data: bytes) -> str:
 
 class ShardWriter:
     """webdataset shards of at most ``per_shard`` records (``00000.tar``, ... or ``PREFIX-00000.tar``), each written
-    atomically,
-    plus ``manifest.parquet`` (key, shard, caption and the metadata columns) when closed."""
+    atomically, plus ``manifest.parquet`` (key, shard, caption and the metadata columns) when closed."""
 
     def __init__(self, out_dir: str | Path, per_shard: int = 1000, prefix: str = ""):
         self.out = Path(out_dir)

