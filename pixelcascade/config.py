@@ -239,8 +239,14 @@ class DataConfig:
     # manifest, parquet, webdataset shards; e.g. what `pixelcascade curate` writes), centre-cropped and resized
     # to image_size once, into the cache; data.seed picks the held-out validation images
     path: str = ""
+    # world=files: several datasets in one run, "photos/,logos/" (data.path=A,B); data.repeats="1,4": how many times
+    # each is seen per epoch, in the same order ("": once each). The held-out images come from all of them.
+    repeats: str = ""
     # the column of your manifest / metadata / parquet that holds the captions ("": caption, text, txt or prompt)
     caption_column: str = ""
+    # world=files: records without a caption stop the run before it starts (naming where captions are read from);
+    # true leaves them out and counts them in the log and the model's recipe
+    skip_uncaptioned: bool = False
     image_size: int = 32  # the training images' side (the UNet's image_size)
     num_images: int = 60000  # images rendered for a synthetic world (shapes); 0: the whole dataset
     seed: int = 0  # seed of the rendered world and of the validation split
@@ -277,6 +283,7 @@ class DataConfig:
         if self.path and self.world not in ("files", "dreambooth"):
             raise ConfigError(f"data.path is read only with data.world=files (this run's world is {self.world}); "
                               "add data.world=files")
+        self._check_paths()
         if self.text_states and self.world != "files":
             raise ConfigError("data.text_states is read only with data.world=files and webdataset shards")
         if self.shuffle_buffer < 1 or self.workers < 0:
@@ -285,6 +292,34 @@ class DataConfig:
         for name in ("paired_low_res", "template_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"data.{name}={getattr(self, name)}: a share of the examples, from 0 to 1")
+
+    @property
+    def paths(self) -> list[str]:
+        """The datasets data.path names (several: comma-separated)."""
+        return [p.strip() for p in self.path.split(",") if p.strip()] if self.world == "files" else [self.path]
+
+    @property
+    def repeat_counts(self) -> list[int]:
+        """How many times each of :attr:`paths` is seen per epoch."""
+        return [int(r) for r in self.repeats.split(",")] if self.repeats else [1] * len(self.paths)
+
+    def _check_paths(self) -> None:
+        paths = self.paths
+        if len(set(paths)) < len(paths):
+            raise ConfigError(f"data.path={self.path!r} names a dataset twice: name each once and weigh it with "
+                              "data.repeats")
+        if not self.repeats:
+            return
+        if self.world != "files":
+            raise ConfigError("data.repeats weighs the datasets of data.world=files: add data.world=files")
+        try:
+            counts = self.repeat_counts
+        except ValueError:
+            counts = []
+        if len(counts) != len(paths) or min(counts, default=0) < 1:
+            example = ",".join(["1"] * len(paths))
+            raise ConfigError(f"data.repeats={self.repeats!r}: one whole number >= 1 per dataset of data.path "
+                              f"({len(paths)} there), comma-separated, e.g. data.repeats={example}")
 
     def _check_dreambooth(self) -> None:
         db = self.dreambooth

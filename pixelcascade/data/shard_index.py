@@ -159,9 +159,11 @@ class DatasetIndex:
         return np.flatnonzero(mask), val
 
 
-def index_dataset(spec: str | Path, cache: Path | None = None, progress: bool = False) -> DatasetIndex:
-    """Index every shard ``spec`` names (cached per shard)."""
-    shards = expand_shards(spec)
+def index_dataset(spec: str | Path | list, cache: Path | None = None, progress: bool = False) -> DatasetIndex:
+    """Index every shard ``spec`` names (a list: each one's, in order; cached per shard)."""
+    shards = [s for one in (spec if isinstance(spec, list) else [spec]) for s in expand_shards(one)]
+    if len({s.resolve() for s in shards}) < len(shards):
+        raise DataFormatError(f"{spec}: a shard is named twice (weigh a dataset with data.repeats instead)")
     it = enumerate(shards)
     if progress and len(shards) > 1:
         from tqdm import tqdm

@@ -151,36 +151,40 @@ def _listing_key(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def files_images(dc: DataConfig, cache: Path, progress: bool = True):
-    """Your dataset (``data.path``, any format of :mod:`pixelcascade.data.formats`) for training: decoded once,
-    centre-cropped and resized to ``dc.image_size``, into a uint8 file in the cache that training reads memory-
-    mapped (so RAM holds the batches, not the dataset). Returns (images [N, S, S, 3] memmap, captions [N],
-    held-out indices, training indices, info). Records that cannot be decoded, truncated shards and records
-    without a caption are skipped and counted in ``info``; ``dc.seed`` picks the held-out images (5%, 1 to
-    512)."""
-    import hashlib
-
-    from .formats import CAPTION_SOURCES, DataFormatError, ReadStats, detect_format, read_records
+def _sources(dc: DataConfig) -> list[tuple[Path, str]]:
+    """Each dataset of data.path with its format; a missing or mixed one is one clear error."""
+    from .formats import DataFormatError, detect_format
     if not dc.path:
         raise DatasetError("data.world=files trains on your own data: name it with data.path=DATASET (a folder of "
-                           "images with .txt captions or a manifest.csv, parquet, or webdataset .tar shards)")
-    src = Path(dc.path).expanduser()
-    try:
-        fmt = detect_format(src)
-    except DataFormatError as e:
-        raise DatasetError(f"data.path: {e}; give a folder of images with .txt captions or a manifest.csv, a "
-                           "parquet file or folder, or webdataset .tar shards") from None
-    root = cache / "data" / f"files-{_listing_key(src)}-{dc.image_size}"
-    info_path = root / "info.json"
-    if not info_path.is_file():
-        root.mkdir(parents=True, exist_ok=True)
-        stats, captions, no_caption = ReadStats(), [], 0
-        digest = hashlib.sha256()
-        it = read_records(src, stats, dc.caption_column)
-        if progress:
-            from tqdm import tqdm
-            it = tqdm(it, desc=f"reading {src.name} ({fmt})", unit="img")
-        with atomic_path(root / "images.u8") as tmp, open(tmp, "wb") as f:
+                           "images with .txt captions or a manifest.csv, parquet, or webdataset .tar shards; several: "
+                           "data.path=A,B)")
+    out = []
+    for path in dc.paths:
+        src = Path(path).expanduser()
+        try:
+            out.append((src, detect_format(src)))
+        except DataFormatError as e:
+            raise DatasetError(f"data.path: {e}; give a folder of images with .txt captions or a manifest.csv, a "
+                               "parquet file or folder, or webdataset .tar shards") from None
+    return out
+
+
+def _decode_into_cache(sources: list[tuple[Path, str]], root: Path, dc: DataConfig, progress: bool) -> None:
+    """Decode, crop and resize every captioned record of ``sources`` into root/images.u8 (+ captions.json, the
+    source of each row, info.json written last: the cache is complete)."""
+    import hashlib
+
+    from .formats import ReadStats, read_records
+    root.mkdir(parents=True, exist_ok=True)
+    stats, captions, source_of, per_source = ReadStats(), [], [], []
+    digest = hashlib.sha256()
+    with atomic_path(root / "images.u8") as tmp, open(tmp, "wb") as f:
+        for j, (src, fmt) in enumerate(sources):
+            it = read_records(src, stats, dc.caption_column)
+            if progress:
+                from tqdm import tqdm
+                it = tqdm(it, desc=f"reading {src.name} ({fmt})", unit="img")
+            kept = no_caption = 0
             for rec in it:
                 caption = rec.caption.strip()
                 if not caption:
@@ -195,29 +199,69 @@ def files_images(dc: DataConfig, cache: Path, progress: bool = True):
                 digest.update(img.tobytes())
                 digest.update(caption.encode() + b"\0")
                 captions.append(caption)
-        info = {"path": str(src.resolve()), "format": fmt, "images": len(captions), "image_size": dc.image_size,
-                "skipped_no_caption": no_caption, "read": stats.as_dict(), "sha256": digest.hexdigest()}
-        with atomic_path(root / "captions.json") as tmp:
-            Path(tmp).write_text(json.dumps(captions))
-        with atomic_path(info_path) as tmp:  # written last: the cache is complete
-            Path(tmp).write_text(json.dumps(info, indent=1))
-    info = json.loads(info_path.read_text())
-    captions = json.loads((root / "captions.json").read_text())
+                source_of.append(j)
+                kept += 1
+            per_source.append({"path": str(src.resolve()), "format": fmt, "images": kept,
+                               "skipped_no_caption": no_caption})
+    info = {"path": ", ".join(s["path"] for s in per_source), "format": " + ".join(s["format"] for s in per_source),
+            "images": len(captions), "image_size": dc.image_size, "sources": per_source,
+            "skipped_no_caption": sum(s["skipped_no_caption"] for s in per_source), "read": stats.as_dict(),
+            "sha256": digest.hexdigest()}
+    with atomic_path(root / "captions.json") as tmp:
+        Path(tmp).write_text(json.dumps({"captions": captions, "source_of": source_of}))
+    with atomic_path(root / "info.json") as tmp:
+        Path(tmp).write_text(json.dumps(info, indent=1))
+
+
+def check_captioned(dc: DataConfig, uncaptioned: int, total: int, progress: bool) -> None:
+    """Records without a caption: an error before training starts, unless data.skip_uncaptioned (then a note)."""
+    from .formats import CAPTION_SOURCES
+    if not uncaptioned:
+        return
+    if not dc.skip_uncaptioned:
+        raise DatasetError(f"data.path={dc.path}: {uncaptioned} of {total} records have no caption. Captions are "
+                           f"read from {CAPTION_SOURCES}. Caption them, name the column, or add "
+                           "data.skip_uncaptioned=true to train on the captioned ones")
+    if progress:
+        print(f"note: {uncaptioned} of {total} records have no caption and are left out (data.skip_uncaptioned)",
+              file=sys.stderr)
+
+
+def files_images(dc: DataConfig, cache: Path, progress: bool = True):
+    """Your datasets (``data.path``, one or several, any format of :mod:`pixelcascade.data.formats`) for training:
+    decoded once, centre-cropped and resized to ``dc.image_size``, into a uint8 file in the cache that training
+    reads memory-mapped (so RAM holds the batches, not the dataset). Returns (images [N, S, S, 3] memmap, captions
+    [N], held-out indices, training indices, info; info["source_of"]: each row's dataset). Records that cannot be
+    decoded and truncated shards are skipped and counted in ``info``; records without a caption stop the run
+    unless ``dc.skip_uncaptioned``; ``dc.seed`` picks the held-out images (5%, 1 to 512)."""
+    import hashlib
+    sources = _sources(dc)
+    key = sources[0][0] if len(sources) == 1 else None
+    listing = _listing_key(key) if key is not None else hashlib.sha256(
+        "\n".join(_listing_key(s) for s, _ in sources).encode()).hexdigest()[:16]
+    root = cache / "data" / f"files-{listing}-{dc.image_size}-{dc.caption_column or 'auto'}"
+    if not (root / "info.json").is_file():
+        _decode_into_cache(sources, root, dc, progress)
+    info = json.loads((root / "info.json").read_text())
+    table = json.loads((root / "captions.json").read_text())
+    captions, info["source_of"] = table["captions"], np.array(table["source_of"], dtype=np.int64)
     n = info["images"]
+    check_captioned(dc, info["skipped_no_caption"], n + info["skipped_no_caption"], progress)
     skipped = (f"{info['read']['corrupt_images']} corrupt images, {info['read']['truncated_shards']} truncated "
                f"shards, {info['skipped_no_caption']} records without a caption skipped")
     if n < 2:
-        why = f"; captions are read from {CAPTION_SOURCES}" if info["skipped_no_caption"] else ""
         raise DatasetError(f"data.path={dc.path}: {n} usable image-caption records ({skipped}); training needs at "
-                           f"least 2 (one is held out for validation){why}")
-    if info["skipped_no_caption"] and progress:
-        print(f"note: {info['skipped_no_caption']} of {n + info['skipped_no_caption']} records have no caption and "
-              f"are left out; captions are read from {CAPTION_SOURCES}", file=sys.stderr)
+                           "least 2 (one is held out for validation)")
     n_val = min(512, max(1, n // 20))
     order = np.random.default_rng(dc.seed).permutation(n)
     images = np.memmap(root / "images.u8", dtype=np.uint8, mode="r", shape=(n, dc.image_size, dc.image_size, 3))
     info["skipped"] = skipped
     return images, captions, np.sort(order[:n_val]), np.sort(order[n_val:]), info
+
+
+def repeated(ids: np.ndarray, source_of: np.ndarray, repeats: list[int]) -> np.ndarray:
+    """``ids`` with each id of dataset j repeated ``repeats[j]`` times (data.repeats), in order."""
+    return np.repeat(ids, np.asarray(repeats)[source_of[ids]]) if max(repeats) > 1 else ids
 
 
 class ShapesWorld:
@@ -264,31 +308,43 @@ class EmojiWorld:
         return ["grinning face", "red heart", "thumbs up", "cat", "rocket", "pizza", "sun", "tree"] * 2
 
 
+def _is_shards(path: str) -> bool:
+    p = Path(path).expanduser()
+    return any(c in path for c in "*?[") or p.suffix == ".tar" or (p.is_dir() and any(p.glob("*.tar")))
+
+
 def streams(dc: DataConfig) -> bool:
-    """Whether a run reads its data as a stream: world=files, data.stream, and webdataset shards at data.path."""
+    """Whether a run reads its data as a stream: world=files, data.stream, and webdataset shards at each data.path
+    (a mix of shards and other formats goes through the cache)."""
     if dc.world != "files" or not dc.stream or not dc.path:
         return False
-    p = Path(dc.path).expanduser()
-    return any(c in dc.path for c in "*?[") or p.suffix == ".tar" or (p.is_dir() and any(p.glob("*.tar")))
+    return all(_is_shards(p) for p in dc.paths)
 
 
 def files_stream(dc: DataConfig, cache: Path, progress: bool = True):
     """Streamed world=files: (index, training ids, validation ids, info). The index is built once per shard and
-    cached; records without a caption are left out of both splits and counted."""
+    cached; records without a caption stop the run (or, with data.skip_uncaptioned, are left out and counted);
+    data.repeats repeats each dataset's training ids."""
     from .formats import DataFormatError
-    from .shard_index import index_dataset
+    from .shard_index import expand_shards, index_dataset
     try:
-        index = index_dataset(dc.path, cache, progress)
+        shard_counts = [len(expand_shards(p)) for p in dc.paths]
+        index = index_dataset(dc.paths, cache, progress)
     except DataFormatError as e:
         raise DatasetError(f"data.path: {e}") from None
     captioned = index.records["text_size"] > 0
+    check_captioned(dc, int((~captioned).sum()), len(index), progress)
     train_ids, val_ids = index.split(dc.seed)
     train_ids, val_ids = train_ids[captioned[train_ids]], val_ids[captioned[val_ids]]
+    source_of = np.repeat(np.arange(len(shard_counts)), shard_counts)[index.records["shard"]]
+    train_ids = repeated(train_ids, source_of, dc.repeat_counts)
     info = {"path": str(dc.path), "format": "webdataset (streamed)", "images": len(index),
             "shards": len(index.shards), "fingerprint": index.fingerprint(),
             "skipped": (f"{index.stats['truncated_shards']} truncated shards, {index.stats['dropped_records']} "
                         f"records cut off or without an image, {int((~captioned).sum())} records without a caption "
                         "left out")}
+    if dc.repeats:
+        info["path"] += f" (repeats {dc.repeats})"
     if len(train_ids) < 1 or len(val_ids) < 1:
         raise DatasetError(f"data.path={dc.path}: {len(index)} records ({info['skipped']}); training needs at "
                            "least 2 with captions (one is held out for validation)")
@@ -300,17 +356,26 @@ class FilesWorld:
 
     def splits(self, dc, cache, progress=True, super_res=False):
         images, captions, val_rows, train_rows, info = files_images(dc, cache, progress)
+        train_rows = repeated(train_rows, info["source_of"], dc.repeat_counts)
         train = WorldSplit(images, [[captions[i]] for i in train_rows], rows=train_rows, info=info)
         return train, WorldSplit(images, [[captions[i]] for i in val_rows], rows=val_rows, info=info)
 
     def recipe(self, dc, train, val):
         info = train.info
-        return (f"files: {info['path']} ({info['format']}), {info['images']} image-caption records "
+        return (f"files: {sources_text(dc, info)}, {info['images']} image-caption records "
                 f"({info['skipped']}; content sha256 {info['sha256'][:16]}), centre-cropped and resized to "
                 f"{dc.image_size} px; {len(train)} training, {len(val)} held out for validation (data.seed {dc.seed})")
 
     def preview_prompts(self, dc, val):  # the held-out captions (validation images), first 8, twice
         return ([c[0] for c in val.captions[:8]] * 2)[:16]
+
+
+def sources_text(dc: DataConfig, info: dict) -> str:
+    """The datasets of a run for its recipe: each path, format and (several) its images and repeats."""
+    if len(info.get("sources", [])) < 2:
+        return f"{info['path']} ({info['format']})"
+    return "; ".join(f"{s['path']} ({s['format']}, {s['images']} images, x{r})"
+                     for s, r in zip(info["sources"], dc.repeat_counts))
 
 
 WORLDS: dict[str, World] = {w.name: w for w in (ShapesWorld(), EmojiWorld(), FilesWorld())}

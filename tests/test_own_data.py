@@ -1,0 +1,147 @@
+"""Training on your own data: each layout users keep data in, several datasets in one run, and the messages for
+what cannot be trained on."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pixelcascade.data.formats import Record, ShardWriter, write_parquet
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
+
+
+def _picture(i: int, size=(24, 32)) -> tuple[np.ndarray, str]:
+    """A flat colour with a darker square: the caption names the colour and where the square is."""
+    name = list(COLOURS)[i % len(COLOURS)]
+    img = np.zeros((*size, 3), np.uint8) + np.array(COLOURS[name], np.uint8)
+    side = "left" if i % 2 else "right"
+    x0 = 2 if side == "left" else size[1] - 10
+    img[8:16, x0:x0 + 8] //= 3
+    return img, f"a {name} picture with a dark square on the {side}, number {i}"
+
+
+def _png(img: np.ndarray) -> bytes:
+    b = io.BytesIO()
+    Image.fromarray(img).save(b, "PNG")
+    return b.getvalue()
+
+
+def folder_with_sidecars(root, n=12, start=0):
+    root.mkdir(parents=True)
+    for i in range(start, start + n):
+        img, cap = _picture(i)
+        Image.fromarray(img).save(root / f"p{i:03d}.png")
+        (root / f"p{i:03d}.txt").write_text(cap)
+    return root
+
+
+def folder_with_metadata_jsonl(root, n=12):
+    """Hugging Face imagefolder: images + metadata.jsonl with file_name and text."""
+    root.mkdir(parents=True)
+    lines = []
+    for i in range(n):
+        img, cap = _picture(i)
+        Image.fromarray(img).save(root / f"p{i:03d}.png")
+        lines.append(json.dumps({"file_name": f"p{i:03d}.png", "text": cap}))
+    (root / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def parquet_with_description(path, n=12):
+    """Image bytes in a parquet file whose captions are in a column named ``description``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{"key": f"p{i:03d}", "image": _png(_picture(i)[0]), "description": _picture(i)[1]} for i in range(n)]
+    write_parquet(rows, path)
+    return path
+
+
+def webdataset_shards(root, n=12, per_shard=5):
+    with ShardWriter(root, per_shard=per_shard) as w:
+        for i in range(n):
+            img, cap = _picture(i)
+            w.write(Record(f"p{i:03d}", _png(img), cap))
+    return root
+
+
+def test_several_datasets_in_one_run_with_repeats(tmp_path):
+    """data.path=A,B with data.repeats=1,3: both decoded into one cache, held-out images from both, B's training
+    images three times in the examples; the recipe names each dataset with its count and repeats. Streamed shards
+    the same."""
+    from pixelcascade.data.worlds import FilesWorld, files_stream
+    from pixelcascade.training.fine_tune import run_config
+    a = folder_with_sidecars(tmp_path / "a", n=30)
+    b = folder_with_metadata_jsonl(tmp_path / "b", n=10)
+    base = ["data.world=files", "data.image_size=16", "unet.image_size=16"]
+    dc = run_config("tiny", base + [f"data.path={a},{b}", "data.repeats=1,3"]).data
+    train, val = FilesWorld().splits(dc, tmp_path / "cache", progress=False)
+    source = train.info["source_of"]
+    assert len(source) == 40 and source.tolist() == [0] * 30 + [1] * 10
+    counts = np.bincount(source[train.rows], minlength=2)
+    held = np.bincount(source[val.rows], minlength=2)
+    assert counts[0] == 30 - held[0] and counts[1] == 3 * (10 - held[1]) and held.sum() == 2
+    recipe = FilesWorld().recipe(dc, train, val)
+    assert f"{a} (folder, 30 images, x1)" in recipe and f"{b} (folder, 10 images, x3)" in recipe
+    # streamed: two folders of shards
+    sa, sb = webdataset_shards(tmp_path / "sa", n=20), webdataset_shards(tmp_path / "sb", n=8)
+    sdc = run_config("tiny", base + [f"data.path={sa},{sb}", "data.repeats=2,1"]).data
+    index, train_ids, val_ids, info = files_stream(sdc, tmp_path / "cache", progress=False)
+    assert len(index) == 28 and len(index.shards) == 6 and "repeats 2,1" in info["path"]
+    in_a = index.records["shard"][train_ids] < 4
+    assert in_a.sum() == 2 * (20 - (index.records["shard"][val_ids] < 4).sum())
+    assert (~in_a).sum() == 8 - (index.records["shard"][val_ids] >= 4).sum()
+
+
+@pytest.mark.parametrize("over, message", [
+    (["data.repeats=1,2,3"], "one whole number >= 1 per dataset of data.path (2 there)"),
+    (["data.repeats=1,0"], "one whole number >= 1 per dataset"),
+    (["data.repeats=2"], "e.g. data.repeats=1,1"),
+])
+def test_repeats_that_do_not_fit_the_paths_are_one_message(tmp_path, capsys, over, message):
+    from pixelcascade.cli import main
+    code = main(["train", "files64", "-o", str(tmp_path / "r"), "data.path=a/,b/", *over, "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_a_dataset_named_twice_is_refused(tmp_path, capsys):
+    from pixelcascade.cli import main
+    code = main(["train", "files64", "-o", str(tmp_path / "r"), "data.path=a/,a/", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and "names a dataset twice" in err and "data.repeats" in err
+
+
+def test_curate_keeps_the_better_copy_of_a_duplicate_and_says_which(tmp_path, capsys):
+    """A re-compressed copy listed before its original: --keep best writes the original (the larger, less
+    compressed file) with the copy's caption in dup_captions; --keep first writes the copy; report.json names the
+    kept record of each cluster."""
+    from pixelcascade.cli import main
+    from pixelcascade.data.formats import read_records
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    yy, xx = np.mgrid[0:64, 0:64]
+    original = np.stack([xx * 4, yy * 4, (xx + yy) * 2], -1).clip(0, 255).astype(np.uint8)
+    Image.fromarray(original).save(folder / "b_original.png")
+    (folder / "b_original.txt").write_text("a smooth colour ramp")
+    Image.fromarray(original).save(folder / "a_copy.jpg", quality=85)
+    (folder / "a_copy.txt").write_text("a copy of the first picture")
+    for i in range(3):
+        img, cap = _picture(i, size=(64, 64))
+        Image.fromarray(img).save(folder / f"c{i}.png")
+        (folder / f"c{i}.txt").write_text(cap)
+    kept = {}
+    for keep in ("best", "first"):
+        out = tmp_path / keep
+        assert main(["curate", str(folder), "-o", str(out), "--keep", keep, "-q"]) == 0
+        assert "1 clusters" in capsys.readouterr().out
+        recs = {r.caption: r for r in read_records(out / "data")}
+        kept[keep] = recs
+        cluster = json.loads((out / "report.json").read_text())["largest_clusters"][0]
+        assert cluster["size"] == 2 and cluster["kept"]["caption"] in recs
+    assert "a smooth colour ramp" in kept["best"] and "a copy of the first picture" not in kept["best"]
+    assert kept["best"]["a smooth colour ramp"].meta["dup_captions"] == "a copy of the first picture"
+    assert "a copy of the first picture" in kept["first"] and len(kept["first"]) == 4
