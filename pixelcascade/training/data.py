@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..config import RunConfig
+from ..data.augment import flippable
 from ..data.stream import StreamSpec, read_records_by_id, stream_loader
 from ..data.text_states import StatesReader, check_states, read_meta, unpack
 from ..data.worlds import DatasetError, WorldSplit, files_stream, get_world, streams
@@ -35,6 +36,7 @@ class TrainData:
     # super-resolution: each image's own low-res render (uint8 [N, h, w, 3]), used for a share
     # (data.paired_low_res) of examples in place of the down-sampled target
     low_images: np.ndarray | None = None
+    flippable: np.ndarray | None = None  # bool [N]: examples whose caption names no side (data.flip may mirror them)
 
     def __len__(self) -> int:
         return len(self.caption_idx)
@@ -65,9 +67,10 @@ def build_train_data(split: WorldSplit, encoder, cache: Path, progress: bool = T
     rows = np.arange(len(split.captions)) if split.rows is None else split.rows
     image_idx = np.array([rows[i] for i, cs in enumerate(split.captions) for _ in cs], dtype=np.int64)
     caption_idx = np.array([row[c] for cs in split.captions for c in cs])
+    captions = [c for cs in split.captions for c in cs]
     return TrainData(images=split.images, caption_idx=caption_idx, text_table=table, null_idx=row[""],
-                     captions=[c for cs in split.captions for c in cs], image_idx=image_idx,
-                     low_images=split.low_images)
+                     captions=captions, image_idx=image_idx, low_images=split.low_images,
+                     flippable=flippable(captions))
 
 
 class ConfigMismatch(PixelcascadeError, RuntimeError):

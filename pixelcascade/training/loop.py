@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from ..config import ConfigError, RunConfig, TrainConfig, from_dict, to_dict, to_json
+from ..data.augment import flippable, random_flip
 from ..diffusion.guidance import noise_augment
 from ..diffusion.losses import diffusion_loss, fixed_timesteps_loss
 from ..diffusion.schedule import make_schedule
@@ -348,9 +349,13 @@ class Trainer:
         else:
             x0, text = self.data.batch(idx, drop)
         noise = torch.randn((b, *x0.shape[1:]), generator=g)[mine]
+        flipped = None
+        if self.cfg.data.flip:  # drawn only when on: runs without it keep their random stream
+            allowed = torch.from_numpy(flippable(batch["captions"]) if self.streaming else self.data.flippable[idx])
+            x0, flipped = random_flip(x0, allowed, g, b, mine)
         low_res_kw = {}
         if self.cfg.unet.super_res:
-            low_res_kw = self._sr_inputs(x0, g, b, mine, idx)
+            low_res_kw = self._sr_inputs(x0, g, b, mine, idx, flipped)
         dev = self.device
         x0, text, noise, t = x0.to(dev), text.to(dev), noise.to(dev), t.to(dev)
         low_res_kw = {k: v.to(dev) for k, v in low_res_kw.items()}
@@ -400,12 +405,12 @@ class Trainer:
         return {k: torch.cat(v) for k, v in collected.items()}
 
     def _sr_inputs(self, x0: torch.Tensor, g: torch.Generator, b: int | None = None, mine: slice = slice(None),
-                   idx: torch.Tensor | None = None) -> dict:
+                   idx: torch.Tensor | None = None, flipped: torch.Tensor | None = None) -> dict:
         """Super-resolution conditioning that matches inference: down-sample the target, up-sample it again
         (bilinear, align_corners=True as IF), noise it to a random aug timestep, feed that timestep.
         ``b``, ``mine``: draw for the global batch of ``b`` and keep this process's rows. With
         ``data.paired_low_res`` and ``idx`` (the examples' rows), that share of examples takes the scene's own
-        low-res render instead of the down-sampled target."""
+        low-res render instead of the down-sampled target (mirrored where ``flipped``, as the target was)."""
         b = b or x0.shape[0]
         low = degrade(x0, self.cfg.data.low_res_size)
         aug_t = torch.randint(0, self.cfg.diffusion.num_timesteps, (b,), generator=g)[mine]
@@ -413,7 +418,10 @@ class Trainer:
         share = self.cfg.data.paired_low_res
         if share > 0 and idx is not None and self.data.low_images is not None:  # no draw otherwise: same stream
             paired = (torch.rand(b, generator=g) < share)[mine]
-            low = torch.where(paired[:, None, None, None], self.data.low_res(idx).to(low.dtype), low)
+            own = self.data.low_res(idx).to(low.dtype)
+            if flipped is not None:
+                own = torch.where(flipped[:, None, None, None], own.flip(-1), own)
+            low = torch.where(paired[:, None, None, None], own, low)
         return {"low_res": noise_augment(low, tuple(x0.shape[-2:]), aug_t, self.schedule, aug_noise), "aug_t": aug_t}
 
     # -- validation -------------------------------------------------------------------------------------
