@@ -1,5 +1,6 @@
 """FID / KID: equal to clean-fid (run on the same files and extractor) and to torchmetrics; analytic oracles."""
 
+import json
 import sys
 import types
 
@@ -125,3 +126,42 @@ def test_stats_roundtrip_and_errors(folders, tmp_path):
     with pytest.raises(FIDError, match="Inception weights not found.*--inception"):
         from pixelcascade.features.inception import InceptionExtractor
         InceptionExtractor(tmp_path)
+
+
+def test_pixelstats_ranks_real_blurred_and_noise_images_as_a_person_would(tmp_path):
+    """The no-download feature space: two halves of one image set are close, blurring one half moves it away,
+    noise lands far away (FID and KID agree), and the features are a fixed function of the pixels."""
+    from PIL import ImageFilter
+
+    from pixelcascade.data.shapes import make_dataset
+    from pixelcascade.features.base import extract_features
+    from pixelcascade.features.load import load_extractor
+    ex = load_extractor("pixelstats")
+    images, _ = make_dataset(800, 64, 0, progress=False)  # 400 a side: over twice the 180 features
+    a, b = extract_features(list(images[:400]), ex), extract_features(list(images[400:]), ex)
+    assert a.shape == (400, ex.dim) and ex.name == "pixelstats-v1"
+    np.testing.assert_array_equal(extract_features(list(images[:400]), ex), a)
+    blurred = extract_features([np.asarray(Image.fromarray(i).filter(ImageFilter.GaussianBlur(1.5)))
+                                for i in images[400:]], ex)
+    noise = extract_features(list(np.random.default_rng(0).integers(0, 256, (400, 64, 64, 3), dtype=np.uint8)), ex)
+
+    def fid(x, y):
+        return frechet_distance(x.mean(0), np.cov(x, rowvar=False), y.mean(0), np.cov(y, rowvar=False))
+    assert fid(a, b) * 3 < fid(a, blurred) and fid(a, blurred) * 10 < fid(a, noise)
+    kid = [kernel_distance(a, y, num_subsets=20, max_subset_size=100, seed=0) for y in (b, blurred, noise)]
+    assert kid[0] < kid[1] < kid[2]
+
+
+def test_fid_warns_for_random_features_and_few_images(folders, capsys):
+    """`eval fid --features random` on a handful of images: the numbers come with two warnings (a random net
+    measures little; too few images for the feature width), on stderr and in the JSON."""
+    from pixelcascade.cli import main
+    a, b = folders
+    assert main(["eval", "fid", str(a), str(b), "--features", "random", "-q"]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert len(out["warnings"]) == 2 and "random network" in out["warnings"][0]
+    assert "biased high" in out["warnings"][1] and captured.err.count("warning:") == 2
+    assert main(["eval", "fid", str(a), str(b), "--features", "pixelstats", "-q"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["extractor"] == "pixelstats-v1" and len(out["warnings"]) == 1 and out["fid"] > 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ..shipped import EMOJI_FEATURES
@@ -50,7 +51,7 @@ def add_commands(sub) -> None:
                                 "--inception inception-2015-12-05.pt\n"
                                 "  pixelcascade eval fid out/coco/images coco256.npz "
                                 "--inception inception-2015-12-05.pt\n"
-                                "  pixelcascade eval fid a/ b/ --features random   # no weights: a seeded random net")
+                                "  pixelcascade eval fid samples/ heldout/ --features pixelstats   # no download")
     ef.add_argument("images", help="a folder of images (generated ones, or the real set with --save-stats)")
     ef.add_argument("reference", nargs="?", help="a folder of real images or a .npz of saved statistics")
     feature_args(ef)
@@ -183,8 +184,14 @@ def _extractor(a, required: bool = True):
         raise UserError(str(e)) from None
     if required:
         raise UserError("FID needs features: pass --inception inception-2015-12-05.pt (clean-fid's Inception, a "
-                        "local file) or --features random for a weight-free check")
+                        "local file, the papers' numbers) or --features pixelstats (no download: colour, edge and "
+                        "texture statistics, for comparing your own models)")
     return None
+
+
+def print_warnings(warnings: list[str]) -> None:
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
 
 
 def _emoji_extractor(path: str):
@@ -216,7 +223,7 @@ def cmd_eval_shapes(a) -> int:
 
 
 def cmd_eval_fid(a) -> int:
-    from ..eval.fid import compute_stats, fid_from_stats, kernel_distance
+    from ..eval.fid import compute_stats, fid_from_stats, fid_warnings, kernel_distance
     from ..features.base import FIDError
     ex = _extractor(a)
     try:
@@ -229,6 +236,8 @@ def cmd_eval_fid(a) -> int:
             out.update(reference=a.reference, n_ref=ref.n, fid=fid_from_stats(st, ref))
             if st.feats is not None and ref.feats is not None:
                 out["kid"] = kernel_distance(st.feats, ref.feats)
+            out["warnings"] = fid_warnings(ex.name, len(st.mu), st.n, ref.n)
+            print_warnings(out["warnings"])
         elif not a.save_stats:
             raise UserError("give a REFERENCE (folder or .npz) to compare with, or --save-stats FILE.npz")
     except FIDError as e:
@@ -287,6 +296,7 @@ def cmd_eval_coco(a) -> int:
     from ..utils import dist_info
     if dist_info()[0] == 0:
         print(json.dumps(r, indent=2))
+        print_warnings(r.get("warnings", []))
     return 0
 
 

@@ -183,5 +183,7 @@ def eval_model_args(g: argparse.ArgumentParser, model: str = "shapes") -> None:
 
 def feature_args(g: argparse.ArgumentParser) -> None:
     g.add_argument("--inception", help="clean-fid's inception-2015-12-05.pt (a local file)")
-    g.add_argument("--features", help="another feature extractor instead: random[:SEED] (tests, no weights) or "
-                                      "emoji:PATH (the emoji model's); numbers are only comparable within one")
+    g.add_argument("--features", help="another feature extractor instead: pixelstats (no download: colour, edge "
+                                      "and texture statistics, for comparing your own models), emoji:PATH (the "
+                                      "emoji model's) or random[:SEED] (tests only); numbers are only comparable "
+                                      "within one")

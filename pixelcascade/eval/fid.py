@@ -8,8 +8,9 @@ tests/test_fid.py runs clean-fid itself on the same files and extractor and chec
 
 The Inception file cannot be downloaded here: fetch it once where there is internet, from
 https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt
-and pass its path (``--inception PATH``). Any other extractor (the emoji one, a seeded random net for tests) plugs
-in through :class:`FeatureExtractor`; numbers from different extractors are not comparable.
+and pass its path (``--inception PATH``). Any other extractor (``pixelstats``, hand-made statistics that need no
+download; the emoji one; a seeded random net for tests) plugs in through :class:`FeatureExtractor`; numbers from
+different extractors are not comparable.
 """
 
 from __future__ import annotations
@@ -134,6 +135,23 @@ def fid_from_stats(a: Stats, b: Stats) -> float:
     return frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
 
 
+def fid_warnings(extractor: str, dim: int, n_gen: int, n_ref: int) -> list[str]:
+    """What a reader of an FID should know: features from a random net measure little, and with fewer images
+    than twice the feature width the covariance is poorly estimated, so FID is biased high and moves with the
+    count (KID is unbiased)."""
+    out = []
+    if extractor.startswith("random"):
+        out.append(f"{extractor}: a random network's features only say whether two sets differ, not how good "
+                   "images are (noise can score close to real pictures); use --features pixelstats (no download) "
+                   "or --inception FILE")
+    n, enough = min(n_gen, n_ref), 2 * dim
+    if n < enough:
+        out.append(f"FID from {n} images in a {dim}-d feature space is biased high and changes with the count: "
+                   f"compare models only at equal counts, prefer KID, and use {enough} or more images for a "
+                   "steadier number")
+    return out
+
+
 def compute_stats(source: str | Path, extractor: FeatureExtractor, batch_size: int = 64, progress: bool = False,
                   keep_features: bool = True, ref_size: int | None = None) -> Stats:
     """Statistics of a folder of images, or loaded from a .npz written by :meth:`Stats.save`."""
@@ -153,7 +171,8 @@ def fid_kid(gen: str | Path, ref: str | Path, extractor: FeatureExtractor, batch
     """FID (and KID when both sides have features) between a folder of generated images and a folder/.npz."""
     a = compute_stats(gen, extractor, batch_size, progress)
     b = compute_stats(ref, extractor, batch_size, progress)
-    out = {"fid": fid_from_stats(a, b), "n_gen": a.n, "n_ref": b.n, "extractor": extractor.name, "mode": "clean"}
+    out = {"fid": fid_from_stats(a, b), "n_gen": a.n, "n_ref": b.n, "extractor": extractor.name, "mode": "clean",
+           "warnings": fid_warnings(extractor.name, len(a.mu), a.n, b.n)}
     if kid and a.feats is not None and b.feats is not None:
         out["kid"] = kernel_distance(a.feats, b.feats, seed=kid_seed)
     return out
