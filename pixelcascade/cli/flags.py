@@ -103,10 +103,11 @@ DTYPE_HELP = "fp32, bf16, fp16 or auto: bf16 on a CPU with AVX512-BF16 or AMX an
 def model_flags(g: argparse.ArgumentParser, default: str = "shapes", dtype: str = "auto") -> None:
     """Which model, on what: every command that loads a cascade. ``dtype``: the --dtype default (the eval commands
     keep fp32, so that a score does not depend on the machine's CPU)."""
+    shown = default or "ema.safetensors of the run folder"
     g.add_argument("--model", default=default,
                    help=f"a shipped model by name ({', '.join(shipped_models()) or 'none installed'}), a "
                         ".safetensors stage, a folder of stage*.safetensors, comma-separated stage files, or an "
-                        f"official IF / diffusers model folder (default: {default})")
+                        f"official IF / diffusers model folder (default: {shown})")
     encoder_flags(g)
     g.add_argument("--lora", action="append", metavar="PATH[:SCALE]",
                    help="a LoRA adapter (a LoRA run's lora.safetensors) merged into the stage it was trained on, "

@@ -309,7 +309,8 @@ class EmojiWorld:
 
 
 def _is_shards(path: str) -> bool:
-    p = Path(path).expanduser()
+    from .formats import dataset_root
+    p = dataset_root(Path(path).expanduser())  # a curate output folder: its data/
     return any(c in path for c in "*?[") or p.suffix == ".tar" or (p.is_dir() and any(p.glob("*.tar")))
 
 

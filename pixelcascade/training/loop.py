@@ -580,7 +580,7 @@ def keep_history(out: Path, ckpt: Path, weights: Path, step: int, keep_last: int
             shutil.copyfile(ckpt, dest)
         for old in sorted(folder.glob("step*.pt"))[:-keep_last]:
             old.unlink()
-    losses = _mean_val_losses(out / "val_loss.csv")
+    losses = mean_val_losses(out / "val_loss.csv")
     if step in losses and losses[step] <= min(losses.values()):
         from ..utils import atomic_path
         with atomic_path(out / f"best{weights.suffix}") as tmp:
@@ -589,7 +589,7 @@ def keep_history(out: Path, ckpt: Path, weights: Path, step: int, keep_last: int
                                                          "weights": f"best{weights.suffix}"}))
 
 
-def _mean_val_losses(path: Path) -> dict[int, float]:
+def mean_val_losses(path: Path) -> dict[int, float]:
     """step -> the mean of the validation losses at the fixed timesteps (val_loss.csv)."""
     if not path.is_file():
         return {}
