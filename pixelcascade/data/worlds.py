@@ -22,6 +22,7 @@ from ..config import DataConfig
 from ..errors import PixelcascadeError
 from ..images import center_crop_resize
 from ..utils import atomic_path, default_cache_dir  # noqa: F401  (default_cache_dir: the cache every world uses)
+from .buckets import BucketedImages, fit, nearest_bucket
 
 
 @dataclasses.dataclass
@@ -32,6 +33,7 @@ class WorldSplit:
     captions: list[list[str]]  # one list per example image
     rows: np.ndarray | None = None  # which rows of ``images`` (None: all, in order)
     low_images: np.ndarray | None = None  # super-resolution: each image's own low-res render (shapes)
+    bucketed: BucketedImages | None = None  # data.buckets: every image at its aspect bucket's shape (files)
     info: dict = dataclasses.field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -169,16 +171,25 @@ def _sources(dc: DataConfig) -> list[tuple[Path, str]]:
     return out
 
 
-def _decode_into_cache(sources: list[tuple[Path, str]], root: Path, dc: DataConfig, progress: bool) -> None:
+def _decode_into_cache(sources: list[tuple[Path, str]], root: Path, dc: DataConfig, progress: bool,
+                       shapes: list[tuple[int, int]] | None = None) -> None:
     """Decode, crop and resize every captioned record of ``sources`` into root/images.u8 (+ captions.json, the
-    source of each row, info.json written last: the cache is complete)."""
+    source of each row, info.json written last: the cache is complete); with ``shapes`` (aspect buckets) also each
+    image at its bucket's shape into root/bucket-HxW.u8."""
+    import contextlib
     import hashlib
 
     from .formats import ReadStats, read_records
     root.mkdir(parents=True, exist_ok=True)
     stats, captions, source_of, per_source = ReadStats(), [], [], []
+    bucket_of, row_in_bucket, counts = [], [], [0] * len(shapes or [])
     digest = hashlib.sha256()
-    with atomic_path(root / "images.u8") as tmp, open(tmp, "wb") as f:
+    with contextlib.ExitStack() as stack:
+        files = [open(stack.enter_context(atomic_path(root / f"bucket-{h}x{w}.u8")), "wb") for h, w in shapes or []]
+        for fh in files:
+            stack.callback(fh.close)
+        tmp = stack.enter_context(atomic_path(root / "images.u8"))
+        f = stack.enter_context(open(tmp, "wb"))
         for j, (src, fmt) in enumerate(sources):
             it = read_records(src, stats, dc.caption_column)
             if progress:
@@ -191,10 +202,17 @@ def _decode_into_cache(sources: list[tuple[Path, str]], root: Path, dc: DataConf
                     no_caption += 1
                     continue
                 try:
-                    img = center_crop_resize(rec.decode(), dc.image_size)
+                    full = rec.decode()
                 except ValueError as e:
                     stats.note("corrupt_images", rec.source or rec.key, str(e))
                     continue
+                img = center_crop_resize(full, dc.image_size)
+                if shapes:
+                    k = nearest_bucket(full.shape[0], full.shape[1], shapes)
+                    files[k].write(fit(full, shapes[k]).tobytes())
+                    bucket_of.append(k)
+                    row_in_bucket.append(counts[k])
+                    counts[k] += 1
                 f.write(img.tobytes())
                 digest.update(img.tobytes())
                 digest.update(caption.encode() + b"\0")
@@ -206,9 +224,10 @@ def _decode_into_cache(sources: list[tuple[Path, str]], root: Path, dc: DataConf
     info = {"path": ", ".join(s["path"] for s in per_source), "format": " + ".join(s["format"] for s in per_source),
             "images": len(captions), "image_size": dc.image_size, "sources": per_source,
             "skipped_no_caption": sum(s["skipped_no_caption"] for s in per_source), "read": stats.as_dict(),
-            "sha256": digest.hexdigest()}
+            "sha256": digest.hexdigest(), "buckets": [[h, w, n] for (h, w), n in zip(shapes or [], counts)]}
     with atomic_path(root / "captions.json") as tmp:
-        Path(tmp).write_text(json.dumps({"captions": captions, "source_of": source_of}))
+        Path(tmp).write_text(json.dumps({"captions": captions, "source_of": source_of, "bucket_of": bucket_of,
+                                         "row_in_bucket": row_in_bucket}))
     with atomic_path(root / "info.json") as tmp:
         Path(tmp).write_text(json.dumps(info, indent=1))
 
@@ -227,21 +246,24 @@ def check_captioned(dc: DataConfig, uncaptioned: int, total: int, progress: bool
               file=sys.stderr)
 
 
-def files_images(dc: DataConfig, cache: Path, progress: bool = True):
+def files_images(dc: DataConfig, cache: Path, progress: bool = True, shapes: list[tuple[int, int]] | None = None):
     """Your datasets (``data.path``, one or several, any format of :mod:`pixelcascade.data.formats`) for training:
     decoded once, centre-cropped and resized to ``dc.image_size``, into a uint8 file in the cache that training
     reads memory-mapped (so RAM holds the batches, not the dataset). Returns (images [N, S, S, 3] memmap, captions
     [N], held-out indices, training indices, info; info["source_of"]: each row's dataset). Records that cannot be
     decoded and truncated shards are skipped and counted in ``info``; records without a caption stop the run
-    unless ``dc.skip_uncaptioned``; ``dc.seed`` picks the held-out images (5%, 1 to 512)."""
+    unless ``dc.skip_uncaptioned``; ``dc.seed`` picks the held-out images (5%, 1 to 512). ``shapes``: aspect
+    buckets (data.buckets), each image also kept at its bucket's shape (info["bucketed"])."""
     import hashlib
     sources = _sources(dc)
     key = sources[0][0] if len(sources) == 1 else None
     listing = _listing_key(key) if key is not None else hashlib.sha256(
         "\n".join(_listing_key(s) for s, _ in sources).encode()).hexdigest()[:16]
     root = cache / "data" / f"files-{listing}-{dc.image_size}-{dc.caption_column or 'auto'}"
+    if shapes:
+        root = root.with_name(root.name + "-b" + "_".join(f"{h}x{w}" for h, w in shapes))
     if not (root / "info.json").is_file():
-        _decode_into_cache(sources, root, dc, progress)
+        _decode_into_cache(sources, root, dc, progress, shapes)
     info = json.loads((root / "info.json").read_text())
     table = json.loads((root / "captions.json").read_text())
     captions, info["source_of"] = table["captions"], np.array(table["source_of"], dtype=np.int64)
@@ -256,6 +278,11 @@ def files_images(dc: DataConfig, cache: Path, progress: bool = True):
     order = np.random.default_rng(dc.seed).permutation(n)
     images = np.memmap(root / "images.u8", dtype=np.uint8, mode="r", shape=(n, dc.image_size, dc.image_size, 3))
     info["skipped"] = skipped
+    if shapes:
+        info["bucketed"] = BucketedImages(
+            shapes, [np.memmap(root / f"bucket-{h}x{w}.u8", dtype=np.uint8, mode="r", shape=(c, h, w, 3))
+                     if c else np.zeros((0, h, w, 3), np.uint8) for h, w, c in info["buckets"]],
+            np.array(table["bucket_of"], dtype=np.int64), np.array(table["row_in_bucket"], dtype=np.int64))
     return images, captions, np.sort(order[:n_val]), np.sort(order[n_val:]), info
 
 
@@ -317,7 +344,7 @@ def _is_shards(path: str) -> bool:
 def streams(dc: DataConfig) -> bool:
     """Whether a run reads its data as a stream: world=files, data.stream, and webdataset shards at each data.path
     (a mix of shards and other formats goes through the cache)."""
-    if dc.world != "files" or not dc.stream or not dc.path:
+    if dc.world != "files" or not dc.stream or not dc.path or dc.buckets:
         return False
     return all(_is_shards(p) for p in dc.paths)
 
@@ -355,20 +382,29 @@ def files_stream(dc: DataConfig, cache: Path, progress: bool = True):
 class FilesWorld:
     name = "files"
 
-    def splits(self, dc, cache, progress=True, super_res=False):
-        images, captions, val_rows, train_rows, info = files_images(dc, cache, progress)
+    def splits(self, dc, cache, progress=True, super_res=False, buckets=None):
+        """``buckets``: the aspect-bucket shapes (data.buckets, as the run's UNet allows them) or None."""
+        images, captions, val_rows, train_rows, info = files_images(dc, cache, progress, buckets)
         train_rows = repeated(train_rows, info["source_of"], dc.repeat_counts)
-        train = WorldSplit(images, [[captions[i]] for i in train_rows], rows=train_rows, info=info)
+        train = WorldSplit(images, [[captions[i]] for i in train_rows], rows=train_rows, info=info,
+                           bucketed=info.get("bucketed"))
         return train, WorldSplit(images, [[captions[i]] for i in val_rows], rows=val_rows, info=info)
 
     def recipe(self, dc, train, val):
         info = train.info
         return (f"files: {sources_text(dc, info)}, {info['images']} image-caption records "
                 f"({info['skipped']}; content sha256 {info['sha256'][:16]}), centre-cropped and resized to "
-                f"{dc.image_size} px; {len(train)} training, {len(val)} held out for validation (data.seed {dc.seed})")
+                f"{dc.image_size} px" + _buckets_text(info) + f"; {len(train)} training, {len(val)} held out for "
+                f"validation (data.seed {dc.seed})")
 
     def preview_prompts(self, dc, val):  # the held-out captions (validation images), first 8, twice
         return ([c[0] for c in val.captions[:8]] * 2)[:16]
+
+
+def _buckets_text(info: dict) -> str:
+    if not info.get("buckets"):
+        return ""
+    return " (validation); trained in aspect buckets " + ", ".join(f"{h}x{w}: {n}" for h, w, n in info["buckets"])
 
 
 def sources_text(dc: DataConfig, info: dict) -> str:

@@ -4,6 +4,8 @@ cached on disk), as batches the Trainer draws by index."""
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +15,7 @@ import torch
 
 from ..config import RunConfig
 from ..data.augment import flippable
+from ..data.buckets import BucketedImages, bucket_shapes
 from ..data.stream import StreamSpec, read_records_by_id, stream_loader
 from ..data.text_states import StatesReader, check_states, read_meta, unpack
 from ..data.worlds import DatasetError, WorldSplit, files_stream, get_world, streams
@@ -37,13 +40,35 @@ class TrainData:
     # (data.paired_low_res) of examples in place of the down-sampled target
     low_images: np.ndarray | None = None
     flippable: np.ndarray | None = None  # bool [N]: examples whose caption names no side (data.flip may mirror them)
+    bucketed: BucketedImages | None = None  # data.buckets: the images at their aspect buckets' shapes
 
     def __len__(self) -> int:
         return len(self.caption_idx)
 
+    def draw(self, g: torch.Generator, b: int) -> torch.Tensor:
+        """A step's ``b`` examples, uniformly with replacement; with aspect buckets, all of one bucket (chosen in
+        proportion to its examples: the bucket of one uniformly drawn example)."""
+        if self.bucketed is None:
+            return torch.randint(0, len(self), (b,), generator=g)
+        members = self.bucket_members
+        first = int(torch.randint(0, len(self), (1,), generator=g))
+        bucket = members[int(self.bucketed.bucket_of[self._image_rows(np.array([first]))[0]])]
+        return torch.from_numpy(bucket)[torch.randint(0, len(bucket), (b,), generator=g)]
+
+    @functools.cached_property
+    def bucket_members(self) -> list[np.ndarray]:
+        """Each aspect bucket's examples (indices into this data)."""
+        of = self.bucketed.bucket_of[self._image_rows(np.arange(len(self)))]
+        return [np.flatnonzero(of == k) for k in range(len(self.bucketed.shapes))]
+
+    def _image_rows(self, idx: np.ndarray) -> np.ndarray:
+        return idx if self.image_idx is None else self.image_idx[idx]
+
     def _pixels(self, images: np.ndarray, idx: torch.Tensor) -> torch.Tensor:
         """The examples' images (of ``images``: the targets or their low-res renders) in [-1, 1], [B, 3, H, W]."""
-        rows_img = idx.numpy() if self.image_idx is None else self.image_idx[idx.numpy()]
+        rows_img = self._image_rows(idx.numpy())
+        if self.bucketed is not None and images is self.images:
+            return torch.from_numpy(self.bucketed.gather(rows_img)).permute(0, 3, 1, 2).float() / 127.5 - 1
         return torch.from_numpy(images[rows_img]).permute(0, 3, 1, 2).float() / 127.5 - 1
 
     def low_res(self, idx: torch.Tensor) -> torch.Tensor:
@@ -70,7 +95,7 @@ def build_train_data(split: WorldSplit, encoder, cache: Path, progress: bool = T
     captions = [c for cs in split.captions for c in cs]
     return TrainData(images=split.images, caption_idx=caption_idx, text_table=table, null_idx=row[""],
                      captions=captions, image_idx=image_idx, low_images=split.low_images,
-                     flippable=flippable(captions))
+                     flippable=flippable(captions), bucketed=split.bucketed)
 
 
 class ConfigMismatch(PixelcascadeError, RuntimeError):
@@ -193,6 +218,20 @@ def prepare_stream(cfg: RunConfig, cache: Path, progress: bool = True):
     return data, val, recipe, encoder, prompts
 
 
+def run_buckets(cfg: RunConfig) -> list[tuple[int, int]]:
+    """data.buckets' shapes for this run: multiples of the UNet's down-sampling factor, and for a super-resolution
+    stage of what keeps the low-res input whole (low_res_size / image_size of each side)."""
+    from ..data.buckets import BucketError
+    multiple = 2 ** (len(cfg.unet.channel_mult) - 1)
+    if cfg.unet.super_res:
+        size, low = cfg.data.image_size, cfg.data.low_res_size
+        multiple = math.lcm(multiple, size // math.gcd(size, low))
+    try:
+        return bucket_shapes(cfg.data.buckets, cfg.data.image_size, multiple)
+    except BucketError as e:
+        raise DatasetError(str(e)) from None
+
+
 def _encoder_device(cfg: RunConfig) -> str:
     """Captions are encoded on the training device when it is a GPU, unless train.text_encoder_device=cpu."""
     device = resolve_device(cfg.train.device)
@@ -221,7 +260,8 @@ def prepare_data(cfg: RunConfig, cache: Path | None = None, progress: bool = Tru
     else:
         encoder = run_encoder(cfg, device=_encoder_device(cfg))
         world = get_world(cfg.data.world)
-        train_split, val_split = world.splits(cfg.data, cache, progress, super_res=cfg.unet.super_res)
+        buckets = {"buckets": run_buckets(cfg)} if cfg.data.buckets else {}
+        train_split, val_split = world.splits(cfg.data, cache, progress, super_res=cfg.unet.super_res, **buckets)
         data = build_train_data(train_split, encoder, cache, progress)
         val = build_train_data(val_split, encoder, cache, progress)
         recipe, prompts = world.recipe(cfg.data, train_split, val_split), world.preview_prompts(cfg.data, val_split)

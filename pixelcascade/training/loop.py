@@ -336,7 +336,7 @@ class Trainer:
         g = step_generator(tc.seed, self.step)
         b = tc.batch_size  # the global batch: every process draws all of it and keeps its rows
         mine = slice(self.rank, None, self.world)
-        idx = None if self.streaming else torch.randint(0, len(self.data), (b,), generator=g)[mine]
+        idx = None if self.streaming else self.data.draw(g, b)[mine]
         drop = (torch.rand(b, generator=g) < tc.cfg_dropout)[mine]
         t = torch.randint(0, dc.num_timesteps, (b,), generator=g)[mine]
         replaced = 0
@@ -412,7 +412,7 @@ class Trainer:
         ``data.paired_low_res`` and ``idx`` (the examples' rows), that share of examples takes the scene's own
         low-res render instead of the down-sampled target (mirrored where ``flipped``, as the target was)."""
         b = b or x0.shape[0]
-        low = degrade(x0, self.cfg.data.low_res_size)
+        low = degrade(x0, self.cfg.data.low_res_size, self.cfg.data.image_size)
         aug_t = torch.randint(0, self.cfg.diffusion.num_timesteps, (b,), generator=g)[mine]
         aug_noise = torch.randn((b, *x0.shape[1:]), generator=g)[mine]
         share = self.cfg.data.paired_low_res
