@@ -208,7 +208,7 @@ LAYOUTS = {  # 40 pictures: 2 held out
     "shards": (lambda root: webdataset_shards(root / "data", n=40, per_shard=16), []),
 }
 TINY = ["data.world=files", "train.batch_size=4", "train.ckpt_every=2", "train.val_every=2", "train.warmup_steps=1",
-        "train.num_threads=1", "train.sample_every=0"]
+        "train.num_threads=1", "train.sample_every=-1"]
 STAGE_I = ["data.image_size=16", "unet.image_size=16"]
 STAGE_II = ["unet.super_res=true", "unet.in_channels=6", "data.image_size=32", "unet.image_size=32",
             "data.low_res_size=16"]
