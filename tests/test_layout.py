@@ -35,6 +35,67 @@ def test_parse_relation(text, subj, obj, axis, sign):
     assert (rel.axis, rel.sign) == (axis, sign)
 
 
+PHRASINGS_TABLE = [  # the ways people state a layout -> (subject, object, axis, sign), or None: nothing to guide
+    ("a red circle to the left of a blue square", ("circle", "square", 0, 1)),
+    ("a red circle is left of a blue square", ("circle", "square", 0, 1)),
+    ("there is a red circle on the left and a blue square on the right", ("circle", "square", 0, 1)),
+    ("a blue square on the right and a red circle on the left", ("square", "circle", 0, -1)),
+    ("on the left is a red circle and on the right is a blue square", ("circle", "square", 0, 1)),
+    ("on the left, a red circle; on the right, a blue square", ("circle", "square", 0, 1)),
+    ("a blue square has a red circle to its left", ("circle", "square", 0, 1)),
+    ("a blue square with a red circle on its left side", ("circle", "square", 0, 1)),
+    ("two red circles on the left side of the image and three blue squares on the right side",
+     ("circles", "squares", 0, 1)),
+    ("a red circle to the left, a blue square to the right", ("circle", "square", 0, 1)),
+    ("a cat at the top, a dog at the bottom", ("cat", "dog", 1, 1)),
+    ("a cat above and a dog below", ("cat", "dog", 1, 1)),
+    ("a dog has a cat above it", ("cat", "dog", 1, 1)),
+    ("a dog is below a cat", ("dog", "cat", 1, -1)),
+    ("a cat on top and a dog at the bottom", ("cat", "dog", 1, 1)),
+    ("in the top half a cat, in the bottom half a dog", ("cat", "dog", 1, 1)),
+    ("the circle is on the left of the picture and the square is on the right", ("circle", "square", 0, 1)),
+    ("a red circle on the left side of a blue square", ("circle", "square", 0, 1)),
+    ("a circle on the left and a circle on the right", None),  # one noun twice: the tokens cannot tell them apart
+    ("a circle on the left and a square on the left", None),  # the same side: no order
+    ("a circle on the left and a square on top", None),  # two axes
+    ("a leftover sandwich on the right", None),
+]
+
+
+@pytest.mark.parametrize("text,verdict", PHRASINGS_TABLE)
+def test_the_parser_reads_relations_in_the_phrasings_people_use(text, verdict):
+    rel = parse_relation(text)
+    got = None if rel is None else (text[slice(*rel.subject)], text[slice(*rel.object)], rel.axis, rel.sign)
+    assert got == verdict
+
+
+def _canonical(text, rel):
+    """(the noun on the low side, the other, axis): two statements of one layout compare equal."""
+    s, o = text[slice(*rel.subject)], text[slice(*rel.object)]
+    return (s, o, rel.axis) if rel.sign > 0 else (o, s, rel.axis)
+
+
+def test_every_benchmark_phrasing_parses_to_the_benchmark_layout():
+    """Each eval phrasing (data.shapes_phrasings) of every position and composite prompt states the layout the
+    benchmark's own wording states, as the parser reads it."""
+    from pixelcascade.data.shapes import all_prompts
+    from pixelcascade.data.shapes_phrasings import PHRASINGS, rephrase
+    checked = 0
+    for task in ("position", "composite"):
+        for p in all_prompts(task, 64):
+            ref = parse_relation(p.text)
+            for name in PHRASINGS:
+                q = rephrase(p, name)
+                assert q.include == p.include and q.unseen == p.unseen
+                rel = parse_relation(q.text)
+                if ref is None:  # one shape twice ("a circle left of a circle"): no relation in any wording
+                    assert rel is None, q.text
+                    continue
+                assert rel is not None and _canonical(q.text, rel) == _canonical(p.text, ref), q.text
+                checked += 1
+    assert checked > 5000
+
+
 @pytest.mark.parametrize("text", ["a red circle", "a circle left of a circle", "three circles above a circle",
                                   "left of a square", "a circle and a square", "a leftover sandwich",
                                   "snow over the years"])

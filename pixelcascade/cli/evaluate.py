@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..data.shapes_phrasings import PHRASINGS, example
 from ..shipped import EMOJI_FEATURES
 from .common import UserError, check_writable, device_and_dtype, device_arg, load_cascade
 from .flags import (
@@ -37,6 +38,9 @@ def add_commands(sub) -> None:
     es.add_argument("--batch-size", type=at_least_1, default=64)
     es.add_argument("--language", default="en", choices=["en", "de", "fr", "es"],
                     help="the prompts in another language (same specs): measures the text encoder")
+    es.add_argument("--phrasing", default="benchmark", choices=list(PHRASINGS),
+                    help="the relation prompts (position, composite) in another wording, same specs: "
+                         + "; ".join(f"{k}: '{example(k)}'" for k in PHRASINGS))
     es.set_defaults(fn=cmd_eval_shapes)
 
     ef = esub.add_parser("fid", help="FID and KID between two image folders (or a folder and saved statistics)",
@@ -239,7 +243,7 @@ def cmd_eval_shapes(a) -> int:
     out = Path(a.output)
     report = evaluate_shapes(cascade, num_stages=a.stages or len(cascade.stages), per_task=a.per_task,
                              seeds=a.seeds, batch_size=a.batch_size, out_dir=out, progress=not a.quiet,
-                             language=a.language, tasks=tasks, **_overrides(a))
+                             language=a.language, tasks=tasks, phrasing=a.phrasing, **_overrides(a))
     print(format_table(report))
     print(f"report: {out / 'report.json'}  contact sheet: {out / 'contact_sheet.png'}")
     return 0

@@ -26,12 +26,13 @@ def check_tasks(tasks) -> tuple[str, ...]:
 def evaluate_shapes(cascade, *, num_stages: int | None = None, per_task: int = 64, seeds: int = 4,
                     batch_size: int = 64, out_dir: str | Path | None = None, progress: bool = True,
                     prompt_seed: int = 0, language: str = "en", tasks: tuple[str, ...] | None = None,
-                    **overrides) -> dict:
+                    phrasing: str = "benchmark", **overrides) -> dict:
     """Every benchmark prompt x ``seeds`` seeds through the first ``num_stages`` stages, scored at that size.
 
     ``overrides``: sampling choices as :func:`pixelcascade.pipeline.stage_settings` takes them (guidance,
     guidance_ii, steps, steps_ii, sampler, aug_level, ...). ``tasks``: only these tasks' prompts (the same
     prompts and seeds as in the full suite; the overall score then averages only the GenEval tasks present).
+    ``phrasing``: the relation prompts reworded (data.shapes_phrasings), same specs.
     """
     from ..pipeline import stage_settings, to_uint8
     n = num_stages or len(cascade.stages)
@@ -41,6 +42,9 @@ def evaluate_shapes(cascade, *, num_stages: int | None = None, per_task: int = 6
     if tasks:
         tasks = check_tasks(tasks)
         prompts = [p for p in prompts if p.task in tasks]
+    if phrasing != "benchmark":  # the same layouts stated in other words: does layout guidance follow them?
+        from ..data.shapes_phrasings import rephrase
+        prompts = [rephrase(p, phrasing) for p in prompts]
     if language != "en":  # the same specs in other words: the gap to English measures the text encoder
         from ..data.shapes_i18n import translate
         prompts = [translate(p, language) for p in prompts]
@@ -71,7 +75,7 @@ def evaluate_shapes(cascade, *, num_stages: int | None = None, per_task: int = 6
               "earlier_stages": [{"stage": k + 1, "image_size": int(cascade.stages[k].cfg.image_size),
                                   "summary": summarize(r)} for k, r in enumerate(earlier)],
               "num_images": len(jobs), "image_size": size, "stages": n,
-              "language": language,
+              "language": language, "phrasing": phrasing,
               "settings": [dataclasses.asdict(s) for s in settings], "per_task": per_task, "seeds": seeds,
               "per_prompt": [{"prompt": p.text, "task": p.task, "unseen": p.unseen, "seed": s, "pass": bool(ok),
                               **({"outcome": outcomes[i]} if outcomes[i] is not None else {}),
