@@ -114,6 +114,7 @@ _SIDES = {"left": (0, -1), "right": (0, 1), "top": (1, -1), "above": (1, -1), "b
 _LEAD = re.compile(r"[\s,:;]*(?:(?:and|while|with|then)\s+)?(?:(?:there|here)\s+)?(?:(?:is|are|sits|sit|stands|stand|"
                    r"lies|lie)\s+)?")
 _FRAME = {"image", "picture", "frame", "scene", "canvas", "photo"}
+_SIDE_WORDS = {"left", "right", "top", "bottom", "side", "half", "part", "edge", "corner", "hand"}
 
 
 def _sides(text: str) -> Relation | None:
@@ -141,9 +142,6 @@ def _sides(text: str) -> Relation | None:
     if axis1 != axis2 or end1 == end2:
         return None
     return Relation(subj, obj, axis1, 1 if end1 < end2 else -1)
-
-
-_SIDE_WORDS = {"left", "right", "top", "bottom", "side", "half", "part", "edge", "corner", "hand"}
 
 
 def relation_target(rel: Relation, offsets: list[tuple[int, int]]) -> LayoutTarget | None:
