@@ -265,6 +265,7 @@ def test_stage_changes_counts_lost_and_gained_images():
     assert "lost 2, gained 1 (counting: -2 +0, colors: -0 +1)" in format_table(report)
 
 
+@pytest.mark.slow  # minutes on an AVX2-only CI machine; `pytest -m slow` runs it
 def test_train_notes_a_cpu_without_native_bf16(tmp_path, capsys, monkeypatch):
     """bf16 autocast is emulated on CPUs without AVX512-BF16 / AMX (2-4x slower than fp32): `train` runs fp32
     there and says so; on a CPU that has it, bf16 and nothing said."""

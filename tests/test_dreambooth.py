@@ -51,6 +51,7 @@ def test_dreambooth_draws_its_class_images_once_and_mixes_them_by_the_prior_weig
     assert trainer.step == 2 and (tmp_path / "run" / "ema.safetensors").is_file()
 
 
+@pytest.mark.slow  # minutes on an AVX2-only CI machine; `pytest -m slow` runs it
 def test_dreambooth_for_a_super_resolution_stage_draws_class_images_through_a_stage_i(tiny_model, tmp_path):
     sr = run_config("tiny", ["unet.super_res=true", "unet.in_channels=6", "unet.image_size=64",
                              "data.image_size=64", "data.low_res_size=32", "train.max_steps=1"])

@@ -205,6 +205,7 @@ def test_lora_errors_name_the_fix(tmp_path, base_model):
         _lora_run(tmp_path, base_model, "bad", 1, targets="*.nothing_here")
 
 
+@pytest.mark.slow  # minutes on an AVX2-only CI machine; `pytest -m slow` runs it
 def test_the_gpu_script_runs_its_two_steps_at_a_tiny_size():
     """scripts/gpu_xl_step.py (IF-I-XL on a GPU) at the tiny preset on the CPU: a LoRA step that trains only the
     adapter and a full step with checkpointing, each reporting its peak memory."""

