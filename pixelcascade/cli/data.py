@@ -116,8 +116,8 @@ def add_commands(sub) -> None:
                     help="which record of a duplicate cluster is written (the others' captions go into its "
                          "dup_captions): best = highest aesthetic score, then captioned, then the largest image, then "
                          "a lossless file (PNG) over a JPEG, then the largest file (the least compressed copy), then "
-                         "the first; first = the first in the "
-                         "input's order (when the originals come before their copies)")
+                         "the first; first = the first in the input's order (when the originals come before their "
+                         "copies)")
     cu.add_argument("--near-threshold", type=non_negative, default=6.5,
                     help="largest aligned 8x8-block difference (0-255) of a near duplicate; 0 = exact only")
     cu.add_argument("--phash-radius", type=whole, default=10, help="candidate pairs: pHash Hamming radius")

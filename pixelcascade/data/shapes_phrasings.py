@@ -31,15 +31,12 @@ def _its(rel: str, subj: str) -> str:
 PHRASINGS: dict[str, object] = {  # name -> (subject phrase, relation, object phrase) -> text
     "benchmark": lambda s, r, o: f"{s} {r} {o}",
     "to-the-side": lambda s, r, o: (f"{s} to the {r.split()[0]} of {o}" if r in ("left of", "right of")
-                                       else f"{s} is {'directly above' if r == 'above' else 'directly below'} {o}"),
-    "there-is": lambda s, r, o: (f"there is {s} {_on(_SIDES[r][0])} and {o} "
-                                                                   f"{_on(_SIDES[r][1])}"),
-    "side-first": lambda s, r, o: (f"{_on(_SIDES[r][0])} is {s}, {_on(_SIDES[r][1])} "
-                                                         f"is {o}"),
+                                    else f"{s} is directly {r} {o}"),
+    "there-is": lambda s, r, o: f"there is {s} {_on(_SIDES[r][0])} and {o} {_on(_SIDES[r][1])}",
+    "side-first": lambda s, r, o: f"{_on(_SIDES[r][0])} is {s}, {_on(_SIDES[r][1])} is {o}",
     "its-side": lambda s, r, o: f"{o} {_its(r, s)}",
     "object-first": lambda s, r, o: f"{o} {_on(_SIDES[r][1])} and {s} {_on(_SIDES[r][0])}",
-    "of-the-picture": lambda s, r, o: (f"{s} {_on(_SIDES[r][0])} of the picture, "
-                                                                     f"{o} {_on(_SIDES[r][1])}"),
+    "of-the-picture": lambda s, r, o: f"{s} {_on(_SIDES[r][0])} of the picture, {o} {_on(_SIDES[r][1])}",
 }
 
 

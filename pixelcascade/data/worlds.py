@@ -256,9 +256,8 @@ def files_images(dc: DataConfig, cache: Path, progress: bool = True, shapes: lis
     buckets (data.buckets), each image also kept at its bucket's shape (info["bucketed"])."""
     import hashlib
     sources = _sources(dc)
-    key = sources[0][0] if len(sources) == 1 else None
-    listing = _listing_key(key) if key is not None else hashlib.sha256(
-        "\n".join(_listing_key(s) for s, _ in sources).encode()).hexdigest()[:16]
+    keys = [_listing_key(src) for src, _ in sources]
+    listing = keys[0] if len(keys) == 1 else hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
     root = cache / "data" / f"files-{listing}-{dc.image_size}-{dc.caption_column or 'auto'}"
     if shapes:
         root = root.with_name(root.name + "-b" + "_".join(f"{h}x{w}" for h, w in shapes))
@@ -355,16 +354,16 @@ def files_stream(dc: DataConfig, cache: Path, progress: bool = True):
     data.repeats repeats each dataset's training ids."""
     from .formats import DataFormatError
     from .shard_index import expand_shards, index_dataset
-    try:
-        shard_counts = [len(expand_shards(p)) for p in dc.paths]
-        index = index_dataset(dc.paths, cache, progress)
+    try:  # each path's shards listed once: their count says which dataset a shard belongs to
+        per_path = [expand_shards(p) for p in dc.paths]
+        index = index_dataset([s for shards in per_path for s in shards], cache, progress)
     except DataFormatError as e:
         raise DatasetError(f"data.path: {e}") from None
     captioned = index.records["text_size"] > 0
     check_captioned(dc, int((~captioned).sum()), len(index), progress)
     train_ids, val_ids = index.split(dc.seed)
     train_ids, val_ids = train_ids[captioned[train_ids]], val_ids[captioned[val_ids]]
-    source_of = np.repeat(np.arange(len(shard_counts)), shard_counts)[index.records["shard"]]
+    source_of = np.repeat(np.arange(len(per_path)), [len(s) for s in per_path])[index.records["shard"]]
     train_ids = repeated(train_ids, source_of, dc.repeat_counts)
     info = {"path": str(dc.path), "format": "webdataset (streamed)", "images": len(index),
             "shards": len(index.shards), "fingerprint": index.fingerprint(),

@@ -15,10 +15,11 @@ import numpy as np
 
 from ..config import RunConfig, from_dict
 from ..data.stream import read_records_by_id
-from ..data.worlds import files_stream, get_world, streams
+from ..data.worlds import files_stream, streams
 from ..features.base import FIDError
 from ..images import contact_sheet, save_png
 from ..tensorfiles import read_metadata
+from ..training.data import world_splits
 from ..utils import atomic_write_text, default_cache_dir
 
 
@@ -44,7 +45,7 @@ def heldout_examples(cfg: RunConfig, cache: Path | None = None) -> tuple[np.ndar
         index, _, val_ids, _ = files_stream(cfg.data, cache, progress=False)
         images, captions, _ = read_records_by_id(index, val_ids, cfg.data.image_size)
         return images, captions
-    _, val = get_world(cfg.data.world).splits(cfg.data, cache, progress=False)
+    _, val = world_splits(cfg, cache, progress=False)
     images = val.images if val.rows is None else val.images[val.rows]
     return np.asarray(images), [cs[0] for cs in val.captions]
 

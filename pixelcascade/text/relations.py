@@ -93,7 +93,7 @@ def _possessive(text: str) -> Relation | None:
     m = _POSSESSIVE_RE.search(text)
     if m is None:
         return None
-    has = [h for h in _HAS_RE.finditer(text, 0, m.start())]
+    has = list(_HAS_RE.finditer(text, 0, m.start()))
     if not has:
         return None
     obj, subj = _head(text, 0, has[-1].start()), _head(text, has[-1].end(), m.start())

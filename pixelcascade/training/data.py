@@ -232,6 +232,13 @@ def run_buckets(cfg: RunConfig) -> list[tuple[int, int]]:
         raise DatasetError(str(e)) from None
 
 
+def world_splits(cfg: RunConfig, cache: Path, progress: bool = True) -> tuple[WorldSplit, WorldSplit]:
+    """The run's (training, validation) examples from its world, read as the run reads them (its aspect buckets
+    included, so a later reader finds the run's own cache)."""
+    buckets = {"buckets": run_buckets(cfg)} if cfg.data.buckets else {}
+    return get_world(cfg.data.world).splits(cfg.data, cache, progress, super_res=cfg.unet.super_res, **buckets)
+
+
 def _encoder_device(cfg: RunConfig) -> str:
     """Captions are encoded on the training device when it is a GPU, unless train.text_encoder_device=cpu."""
     device = resolve_device(cfg.train.device)
@@ -260,8 +267,7 @@ def prepare_data(cfg: RunConfig, cache: Path | None = None, progress: bool = Tru
     else:
         encoder = run_encoder(cfg, device=_encoder_device(cfg))
         world = get_world(cfg.data.world)
-        buckets = {"buckets": run_buckets(cfg)} if cfg.data.buckets else {}
-        train_split, val_split = world.splits(cfg.data, cache, progress, super_res=cfg.unet.super_res, **buckets)
+        train_split, val_split = world_splits(cfg, cache, progress)
         data = build_train_data(train_split, encoder, cache, progress)
         val = build_train_data(val_split, encoder, cache, progress)
         recipe, prompts = world.recipe(cfg.data, train_split, val_split), world.preview_prompts(cfg.data, val_split)
