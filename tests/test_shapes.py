@@ -142,6 +142,25 @@ def test_template_share_sets_how_many_captions_are_the_benchmark_template():
         DataConfig(template_share=1.5)
 
 
+def test_count_to_five_draws_five_objects_at_32_px_and_the_scorer_counts_them():
+    from pixelcascade.config import ConfigError, DataConfig
+    from pixelcascade.data.worlds import _shapes_key
+    only = {t: 0.0 for t in TASKS} | {"counting": 1.0}
+    imgs, caps = make_dataset(60, 32, seed=5, weights=only, count_to=5)
+    fives = [i for i, c in enumerate(caps) if c.startswith(("five ", "5 "))]
+    assert 5 <= len(fives) <= 30  # one of the four counts (2..5) per shape
+    spec = {p.text: p for p in all_prompts("counting", 32, count_to=5)}
+    for i in fives:
+        shape = caps[i].split()[-1][:-1]  # "five circles", "five red circles"
+        assert score_image(imgs[i], spec[f"five {shape}s"])  # five at 32 px, and the scorer sees five
+        assert not score_image(imgs[i], spec[f"four {shape}s"])  # four excludes five
+    assert not any(c.startswith(("five", "5 ")) for c in make_dataset(60, 32, seed=5, weights=only)[1])  # spec: 4
+    assert all_prompts("counting", 32)[-1].text == "four triangles"  # the benchmark's 32-px suite is unchanged
+    assert _shapes_key(DataConfig(count_to=5)).endswith("-c5") and _shapes_key(DataConfig()).endswith("seed0")
+    with pytest.raises(ConfigError, match="count_to=6"):
+        DataConfig(count_to=6)
+
+
 def test_relation_outcomes_say_why_a_relation_failed():
     from pixelcascade.data.shapes import Obj
     from pixelcascade.eval.shapes_score import relation_outcome

@@ -120,9 +120,10 @@ def _count_word(n: int) -> str:
     return "a" if n == 1 else NUMBERS[n]
 
 
-def all_prompts(task: str, size: int = 32, colors: tuple[str, ...] = COLORS) -> list[Prompt]:
+def all_prompts(task: str, size: int = 32, colors: tuple[str, ...] = COLORS, count_to: int = 0) -> list[Prompt]:
     """Every distinct benchmark prompt of a task at canvas ``size`` (deterministic order); ``colors``: the colour
-    words of the colour tasks (the palette's; add CONCEPT_COLORS for a concept's prompts)."""
+    words of the colour tasks (the palette's; add CONCEPT_COLORS for a concept's prompts); ``count_to``: the largest
+    count of the counting task (0: the spec's, :func:`max_objects`)."""
     out = []
     if task == "single_object":
         out = [Prompt(f"{article(s)} {s}", task, (Group(s, 1),)) for s in SHAPES]
@@ -131,7 +132,7 @@ def all_prompts(task: str, size: int = 32, colors: tuple[str, ...] = COLORS) -> 
                for a, b in itertools.permutations(SHAPES, 2)]
     elif task == "counting":
         out = [Prompt(f"{NUMBERS[n]} {s}s", task, (Group(s, n),), (Group(s, n + 1),))
-               for s in SHAPES for n in range(2, max_objects(size) + 1)]
+               for s in SHAPES for n in range(2, (count_to or max_objects(size)) + 1)]
     elif task == "colors":
         out = [Prompt(f"{article(c)} {c} {s}", task, (Group(s, 1, c),)) for c in colors for s in SHAPES]
     elif task == "position":
@@ -366,15 +367,17 @@ def parse_task_weights(spec: str) -> dict[str, float]:
 
 
 def training_scene(rng: random.Random, size: int, weights: dict | None = None,
-                   template_share: float = TEMPLATE_SHARE) -> tuple[Scene, str]:
-    """One training example: a random task's prompt (never from the held-out split), its scene, a caption."""
+                   template_share: float = TEMPLATE_SHARE, count_to: int = 0) -> tuple[Scene, str]:
+    """One training example: a random task's prompt (never from the held-out split), its scene, a caption;
+    ``count_to`` as in :func:`all_prompts`."""
     weights = weights or TASK_WEIGHTS
     tasks = list(weights)
     while True:
         task = rng.choices(tasks, [weights[t] for t in tasks])[0]
-        if (task, size) not in _PROMPT_CACHE:
-            _PROMPT_CACHE[(task, size)] = all_prompts(task, size)
-        prompt = rng.choice(_PROMPT_CACHE[(task, size)])
+        key = (task, size, count_to)
+        if key not in _PROMPT_CACHE:
+            _PROMPT_CACHE[key] = all_prompts(task, size, count_to=count_to)
+        prompt = rng.choice(_PROMPT_CACHE[key])
         if prompt.unseen:
             continue
         scene = scene_for_prompt(prompt, size, rng, allow_unseen=False)
@@ -405,11 +408,12 @@ def rescale_objects(objects: list[Obj], size: int, new_size: int) -> list[Obj]:
 
 def make_dataset(n: int, size: int = 32, seed: int = 0, progress: bool = False,
                  weights: dict | None = None, low_res_size: int | None = None,
-                 template_share: float = TEMPLATE_SHARE):
+                 template_share: float = TEMPLATE_SHARE, count_to: int = 0):
     """``n`` rendered training images (uint8 [n, size, size, 3]) and their captions, fully determined by seed
     (and ``weights``, the task mix, TASK_WEIGHTS by default; and ``template_share``, see :func:`training_caption`).
     With ``low_res_size``, also each scene rendered in that world (:func:`rescale_objects`): (images, captions,
-    low-res images); the first two are unchanged."""
+    low-res images); the first two are unchanged. ``count_to``: the largest count in counting scenes (0: the spec's;
+    5 at 32 px draws the five objects the 64-px suite asks for, at the spec's 8-px floor)."""
     rng = random.Random(seed)
     images = np.empty((n, size, size, 3), np.uint8)
     low = np.empty((n, low_res_size, low_res_size, 3), np.uint8) if low_res_size else None
@@ -419,7 +423,7 @@ def make_dataset(n: int, size: int = 32, seed: int = 0, progress: bool = False,
         from tqdm import tqdm
         it = tqdm(it, desc=f"rendering shapes {size}px", unit="img")
     for i in it:
-        scene, cap = training_scene(rng, size, weights, template_share)
+        scene, cap = training_scene(rng, size, weights, template_share, count_to)
         images[i] = render(scene.objects, size)
         if low is not None:
             low[i] = render(rescale_objects(scene.objects, size, low_res_size), low_res_size)

@@ -55,14 +55,15 @@ class World(Protocol):
 
 
 def _shapes_key(dc: DataConfig) -> str:
-    """The cache name of a shapes dataset: size, count, seed and (when not the defaults) the task mix and the
-    template share."""
+    """The cache name of a shapes dataset: size, count, seed and (when not the defaults) the task mix, the
+    template share and the largest count."""
     from .shapes import TASK_WEIGHTS, parse_task_weights
     weights = parse_task_weights(dc.task_weights)
     mix = "" if weights == TASK_WEIGHTS else "-w" + "_".join(f"{k}{v:g}" for k, v in weights.items()
                                                              if v != TASK_WEIGHTS[k])
     tmpl = "" if dc.template_share == DataConfig.template_share else f"-t{dc.template_share:g}"
-    return f"shapes{dc.image_size}-n{dc.num_images}-seed{dc.seed}{mix}{tmpl}"
+    counts = f"-c{dc.count_to}" if dc.count_to else ""
+    return f"shapes{dc.image_size}-n{dc.num_images}-seed{dc.seed}{mix}{tmpl}{counts}"
 
 
 def shapes_images(dc: DataConfig, cache: Path, progress: bool = True) -> tuple[np.ndarray, list[str]]:
@@ -74,7 +75,7 @@ def shapes_images(dc: DataConfig, cache: Path, progress: bool = True) -> tuple[n
         z = np.load(path, allow_pickle=False)
         return z["images"], [str(c) for c in z["captions"]]
     images, captions = make_dataset(dc.num_images, dc.image_size, dc.seed, progress=progress, weights=weights,
-                                    template_share=dc.template_share)
+                                    template_share=dc.template_share, count_to=dc.count_to)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, images=images, captions=np.array(captions))
@@ -89,7 +90,7 @@ def shapes_low_res_pairs(dc: DataConfig, cache: Path, progress: bool = True) -> 
     if path.exists():
         return np.load(path, allow_pickle=False)["low"]
     _, _, low = make_dataset(dc.num_images, dc.image_size, dc.seed, progress=progress, weights=weights,
-                             low_res_size=dc.low_res_size, template_share=dc.template_share)
+                             low_res_size=dc.low_res_size, template_share=dc.template_share, count_to=dc.count_to)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, low=low)
@@ -298,7 +299,7 @@ class ShapesWorld:
         n_val = max(1, min(512, len(images) // 20))
         # validation keeps the default task mix and wording, so runs with other mixes compare on the same images
         val_dc = dataclasses.replace(dc, num_images=n_val, seed=dc.seed + 10_000, task_weights="",
-                                     template_share=DataConfig.template_share)
+                                     template_share=DataConfig.template_share, count_to=0)
         val_images, val_captions = shapes_images(val_dc, cache, progress)
         low = shapes_low_res_pairs(dc, cache, progress) if dc.paired_low_res > 0 and super_res else None
         train = WorldSplit(images, [[c] for c in captions], low_images=low)
@@ -309,6 +310,7 @@ class ShapesWorld:
                 "(pixelcascade.data.shapes.make_dataset"
                 + (f", task mix {dc.task_weights}" if dc.task_weights else "")
                 + (f", template share {dc.template_share:g}" if dc.template_share != DataConfig.template_share else "")
+                + (f", counts to {dc.count_to}" if dc.count_to else "")
                 + (f"; {dc.paired_low_res:g} of the low-res inputs are the scene's own {dc.low_res_size}-px render"
                    if train.low_images is not None else "") + ")")
 
