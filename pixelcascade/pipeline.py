@@ -270,7 +270,7 @@ def trained_input_size(stage) -> int | None:
 
 def layout_targets(encoder, prompts: list[str]) -> list[LayoutTarget | None]:
     """Per prompt, the spatial relation it states as token positions of the encoder's output (layout guidance),
-    or None: no relation, the same noun twice, or an encoder that cannot give token spans."""
+    or None: no relation, or an encoder that cannot give token spans."""
     if not hasattr(encoder, "token_offsets"):
         return [None] * len(prompts)
     out = []

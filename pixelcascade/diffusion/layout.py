@@ -12,9 +12,11 @@ in the form of classifier guidance:
 
 L, per image and attention layer, with c = the centre of a noun's normalised attention map (x right, y down, in
 [0, 1]) and d = sign * (c_object - c_subject):  relu(m - d_axis)^2 + relu(|d_other| - d_axis+ / 2)^2  (the second
-term keeps the pair on the relation's axis, as GenEval's angle rule asks). Each image's loss is its own, so an
-image never depends on its batch-mates. Prompts without a relation, or whose two nouns are the same word (their
-states, hence their maps, cannot be told apart), sample exactly as without it.
+term keeps the pair on the relation's axis, as GenEval's angle rule asks). When the two nouns are one word ("a
+circle above a circle"), their states, hence their maps, cannot tell the objects apart, and any order passes; the
+loss then asks for the pair on the axis only: with s = the standard deviation of the noun's map along each axis,
+relu(m / 2 - s_axis)^2 + relu(s_other - s_axis / 2)^2 (two objects m apart have s_axis = m / 2). Each image's loss
+is its own, so an image never depends on its batch-mates. Prompts without a relation sample exactly as without it.
 """
 
 from __future__ import annotations
@@ -25,14 +27,33 @@ from ..text.relations import LayoutTarget
 
 MARGIN = 0.3  # the wanted gap between the two centres along the relation's axis, in image widths
 
-def _centre(maps: torch.Tensor, idx: tuple[int, ...]) -> torch.Tensor:
-    """Centre (x, y) in [0, 1] of the summed attention of tokens ``idx``; maps: [L, H, W] -> [2]."""
+def _moments(maps: torch.Tensor, idx: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centre (x, y) in [0, 1] and standard deviation (x, y) of the summed attention of tokens ``idx``;
+    maps: [L, H, W] -> ([2], [2])."""
     m = maps[list(idx)].sum(0)  # [H, W]
     p = m / m.sum().clamp_min(1e-12)
     h, w = p.shape
     ys = (torch.arange(h, device=p.device, dtype=p.dtype) + 0.5) / h
     xs = (torch.arange(w, device=p.device, dtype=p.dtype) + 0.5) / w
-    return torch.stack([(p.sum(0) * xs).sum(), (p.sum(1) * ys).sum()])
+    px, py = p.sum(0), p.sum(1)
+    centre = torch.stack([(px * xs).sum(), (py * ys).sum()])
+    var = torch.stack([(px * (xs - centre[0]) ** 2).sum(), (py * (ys - centre[1]) ** 2).sum()])
+    return centre, var.clamp_min(1e-12).sqrt()
+
+
+def _order_loss(maps: torch.Tensor, tg: LayoutTarget, margin: float) -> torch.Tensor:
+    """The subject's centre at least ``margin`` on its side of the object's, on the relation's axis."""
+    d = tg.sign * (_moments(maps, tg.object)[0] - _moments(maps, tg.subject)[0])  # [2]
+    along, across = d[tg.axis], d[1 - tg.axis]
+    return torch.relu(margin - along) ** 2 + torch.relu(across.abs() - 0.5 * torch.relu(along)) ** 2
+
+
+def _spread_loss(maps: torch.Tensor, tg: LayoutTarget, margin: float) -> torch.Tensor:
+    """One noun for both objects: its attention spread along the axis (two objects ``margin`` apart have a
+    standard deviation of margin / 2 there) and at most half as wide across it."""
+    std = _moments(maps, tg.subject)[1]
+    along, across = std[tg.axis], std[1 - tg.axis]
+    return torch.relu(0.5 * margin - along) ** 2 + torch.relu(across - 0.5 * along) ** 2
 
 
 def layout_loss(maps: list[torch.Tensor], targets: list[LayoutTarget | None],
@@ -43,12 +64,8 @@ def layout_loss(maps: list[torch.Tensor], targets: list[LayoutTarget | None],
     for b, tg in enumerate(targets):
         if tg is None:
             continue
-        terms = []
-        for m in maps:
-            d = tg.sign * (_centre(m[b], tg.object) - _centre(m[b], tg.subject))  # [2]
-            along, across = d[tg.axis], d[1 - tg.axis]
-            terms.append(torch.relu(margin - along) ** 2 + torch.relu(across.abs() - 0.5 * torch.relu(along)) ** 2)
-        total = total + torch.stack(terms).mean()
+        loss = _spread_loss if tg.spread else _order_loss
+        total = total + torch.stack([loss(m[b], tg, margin) for m in maps]).mean()
     return total
 
 

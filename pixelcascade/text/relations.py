@@ -7,7 +7,7 @@ Layout guidance (``diffusion.layout``) steers sampling with them; the parser is 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # phrase -> (axis: 0 = x, 1 = y; sign: +1 when the object's coordinate is the larger); longest phrases match first
 RELATIONS: dict[str, tuple[int, int]] = {
@@ -34,16 +34,20 @@ class Relation:
     object: tuple[int, int]
     axis: int
     sign: int
+    same: bool = False  # the two head nouns are one word ("a circle above a circle"): only the axis is stated
 
 
 @dataclass(frozen=True)
 class LayoutTarget:
-    """Token positions (in the encoder's output) of the subject's and the object's head nouns, and the relation."""
+    """Token positions (in the encoder's output) of the subject's and the object's head nouns, and the relation.
+    ``spread``: the nouns are one word, whose states (hence attention maps) cannot tell the two objects apart, so
+    guidance asks for the noun's attention spread along the axis instead of an order (``diffusion.layout``)."""
 
     subject: tuple[int, ...]
     object: tuple[int, ...]
     axis: int
     sign: int
+    spread: bool = False
 
 
 def _head(text: str, start: int, end: int) -> tuple[int, int] | None:
@@ -61,13 +65,13 @@ def parse_relation(text: str) -> Relation | None:
     - a side for each: "there is a circle on the left and a square on the right", "a cat at the top, a dog at the
       bottom", "on the left is a circle and on the right a square", "a circle above and a square below".
 
-    The subject is the head noun of its phrase (English: the last word), and so is the object. None when there is
-    no relation, the sides are not opposite, or the two nouns are the same word (singular and plural alike)."""
+    The subject is the head noun of its phrase (English: the last word), and so is the object; ``same`` when the
+    two are one word (singular and plural alike). None when there is no relation or the sides are not opposite."""
     for parse in (_possessive, _between, _sides):
         rel = parse(text)
         if rel is not None:
             ws, wo = text[slice(*rel.subject)], text[slice(*rel.object)]
-            return None if ws.rstrip("s") == wo.rstrip("s") else rel
+            return replace(rel, same=ws.rstrip("s") == wo.rstrip("s"))
     return None
 
 
@@ -150,4 +154,9 @@ def relation_target(rel: Relation, offsets: list[tuple[int, int]]) -> LayoutTarg
     def tokens(span):
         return tuple(i for i, (a, b) in enumerate(offsets) if b > a and a < span[1] and b > span[0])
     s, o = tokens(rel.subject), tokens(rel.object)
-    return LayoutTarget(s, o, rel.axis, rel.sign) if s and o else None
+    if not (s and o):
+        return None
+    if rel.same:  # one word twice: both nouns' tokens, whose maps show where that shape is drawn
+        both = tuple(sorted(set(s + o)))
+        return LayoutTarget(both, both, rel.axis, rel.sign, spread=True)
+    return LayoutTarget(s, o, rel.axis, rel.sign)
