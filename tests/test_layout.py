@@ -269,6 +269,7 @@ def test_pipeline_contracts():
     cascade = Cascade([Stage(unet, settings=on)], enc)
     prompts = ["a red circle", "a circle left of a square"]
     assert layout_targets(enc, prompts) == [None, LayoutTarget((1,), (5,), 0, 1)]
+    assert layout_targets(enc, ["a circle above a circle"]) == [LayoutTarget((1, 4), (1, 4), 1, 1, spread=True)]
     img_on = cascade.run(prompts, [0, 1])[0]
     img_off = cascade.run(prompts, [0, 1], settings=[off])[0]
     # no relation: the same image (to float rounding: its rows ran in a smaller batch, the guided ones' twice less)
