@@ -27,23 +27,34 @@ from ..text.relations import LayoutTarget
 
 MARGIN = 0.3  # the wanted gap between the two centres along the relation's axis, in image widths
 
-def _moments(maps: torch.Tensor, idx: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Centre (x, y) in [0, 1] and standard deviation (x, y) of the summed attention of tokens ``idx``;
-    maps: [L, H, W] -> ([2], [2])."""
+def _marginals(maps: torch.Tensor, idx: tuple[int, ...]):
+    """The summed attention of tokens ``idx`` as two marginal distributions, over x and over y, with the pixel
+    centres in [0, 1]; maps: [L, H, W] -> (px [W], py [H], xs [W], ys [H])."""
     m = maps[list(idx)].sum(0)  # [H, W]
     p = m / m.sum().clamp_min(1e-12)
     h, w = p.shape
     ys = (torch.arange(h, device=p.device, dtype=p.dtype) + 0.5) / h
     xs = (torch.arange(w, device=p.device, dtype=p.dtype) + 0.5) / w
-    px, py = p.sum(0), p.sum(1)
-    centre = torch.stack([(px * xs).sum(), (py * ys).sum()])
-    var = torch.stack([(px * (xs - centre[0]) ** 2).sum(), (py * (ys - centre[1]) ** 2).sum()])
-    return centre, var.clamp_min(1e-12).sqrt()
+    return p.sum(0), p.sum(1), xs, ys
+
+
+def _centre(maps: torch.Tensor, idx: tuple[int, ...]) -> torch.Tensor:
+    """Centre (x, y) in [0, 1] of the summed attention of tokens ``idx``; maps: [L, H, W] -> [2]."""
+    px, py, xs, ys = _marginals(maps, idx)
+    return torch.stack([(px * xs).sum(), (py * ys).sum()])
+
+
+def _std(maps: torch.Tensor, idx: tuple[int, ...]) -> torch.Tensor:
+    """Standard deviation (x, y) of the summed attention of tokens ``idx``; maps: [L, H, W] -> [2]."""
+    px, py, xs, ys = _marginals(maps, idx)
+    cx, cy = (px * xs).sum(), (py * ys).sum()
+    var = torch.stack([(px * (xs - cx) ** 2).sum(), (py * (ys - cy) ** 2).sum()])
+    return var.clamp_min(1e-12).sqrt()
 
 
 def _order_loss(maps: torch.Tensor, tg: LayoutTarget, margin: float) -> torch.Tensor:
     """The subject's centre at least ``margin`` on its side of the object's, on the relation's axis."""
-    d = tg.sign * (_moments(maps, tg.object)[0] - _moments(maps, tg.subject)[0])  # [2]
+    d = tg.sign * (_centre(maps, tg.object) - _centre(maps, tg.subject))  # [2]
     along, across = d[tg.axis], d[1 - tg.axis]
     return torch.relu(margin - along) ** 2 + torch.relu(across.abs() - 0.5 * torch.relu(along)) ** 2
 
@@ -51,7 +62,7 @@ def _order_loss(maps: torch.Tensor, tg: LayoutTarget, margin: float) -> torch.Te
 def _spread_loss(maps: torch.Tensor, tg: LayoutTarget, margin: float) -> torch.Tensor:
     """One noun for both objects: its attention spread along the axis (two objects ``margin`` apart have a
     standard deviation of margin / 2 there) and at most half as wide across it."""
-    std = _moments(maps, tg.subject)[1]
+    std = _std(maps, tg.subject)
     along, across = std[tg.axis], std[1 - tg.axis]
     return torch.relu(0.5 * margin - along) ** 2 + torch.relu(across - 0.5 * along) ** 2
 
