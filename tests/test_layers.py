@@ -14,7 +14,7 @@ PKG = Path(__file__).resolve().parents[1] / "pixelcascade"
 LAYERS = {
     "errors": 0, "version": 0, "inputs": 0, "config": 0, "utils": 0, "images": 0, "tensorfiles": 0,
     "presets": 1, "shipped": 1, "nn": 1, "model_card": 1,
-    "diffusion": 1, "diffusion.schedule": 1, "text": 1, "text.captions": 1, "text.bert": 1,
+    "diffusion": 1, "diffusion.schedule": 1, "text": 1, "text.captions": 1, "text.bert": 1, "text.word_states": 1,
     "models": 2, "text.encoder": 2, "diffusion.denoiser": 2, "diffusion.losses": 2, "diffusion.guidance": 2,
     "diffusion.layout": 2, "features": 2,
     "samplers": 3, "convert": 3, "model_files": 3, "lora": 3, "offload": 3, "prompt_states": 3,

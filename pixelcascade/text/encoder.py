@@ -23,6 +23,7 @@ import torch
 from ..errors import PixelcascadeError
 from .captions import clean_caption
 from .quantize import QUANTIZED, QuantizationError, compute_dtype, quantize_linear, quantize_linears
+from .word_states import context_free_states, special_layout, split_spec
 
 
 class TextEncoderError(PixelcascadeError, ValueError):
@@ -77,6 +78,7 @@ class HFEncoder:
             raise TextEncoderError(folder_unreadable(path, e, "a text encoder")) from None
         self.max_length, self.device, self.clean = max_length, device, clean
         self.quantized = quantize
+        self.words = False  # use_word_states(): each word's states from the word alone
         self.name = self.named(name or f"{path.name}-L{max_length}")
         self.warned = False
 
@@ -143,11 +145,35 @@ class HFEncoder:
                           f"tokens were truncated, e.g. {too_long[0][:80]!r}", stacklevel=3)
         return tok
 
+    def use_word_states(self) -> HFEncoder:
+        """From now on, each word piece's state is its word's encoded alone (``text/word_states.py``); the name
+        says so, so cached states never mix."""
+        if not self.words:
+            empty_ids = self.tokenize([""])["input_ids"][0].tolist()
+            word_ids = self.tokenize(["a"])["input_ids"][0].tolist()
+            empty_count = int(self.tokenize([""])["attention_mask"][0].sum())
+            self._word_layout = special_layout(empty_ids, word_ids, empty_count)
+            self._word_cache: dict[str, torch.Tensor] = {}
+            self.words = True
+            self.name += "-words"
+        return self
+
     @torch.no_grad()
     def __call__(self, texts: list[str], allow_empty: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         if not allow_empty:
             texts = check_prompts(texts)
-        tok = self.tokenize(texts)
+        if self.words:
+            mask = self.tokenize(texts)["attention_mask"]
+            if getattr(self, "_word_empty", None) is None:  # special tokens and padding: the empty caption's
+                self._word_empty = self._caption_states(self.tokenize([""]))[0].cpu()
+            empty = self._word_empty
+            out = context_free_states(self.prepare(texts), mask, empty,
+                                      lambda words: self._caption_states(self.tokenize(words)),
+                                      self._word_cache, *self._word_layout)
+            return out.to(self.device), mask.to(self.device)
+        return self._caption_states(self.tokenize(texts))
+
+    def _caption_states(self, tok: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         if self.model is None:  # released after its last use (offloading on a CPU): read it again
             path, tok_path, dtype, _, max_length, t5, quantize = self._load_args
             self._load(path, tok_path, dtype, self.device, max_length, t5, quantize)
@@ -270,8 +296,12 @@ def minilm(max_length: int = 32, device: str = "cpu", dtype: torch.dtype = torch
 
 
 def load_encoder(spec: str, max_length: int, device: str = "cpu", text_dtype: str | None = None) -> HFEncoder:
-    """``"minilm"`` or a local folder (a T5 folder is detected from its config). ``text_dtype`` (fp32, bf16,
-    int8, nf4; ``text.quantize``): the encoder's weights; None: its own default (T5 bf16, others fp32)."""
+    """``"minilm"`` or a local folder (a T5 folder is detected from its config), either with ``:words`` appended
+    for context-free word states (:meth:`HFEncoder.use_word_states`). ``text_dtype`` (fp32, bf16, int8, nf4;
+    ``text.quantize``): the encoder's weights; None: its own default (T5 bf16, others fp32)."""
+    spec, words = split_spec(spec)
+    if words:
+        return load_encoder(spec, max_length, device, text_dtype).use_word_states()
     quantize = text_dtype if text_dtype in QUANTIZED else None
     if spec in ("minilm", "all-MiniLM-L6-v2"):
         return minilm(max_length, device, compute_dtype(text_dtype or "fp32"), quantize)
@@ -289,6 +319,7 @@ def carries_text_encoder(folder: str | Path) -> bool:
 
 def is_t5(spec: str) -> bool:
     """Whether an encoder spec (a local folder, or a diffusers pipeline folder carrying one) is a T5."""
+    spec = split_spec(spec)[0]
     if spec in ("minilm", "all-MiniLM-L6-v2"):
         return False
     path = Path(spec).expanduser()
