@@ -9,12 +9,12 @@ import pytest
 import torch
 from conftest import make_user_dataset
 
-from pixelcascade.config import ConfigError, DataConfig, RunConfig, TrainConfig
+from pixelcascade.config import ConfigError, DataConfig, RunConfig, TrainConfig, to_json
 from pixelcascade.presets import get_preset
 from pixelcascade.training.checkpoint import ResumeError, load_checkpoint
 from pixelcascade.training.data import ConfigMismatch, TrainData
 from pixelcascade.training.ema import EMA
-from pixelcascade.training.loop import Trainer
+from pixelcascade.training.loop import Trainer, check_resumable_config
 
 
 def _data(n=32, size=16, seed=0):
@@ -244,6 +244,18 @@ def test_lr_schedule_warmup_then_cosine_to_lr_min():
     assert lr_at(60, const) == lr_at(109, const) == 1e-3
     with pytest.raises(ValueError, match="choose one of constant, cosine"):
         TrainConfig(lr_schedule="linear")
+
+
+def test_resume_says_when_the_fine_tunes_source_file_is_gone(tmp_path):
+    """A fine-tune adopts its UNet config from train.init_from's file: resumed after that file was removed, the
+    preset's config differs from the checkpoint's, and the error names the missing file, not only the fields."""
+    gone = str(tmp_path / "removed.safetensors")
+    started = dataclasses.replace(_cfg(), unet=dataclasses.replace(_cfg().unet, text_whiten=True),
+                                  train=dataclasses.replace(_cfg().train, init_from=gone))
+    now = dataclasses.replace(_cfg(), train=dataclasses.replace(_cfg().train, init_from=gone))
+    with pytest.raises(ConfigMismatch, match=r"text_whiten.*removed.safetensors no longer exists.*put it back"):
+        check_resumable_config(tmp_path / "checkpoint.pt", to_json(started), now, step=10)
+    check_resumable_config(tmp_path / "checkpoint.pt", to_json(started), started, step=10)  # same config: resumes
 
 
 def test_decaying_schedule_refuses_another_max_steps_on_resume(tmp_path):

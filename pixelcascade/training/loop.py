@@ -106,6 +106,12 @@ def check_resumable_config(ckpt_path: Path, saved: str, cfg: RunConfig, step: in
     if diffs:
         shown = "; ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, a, b in diffs[:6])
         more = f" (+{len(diffs) - 6} more)" if len(diffs) > 6 else ""
+        init = cfg.train.init_from
+        if init and not Path(init).expanduser().exists():  # the fine-tune's config came from that file
+            raise ConfigMismatch(f"{ckpt_path} was written by a run with another config ({shown}{more}): "
+                                 f"train.init_from={init} no longer exists, and a fine-tune takes its UNet, diffusion "
+                                 "and text settings from that file; put it back to resume (the weights come from "
+                                 "the checkpoint), or pass those values as overrides")
         raise ConfigMismatch(f"{ckpt_path} was written by a run with another config ({shown}{more}); pass the same "
                              "values to resume (e.g. the overrides the run was started with), or use a new output "
                              "folder")
