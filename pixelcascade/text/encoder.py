@@ -149,11 +149,11 @@ class HFEncoder:
         """From now on, each word piece's state is its word's encoded alone (``text/word_states.py``); the name
         says so, so cached states never mix."""
         if not self.words:
-            empty_ids = self.tokenize([""])["input_ids"][0].tolist()
-            word_ids = self.tokenize(["a"])["input_ids"][0].tolist()
-            empty_count = int(self.tokenize([""])["attention_mask"][0].sum())
-            self._word_layout = special_layout(empty_ids, word_ids, empty_count)
+            empty = self.tokenize([""])
+            self._word_layout = special_layout(empty["input_ids"][0].tolist(), self.tokenize(["a"])["input_ids"][0]
+                                               .tolist(), int(empty["attention_mask"][0].sum()))
             self._word_cache: dict[str, torch.Tensor] = {}
+            self._word_empty: torch.Tensor | None = None  # the empty caption's states, computed at first use
             self.words = True
             self.name += "-words"
         return self
@@ -164,7 +164,7 @@ class HFEncoder:
             texts = check_prompts(texts)
         if self.words:
             mask = self.tokenize(texts)["attention_mask"]
-            if getattr(self, "_word_empty", None) is None:  # special tokens and padding: the empty caption's
+            if self._word_empty is None:  # special tokens and padding: the empty caption's
                 self._word_empty = self._caption_states(self.tokenize([""]))[0].cpu()
             empty = self._word_empty
             out = context_free_states(self.prepare(texts), mask, empty,
