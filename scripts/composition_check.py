@@ -79,23 +79,16 @@ uniq = sorted(set(caps))
 
 if mode != "oracle":
     from pixelcascade.text.encoder import load_encoder
-    enc = load_encoder("minilm", L)
-    e_empty, _ = enc.empty(1)
-
-    word_enc = load_encoder("minilm:words", L)  # pixelcascade/text/word_states.py
-
-    def word_states(texts: list[str]) -> torch.Tensor:
-        return word_enc(texts)[0].float()
+    if mode not in ("minilm", "word", "both"):
+        raise SystemExit(f"unknown mode {mode!r}: minilm, oracle, word or both (optionally -pair)")
+    # the encoders this mode reads: caption states, word states (pixelcascade/text/word_states.py) or both
+    encoders = [load_encoder(spec, L) for spec, used in (("minilm", mode != "word"), ("minilm:words", mode != "minilm"))
+                if used]
 
     def states(texts: list[str]) -> torch.Tensor:
-        if mode == "minilm":
-            return enc(texts)[0].float()
-        if mode == "word":
-            return word_states(texts)
-        if mode == "both":
-            return torch.cat([enc(texts)[0].float(), word_states(texts)], 1)
-        raise SystemExit(f"unknown mode {mode!r}: minilm, oracle, word or both (optionally -pair)")
-    empty = e_empty.float().repeat(1, 2 if mode == "both" else 1, 1)
+        return torch.cat([e(texts)[0].float() for e in encoders], 1)
+    # the unconditional branch: the empty caption's states (the same in both encoders), once per encoder
+    empty = torch.cat([e.empty(1)[0].float() for e in encoders], 1)
 else:
     def states(texts: list[str]) -> torch.Tensor:
         return torch.from_numpy(np.stack([oracle(t) for t in texts])).float()
